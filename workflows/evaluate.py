@@ -1,0 +1,137 @@
+"""``armflow evaluate``: success rate of a checkpoint over N seeded episodes in vectorised envs.
+
+Seeds are ``seed, seed+1, ...`` (default 100000+, never used by ``armflow collect``'s defaults);
+writes ``eval.json``, PNG plots and MP4 rollouts of the first ``video_episodes`` seeds.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from armflow.workflows.rollout import BatchedChunkRunner
+
+
+def check_compatible(policy, env_obs_space, env_action_dim: int, source: str, task: str) -> None:
+    """Fail clearly when a checkpoint's observation/action spec does not fit the task."""
+    if policy.action_dim != env_action_dim:
+        raise SystemExit(f"{source}: policy action_dim {policy.action_dim} does not match task {task!r} "
+                         f"action dim {env_action_dim}")
+    for key, shape in policy.obs_spec.items():
+        if key not in env_obs_space.spaces:
+            raise SystemExit(f"{source}: policy needs observation {key!r} which task {task!r} does not provide "
+                             f"(it has {sorted(env_obs_space.spaces)})")
+        if tuple(env_obs_space.spaces[key].shape) != tuple(shape):
+            raise SystemExit(f"{source}: observation {key!r} has shape {tuple(env_obs_space.spaces[key].shape)} "
+                             f"in task {task!r} but the policy expects {tuple(shape)}")
+
+
+def run_round(venv, runner: BatchedChunkRunner, seeds: list[int], progress=None) -> list[dict]:
+    """Run one episode in each env of ``venv`` (reset with ``seeds``); return per-episode results."""
+    n = len(seeds)
+    obs, _ = venv.reset(seed=seeds)
+    runner.reset(obs)
+    done, success = np.zeros(n, bool), np.zeros(n, bool)
+    returns, lengths = np.zeros(n), np.zeros(n, int)
+    while not done.all():
+        action = runner.act()
+        obs, reward, terminated, truncated, info = venv.step(action)
+        active = ~done
+        returns[active] += reward[active]
+        lengths[active] += 1
+        finished = active & (terminated | truncated)
+        success[finished] = np.asarray(info["success"])[finished]
+        done |= finished
+        runner.observe(obs)
+        if progress is not None and finished.any():
+            progress.update(int(finished.sum()))
+    return [{"seed": s, "success": bool(success[i]), "return": float(returns[i]), "length": int(lengths[i])}
+            for i, s in enumerate(seeds)]
+
+
+def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_overrides: dict) -> list[str]:
+    """Roll ``seeds`` in one in-process env and write one MP4 per episode (rendered frames)."""
+    from armflow.sim import make_env
+    from armflow.workflows.media import write_mp4
+
+    env = make_env(task, **env_overrides)
+    runner = BatchedChunkRunner(policy, 1)
+    paths = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        runner.reset({k: v[None] for k, v in obs.items()})
+        frames, info = [env.render()], {"success": False}
+        while True:
+            obs, _, terminated, truncated, info = env.step(runner.act()[0])
+            runner.observe({k: v[None] for k, v in obs.items()})
+            frames.append(env.render())
+            if terminated or truncated:
+                break
+        tag = "success" if info["success"] else "failure"
+        paths.append(str(write_mp4(video_dir / f"seed{seed}_{tag}.mp4", frames, fps=1.0 / env.ctrl_dt)))
+    env.close()
+    return paths
+
+
+def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_envs: int = 8,
+                    n_workers: int | None = None, env_overrides: dict | None = None,
+                    progress: bool = True) -> dict:
+    """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes."""
+    from armflow.sim import make_vec_env
+
+    env_overrides = dict(env_overrides or {})
+    n_envs = max(1, min(n_envs, episodes))
+    venv = make_vec_env(task, n_envs, n_workers=n_workers, **env_overrides)
+    try:
+        check_compatible(policy, venv.single_observation_space, int(venv.single_action_space.shape[0]),
+                         "evaluate", task)
+        policy.eval()
+        runner = BatchedChunkRunner(policy, n_envs)
+        results: list[dict] = []
+        bar = tqdm(total=episodes, desc=f"evaluate {task}", unit="ep", disable=not progress)
+        for start in range(0, episodes, n_envs):
+            seeds = [seed + start + i for i in range(n_envs)]
+            results += run_round(venv, runner, seeds, bar)[: episodes - start]
+        bar.close()
+    finally:
+        venv.close()
+    successes = np.array([r["success"] for r in results])
+    return {"task": task, "episodes": len(results), "success_rate": float(successes.mean()),
+            "mean_return": float(np.mean([r["return"] for r in results])),
+            "mean_length": float(np.mean([r["length"] for r in results])), "per_episode": results}
+
+
+def plot_eval(out: Path, result: dict) -> list[Path]:
+    from armflow.workflows.media import plot_curves
+
+    per = result["per_episode"]
+    seeds = [r["seed"] for r in per]
+    running = np.cumsum([r["success"] for r in per]) / np.arange(1, len(per) + 1)
+    return [plot_curves(out / "success_running.png", {"success rate": (range(1, len(per) + 1), running)},
+                        "episodes evaluated", "running success rate", f"{result['task']}: {result['success_rate']:.2f}"),
+            plot_curves(out / "returns.png", {"return": (seeds, [r["return"] for r in per])}, "seed", "episode return",
+                        f"{result['task']} returns")]
+
+
+def main(cfg: DictConfig) -> dict:
+    from armflow.policies import load_policy
+    from armflow.workflows.common import write_json
+
+    if not cfg.get("checkpoint"):
+        raise SystemExit("armflow evaluate: set checkpoint=DIR (a policy dir with config.json + model.safetensors)")
+    torch.set_num_threads(int(cfg.num_threads))
+    out = Path(cfg.out)
+    t0 = time.monotonic()
+    policy = load_policy(cfg.checkpoint)
+    result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers)
+    result["videos"] = record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
+                                     out / "videos", {}) if int(cfg.video_episodes) > 0 else []
+    result["plots"] = [str(p) for p in plot_eval(out, result)]
+    result["checkpoint"], result["wall_time_s"] = str(cfg.checkpoint), time.monotonic() - t0
+    write_json(out / "eval.json", result)
+    print(f"[evaluate] {cfg.task}: success {result['success_rate']:.2f} over {result['episodes']} episodes")
+    return result

@@ -1,0 +1,97 @@
+"""``armflow quickstart``: the main job, end to end, on a CPU in minutes.
+
+Stages (each in its own sub-dir of ``out``; rerunning with the same ``out`` skips finished stages):
+collect scripted demos -> train a flow policy -> evaluate on unseen seeds -> (fine-tune) -> (deploy)
+-> ``report.md`` + ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from armflow.workflows.common import compose_config, write_json
+
+
+def _stage_cfg(name: str, out: Path, overrides: dict) -> DictConfig:
+    cfg = compose_config(name)
+    with open_dict(cfg):
+        for key, value in overrides.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        cfg.out = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return cfg
+
+
+def _cached(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def stage_collect(cfg: DictConfig, out: Path) -> dict:
+    from armflow.workflows import collect
+
+    return _cached(out / "collect" / "summary.json") or collect.main(_stage_cfg("collect", out / "collect", {
+        "task": cfg.task, "episodes": cfg.demos, "noise_std": cfg.demo_noise_std, "seed": cfg.seed}))
+
+
+def stage_train(cfg: DictConfig, out: Path, dataset: str) -> dict:
+    from armflow.workflows import train
+
+    overrides = {"dataset": dataset, "steps": cfg.train_steps, "seed": cfg.seed}
+    overrides.update({f"policy.{k}": v for k, v in OmegaConf.to_container(cfg.policy).items()})
+    return _cached(out / "train" / "summary.json") or train.main(_stage_cfg("train", out / "train", overrides))
+
+
+def stage_evaluate(cfg: DictConfig, out: Path, checkpoint: str, name: str = "evaluate") -> dict:
+    from armflow.workflows import evaluate
+
+    return _cached(out / name / "eval.json") or evaluate.main(_stage_cfg("evaluate", out / name, {
+        "checkpoint": checkpoint, "task": cfg.task, "episodes": cfg.eval_episodes, "seed": cfg.eval_seed,
+        "n_envs": cfg.eval_n_envs, "video_episodes": cfg.video_episodes}))
+
+
+def write_report(out: Path, summary: dict, stages: dict) -> Path:
+    """Human-readable report with the plots and a rollout video linked (paths relative to ``out``)."""
+    from armflow.workflows.media import plot_bars
+
+    rel = lambda p: str(Path(p).resolve().relative_to(out.resolve()))  # noqa: E731
+    plot_bars(out / "success.png", summary["success_rate"], "success rate", f"{summary['task']}: success by stage")
+    lines = [f"# armflow quickstart: `{summary['task']}`", "",
+             f"Wall time: {summary['wall_time_s']:.0f} s; {summary['episodes_evaluated']} evaluation episodes "
+             f"on seeds never seen in training.", "", "| stage | success rate |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in summary["success_rate"].items()]
+    lines += ["", "![success by stage](success.png)", ""]
+    train_dir = out / "train"
+    if (train_dir / "loss.png").exists():
+        lines += ["## Training", "", f"![training loss]({rel(train_dir / 'loss.png')})", ""]
+    ev = stages["evaluate"]
+    lines += ["## Evaluation", ""] + [f"![plot]({rel(p)})" for p in ev.get("plots", [])] + [""]
+    lines += [f"- rollout video: [{Path(v).name}]({rel(v)})" for v in ev.get("videos", [])]
+    for extra in ("finetune", "deploy"):
+        if extra in stages:
+            lines += ["", f"## {extra.capitalize()}", "", "```json",
+                      json.dumps({k: v for k, v in stages[extra].items() if not isinstance(v, (list, dict))}, indent=2),
+                      "```"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(cfg: DictConfig) -> dict:
+    out = Path(cfg.out)
+    t0 = time.monotonic()
+    stages: dict[str, dict] = {}
+    stages["collect"] = stage_collect(cfg, out)
+    stages["train"] = stage_train(cfg, out, stages["collect"]["dataset"])
+    stages["evaluate"] = stage_evaluate(cfg, out, stages["train"]["checkpoint"])
+    success = {"demos": stages["collect"]["expert_success_rate"], "pretrained": stages["evaluate"]["success_rate"]}
+    summary = {"task": cfg.task, "success_rate": success, "episodes_evaluated": stages["evaluate"]["episodes"],
+               "checkpoint": stages["train"]["checkpoint"]}
+    summary["wall_time_s"] = time.monotonic() - t0
+    write_json(out / "summary.json", summary)
+    report = write_report(out, summary, stages)
+    print(f"[quickstart] success: {success}; report: {report}")
+    return summary

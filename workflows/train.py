@@ -1,0 +1,133 @@
+"""``armflow train``: imitation pretraining of a flow / diffusion / Gaussian policy on a LeRobot v3 dataset.
+
+EMA weights, cosine LR with warm-up, tqdm, JSONL + TensorBoard metrics, checkpoints every
+``save_every`` steps under ``<out>/checkpoints/last`` (resume with ``resume=true``), and the final
+EMA policy in ``<out>/checkpoint`` (config.json + model.safetensors).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+
+def build_policy(dataset, policy_cfg: dict):
+    """Make the policy named by ``policy_cfg["type"]`` for this dataset's features and stats."""
+    from armflow.policies import make_policy
+
+    cfg = dict(policy_cfg)
+    policy_type = cfg.pop("type")
+    obs_spec = {k: tuple(v["shape"]) for k, v in dataset.features.items() if k.startswith("observation.")}
+    action_dim = int(dataset.features["action"]["shape"][0])
+    return make_policy(policy_type, obs_spec=obs_spec, action_dim=action_dim, stats=dataset.stats, **cfg)
+
+
+def infinite_batches(windows, batch_size: int, seed: int):
+    """Yield shuffled batches forever (epoch after epoch), reproducible from ``seed``."""
+    loader_gen = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, len(windows))
+    while True:
+        loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=True, drop_last=True,
+                                             generator=loader_gen, num_workers=0)
+        yield from loader
+
+
+def save_checkpoint(out: Path, policy, ema, optimizer, scheduler, step: int) -> None:
+    """Atomically replace ``<out>/checkpoints/last`` with the current model, EMA and training state."""
+    from armflow.workflows.train_state import save_training_state
+
+    ckpt_root = out / "checkpoints"
+    tmp, last = ckpt_root / "last.tmp", ckpt_root / "last"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / "model")
+    ema.model.save_pretrained(tmp / "ema")
+    save_training_state(tmp, step, {"policy": optimizer}, {"policy": scheduler})
+    old = ckpt_root / "last.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if last.exists():
+        last.rename(old)
+    tmp.rename(last)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resume_checkpoint(out: Path, policy, ema, optimizer, scheduler) -> int:
+    from armflow.policies import load_policy
+    from armflow.workflows.train_state import load_training_state
+
+    last = out / "checkpoints" / "last"
+    if not last.exists():
+        raise SystemExit(f"armflow train: resume=true but no checkpoint at {last}")
+    policy.load_state_dict(load_policy(last / "model").state_dict())
+    ema.model.load_state_dict(load_policy(last / "ema").state_dict())
+    step, _, _ = load_training_state(last, {"policy": optimizer}, {"policy": scheduler})
+    return step
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run imitation training as configured; returns the summary dict (also written to summary.json)."""
+    from armflow.data import LeRobotDataset, WindowDataset
+    from armflow.policies import EMA, cosine_with_warmup
+    from armflow.workflows.common import MetricLogger, write_json
+    from armflow.workflows.media import plot_curves
+
+    out = Path(cfg.out)
+    torch.manual_seed(int(cfg.seed))
+    np.random.seed(int(cfg.seed))
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    dataset = LeRobotDataset(cfg.dataset)
+    policy = build_policy(dataset, OmegaConf.to_container(cfg.policy, resolve=True)).to(cfg.device)
+    windows = WindowDataset(dataset, policy.n_obs_steps, policy.horizon)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
+    scheduler = cosine_with_warmup(optimizer, int(cfg.warmup_steps), int(cfg.steps))
+    ema = EMA(policy, decay=float(cfg.ema_decay))
+    step = resume_checkpoint(out, policy, ema, optimizer, scheduler) if cfg.resume else 0
+    logger = MetricLogger(out)
+    batches = infinite_batches(windows, int(cfg.batch_size), int(cfg.seed) + step)
+    t0, losses = time.monotonic(), []
+    bar = tqdm(total=int(cfg.steps), initial=step, desc=f"train {policy.policy_type}", unit="step")
+    policy.train()
+    while step < int(cfg.steps):
+        batch = {k: v.to(cfg.device, non_blocking=True) for k, v in next(batches).items()}
+        loss, metrics = policy.compute_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), float(cfg.grad_clip))
+        optimizer.step()
+        scheduler.step()
+        ema.update()
+        step += 1
+        bar.update(1)
+        if step % int(cfg.log_every) == 0 or step == int(cfg.steps):
+            metrics = {f"train/{k}": v for k, v in metrics.items()}
+            metrics.update({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0],
+                            "train/grad_norm": float(grad_norm)})
+            logger.log(step, metrics)
+            losses.append((step, loss.item()))
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % int(cfg.save_every) == 0 or step == int(cfg.steps):
+            save_checkpoint(out, policy, ema, optimizer, scheduler, step)
+    bar.close()
+    logger.close()
+    final = out / "checkpoint"
+    ema.model.save_pretrained(final)
+    if losses:
+        plot_curves(out / "loss.png", {"loss": tuple(zip(*losses))}, "step", "loss", f"{policy.policy_type} training", logy=True)
+    summary = {"policy": policy.policy_type, "checkpoint": str(final), "steps": step,
+               "final_loss": losses[-1][1] if losses else None, "wall_time_s": time.monotonic() - t0,
+               "dataset": str(cfg.dataset), "train_frames": dataset.num_frames}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(cfg: DictConfig) -> dict:
+    if not cfg.get("dataset"):
+        raise SystemExit("armflow train: set dataset=DIR (a LeRobot v3 dataset, e.g. from armflow collect)")
+    summary = train(cfg)
+    print(f"[train] {summary['policy']} policy -> {summary['checkpoint']} (loss {summary['final_loss']})")
+    return summary
