@@ -1,1 +1,67 @@
-"""armflow.hardware"""
+"""armflow.hardware: arm drivers (MuJoCo sim + real adapters), cameras, teleop devices. Never imports torch.
+
+``make_driver(name, **cfg)`` builds a ``Driver`` from the explicit registry ``DRIVERS``:
+
+- ``sim_panda``, ``sim_ur5e``, ``sim_xarm7``: the MuJoCo sim arm (``SimArmConfig`` keys). ``sim_panda``
+  with ``task=<native task>`` wraps ``armflow.sim.make_env(task)`` instead (``SimTaskConfig`` keys).
+- ``ur``, ``franka``, ``xarm``: real adapters (``URConfig``/``FrankaConfig``/``XArmConfig`` keys);
+  ``sdk=fake`` runs them against the faithful SDK fakes in ``armflow.hardware.fakes``.
+Unknown config keys raise ``TypeError`` listing the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from armflow.hardware.driver import MODES, Driver, DriverError, RobotInfo, RobotState
+
+# name -> (module, driver class, config class, fixed config values)
+DRIVERS: dict[str, tuple[str, str, str, dict]] = {
+    "sim_panda": ("armflow.hardware.sim_arm", "SimArmDriver", "SimArmConfig", {"arm": "panda"}),
+    "sim_ur5e": ("armflow.hardware.sim_arm", "SimArmDriver", "SimArmConfig", {"arm": "ur5e"}),
+    "sim_xarm7": ("armflow.hardware.sim_arm", "SimArmDriver", "SimArmConfig", {"arm": "xarm7"}),
+    "ur": ("armflow.hardware.ur", "URDriver", "URConfig", {}),
+    "franka": ("armflow.hardware.franka", "FrankaDriver", "FrankaConfig", {}),
+    "xarm": ("armflow.hardware.xarm", "XArmDriver", "XArmConfig", {}),
+}
+TASK_DRIVER = ("armflow.hardware.sim_task", "SimTaskDriver", "SimTaskConfig", {})
+
+
+def _plain(value):
+    """OmegaConf containers / lists -> tuples and dicts, so frozen configs stay hashable and typo-free."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def build_config(cls, cfg: dict, where: str):
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise TypeError(f"{where}: unknown config key(s) {unknown}; valid keys: {', '.join(valid)}")
+    return cls(**{k: _plain(v) for k, v in cfg.items()})
+
+
+def make_driver(name: str, **cfg) -> Driver:
+    """Build the driver ``name`` (a key of ``DRIVERS``) with config overrides ``cfg``."""
+    if name not in DRIVERS:
+        raise KeyError(f"unknown robot {name!r}; valid robots: {', '.join(DRIVERS)}")
+    entry = DRIVERS[name]
+    if cfg.get("task") is not None:
+        if name != "sim_panda":
+            raise ValueError(f"robot {name!r}: task={cfg['task']!r} needs robot sim_panda (native tasks use the Panda)")
+        entry = TASK_DRIVER
+    elif "task" in cfg:
+        cfg = {k: v for k, v in cfg.items() if k != "task"}
+    module, cls_name, cfg_name, fixed = entry
+    mod = importlib.import_module(module)
+    clash = sorted(set(fixed) & set(cfg))
+    if clash:
+        raise TypeError(f"robot {name!r}: {clash} are fixed by the robot name")
+    config = build_config(getattr(mod, cfg_name), {**fixed, **cfg}, f"robot {name!r}")
+    return getattr(mod, cls_name)(config)
+
+
+__all__ = ["DRIVERS", "MODES", "Driver", "DriverError", "RobotInfo", "RobotState", "make_driver", "build_config"]

@@ -31,21 +31,21 @@ ARMS: dict[str, ArmSpec] = {
         asset="panda",
         home_rad=(0.0, np.pi / 16, 0.0, -np.pi / 2 - np.pi / 3, 0.0, np.pi - 0.2, np.pi / 4),
         joint_vel_max_rad_s=(2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61),
-        kp=(400.0, 400.0, 400.0, 300.0, 150.0, 100.0, 50.0),
+        kp=(3000.0, 3000.0, 2000.0, 1500.0, 800.0, 500.0, 300.0),
         base_height_m=0.0,
     ),
     "ur5e": ArmSpec(
         asset="ur5e",
         home_rad=(-0.470, -1.735, 2.480, -2.275, -1.590, -1.991),
         joint_vel_max_rad_s=(3.14, 3.14, 3.14, 3.14, 3.14, 3.14),
-        kp=(800.0, 800.0, 400.0, 150.0, 100.0, 50.0),
+        kp=(4000.0, 4000.0, 2000.0, 800.0, 500.0, 300.0),
         base_height_m=0.0,
     ),
     "xarm7": ArmSpec(
         asset="xarm7",
         home_rad=(0.0, 0.0, 0.0, 0.39 * np.pi, 0.0, 0.39 * np.pi, 0.0),
         joint_vel_max_rad_s=(3.14, 3.14, 3.14, 3.14, 3.14, 3.14, 3.14),
-        kp=(500.0, 500.0, 400.0, 300.0, 150.0, 100.0, 50.0),
+        kp=(3000.0, 3000.0, 2000.0, 1500.0, 800.0, 500.0, 300.0),
         base_height_m=0.0,
     ),
 }
@@ -100,7 +100,7 @@ def _add_world(spec: mujoco.MjSpec, size_px: tuple[int, int]) -> None:
     world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.1], pos=[0, 0, -0.8],
                    rgba=[0.3, 0.35, 0.4, 1])
     world.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.4, 0.5, 0.4], pos=[0.65, 0, -0.4],
-                   rgba=[0.75, 0.6, 0.45, 1])
+                   rgba=[0.75, 0.6, 0.45, 1], contype=1, conaffinity=3)
     world.add_camera(name="front", pos=[1.6, 0.0, 0.9], xyaxes=[0, 1, 0, -0.45, 0, 0.9])
     world.add_camera(name="side", pos=[0.5, -1.4, 0.7], xyaxes=[1, 0, 0, 0, 0.45, 0.9])
 
@@ -117,8 +117,6 @@ def build_arm_model(arm: str, timestep_s: float = 0.002, image_size_px: tuple[in
     spec.option.timestep = timestep_s
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     arm_joints = [j.name for j in spec.joints]
-    for body in spec.bodies:
-        body.gravcomp = 1.0  # an ideal gravity model, like the vendors' controllers
     for name, kp in zip(arm_joints, info.kp):
         joint = spec.joint(name)
         joint.armature = max(joint.armature, 0.05)
@@ -128,6 +126,10 @@ def build_arm_model(arm: str, timestep_s: float = 0.002, image_size_px: tuple[in
     base = spec.body("base")
     base.pos = [0, 0, info.base_height_m]
     _add_gripper(spec, spec.body(HAND_BODY))
+    for body in spec.bodies:
+        body.gravcomp = 1.0  # an ideal gravity model, like the vendors' controllers
+    for geom in spec.geoms:  # robot geoms: no self-collision, but they touch the table and objects
+        geom.contype, geom.conaffinity = 2, 1
     _add_world(spec, image_size_px)
     return spec.compile()
 

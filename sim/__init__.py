@@ -1,1 +1,27 @@
-"""armflow.sim"""
+"""armflow.sim: MuJoCo tasks, the robosuite adapter, vector envs and scripted experts.
+
+Public names: ``make_env``, ``ENVS`` (explicit registry), ``make_vec_env``,
+``SyncVectorEnv``, ``SubprocVectorEnv``, ``WorkerError``, ``make_expert``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+# MuJoCo picks its GL backend when first imported; default to OSMesa (EGL does not work on CPU boxes).
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+from armflow.sim.registry import ENVS, make_env  # noqa: E402 - after the GL default above
+from armflow.sim.vector import SubprocVectorEnv, SyncVectorEnv, WorkerError, make_vec_env  # noqa: E402
+
+
+def make_expert(env: Any, noise_std: float = 0.0, seed: int | None = None):
+    """Scripted expert for ``env`` (see ``armflow.sim.experts``; imported lazily)."""
+    experts = importlib.import_module("armflow.sim.experts")
+    return experts.make_expert(env, noise_std=noise_std, seed=seed)
+
+
+__all__ = ["ENVS", "make_env", "make_vec_env", "make_expert", "SyncVectorEnv", "SubprocVectorEnv",
+           "WorkerError"]

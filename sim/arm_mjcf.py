@@ -21,11 +21,13 @@ import mujoco  # noqa: E402
 
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
 FINGER_JOINTS = ("finger_joint1", "finger_joint2")
-# robosuite's Panda home posture [rad]: gripper above the table, pointing down.
-HOME_QPOS = (0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816)
+# Home posture [rad]: grip site at (0.45, 0, 0.20) m pointing straight down (solved once by IK),
+# grip-site frame = world rotated pi about x (quat wxyz (0, 1, 0, 0)); fingers close along world y.
+HOME_QPOS = (0.0, -0.07303, 0.0, -2.54601, 0.0, 2.47298, 0.78540)
+HOME_EE_QUAT = (0.0, 1.0, 0.0, 0.0)
 # Position-servo gains per joint [N m / rad] and damping [N m s / rad]; torque limits are Panda's.
-_KP = (600, 600, 500, 500, 200, 150, 80)
-_KV = (60, 60, 50, 50, 15, 12, 6)
+_KP = (1200, 1200, 1000, 1000, 400, 300, 160)
+_KV = (84, 84, 70, 70, 21, 17, 8.4)
 _TAU_MAX = (87, 87, 87, 87, 12, 12, 12)
 _RANGES = ((-2.8973, 2.8973), (-1.7628, 1.7628), (-2.8973, 2.8973), (-3.0718, -0.0698),
            (-2.8973, 2.8973), (-0.0175, 3.7525), (-2.8973, 2.8973))
@@ -96,7 +98,7 @@ def _cube_xml(index: int, half_m: float) -> str:
     return (
         f'<body name="cube{index}" pos="0.5 {0.15 * index} {half_m}"><freejoint name="cube{index}_joint"/>'
         f'<geom name="cube{index}" type="box" size="{half_m} {half_m} {half_m}" density="500" '
-        f'rgba="{CUBE_COLORS[index % len(CUBE_COLORS)]}" class="col"/></body>'
+        f'rgba="{CUBE_COLORS[index % len(CUBE_COLORS)]}" class="col" group="1"/></body>'
     )
 
 
@@ -107,8 +109,8 @@ def _actuators_xml() -> str:
         for i in range(7)
     )
     fingers = (
-        '<position name="act_finger1" joint="finger_joint1" kp="800" kv="15" ctrlrange="0 0.04" forcerange="-40 40"/>'
-        '<position name="act_finger2" joint="finger_joint2" kp="800" kv="15" ctrlrange="-0.04 0" forcerange="-40 40"/>'
+        '<position name="act_finger1" joint="finger_joint1" kp="800" kv="15" ctrlrange="0 0.04" forcerange="-20 20"/>'
+        '<position name="act_finger2" joint="finger_joint2" kp="800" kv="15" ctrlrange="-0.04 0" forcerange="-20 20"/>'
     )
     return f"<actuator>{arm}{fingers}</actuator>"
 
@@ -124,11 +126,11 @@ def scene_xml(n_cubes: int, cube_half_m: float, sim_dt_s: float) -> str:
     return f"""<mujoco model="armflow_panda_cubes">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="{sim_dt_s}" integrator="implicitfast" cone="elliptic" impratio="5"/>
-  <visual><quality shadowsize="0" offsamples="0"/><global offwidth="640" offheight="480"/></visual>
+  <visual><quality shadowsize="0" offsamples="0"/><headlight ambient="0.35 0.35 0.35" diffuse="0.5 0.5 0.5"/><global offwidth="640" offheight="480"/></visual>
   <default>
     <default class="vis"><geom type="mesh" contype="0" conaffinity="0" group="1" rgba="0.92 0.92 0.94 1"/></default>
-    <default class="col"><geom contype="1" conaffinity="1" condim="4" friction="1 0.01 0.0001" group="3"/></default>
-    <default class="pad"><geom contype="1" conaffinity="1" condim="4" friction="1.5 0.02 0.0001"
+    <default class="col"><geom contype="1" conaffinity="1" condim="4" friction="1 0.01 0.0001" solimp="0.95 0.99 0.001" group="3"/></default>
+    <default class="pad"><geom contype="1" conaffinity="1" condim="4" friction="1.5 0.02 0.0001" solimp="0.95 0.99 0.001"
       rgba="0.3 0.3 0.3 1" group="1"/></default>
   </default>
   <asset>{arm_meshes}
@@ -138,8 +140,8 @@ def scene_xml(n_cubes: int, cube_half_m: float, sim_dt_s: float) -> str:
     <light pos="0.4 0 1.5" dir="0 0 -1" directional="true"/>
     <geom name="floor" type="plane" size="2 2 0.1" pos="0 0 -0.8" rgba="0.3 0.3 0.32 1" contype="0" conaffinity="0"/>
     <geom name="table" type="box" size="0.5 0.6 0.02" pos="0.45 0 -0.02" rgba="0.6 0.5 0.4 1" class="col" group="1"/>
-    <camera name="agentview" pos="1.25 0 0.55" xyaxes="0 1 0 -0.55 0 0.85" fovy="45"/>
-    <camera name="topview" pos="0.5 0 1.1" xyaxes="0 -1 0 1 0 0" fovy="45"/>
+    <camera name="agentview" pos="1.0 0 0.75" xyaxes="0 1 0 -0.735 0 0.678" fovy="50"/>
+    <camera name="topview" pos="0.5 0 0.9" xyaxes="0 -1 0 1 0 0" fovy="50"/>
     <body name="base" pos="0 0 0.0">{_arm_xml()}</body>
     {cubes}
   </worldbody>

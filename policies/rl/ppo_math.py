@@ -21,8 +21,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
     ``terminated`` zeroes it. The recursion is cut at every episode end (terminated or truncated).
     Returns (advantages (S, N), returns = advantages + values (S, N)).
     """
-    not_term = 1.0 - terminated.float()
-    not_done = 1.0 - torch.logical_or(terminated.bool(), truncated.bool()).float()
+    not_term = 1.0 - terminated.to(rewards.dtype)
+    not_done = 1.0 - torch.logical_or(terminated.bool(), truncated.bool()).to(rewards.dtype)
     deltas = rewards + gamma * next_values * not_term - values
     adv = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[0])

@@ -1,0 +1,262 @@
+"""The bridge wire format: one schema module, ``PROTOCOL_VERSION = (major, minor)``.
+
+A message is a ZeroMQ multipart ``[msgpack header, *array frames]``. The header is a map::
+
+    {"v": [major, minor], "type": str, "seq": int, "session": str, "t_send_ns": int,
+     "frames": [[name, dtype, shape], ...], "body": {type-specific scalars}}
+
+Array frames are raw little-endian C-contiguous bytes described by ``frames``; they are sent
+and received without copies (``np.frombuffer`` over the ZeroMQ frame) so camera images and
+long chunks cost no serialisation. Never pickle: msgpack decodes only plain data, and every
+field is checked against the schema below before anything acts on it (``ProtocolError``).
+A newer *minor* version may add optional body fields (ignored by older peers); a different
+*major* version is rejected at the handshake.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = (1, 0)
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_FRAMES = 16
+MAX_NDIM = 4
+#: Requests from clients are small; published state may carry camera images.
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+MAX_PUB_BYTES = 64 * 1024 * 1024
+MAX_CHUNK_H = 1024
+MAX_ACTION_DIM = 16
+MAX_STR = 256
+INT64_MAX = 2**63 - 1
+
+ALLOWED_DTYPES = ("<f4", "<f8", "<i4", "<i8", "|u1", "|b1")
+ROLES = ("controller", "observer")
+ACTION_SPACES = ("joint_pos", "joint_vel", "ee_pose", "ee_delta")
+MERGE_RULES = ("replace",)
+
+
+class ProtocolError(ValueError):
+    """A message that violates the schema; ``code`` is a short machine-readable reason."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+# body schema: type -> {field: (accepted python types, required)}
+_INT, _FLOAT, _STR, _BOOL, _DICT, _LIST = (int,), (int, float), (str,), (bool,), (dict,), (list,)
+_OPT_INT = (int, type(None))
+BODY_SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "HELLO": {"client_version": (_STR, True), "role": (_STR, True), "allow_real": (_BOOL, False),
+              "t_cmd_ms": (_OPT_INT, False)},
+    "WELCOME": {"session": (_STR, True), "robot": (_DICT, True), "limits": (_DICT, True),
+                "limits_hash": (_STR, True), "servo_rate_hz": (_FLOAT, True), "state_rate_hz": (_FLOAT, True),
+                "server_time_ns": (_INT, True), "timing": (_STR, True), "t_cmd_ms": (_INT, True),
+                "role": (_STR, True), "action_dims": (_DICT, True), "pub_endpoint": (_STR, True)},
+    "REJECT": {"reason": (_STR, True), "code": (_STR, True)},
+    "ARM": {"mode": (_STR, True)},
+    "DISARM": {},
+    "CHUNK": {"chunk_id": (_INT, True), "obs_seq": (_INT, True), "t0_ns": (_INT, True), "dt_ns": (_INT, True),
+              "action_space": (_STR, True), "merge": (_STR, False)},
+    "HEARTBEAT": {},
+    "ESTOP": {"reason": (_STR, False)},
+    "RESET": {"seed": (_INT, True)},
+    "TIME_SYNC": {"t0_ns": (_INT, True)},
+    "BYE": {},
+    "STATE": {"state": (_DICT, True)},
+    "EVENT": {"kind": (_STR, True), "data": (_DICT, False)},
+    "ACK": {"ack_seq": (_INT, True), "info": (_DICT, False)},
+    "NACK": {"ack_seq": (_INT, True), "code": (_STR, True), "reason": (_STR, True)},
+}
+MSG_TYPES = tuple(BODY_SCHEMAS)
+#: Sent by clients to the server (everything else is server -> client).
+REQUEST_TYPES = ("HELLO", "ARM", "DISARM", "CHUNK", "HEARTBEAT", "ESTOP", "RESET", "TIME_SYNC", "BYE")
+_HEADER_KEYS = {"v", "type", "seq", "session", "t_send_ns", "frames", "body"}
+
+
+@dataclass
+class Message:
+    """A decoded message; ``arrays`` maps frame name -> ndarray (read-only views when received)."""
+
+    type: str
+    body: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+    seq: int = 0
+    session: str = ""
+    t_send_ns: int = 0
+    version: tuple = PROTOCOL_VERSION
+
+
+def _canonical_dtype(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if arr.dtype.str not in ALLOWED_DTYPES:
+        raise ProtocolError("bad_dtype", f"dtype {arr.dtype} not allowed; allowed: {ALLOWED_DTYPES}")
+    return np.ascontiguousarray(arr)
+
+
+def encode(msg_type: str, body: dict | None = None, arrays: dict | None = None, *, seq: int = 0,
+           session: str = "", t_send_ns: int | None = None) -> list:
+    """Return the multipart frames ``[header bytes, *array buffers]`` (array buffers are not copied)."""
+    if msg_type not in BODY_SCHEMAS:
+        raise ProtocolError("bad_type", f"unknown message type {msg_type!r}; valid: {MSG_TYPES}")
+    descs, buffers = [], []
+    for name, value in (arrays or {}).items():
+        arr = _canonical_dtype(np.asarray(value))
+        descs.append([name, arr.dtype.str, list(arr.shape)])
+        buffers.append(memoryview(arr).cast("B") if arr.size else b"")
+    header = {"v": list(PROTOCOL_VERSION), "type": msg_type, "seq": int(seq), "session": session,
+              "t_send_ns": int(time.monotonic_ns() if t_send_ns is None else t_send_ns),
+              "frames": descs, "body": body or {}}
+    return [msgpack.packb(header, use_bin_type=True)] + buffers
+
+
+def _frame_buffer(frame) -> memoryview:
+    if hasattr(frame, "buffer"):  # zmq.Frame received with copy=False
+        return frame.buffer
+    return memoryview(frame)
+
+
+def _unpack_header(raw: memoryview) -> dict:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", f"header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(bytes(raw), raw=False, strict_map_key=True, use_list=True,
+                                 max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_ext_len=0,
+                                 max_array_len=1024, max_map_len=256)
+    except Exception as exc:  # msgpack raises many types for hostile bytes; all mean "bad header"
+        raise ProtocolError("bad_msgpack", f"header is not valid msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
+        got = sorted(header) if isinstance(header, dict) else type(header).__name__
+        raise ProtocolError("bad_header", f"header must be a map with keys {sorted(_HEADER_KEYS)}, got {got}")
+    return header
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_version(v) -> tuple[int, int]:
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_int(x) and 0 <= x < 1000 for x in v)):
+        raise ProtocolError("bad_version", f"'v' must be [major, minor], got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def _check_value(name: str, value, types: tuple[type, ...]) -> None:
+    if bool not in types and isinstance(value, bool):
+        raise ProtocolError("bad_field", f"{name} must be {[t.__name__ for t in types]}, got bool")
+    if not isinstance(value, types):
+        raise ProtocolError("bad_field", f"{name} must be {[t.__name__ for t in types]}, got {type(value).__name__}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        raise ProtocolError("bad_field", f"{name} out of int64 range")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError("not_finite", f"{name} must be finite, got {value}")
+    if isinstance(value, str) and len(value) > MAX_STR and name != "reason":
+        raise ProtocolError("bad_field", f"{name} longer than {MAX_STR} characters")
+
+
+def _check_body(msg_type: str, body, minor: int) -> dict:
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_body", f"body must be a map, got {type(body).__name__}")
+    schema = BODY_SCHEMAS[msg_type]
+    unknown = set(body) - set(schema)
+    if unknown and minor <= PROTOCOL_VERSION[1]:
+        raise ProtocolError("bad_body", f"{msg_type}: unknown fields {sorted(unknown)}; valid: {sorted(schema)}")
+    for name, (types, required) in schema.items():
+        if name not in body:
+            if required:
+                raise ProtocolError("bad_body", f"{msg_type}: missing required field {name!r}")
+            continue
+        _check_value(f"{msg_type}.{name}", body[name], types)
+    return {k: v for k, v in body.items() if k in schema}
+
+
+def _check_frames(descs, buffers: list, max_bytes: int) -> dict[str, np.ndarray]:
+    if not isinstance(descs, list) or len(descs) != len(buffers) or len(descs) > MAX_FRAMES:
+        raise ProtocolError("bad_frames", f"'frames' must list one [name, dtype, shape] per array frame "
+                                          f"(<= {MAX_FRAMES}); got {len(buffers)} frames")
+    arrays, total = {}, 0
+    for desc, buf in zip(descs, buffers):
+        if not (isinstance(desc, list) and len(desc) == 3 and isinstance(desc[0], str) and len(desc[0]) <= 64
+                and desc[1] in ALLOWED_DTYPES and isinstance(desc[2], list) and len(desc[2]) <= MAX_NDIM
+                and all(_is_int(s) and 0 <= s <= max_bytes for s in desc[2])):
+            raise ProtocolError("bad_frames", f"bad frame descriptor {desc!r}; dtypes allowed: {ALLOWED_DTYPES}")
+        name, dtype, shape = desc
+        if name in arrays:
+            raise ProtocolError("bad_frames", f"duplicate frame name {name!r}")
+        nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+        total += nbytes
+        if total > max_bytes:
+            raise ProtocolError("too_large", f"array frames exceed {max_bytes} bytes")
+        view = _frame_buffer(buf)
+        if view.nbytes != nbytes:
+            raise ProtocolError("bad_frames", f"frame {name!r}: {view.nbytes} bytes, descriptor needs {nbytes}")
+        arr = np.frombuffer(view, dtype=np.dtype(dtype)).reshape(shape) if nbytes else np.zeros(shape, dtype)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ProtocolError("not_finite", f"frame {name!r} contains NaN or inf")
+        arr.flags.writeable = False  # a view over the received frame: never mutate it in place
+        arrays[name] = arr
+    return arrays
+
+
+def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[str, ...] | None = None) -> Message:
+    """Parse and validate multipart ``frames``; raise ``ProtocolError`` on anything off-schema.
+
+    ``expect`` restricts the accepted message types (e.g. ``REQUEST_TYPES`` on the server).
+    Array checks specific to a message type (e.g. chunk shapes) are in ``validate_chunk``.
+    """
+    if not frames:
+        raise ProtocolError("bad_frames", "empty message")
+    header = _unpack_header(_frame_buffer(frames[0]))
+    major, minor = _check_version(header["v"])
+    msg_type = header["type"]
+    if not isinstance(msg_type, str) or msg_type not in BODY_SCHEMAS:
+        raise ProtocolError("bad_type", f"unknown message type {msg_type!r}; valid: {MSG_TYPES}")
+    if expect is not None and msg_type not in expect:
+        raise ProtocolError("bad_type", f"message type {msg_type} not accepted here; expected one of {expect}")
+    for key, types in (("seq", _INT), ("t_send_ns", _INT), ("session", _STR)):
+        _check_value(key, header[key], types)
+    if header["seq"] < 0:
+        raise ProtocolError("bad_field", "seq must be >= 0")
+    if major != PROTOCOL_VERSION[0] and msg_type != "HELLO":
+        raise ProtocolError("version", f"protocol major {major} != {PROTOCOL_VERSION[0]}")
+    if major != PROTOCOL_VERSION[0]:  # a HELLO from another major: only enough to REJECT it
+        return Message(msg_type, {}, {}, header["seq"], header["session"], header["t_send_ns"], (major, minor))
+    body = _check_body(msg_type, header["body"], minor)
+    arrays = _check_frames(header["frames"], list(frames[1:]), max_bytes)
+    return Message(msg_type, body, arrays, header["seq"], header["session"], header["t_send_ns"], (major, minor))
+
+
+def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check a CHUNK's fields and arrays; return ``(actions (H, D) float64, gripper (H,) | None)``."""
+    body = msg.body
+    space = body["action_space"]
+    if space not in action_dims:
+        raise ProtocolError("bad_mode", f"action_space {space!r} not supported; valid: {sorted(action_dims)}")
+    if body.get("merge", "replace") not in MERGE_RULES:
+        raise ProtocolError("bad_field", f"merge {body['merge']!r} unknown; valid: {MERGE_RULES}")
+    if body["dt_ns"] <= 0 or body["dt_ns"] > 10**9:
+        raise ProtocolError("bad_field", f"dt_ns must be in (0, 1e9], got {body['dt_ns']}")
+    if body["t0_ns"] < 0 or body["chunk_id"] < 0:
+        raise ProtocolError("bad_field", "t0_ns and chunk_id must be >= 0")
+    if set(msg.arrays) - {"actions", "gripper"} or "actions" not in msg.arrays:
+        raise ProtocolError("bad_frames", f"CHUNK needs 'actions' (+ optional 'gripper'), got {sorted(msg.arrays)}")
+    actions = msg.arrays["actions"]
+    dim = action_dims[space]
+    if actions.dtype.kind != "f" or actions.ndim != 2 or not 1 <= actions.shape[0] <= MAX_CHUNK_H \
+            or actions.shape[1] != dim:
+        raise ProtocolError("bad_shape", f"actions must be float (H<={MAX_CHUNK_H}, {dim}) for {space}, "
+                                         f"got {actions.dtype} {actions.shape}")
+    gripper = msg.arrays.get("gripper")
+    if gripper is not None:
+        if gripper.dtype.kind != "f" or gripper.shape != (actions.shape[0],):
+            raise ProtocolError("bad_shape", f"gripper must be float ({actions.shape[0]},), got {gripper.shape}")
+        if (gripper < 0).any() or (gripper > 1).any():
+            raise ProtocolError("bad_field", "gripper must be in [0, 1] (0 open, 1 closed)")
+        gripper = gripper.astype(np.float64)
+    return actions.astype(np.float64), gripper

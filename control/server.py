@@ -1,0 +1,304 @@
+"""The bridge server's I/O process: ROUTER (control) + PUB (state, events), handshake, lease.
+
+The servo loop runs in its own process (``control/servo.py``) and owns the driver; this
+process only validates messages, keeps sessions and the controller lease, and relays:
+requests -> servo over a pipe (+ shared-memory watchdog/e-stop words), servo state/events
+-> PUB, servo replies -> ACK/NACK. CHUNK and HEARTBEAT are acknowledged here right after
+validation (the fast path the round-trip benchmark measures); ARM/DISARM/RESET are
+acknowledged when the servo has applied them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from armflow.control import channel, protocol as P
+from armflow.control.limits import SafetyLimits, load_limits
+from armflow.control.security import CurveConfig, check_endpoint, make_curve_server, start_authenticator
+from armflow.control.servo import ServoConfig, servo_main
+from armflow.control.watchdog import MOVING
+
+log = logging.getLogger("armflow.control.server")
+
+
+class ServerError(RuntimeError):
+    """The server could not start (servo failed, endpoint refused, ...)."""
+
+
+@dataclass
+class ServerConfig:
+    robot: str = "fake_arm"
+    robot_options: dict = field(default_factory=dict)
+    limits: str = "sim_panda"  # name under configs/limits/ or a YAML path
+    endpoint: str = "ipc:///tmp/armflow-bridge"
+    pub_endpoint: str | None = None  # default: derived from endpoint
+    lockstep: bool = False
+    servo_rate_hz: float | None = None
+    state_rate_hz: float = 100.0
+    t_cmd_ms: int | None = None  # default: the limits file's t_cmd_ms_default
+    lease_timeout_ms: int = 2000  # a silent controller loses its lease after this
+    exec_latency_ms: float = 0.0
+    actuator_latency_ms: float = 0.0
+    curve: CurveConfig | None = None
+    start_method: str = "spawn"
+    ready_timeout_s: float = 120.0
+
+
+def derive_pub_endpoint(endpoint: str) -> str:
+    if endpoint.startswith("tcp://"):
+        host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+        return f"tcp://{host}:*" if port == "*" else f"tcp://{host}:{int(port) + 1}"
+    return endpoint + ".pub"
+
+
+@dataclass
+class Session:
+    session: str
+    role: str
+    last_seen_ns: int
+
+
+class BridgeServer:
+    """Start with ``start()``, run ``serve(should_stop)``, always ``close()``."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.limits: SafetyLimits = load_limits(cfg.limits)
+        t_cmd_max = self.limits.t_cmd_ms_max_lockstep if cfg.lockstep else self.limits.t_cmd_ms_max
+        self.t_cmd_ms = int(cfg.t_cmd_ms or self.limits.t_cmd_ms_default)
+        if not 0 < self.t_cmd_ms <= t_cmd_max:
+            raise ServerError(f"t_cmd_ms={self.t_cmd_ms} outside (0, {t_cmd_max}] allowed by {cfg.limits}")
+        self.t_cmd_max_ms = t_cmd_max
+        for ep in (cfg.endpoint, cfg.pub_endpoint or derive_pub_endpoint(cfg.endpoint)):
+            check_endpoint(ep, cfg.curve)
+        self.sessions: dict[bytes, Session] = {}
+        self.controller: bytes | None = None
+        self.pending: dict[int, tuple[bytes, int, str]] = {}
+        self.req_counter = 0
+        self.n_bad = 0
+        self.ctx = self.router = self.pub = self.auth = self.proc = self.conn = None
+        self.ready: dict = {}
+        self.servo_status = "DISCONNECTED"  # as last reported by the servo (pipe order)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        mp = channel.get_context(self.cfg.start_method)
+        self.shared = channel.SharedWords.create(mp)
+        self.conn, child = mp.Pipe(duplex=True)
+        scfg = ServoConfig(self.cfg.robot, dict(self.cfg.robot_options), self.limits.to_dict(), self.cfg.lockstep,
+                           self.cfg.servo_rate_hz, self.cfg.state_rate_hz, self.t_cmd_ms,
+                           self.cfg.exec_latency_ms, self.cfg.actuator_latency_ms)
+        self.proc = mp.Process(target=servo_main, args=(scfg, child, self.shared), name="armflow-servo")
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(self.cfg.ready_timeout_s):
+            raise ServerError(f"servo process not ready after {self.cfg.ready_timeout_s} s")
+        msg = channel.unpack(self.conn.recv_bytes())
+        if msg["kind"] != "ready":
+            raise ServerError(f"servo process failed to start: {msg.get('error', msg)}")
+        self.ready = msg
+        self._bind()
+        log.info("bridge up: robot=%s control=%s pub=%s limits=%s hash=%s", self.cfg.robot, self.endpoint,
+                 self.pub_endpoint, self.cfg.limits, self.limits.hash)
+
+    def _bind(self) -> None:
+        self.ctx = zmq.Context()
+        if self.cfg.curve is not None:
+            self.auth = start_authenticator(self.ctx, self.cfg.curve)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.pub = self.ctx.socket(zmq.PUB)
+        for sock in (self.router, self.pub):
+            sock.linger = 0
+            if self.cfg.curve is not None:
+                make_curve_server(sock, self.cfg.curve)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.pub.sndhwm = 100
+        self.router.bind(self.cfg.endpoint)
+        self.pub.bind(self.cfg.pub_endpoint or derive_pub_endpoint(self.cfg.endpoint))
+        self.endpoint = self.router.last_endpoint.decode()
+        self.pub_endpoint = self.pub.last_endpoint.decode()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send_bytes(channel.pack({"cmd": "stop"}))
+            except (OSError, ValueError):
+                pass  # the servo already exited and closed its end
+        if self.proc is not None:
+            self.proc.join(5.0)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(2.0)
+        for sock in (self.router, self.pub):
+            if sock is not None:
+                sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+        if self.ctx is not None:
+            self.ctx.term()
+        for ep in (getattr(self, "endpoint", ""), getattr(self, "pub_endpoint", "")):
+            if ep.startswith("ipc://") and os.path.exists(ep[len("ipc://"):]):
+                os.unlink(ep[len("ipc://"):])
+
+    def serve(self, should_stop=lambda: False, poll_ms: int = 20) -> None:
+        """Run the I/O loop until ``should_stop()`` or the servo process exits."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.conn.fileno(), zmq.POLLIN)
+        while not should_stop():
+            events = dict(poller.poll(poll_ms))
+            if self.router in events:
+                for _ in range(256):  # drain, but keep serving the servo pipe
+                    try:
+                        frames = self.router.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.on_request(frames[0], frames[1:])
+            while self.conn.poll(0):
+                try:
+                    self.on_servo(channel.unpack(self.conn.recv_bytes()))
+                except EOFError:
+                    raise ServerError("servo process exited") from None
+            self._expire_lease()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def send(self, ident: bytes, msg_type: str, body: dict, seq: int = 0, session: str = "") -> None:
+        self.router.send_multipart([ident] + P.encode(msg_type, body, seq=seq, session=session), copy=False)
+
+    def nack(self, ident: bytes, ack_seq: int, code: str, reason: str) -> None:
+        self.send(ident, "NACK", {"ack_seq": ack_seq, "code": code, "reason": reason[:1000]})
+
+    def to_servo(self, obj: dict) -> None:
+        self.conn.send_bytes(channel.pack(obj))
+
+    def _set_lease(self, ident: bytes | None, t_cmd_ms: int | None = None) -> None:
+        self.controller = ident
+        self.to_servo({"cmd": "lease", "held": ident is not None, "t_cmd_ms": t_cmd_ms})
+
+    def _expire_lease(self) -> None:
+        if self.controller is None:
+            return
+        sess = self.sessions.get(self.controller)
+        if sess is None or time.monotonic_ns() - sess.last_seen_ns > self.cfg.lease_timeout_ms * 1e6:
+            log.warning("controller lease expired")
+            self.sessions.pop(self.controller, None)
+            self._set_lease(None)
+
+    # -- requests -------------------------------------------------------------------------------
+    def on_request(self, ident: bytes, frames: list) -> None:
+        t_recv = time.monotonic_ns()
+        try:
+            msg = P.decode(frames, expect=P.REQUEST_TYPES)
+        except P.ProtocolError as exc:
+            self.n_bad += 1
+            self.nack(ident, 0, exc.code, str(exc))
+            return
+        if msg.type == "HELLO":
+            self.on_hello(ident, msg)
+            return
+        sess = self.sessions.get(ident)
+        if sess is None or msg.session != sess.session:
+            self.nack(ident, msg.seq, "no_session", "send HELLO first (or session id mismatch)")
+            return
+        sess.last_seen_ns = t_recv
+        is_ctrl = ident == self.controller
+        if is_ctrl:
+            self.shared.last_cmd_ns.value = t_recv  # watchdog feed: any valid message from the lease holder
+        if msg.type == "ESTOP":  # anyone connected may stop the robot; it jumps the queue
+            self.shared.estop_count.value += 1
+            self.send(ident, "ACK", {"ack_seq": msg.seq}, session=sess.session)
+        elif msg.type == "TIME_SYNC":
+            self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"t0_ns": msg.body["t0_ns"], "t1_ns": t_recv,
+                                                                  "t2_ns": time.monotonic_ns()}})
+        elif msg.type == "HEARTBEAT":
+            self.send(ident, "ACK", {"ack_seq": msg.seq})
+        elif msg.type == "BYE":
+            self.sessions.pop(ident, None)
+            if is_ctrl:
+                self._set_lease(None)
+            self.send(ident, "ACK", {"ack_seq": msg.seq})
+        elif not is_ctrl:
+            self.nack(ident, msg.seq, "not_controller", f"{msg.type} needs the controller lease")
+        elif msg.type == "CHUNK":
+            self.on_chunk(ident, msg)
+        else:  # ARM, DISARM, RESET: answered when the servo has applied them
+            self.req_counter += 1
+            self.pending[self.req_counter] = (ident, msg.seq, sess.session)
+            self.to_servo({"cmd": msg.type.lower(), "req": self.req_counter, **msg.body})
+
+    def on_chunk(self, ident: bytes, msg: P.Message) -> None:
+        if self.servo_status not in MOVING:  # the servo re-checks; this only answers early and clearly
+            self.nack(ident, msg.seq, "not_armed", f"state is {self.servo_status}; ARM first")
+            return
+        try:
+            actions, gripper = P.validate_chunk(msg, self.ready["dims"])
+        except P.ProtocolError as exc:
+            self.n_bad += 1
+            self.nack(ident, msg.seq, exc.code, str(exc))
+            return
+        self.to_servo({"cmd": "chunk", **msg.body, "actions": actions, "gripper": gripper})
+        self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"chunk_id": msg.body["chunk_id"]}})
+
+    def on_hello(self, ident: bytes, msg: P.Message) -> None:
+        body, info = msg.body, self.ready["info"]
+        if msg.version[0] != P.PROTOCOL_VERSION[0]:
+            reason = f"protocol major {msg.version[0]} != server {P.PROTOCOL_VERSION[0]} (server speaks {P.PROTOCOL_VERSION})"
+            self.send(ident, "REJECT", {"reason": reason, "code": "version"})
+            return
+        role = body["role"]
+        if role not in P.ROLES:
+            self.send(ident, "REJECT", {"reason": f"role {role!r}; valid: {P.ROLES}", "code": "bad_role"})
+            return
+        if role == "controller" and not info["is_sim"] and not body.get("allow_real", False):
+            self.send(ident, "REJECT", {"reason": "this is a real robot: connect with allow_real=True",
+                                        "code": "allow_real"})
+            return
+        if role == "controller" and self.controller not in (None, ident):
+            self.send(ident, "REJECT", {"reason": "another controller holds the lease", "code": "lease_held"})
+            return
+        t_cmd = body.get("t_cmd_ms") or self.t_cmd_ms
+        if not 0 < t_cmd <= self.t_cmd_max_ms:
+            self.send(ident, "REJECT", {"reason": f"t_cmd_ms {t_cmd} outside (0, {self.t_cmd_max_ms}]",
+                                        "code": "bad_t_cmd"})
+            return
+        session = secrets.token_hex(8)
+        self.sessions[ident] = Session(session, role, time.monotonic_ns())
+        if role == "controller":
+            self.shared.last_cmd_ns.value = time.monotonic_ns()
+            self._set_lease(ident, t_cmd)
+        self.send(ident, "WELCOME", {
+            "session": session, "robot": info, "limits": self.limits.to_dict(), "limits_hash": self.limits.hash,
+            "servo_rate_hz": self.ready["servo_rate_hz"], "state_rate_hz": self.cfg.state_rate_hz,
+            "server_time_ns": time.monotonic_ns(), "timing": "lockstep" if self.cfg.lockstep else "realtime",
+            "t_cmd_ms": int(t_cmd), "role": role, "action_dims": self.ready["dims"],
+            "pub_endpoint": self.pub_endpoint}, seq=msg.seq, session=session)
+
+    # -- servo -> clients -------------------------------------------------------------------------
+    def on_servo(self, msg: dict) -> None:
+        kind = msg["kind"]
+        if kind == "state":
+            self.servo_status = msg["body"]["status"]
+            self.pub.send_multipart([b"STATE"] + P.encode("STATE", {"state": msg["body"]}, msg["arrays"]), copy=False)
+        elif kind == "event":
+            if msg["event"] == "state":
+                self.servo_status = msg["data"]["new"]
+            if msg["event"] != "executed":
+                log.info("event %s %s", msg["event"], msg["data"])
+            self.pub.send_multipart([b"EVENT"] + P.encode("EVENT", {"kind": msg["event"], "data": msg["data"]}))
+        elif kind == "reply":
+            target = self.pending.pop(msg["req"], None)
+            if target is None:
+                return
+            ident, seq, session = target
+            self.servo_status = msg["info"].get("state", self.servo_status)
+            if msg["ok"]:
+                self.send(ident, "ACK", {"ack_seq": seq, "info": msg["info"]}, session=session)
+            else:
+                self.nack(ident, seq, msg["code"], str(msg["info"].get("reason", msg["code"])))
+        elif kind == "fatal":
+            raise ServerError(f"servo process failed: {msg['error']}")

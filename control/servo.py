@@ -1,0 +1,367 @@
+"""The servo loop: its own process, owns the driver, never touches a socket.
+
+Each tick (real-time mode, every ``1/servo_rate_hz`` on the monotonic clock):
+ 1. e-stop counter in shared memory (jumps the pipe queue);
+ 2. drain the command pipe from the I/O process (bounded, non-blocking);
+ 3. watchdog: T_cmd silence of the lease holder -> HOLD;
+ 4. read the driver state; contact force over the limit -> HOLD;
+ 5. if ARMED/RUNNING: scheduler -> safety layer -> ``driver.command``;
+ 6. hand state/events to the I/O process at the state rate.
+Lockstep mode (simulation): the tick runs only when a waypoint is buffered and advances the
+simulation by exactly one control step, so a policy's rollout through the bridge is the
+same as a direct in-sim evaluation with the same seed.
+"""
+from __future__ import annotations
+
+import importlib
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from armflow.control import channel
+from armflow.control.limits import SafetyLimits, limits_from_dict
+from armflow.control.safety import SafetyLayer, SafetyViolation
+from armflow.control.scheduler import ChunkScheduler
+from armflow.control.watchdog import LATCHED, Watchdog
+from armflow.hardware.driver import DriverError, RobotState
+
+#: Driver names served from armflow.control itself; anything else goes to armflow.hardware.make_driver.
+_ERR_BIN_NS, _ERR_BINS = 5_000, 4000  # period-error histogram: 5 us bins up to 20 ms
+LOCAL_DRIVERS = {"fake_arm": ("armflow.control.fake_arm", "make_fake_arm")}
+
+
+def action_dims(dof: int) -> dict[str, int]:
+    """Setpoint width per mode: joints, xyz + quaternion (w, x, y, z), or a 6-D twist/delta."""
+    return {"joint_pos": dof, "joint_vel": dof, "ee_pose": 7, "ee_delta": 6}
+
+
+def make_driver(name: str, options: dict):
+    if name in LOCAL_DRIVERS:
+        module, attr = LOCAL_DRIVERS[name]
+        return getattr(importlib.import_module(module), attr)(**options)
+    hardware = importlib.import_module("armflow.hardware")
+    if not hasattr(hardware, "make_driver"):
+        raise DriverError(f"robot {name!r}: armflow.hardware.make_driver is not available; "
+                          f"local drivers: {sorted(LOCAL_DRIVERS)}")
+    return hardware.make_driver(name, **options)
+
+
+@dataclass
+class ServoConfig:
+    robot: str
+    robot_options: dict
+    limits: dict  # SafetyLimits.to_dict()
+    lockstep: bool = False
+    servo_rate_hz: float | None = None  # None: the driver's native rate
+    state_rate_hz: float = 100.0
+    t_cmd_ms: int = 300
+    exec_latency_ms: float = 0.0
+    actuator_latency_ms: float = 0.0
+    spin_us: int = 300  # busy-wait this long before each real-time tick (sleep granularity)
+
+
+def state_arrays(st: RobotState) -> dict[str, np.ndarray]:
+    arrays = {"joint_pos": st.joint_pos_rad, "joint_vel": st.joint_vel_rad_s, "ee_pos": st.ee_pos_m,
+              "ee_quat": st.ee_quat_wxyz, "ee_force": st.ee_force_n}
+    for key, value in st.extras.items():
+        if isinstance(value, np.ndarray) and key.startswith("observation."):
+            arrays[key] = value
+    return arrays
+
+
+def _scalar_extras(extras: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in extras.items()
+            if isinstance(v, (bool, int, float, str, np.generic))}
+
+
+class ServoLoop:
+    """State for one servo process; ``run`` is its main loop (see module docstring)."""
+
+    def __init__(self, cfg: ServoConfig, conn, shared: channel.SharedWords):
+        self.cfg, self.conn, self.shared = cfg, conn, shared
+        self.limits: SafetyLimits = limits_from_dict(cfg.limits)
+        self.driver = make_driver(cfg.robot, dict(cfg.robot_options))
+        self.driver.connect()
+        self.info = self.driver.info()
+        self.dims = action_dims(self.info.dof)
+        self.rate_hz = float(cfg.servo_rate_hz or self.info.native_rate_hz)
+        self.period_ns = int(1e9 / self.rate_hz)
+        self.safety = SafetyLayer(self.limits, self.info)
+        self.watchdog = Watchdog(int(cfg.t_cmd_ms * 1e6))
+        self.scheduler: ChunkScheduler | None = None
+        self.mode: str | None = None
+        self.last_setpoint: np.ndarray | None = None
+        self.resume_check = False
+        self.estop_seen = shared.estop_count.value
+        self.step = self.episode = 0
+        self.executed_last = (-1, -1, 0)
+        self.starved = False
+        self.last_chunk_id = -1
+        self.err_hist = np.zeros(_ERR_BINS + 1, np.int64)  # |period error| histogram, _ERR_BIN_NS bins
+        self.running = True
+        self.outbox: queue.Queue = queue.Queue(maxsize=256)
+        self.n_dropped = 0
+        self.writer = threading.Thread(target=self._writer, name="servo-writer", daemon=True)
+        self.writer.start()
+        self.state: RobotState = self.driver.read_state()
+
+    # -- messages ---------------------------------------------------------------------------
+    def send(self, obj: dict) -> None:
+        """Queue a message for the I/O process; never blocks the tick (drops and counts when full)."""
+        try:
+            self.outbox.put_nowait(channel.pack(obj))
+        except queue.Full:
+            self.n_dropped += 1
+
+    def _writer(self) -> None:
+        # a blocked pipe (I/O process stalled) stalls only this thread, never the servo tick
+        while True:
+            data = self.outbox.get()
+            if data is None:
+                return
+            try:
+                self.conn.send_bytes(data)
+            except OSError:
+                self.running = False
+                return
+
+    def event(self, kind: str, **data) -> None:
+        self.send({"kind": "event", "event": kind, "data": data})
+
+    def reply(self, req: int, ok: bool, code: str = "", info: dict | None = None) -> None:
+        self.send({"kind": "reply", "req": req, "ok": ok, "code": code, "info": info or {}})
+
+    def now_ns(self) -> int:
+        """Server time: monotonic wall clock, or simulation time in lockstep."""
+        return self.step * self.period_ns if self.cfg.lockstep else time.monotonic_ns()
+
+    def drain(self, timeout_s: float = 0.0, max_msgs: int = 64) -> None:
+        for _ in range(max_msgs):
+            if not self.conn.poll(timeout_s):
+                return
+            timeout_s = 0.0
+            try:
+                self.handle(channel.unpack(self.conn.recv_bytes()))
+            except EOFError:
+                self.running = False  # the I/O process is gone
+                return
+
+    def handle(self, cmd: dict) -> None:
+        kind = cmd["cmd"]
+        if kind == "lease":
+            if cmd.get("t_cmd_ms"):
+                self.watchdog.t_cmd_ns = int(cmd["t_cmd_ms"] * 1e6)
+            self.watchdog.on_lease(cmd["held"])
+            if not cmd["held"]:
+                self.last_chunk_id = -1
+        elif kind == "arm":
+            self._arm(cmd)
+        elif kind == "disarm":
+            self.watchdog.on_disarm()
+            self._clear()
+            self.reply(cmd["req"], True, info={"state": self.watchdog.state})
+        elif kind == "chunk":
+            self._chunk(cmd)
+        elif kind == "reset":
+            self._reset(cmd)
+        elif kind == "stop":
+            self.running = False
+
+    def _clear(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.clear()
+
+    def _arm(self, cmd: dict) -> None:
+        mode = cmd["mode"]
+        if not self.safety.check_mode(mode):
+            self.reply(cmd["req"], False, "mode_gated", {"reason": f"mode {mode} not allowed"})
+            return
+        if self.watchdog.state in ("FAULT", "ESTOP"):
+            try:
+                self.driver.recover()
+            except DriverError as exc:
+                self.reply(cmd["req"], False, "recover_failed", {"reason": str(exc)})
+                return
+        ok, reason = self.watchdog.on_arm(time.monotonic_ns())
+        if not ok:
+            self.reply(cmd["req"], False, "not_leased", {"reason": reason})
+            return
+        self.state = self.driver.read_state()
+        self.mode, self.resume_check = mode, True
+        self.scheduler = ChunkScheduler(mode, self.dims[mode], int(self.cfg.exec_latency_ms * 1e6),
+                                        int(self.cfg.actuator_latency_ms * 1e6), lockstep=self.cfg.lockstep)
+        self.safety.reset(mode, self.state)
+        self.last_setpoint = self.safety.prev.copy() if mode in ("joint_pos", "ee_pose") else None
+        self.reply(cmd["req"], True, info={"state": self.watchdog.state})
+
+    def _chunk(self, cmd: dict) -> None:
+        ok, reason = self.watchdog.on_chunk()
+        if ok and cmd["action_space"] != self.mode:
+            ok, reason = False, f"chunk action_space {cmd['action_space']} != armed mode {self.mode}"
+        if ok and cmd["chunk_id"] <= self.last_chunk_id:
+            ok, reason = False, f"chunk_id {cmd['chunk_id']} <= last {self.last_chunk_id} (stale/duplicate)"
+        if not ok:
+            self.event("chunk_rejected", chunk_id=cmd["chunk_id"], reason=reason)
+            return
+        actions = cmd["actions"]
+        if self.resume_check:
+            good, dist = self.safety.resume_ok(self.mode, actions[0], self.state)
+            if not good:
+                self.event("chunk_rejected", chunk_id=cmd["chunk_id"], reason=f"first waypoint {dist:.3f} from "
+                           "the measured pose exceeds max_resume_delta")
+                return
+        self.last_chunk_id = cmd["chunk_id"]
+        res = self.scheduler.insert(cmd["chunk_id"], cmd["t0_ns"], cmd["dt_ns"], actions, cmd.get("gripper"),
+                                    self.now_ns(), self.last_setpoint)
+        self.resume_check = self.resume_check and res.n_kept == 0
+        self.event("chunk_scheduled", chunk_id=cmd["chunk_id"], **asdict(res))
+
+    def _reset(self, cmd: dict) -> None:
+        if not (self.info.is_sim and hasattr(self.driver, "reset")):
+            self.reply(cmd["req"], False, "not_sim", {"reason": "RESET is simulation-only"})
+            return
+        self.driver.reset(int(cmd["seed"]))
+        self._clear()
+        self.step, self.episode = 0, self.episode + 1
+        self.state = self.driver.read_state()
+        if self.mode is not None:
+            self.safety.reset(self.mode, self.state)
+            self.last_setpoint = self.safety.prev.copy() if self.mode in ("joint_pos", "ee_pose") else None
+        self.publish_state()
+        self.reply(cmd["req"], True, info={"episode": self.episode})
+
+    # -- one tick -----------------------------------------------------------------------------
+    def guard(self) -> None:
+        """E-stop, watchdog and force checks; latch and stop motion on any trip."""
+        if self.shared.estop_count.value != self.estop_seen:
+            self.estop_seen = self.shared.estop_count.value
+            if self.watchdog.trip("ESTOP", "e-stop requested"):
+                self.driver.stop()
+                self._clear()
+        self.watchdog.on_command(self.shared.last_cmd_ns.value)
+        if self.watchdog.check(time.monotonic_ns()) or \
+                (self.watchdog.motion_allowed and self.safety.force_exceeded(self.state)
+                 and self.watchdog.trip("HOLD", "contact force over the limit")):
+            self.driver.hold()
+            self._clear()
+        for old, new, reason in self.watchdog.drain():
+            self.event("state", old=old, new=new, reason=reason, t_ns=time.monotonic_ns())
+            if new == "IDLE" or new in LATCHED:
+                self._clear()
+
+    def move(self) -> bool:
+        """Scheduler -> safety -> driver; return True if a setpoint was sent."""
+        if not self.watchdog.motion_allowed or self.scheduler is None:
+            return False
+        tick = self.scheduler.tick(self.now_ns(), self.last_setpoint)
+        if tick is None:
+            return False
+        try:
+            sp, grip = self.safety.filter(self.mode, tick.setpoint, tick.gripper, self.state, self.period_ns / 1e9)
+            sent = self.driver.command(self.mode, sp, grip)
+        except (SafetyViolation, DriverError) as exc:
+            self.watchdog.trip("FAULT", str(exc))
+            self._clear()
+            return False
+        self.last_setpoint = np.asarray(sent, float) if self.mode in ("joint_pos", "ee_pose") else None
+        self.starved = tick.starved
+        if tick.executed:
+            self.executed_last = tick.executed[-1]
+            self.event("executed", items=[list(e) for e in tick.executed])
+        return True
+
+    def publish_state(self) -> None:
+        p50_us, p99_us = period_err_percentiles_us(self.err_hist)
+        body = {"t_ns": self.now_ns(), "wall_ns": time.monotonic_ns(), "t_capture_ns": self.state.t_capture_ns,
+                "status": self.watchdog.state, "reason": self.watchdog.reason, "mode": self.mode or "",
+                "starved": self.starved, "episode": self.episode, "step": self.step,
+                "exec": list(self.executed_last), "buffered": self.scheduler.remaining if self.scheduler else 0,
+                "clamps": dict(self.safety.clamps), "gripper": float(self.state.gripper),
+                "period_err_p50_us": p50_us, "period_err_p99_us": p99_us, "ticks": int(self.err_hist.sum()), "extras": _scalar_extras(self.state.extras)}
+        self.send({"kind": "state", "body": body, "arrays": state_arrays(self.state)})
+
+    def run(self) -> None:
+        self.send({"kind": "ready", "info": asdict(self.info), "servo_rate_hz": self.rate_hz,
+                   "dims": self.dims, "period_ns": self.period_ns})
+        try:
+            (self._run_lockstep if self.cfg.lockstep else self._run_realtime)()
+        finally:
+            self.driver.stop()
+            self.driver.close()
+            self.outbox.put(None)
+            self.writer.join(1.0)
+
+    def _run_realtime(self) -> None:
+        state_every = max(1, round(self.rate_hz / self.cfg.state_rate_hz))
+        next_ns, prev_ns, k = time.monotonic_ns(), None, 0
+        while self.running:
+            _sleep_until(next_ns, self.cfg.spin_us * 1000)
+            t = time.monotonic_ns()
+            if prev_ns is not None:
+                self.err_hist[min(abs(t - prev_ns - self.period_ns) // _ERR_BIN_NS, _ERR_BINS)] += 1
+            prev_ns = t
+            next_ns += self.period_ns
+            if t - next_ns > 10 * self.period_ns:
+                next_ns = t + self.period_ns  # overrun (machine stalled): re-phase instead of bursting
+            self.guard()
+            self.drain()
+            self.state = self.driver.read_state()
+            self.move()
+            k += 1
+            if k % state_every == 0:
+                self.publish_state()
+
+    def _run_lockstep(self) -> None:
+        idle_every_ns = int(1e9 / self.cfg.state_rate_hz)
+        last_pub = 0
+        while self.running:
+            self.guard()
+            moved = self.move()
+            if moved:
+                self.step += 1
+                self.state = self.driver.read_state()
+                self._end_episode_if_done()
+                self.publish_state()
+                last_pub = time.monotonic_ns()
+                self.drain()
+                continue
+            self.drain(timeout_s=0.002)
+            if time.monotonic_ns() - last_pub > idle_every_ns:
+                self.publish_state()
+                last_pub = time.monotonic_ns()
+
+    def _end_episode_if_done(self) -> None:
+        """Lockstep: a finished episode (success / terminated / truncated) executes nothing more until RESET."""
+        extras = self.state.extras
+        if any(bool(extras.get(k, False)) for k in ("success", "terminated", "truncated")):
+            self._clear()
+
+
+def period_err_percentiles_us(hist: np.ndarray) -> tuple[float, float]:
+    """p50 and p99 of |period error| [us] from the histogram (upper bin edges)."""
+    total = hist.sum()
+    if total == 0:
+        return 0.0, 0.0
+    cdf = np.cumsum(hist) / total
+    return tuple(float((np.searchsorted(cdf, q) + 1) * _ERR_BIN_NS / 1e3) for q in (0.5, 0.99))
+
+
+def _sleep_until(t_ns: int, spin_ns: int) -> None:
+    remaining = t_ns - time.monotonic_ns()
+    if remaining > spin_ns:
+        time.sleep((remaining - spin_ns) / 1e9)
+    while time.monotonic_ns() < t_ns:
+        pass
+
+
+def servo_main(cfg: ServoConfig, conn, shared: channel.SharedWords) -> None:
+    """Entry point of the servo process."""
+    try:
+        loop = ServoLoop(cfg, conn, shared)
+    except Exception as exc:  # report any start failure to the I/O process, then exit
+        conn.send_bytes(channel.pack({"kind": "fatal", "error": f"{type(exc).__name__}: {exc}"}))
+        raise
+    loop.run()

@@ -1,0 +1,101 @@
+"""Typed policy configs (one dataclass per policy type; unknown keys raise in ``make_policy``).
+
+Sizes are the defaults measured by ``armflow bench inference`` (batch 1, one CPU thread):
+the residual MLP (width 384, 4 blocks) keeps flow-10 and DDIM-10 well under their 5 ms / 20 ms
+targets; the UNet (64, 128, 256) is the more expressive, slower option (``backbone=unet``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from .backbones import BACKBONES
+
+
+@dataclass
+class ObsConfig:
+    """Windows and observation encoders, shared by every policy type."""
+
+    n_obs_steps: int = 2  # T_o: observation frames per decision
+    horizon: int = 16  # T_p: predicted chunk length
+    n_action_steps: int = 8  # T_a: steps executed per chunk (receding horizon)
+    state_hidden_dim: int = 256  # state MLP hidden width
+    state_feature_dim: int = 128  # state features in cond
+    image_channels: tuple[int, ...] = (32, 64, 128)  # ResNet stage widths (each stage after the first halves H, W)
+    image_keypoints: int = 32  # spatial-softmax keypoints per camera
+    image_feature_dim: int = 64  # features per camera per frame
+
+    def __post_init__(self) -> None:
+        self.image_channels = tuple(int(c) for c in self.image_channels)
+        if not 1 <= self.n_action_steps <= self.horizon:
+            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
+        if self.n_obs_steps < 1:
+            raise ValueError(f"n_obs_steps={self.n_obs_steps} must be >= 1")
+
+
+@dataclass
+class DenoiserConfig(ObsConfig):
+    """The denoiser network ``net(x, t, cond)``."""
+
+    backbone: str = "mlp"  # one of BACKBONES
+    mlp_width: int = 384  # residual MLP width
+    mlp_blocks: int = 4  # residual MLP FiLM blocks
+    unet_dims: tuple[int, ...] = (64, 128, 256)  # UNet channels per level
+    unet_kernel: int = 5  # UNet temporal conv kernel
+    time_dim: int = 128  # time embedding width
+    num_inference_steps: int = 10  # DDIM steps (diffusion) / Euler steps (flow)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.unet_dims = tuple(int(c) for c in self.unet_dims)
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r}; valid: {BACKBONES}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={self.num_inference_steps} must be >= 1")
+
+
+@dataclass
+class DiffusionConfig(DenoiserConfig):
+    """DDPM training (epsilon prediction, clip_sample) + DDIM inference (diffusers schedulers)."""
+
+    num_train_timesteps: int = 100  # DDPM steps
+    beta_schedule: str = "squaredcos_cap_v2"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_train_timesteps % self.num_inference_steps:
+            raise ValueError(f"num_train_timesteps={self.num_train_timesteps} must be a multiple of "
+                             f"num_inference_steps={self.num_inference_steps} (DDIM 'leading' spacing)")
+
+
+@dataclass
+class FlowConfig(DenoiserConfig):
+    """Conditional flow matching, ``x_tau = tau a + (1 - tau) eps``; Euler ODE from tau=0 (noise) to 1."""
+
+    time_scale: float = 100.0  # net sees t = tau * time_scale (same range as diffusion's timesteps)
+
+
+@dataclass
+class GaussianConfig(ObsConfig):
+    """Unimodal baseline: MLP -> mean chunk, state-independent log-std."""
+
+    hidden_dim: int = 512
+    n_layers: int = 3
+    init_std: float = 0.1  # initial std in normalised action units
+    loss: str = "mse"  # "mse": MSE for the mean, NLL (mean detached) for the std; "nll": full Gaussian NLL
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in ("mse", "nll"):
+            raise ValueError(f"loss={self.loss!r}; valid: ('mse', 'nll')")
+        if not (self.init_std > 0 and math.isfinite(self.init_std)):
+            raise ValueError(f"init_std={self.init_std} must be > 0")
+
+
+def build_config(config_cls: type, cfg: dict, policy_type: str):
+    """Instantiate ``config_cls(**cfg)``; an unknown key raises ValueError listing the valid ones."""
+    valid = [f.name for f in fields(config_cls)]
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise ValueError(f"policy {policy_type!r}: unknown config keys {unknown}; valid: {valid}")
+    return config_cls(**cfg)

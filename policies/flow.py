@@ -1,0 +1,81 @@
+"""Flow-matching policy (conditional flow matching / rectified flow).
+
+Convention: ``x_tau = tau * a + (1 - tau) * eps``; tau = 0 is noise, tau = 1 is data. The net predicts
+the velocity ``u = d x_tau / d tau = a - eps``; it sees ``t = tau * time_scale``.
+
+- Training: tau ~ U(0, 1), eps ~ N(0, I), loss ``|u_hat - (a - eps)|^2``.
+- Sampling: fixed-step Euler from tau = 0 to 1 (``num_inference_steps``); deterministic given the
+  initial noise, so the noise is the only randomness (DSRL acts on it; FPO explores through it).
+- FPO (McAllister et al. 2025): :meth:`FlowPolicy.cfm_loss_pairs` gives the per-pair eps-MSE,
+  with the velocity converted to an eps prediction ``eps_hat = x_tau - tau * u_hat``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .backbones import make_backbone, step_contexts
+from .base import BasePolicy
+from .config import FlowConfig
+
+
+class FlowPolicy(BasePolicy):
+    """Velocity-prediction flow over normalised action chunks; ``self.net(x, tau * time_scale, cond)``."""
+
+    policy_type = "flow"
+    Config = FlowConfig
+
+    def __init__(self, cfg: FlowConfig, obs_spec, action_dim: int, stats):
+        super().__init__(cfg, obs_spec, action_dim, stats)
+        self.net = make_backbone(cfg.backbone, cfg.horizon, self.action_dim, self.cond_dim, cfg.mlp_width,
+                                 cfg.mlp_blocks, cfg.unet_dims, cfg.unet_kernel, cfg.time_dim)
+        self.num_inference_steps = cfg.num_inference_steps
+        self.time_scale = float(cfg.time_scale)
+        taus = torch.arange(cfg.num_inference_steps, dtype=torch.float32) / cfg.num_inference_steps
+        self.register_buffer("euler_t", taus * self.time_scale, persistent=False)
+
+    def _elementwise_loss(self, cond, actions_n):
+        b = actions_n.shape[0]
+        eps = torch.randn_like(actions_n)
+        tau = torch.rand(b, 1, 1, device=actions_n.device, dtype=actions_n.dtype)
+        x_tau = tau * actions_n + (1 - tau) * eps
+        u_hat = self.net(x_tau, tau.reshape(b) * self.time_scale, cond)
+        return (u_hat - (actions_n - eps)) ** 2, {}
+
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None) -> torch.Tensor:
+        """Euler ODE from ``noise`` (tau=0) to tau=1: (B, C), (B, T_p, D_a) -> normalised actions, clipped to [-1, 1]."""
+        net = self.net if net is None else net
+        dt = 1.0 / self.num_inference_steps
+        ctxs = step_contexts(net, self.euler_t, cond) if hasattr(net, "condition") else None
+        x = noise
+        for k in range(self.num_inference_steps):
+            u = net.denoise(x, ctxs[k]) if ctxs is not None else net(x, self.euler_t[k].expand(x.shape[0]), cond)
+            x = x + dt * u
+        return x.clamp(-1.0, 1.0)
+
+    def sample_stochastic(self, cond: torch.Tensor, jitter_std: float = 0.0, net=None):
+        """Exploration: fresh initial noise (the sampler's only randomness) + optional Gaussian jitter on the
+        final normalised action. Returns (actions (B, T_p, D_a), noise (B, T_p, D_a))."""
+        noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device, dtype=cond.dtype)
+        actions = self.sample(cond, noise, net=net)
+        if jitter_std > 0:
+            actions = actions + jitter_std * torch.randn_like(actions)
+        return actions, noise
+
+    def cfm_loss_pairs(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,
+                       net=None) -> torch.Tensor:
+        """Per-pair eps-MSE (B, N) for normalised ``actions`` (B, T_p, D_a) at ``tau`` (B, N), ``eps`` (B, N, T_p, D_a).
+
+        x_tau = tau a + (1 - tau) eps; u_hat = net(x_tau); eps_hat = x_tau - tau u_hat;
+        loss = mean over (T_p, D_a) of (eps - eps_hat)^2. Exactly 0 when u_hat = a - eps.
+        """
+        net = self.net if net is None else net
+        b, n = tau.shape
+        if tuple(eps.shape) != (b, n, self.horizon, self.action_dim):
+            raise ValueError(f"eps has shape {tuple(eps.shape)}; expected (B={b}, N={n}, T_p={self.horizon}, "
+                             f"D_a={self.action_dim})")
+        tau4 = tau.reshape(b, n, 1, 1)
+        x_tau = tau4 * actions.unsqueeze(1) + (1 - tau4) * eps
+        u_hat = net(x_tau.reshape(b * n, self.horizon, self.action_dim), tau.reshape(b * n) * self.time_scale,
+                    cond.repeat_interleave(n, dim=0)).reshape(b, n, self.horizon, self.action_dim)
+        eps_hat = x_tau - tau4 * u_hat
+        return ((eps - eps_hat) ** 2).mean(dim=(-2, -1))

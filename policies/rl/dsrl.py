@@ -1,0 +1,202 @@
+"""DSRL (Wagenmaker et al. 2025): steer a FROZEN diffusion/flow policy by choosing its initial noise.
+
+The base policy is sampled deterministically, a = pi(s, w), w (T_p, D_a) the initial noise; RL acts
+in w-space with a tanh-Gaussian noise actor bounded to +-``noise_bound``.
+
+- ``variant="sac"`` (DSRL-SAC): plain SAC on Q(s, w).
+- ``variant="na"`` (DSRL-NA, noise-aliased): Q^A(s, a) on the executed action chunks (TD target runs
+  the base sampler on the next state with the actor's noise); Q^W(s, w) distilled from Q^A on
+  w ~ N(0, I); the actor maximises Q^W. The buffer stores real actions.
+The buffer is warm-started with base-policy rollouts (w ~ N(0, I), clipped to the bound).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from armflow.policies.rl.common import load_module_state, module_state, obs_to_torch, to_env_action
+from armflow.policies.rl.nets import TanhGaussianActor, TwinQ, polyak_update
+from armflow.policies.rl.onpolicy import feature_dim, frozen_copy
+from armflow.policies.rl.replay import ReplayBuffer
+
+VARIANTS = ("na", "sac")
+
+
+@dataclass
+class DSRLConfig:
+    variant: str = "na"               # "na" (noise-aliased) or "sac"
+    noise_bound: float = 1.5          # |w| bound of the noise actor
+    gamma: float = 0.99               # discount per chunk
+    utd: float = 5.0                  # gradient steps per collected chunk transition
+    batch_size: int = 128             # replay minibatch
+    buffer_size: int = 200_000        # replay rows (chunk transitions)
+    warmup_transitions: int = 256     # base-policy (w ~ N(0, I)) transitions before learning
+    hidden: int = 256                 # critic / actor width
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 0.1           # initial entropy temperature
+    target_entropy: float = 0.0       # total entropy target of the noise actor
+    tau: float = 0.005                # Polyak rate of the target critics
+    reward_scale: float = 1.0         # multiply chunk rewards
+
+
+class DSRLLearner:
+    algo = "dsrl"
+
+    def __init__(self, policy, cfg: DSRLConfig, n_envs: int):
+        ptype = getattr(policy, "policy_type", type(policy).__name__)
+        if ptype not in ("flow", "diffusion") or not hasattr(policy, "sample"):
+            raise ValueError(f"algo=dsrl needs a 'flow' or 'diffusion' policy checkpoint (with a deterministic "
+                             f"sample(cond, noise)); got policy_type={ptype!r}")
+        if cfg.variant not in VARIANTS:
+            raise ValueError(f"dsrl: variant={cfg.variant!r}; valid: {VARIANTS}")
+        self.cfg, self.base = cfg, frozen_copy(policy)
+        self.T_p, self.D_a, self.T_a = int(policy.horizon), int(policy.action_dim), int(policy.n_action_steps)
+        f, w_dim = feature_dim(policy), self.T_p * self.D_a
+        self.actor = TanhGaussianActor(f, w_dim, cfg.noise_bound, cfg.hidden)
+        self.q_w = TwinQ(f, w_dim, cfg.hidden)                                   # Q(s, w) (SAC) / Q^W (NA)
+        self.q_a = TwinQ(f, self.T_a * self.D_a, cfg.hidden) if cfg.variant == "na" else None
+        self.q_target = copy.deepcopy(self.q_a if cfg.variant == "na" else self.q_w)
+        self.log_alpha = torch.tensor(float(np.log(cfg.init_alpha)), requires_grad=True)
+        critics = list(self.q_w.parameters()) + (list(self.q_a.parameters()) if self.q_a else [])
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(critics, lr=cfg.critic_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.buffer = ReplayBuffer(cfg.buffer_size)
+        self.rng = np.random.default_rng(0)
+        self.warm = torch.tensor(1.0)  # 1 while the buffer is warm-started with base-policy noise
+        self.n_updates = 0
+
+    # -- acting -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
+        """Env action chunk (N, T_p, D_a) + record {w (N, T_p*D_a), action (N, T_a*D_a) normalised}."""
+        cond = self.base.encode_obs(obs_to_torch(obs))
+        if explore and self.warm.item() > 0:
+            w = torch.randn(cond.shape[0], self.T_p * self.D_a).clamp(-self.cfg.noise_bound, self.cfg.noise_bound)
+        else:
+            w, _ = self.actor(cond, deterministic=not explore)
+        action = self.base.sample(cond, w.view(-1, self.T_p, self.D_a))
+        record = {"w": w.numpy(), "action": action[:, : self.T_a].reshape(len(w), -1).numpy()}
+        return to_env_action(self.base, action).numpy(), record
+
+    # -- learning -----------------------------------------------------------------------------------
+    def update(self, batch: dict) -> dict[str, float]:
+        """Add the (S, N) rollout to the buffer, then ``utd`` gradient steps per new transition."""
+        S, N = batch["reward"].shape
+        flat = lambda x: {k: v.reshape(S * N, *v.shape[2:]) for k, v in x.items()}
+        self.buffer.add({"obs": flat(batch["obs"]), "next_obs": flat(batch["next_obs"]),
+                         "w": batch["w"].reshape(S * N, -1), "action": batch["action"].reshape(S * N, -1),
+                         "reward": batch["reward"].reshape(-1).astype(np.float32) * self.cfg.reward_scale,
+                         "terminated": batch["terminated"].reshape(-1).astype(np.float32)})
+        if self.buffer.size < self.cfg.warmup_transitions:
+            return {"charts/buffer_size": float(self.buffer.size)}
+        self.warm.fill_(0.0)
+        logs: dict[str, list[float]] = {}
+        for _ in range(max(1, int(round(self.cfg.utd * S * N)))):
+            for k, v in self.gradient_step(self.buffer.sample(self.cfg.batch_size, self.rng)).items():
+                logs.setdefault(k, []).append(v)
+        out = {k: float(np.mean(v)) for k, v in logs.items()}
+        out["charts/buffer_size"] = float(self.buffer.size)
+        return out
+
+    def gradient_step(self, mb: dict) -> dict[str, float]:
+        cfg, alpha = self.cfg, self.log_alpha.exp().detach()
+        with torch.no_grad():
+            f, f_next = self.base.encode_obs(obs_to_torch_t(mb["obs"])), self.base.encode_obs(obs_to_torch_t(mb["next_obs"]))
+            w_next, lp_next = self.actor(f_next)
+            not_term = 1.0 - mb["terminated"]
+            if cfg.variant == "na":   # 1. TD target on real action chunks: the base sampler picks a'.
+                a_next = self.base.sample(f_next, w_next.view(-1, self.T_p, self.D_a))[:, : self.T_a].flatten(1)
+                y = mb["reward"] + cfg.gamma * not_term * torch.min(*self.q_target(f_next, a_next))
+            else:                     # 1'. SAC target in w-space.
+                y = mb["reward"] + cfg.gamma * not_term * (torch.min(*self.q_target(f_next, w_next)) - alpha * lp_next)
+        if cfg.variant == "na":
+            q1, q2 = self.q_a(f, mb["action"])
+            # 2. Distil Q^W(s, w) from Q^A(s, pi(s, w)) on w ~ N(0, I).
+            with torch.no_grad():
+                w_d = torch.randn(len(y), self.T_p * self.D_a)
+                a_d = self.base.sample(f, w_d.view(-1, self.T_p, self.D_a))[:, : self.T_a].flatten(1)
+                qa_d = torch.min(*self.q_a(f, a_d))
+            qw1, qw2 = self.q_w(f, w_d)
+            distill = (qw1 - qa_d).pow(2).mean() + (qw2 - qa_d).pow(2).mean()
+        else:
+            q1, q2 = self.q_w(f, mb["w"])
+            distill = torch.zeros(())
+        td = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
+        self.critic_opt.zero_grad()
+        (td + distill).backward()
+        self.critic_opt.step()
+        # 3. Noise actor on Q^W (or Q): max min-Q - alpha log pi; 4. temperature toward the target entropy.
+        w, lp = self.actor(f)
+        actor_loss = (alpha * lp - torch.min(*self.q_w(f, w))).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        alpha_loss = -(self.log_alpha * (lp.detach() + cfg.target_entropy)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        polyak_update(self.q_target, self.q_a if cfg.variant == "na" else self.q_w, cfg.tau)
+        self.n_updates += 1
+        return {"losses/td_loss": td.item(), "losses/distill_loss": distill.item(), "losses/actor_loss": actor_loss.item(),
+                "losses/alpha": alpha.item(), "charts/q_mean": q1.mean().item(), "charts/entropy": -lp.mean().item()}
+
+    # -- state ----------------------------------------------------------------------------------------
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        mods = {"actor": self.actor, "q_w": self.q_w, "q_target": self.q_target}
+        if self.q_a is not None:
+            mods["q_a"] = self.q_a
+        return mods
+
+    def acting_state(self) -> dict[str, torch.Tensor]:
+        return {**module_state("actor", self.actor), "warm": self.warm.clone()}
+
+    def load_acting_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        load_module_state("actor", self.actor, tensors)
+        self.warm.copy_(tensors["warm"])
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_opt, "critic": self.critic_opt, "alpha": self.alpha_opt}
+
+    def train_state(self):
+        tensors = {k: v for name, m in self._modules().items() for k, v in module_state(name, m).items()}
+        tensors.update({"log_alpha": self.log_alpha.detach().clone().reshape(1), "warm": self.warm.clone().reshape(1)},
+                       **self.buffer.state_tensors())
+        meta = {"buffer": self.buffer.meta(), "n_updates": self.n_updates, "rng": self.rng.bit_generator.state}
+        return tensors, meta, self.optimizers()
+
+    def load_train_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        for name, m in self._modules().items():
+            load_module_state(name, m, tensors)
+        with torch.no_grad():
+            self.log_alpha.copy_(tensors["log_alpha"].reshape(()))
+            self.warm.copy_(tensors["warm"].reshape(()))
+        self.buffer.load(tensors, meta["buffer"])
+        self.n_updates = int(meta["n_updates"])
+        self.rng.bit_generator.state = meta["rng"]
+
+    def export(self, out_dir) -> None:
+        """Base checkpoint (``save_pretrained``) + ``dsrl_noise_actor.safetensors`` + ``dsrl.json``;
+        ``armflow.workflows.finetune.load_dsrl_policy(dir)`` rebuilds a policy whose ``predict_chunk``
+        draws its noise from the actor."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        self.base.save_pretrained(out_dir)
+        save_file({k: v.contiguous() for k, v in self.actor.state_dict().items()},
+                  str(Path(out_dir) / "dsrl_noise_actor.safetensors"))
+        (Path(out_dir) / "dsrl.json").write_text(json.dumps(
+            {"noise_bound": self.cfg.noise_bound, "hidden": self.cfg.hidden,
+             "feat_dim": self.actor.net[0].in_features, "w_dim": self.T_p * self.D_a}, indent=2))
+
+
+def obs_to_torch_t(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replay obs tensors (B, T_o, ...) -> policy inputs (images uint8 HWC -> float CHW in [0, 1])."""
+    return obs_to_torch({k: v.numpy() for k, v in obs.items()})

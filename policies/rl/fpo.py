@@ -1,0 +1,84 @@
+"""FPO (McAllister et al. 2025): PPO for flow policies with a likelihood-free ratio.
+
+The CFM "target" is the policy's OWN sampled action: at rollout we sample a = pi(s, eps0) with the
+deterministic ODE (exploration comes from eps0, optionally plus a small Gaussian jitter), draw
+N_mc (tau_i, eps_i) pairs and store them with the per-pair CFM losses l_old,i under the rollout
+policy. At update, r = exp(mean_i l_old,i - mean_i l_new,i) on the same pairs: lowering the CFM loss
+of an action raises its (surrogate) likelihood. Before any update r == 1 exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from armflow.policies.rl.common import obs_to_torch, require_methods, to_env_action
+from armflow.policies.rl.onpolicy import OnPolicyConfig, OnPolicyLearner
+from armflow.policies.rl.ppo_math import asymmetric_trust_loss, normalize, ppo_clip_loss
+
+
+@dataclass
+class FPOConfig(OnPolicyConfig):
+    n_mc: int = 8                     # (tau, eps) pairs per action
+    clip_eps: float = 0.05            # PPO clip
+    per_sample_ratio: bool = False    # one ratio per (tau, eps) pair instead of the mean-loss ratio
+    asymmetric: bool = False          # PPO clip for A > 0, quadratic penalty for A < 0
+    neg_eps: float = 0.2              # softness of the A < 0 penalty (asymmetric only)
+    action_jitter_std: float = 0.0    # Gaussian jitter on the final (normalised) action at rollout
+    max_log_ratio: float = 5.0        # clamp on the log-ratio (numerical safety)
+    actor_lr: float = 3e-5
+    gamma: float = 0.995
+
+
+class FPOLearner(OnPolicyLearner):
+    algo = "fpo"
+    record_keys = ("action", "tau", "eps", "loss_old")
+
+    def __init__(self, policy, cfg: FPOConfig, n_envs: int):
+        require_methods(policy, "fpo", "flow", ("encode_obs", "sample", "cfm_loss_pairs", "net"))
+        super().__init__(policy, cfg, n_envs)
+        for p in policy.parameters():
+            p.requires_grad_(True)
+        self.actor_opt = torch.optim.Adam(policy.parameters(), lr=cfg.actor_lr)
+
+    def actor_modules(self):
+        return [self.policy]
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
+        """Env action chunk (N, T_p, D_a) + record {action, tau (N, n_mc), eps (N, n_mc, T_p, D_a), loss_old}."""
+        cond = self.policy.encode_obs(obs_to_torch(obs))
+        B, T_p, D_a = cond.shape[0], self.policy.horizon, self.policy.action_dim
+        action = self.policy.sample(cond, torch.randn(B, T_p, D_a))
+        if explore and self.cfg.action_jitter_std > 0:
+            action = (action + self.cfg.action_jitter_std * torch.randn_like(action)).clamp(-1.0, 1.0)
+        tau = torch.rand(B, self.cfg.n_mc)
+        eps = torch.randn(B, self.cfg.n_mc, T_p, D_a)
+        loss_old = self.policy.cfm_loss_pairs(cond, action, tau, eps)
+        record = {"action": action.numpy(), "tau": tau.numpy(), "eps": eps.numpy(), "loss_old": loss_old.numpy()}
+        return to_env_action(self.policy, action).numpy(), record
+
+    def actor_loss(self, mb: dict, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        # 1. CFM losses of the stored actions at the stored (tau, eps) pairs, with gradients.
+        cond = self.policy.encode_obs(mb["obs"])
+        loss_new = self.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], net=self.policy.net)
+        # 2. Likelihood-free ratio: per pair, or of the mean losses (the paper's default).
+        m = self.cfg.max_log_ratio
+        if self.cfg.per_sample_ratio:
+            ratio = torch.exp((mb["loss_old"] - loss_new).clamp(-m, m))                 # (B, n_mc)
+            adv_b = normalize(adv)[:, None].expand_as(ratio)
+        else:
+            ratio = torch.exp((mb["loss_old"].mean(1) - loss_new.mean(1)).clamp(-m, m))  # (B,)
+            adv_b = normalize(adv)
+        # 3. PPO clip (or the asymmetric trust region).
+        if self.cfg.asymmetric:
+            loss = asymmetric_trust_loss(ratio, adv_b, self.cfg.clip_eps, self.cfg.neg_eps)
+            _, info = ppo_clip_loss(ratio.detach(), adv_b, self.cfg.clip_eps)
+        else:
+            loss, info = ppo_clip_loss(ratio, adv_b, self.cfg.clip_eps)
+        info.update(ratio_mean=ratio.mean().item(), cfm_loss=loss_new.mean().item())
+        return loss, info
+
+    def export(self, out_dir) -> None:
+        self.policy.save_pretrained(out_dir)

@@ -1,0 +1,142 @@
+"""What DPPO, FPO and Gaussian PPO share: a V(s) critic on frozen policy features, running reward
+scaling, GAE over chunk transitions and the epoch/minibatch loop. Each algorithm only supplies
+``act`` and ``actor_loss`` (its math, on one screen, in its own file).
+
+Rollout batch (from ``armflow.workflows.finetune_rollout``), leading dims (S steps, N envs):
+``obs``/``next_obs``: dict of raw obs windows; ``reward`` (chunk sums), ``terminated``, ``truncated``;
+plus the algorithm's own record keys returned by ``act`` (e.g. DPPO ``chain``, FPO ``tau``).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from armflow.policies.rl.common import flat, load_module_state, minibatches, module_state, obs_to_torch
+from armflow.policies.rl.nets import ValueCritic
+from armflow.policies.rl.ppo_math import RewardScaler, gae
+
+
+@dataclass
+class OnPolicyConfig:
+    gamma: float = 0.99               # discount per chunk (RL step)
+    gae_lambda: float = 0.95          # GAE lambda
+    actor_lr: float = 1e-4            # actor Adam lr
+    critic_lr: float = 1e-3           # critic Adam lr
+    critic_hidden: int = 256          # critic MLP width
+    update_epochs: int = 5            # passes over each rollout
+    minibatch_size: int = 256         # samples (chunks) per minibatch
+    max_grad_norm: float = 1.0        # gradient clipping (both nets)
+    reward_scale: bool = True         # divide rewards by running std of discounted return
+    critic_warmup_iters: int = 0      # first iterations update only the critic
+    target_kl: float = 1.0            # stop an update's epochs early above this approx KL
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    clone = copy.deepcopy(module).eval()
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone
+
+
+def feature_dim(policy) -> int:
+    """Width of ``policy.encode_obs`` for one dummy observation built from ``policy.obs_spec``."""
+    dummy = {k: torch.zeros(1, policy.n_obs_steps, *shape) for k, shape in policy.obs_spec.items()}
+    with torch.no_grad():
+        return int(policy.encode_obs(dummy).shape[-1])
+
+
+class OnPolicyLearner:
+    """Base for PPO-family learners; subclasses set ``self.actor_opt`` and implement
+    ``act(obs, explore)``, ``actor_loss(mb, adv)``, ``actor_modules()``."""
+
+    algo = "onpolicy"
+
+    def __init__(self, policy, cfg: OnPolicyConfig, n_envs: int):
+        self.policy, self.cfg = policy.eval(), cfg
+        self.base = frozen_copy(policy)  # critic features + frozen pretrained denoising steps
+        self.critic = ValueCritic(feature_dim(policy), cfg.critic_hidden)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.reward_scaler = RewardScaler(n_envs, cfg.gamma)
+        self.iteration = 0
+
+    @torch.no_grad()
+    def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.base.encode_obs(obs)
+
+    def _values(self, feats: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.critic(f) for f in feats.split(4096)])
+
+    def update(self, batch: dict) -> dict[str, float]:
+        """One PPO iteration on a rollout (S, N); returns namespaced metrics."""
+        S, N = batch["reward"].shape
+        # 1. Frozen features and values of s_t and of the state each chunk reached (final obs if done).
+        feats = self.features(obs_to_torch(flat(batch["obs"])))
+        next_feats = self.features(obs_to_torch(flat(batch["next_obs"])))
+        values, next_values = self._values(feats).view(S, N), self._values(next_feats).view(S, N)
+        # 2. Reward scaling by running std of the discounted return; 3. GAE over chunks.
+        dones = np.logical_or(batch["terminated"], batch["truncated"])
+        rewards = self.reward_scaler(batch["reward"], dones) if self.cfg.reward_scale else batch["reward"]
+        adv, returns = gae(torch.as_tensor(rewards, dtype=torch.float32), values, next_values,
+                           torch.as_tensor(batch["terminated"]), torch.as_tensor(batch["truncated"]),
+                           self.cfg.gamma, self.cfg.gae_lambda)
+        data = {k: torch.as_tensor(flat(v)) for k, v in batch.items() if k in self.record_keys}
+        data.update(obs=obs_to_torch(flat(batch["obs"])), feats=feats, adv=adv.reshape(-1), ret=returns.reshape(-1))
+        # 4. Epochs of minibatch updates; the actor waits while the critic warms up.
+        train_actor = self.iteration >= self.cfg.critic_warmup_iters
+        logs: dict[str, list[float]] = {}
+        for _ in range(self.cfg.update_epochs):
+            kls = []
+            for idx in minibatches(S * N, self.cfg.minibatch_size):
+                mb = {k: ({kk: vv[idx] for kk, vv in v.items()} if isinstance(v, dict) else v[idx])
+                      for k, v in data.items()}
+                v_loss = 0.5 * (self.critic(mb["feats"]) - mb["ret"]).pow(2).mean()
+                self.critic_opt.zero_grad()
+                v_loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.max_grad_norm)
+                self.critic_opt.step()
+                logs.setdefault("losses/value_loss", []).append(v_loss.item())
+                if train_actor:
+                    loss, info = self.actor_loss(mb, mb["adv"])
+                    self.actor_opt.zero_grad()
+                    loss.backward()
+                    params = [p for m in self.actor_modules() for p in m.parameters()]
+                    torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+                    self.actor_opt.step()
+                    kls.append(info.get("approx_kl", 0.0))
+                    logs.setdefault("losses/policy_loss", []).append(loss.item())
+                    for k, v in info.items():
+                        logs.setdefault(f"losses/{k}", []).append(v)
+            if kls and float(np.mean(kls)) > self.cfg.target_kl:
+                break
+        self.iteration += 1
+        out = {k: float(np.mean(v)) for k, v in logs.items()}
+        out.update({"charts/value_mean": values.mean().item(), "charts/advantage_std": adv.std().item(),
+                    "charts/reward_scaled_mean": float(np.mean(rewards)), "charts/actor_trained": float(train_actor)})
+        return out
+
+    # -- state for rollout workers and for resume ----------------------------------------------------
+    def acting_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for i, m in enumerate(self.actor_modules()) for k, v in module_state(f"actor{i}", m).items()}
+
+    def load_acting_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        for i, m in enumerate(self.actor_modules()):
+            load_module_state(f"actor{i}", m, tensors)
+
+    def train_state(self) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.optim.Optimizer]]:
+        """(tensors, json-able meta, optimizers) for ``workflows.train_state.save_training_state``."""
+        tensors = {**self.acting_state(), **module_state("critic", self.critic)}
+        meta = {"iteration": self.iteration, "reward_scaler": self.reward_scaler.state_dict()}
+        return tensors, meta, {"actor": self.actor_opt, "critic": self.critic_opt}
+
+    def load_train_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.load_acting_state(tensors)
+        load_module_state("critic", self.critic, tensors)
+        self.iteration = int(meta["iteration"])
+        self.reward_scaler.load_state_dict(meta["reward_scaler"])
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor": self.actor_opt, "critic": self.critic_opt}

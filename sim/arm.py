@@ -1,0 +1,132 @@
+"""The native Panda arm: a 7-D end-effector delta action -> joint position targets, in numpy on ``mj_jacSite``.
+
+Action (robosuite OSC_POSE convention), all in [-1, 1]:
+``[dx, dy, dz]`` scaled by ``max_dpos_m`` (world frame, relative to the current grip-site position),
+``[rx, ry, rz]`` an axis-angle scaled by ``max_drot_rad`` (world frame, left-multiplied onto the
+current orientation), ``g`` the gripper (-1 open, +1 closed; intermediate values interpolate the
+finger targets). One damped-least-squares IK step turns the pose delta into joint targets, with a
+null-space pull toward the home posture; MuJoCo's position servos (gravity-compensated) track them
+for ``n_substeps`` physics steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from armflow.sim.arm_mjcf import ARM_JOINTS, FINGER_JOINTS, HOME_QPOS
+
+FINGER_OPEN_M = 0.04  # finger joint travel [m]; the opening between the pads is about twice this
+
+
+@dataclass(frozen=True)
+class ArmControlConfig:
+    """Gains of the differential-IK controller."""
+
+    max_dpos_m: float = 0.05  # position delta at |action| = 1 [m per control step]
+    max_drot_rad: float = 0.5  # rotation delta at |action| = 1 [rad per control step]
+    damping: float = 0.05  # DLS damping lambda (rows of J are in m and rad)
+    nullspace_gain: float = 0.2  # fraction of (home - q) added per step in the Jacobian null space
+    max_dq_rad: float = 0.35  # per-step clamp on the joint target change [rad]
+
+
+def quat_canonical(quat_wxyz: np.ndarray, ref_wxyz: np.ndarray) -> np.ndarray:
+    """Pick the sign of ``quat_wxyz`` on the hemisphere of ``ref_wxyz`` (continuous near ``ref``)."""
+    return quat_wxyz if float(np.dot(quat_wxyz, ref_wxyz)) >= 0.0 else -quat_wxyz
+
+
+class PandaArm:
+    """Joint/site ids and the controller for the Panda inside an ``MjModel``/``MjData`` pair."""
+
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, control: ArmControlConfig):
+        self.model, self.data, self.control = model, data, control
+        self.joint_names = ARM_JOINTS
+        self.finger_joint_names = FINGER_JOINTS
+        jid = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ARM_JOINTS + FINGER_JOINTS]
+        self.qpos_idx = np.array([model.jnt_qposadr[j] for j in jid[:7]])
+        self.dof_idx = np.array([model.jnt_dofadr[j] for j in jid[:7]])
+        self.finger_qpos_idx = np.array([model.jnt_qposadr[j] for j in jid[7:]])
+        self.finger_dof_idx = np.array([model.jnt_dofadr[j] for j in jid[7:]])
+        self.site_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "grip_site")
+        self.q_low = model.jnt_range[jid[:7], 0].copy()
+        self.q_high = model.jnt_range[jid[:7], 1].copy()
+        self.q_home = np.array(HOME_QPOS)
+        self._jacp = np.zeros((3, model.nv))
+        self._jacr = np.zeros((3, model.nv))
+        self._quat = np.zeros(4)
+        self._jac = np.zeros((6, 7))
+        self._y = np.zeros(6)
+        self._damp_eye = control.damping**2 * np.eye(6)
+        if list(self.dof_idx) != list(range(7)) or list(self.qpos_idx) != list(range(7)):
+            raise ValueError("PandaArm expects the arm joints to be the model's first 7 qpos/dofs")
+
+    # ----- state -----------------------------------------------------------------------------
+    def joint_pos(self) -> np.ndarray:
+        """Arm joint angles (7,) [rad]."""
+        return self.data.qpos[self.qpos_idx].copy()
+
+    def ee_pos(self) -> np.ndarray:
+        """Grip-site position (3,) [m], world frame."""
+        return self.data.site_xpos[self.site_id].copy()
+
+    def ee_quat(self) -> np.ndarray:
+        """Grip-site orientation (4,) wxyz, world frame (sign as MuJoCo returns it)."""
+        mujoco.mju_mat2Quat(self._quat, self.data.site_xmat[self.site_id])
+        return self._quat.copy()
+
+    def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """(position (3,) [m], quaternion wxyz (4,)) of the grip site in the world frame."""
+        return self.ee_pos(), self.ee_quat()
+
+    def gripper_opening_m(self) -> float:
+        """Distance travelled apart by the two fingers [m] (0 closed, ~0.08 fully open)."""
+        q1, q2 = self.data.qpos[self.finger_qpos_idx]
+        return float(q1 - q2)
+
+    # ----- reset / control ---------------------------------------------------------------------
+    def set_home(self, q_rad: np.ndarray | None = None, gripper_open: bool = True) -> None:
+        """Put the arm at ``q_rad`` (default home) at rest with matching servo targets."""
+        q = self.q_home if q_rad is None else np.asarray(q_rad, dtype=float)
+        self.data.qpos[self.qpos_idx] = q
+        self.data.qvel[self.dof_idx] = 0.0
+        finger = FINGER_OPEN_M if gripper_open else 0.0
+        self.data.qpos[self.finger_qpos_idx] = (finger, -finger)
+        self.data.qvel[self.finger_dof_idx] = 0.0
+        self.data.ctrl[:7] = q
+        self.data.ctrl[7:9] = (finger, -finger)
+
+    def apply_action(self, action: np.ndarray) -> None:
+        """Set servo targets (ctrl) from a 7-D action in [-1, 1]; needs kinematics fresh for the current qpos.
+
+        As in robosuite's OSC_POSE, the goal is the *current* pose plus the delta (no integration), so
+        the action is a function of the observed state and a zero action brings the arm to rest.
+        """
+        a = np.minimum(np.maximum(np.asarray(action, dtype=float), -1.0), 1.0)
+        dx = np.concatenate((a[:3] * self.control.max_dpos_m, a[3:6] * self.control.max_drot_rad))
+        self.data.ctrl[:7] = self.ik_step(dx)
+        finger = FINGER_OPEN_M * 0.5 * (1.0 - float(a[6]))
+        self.data.ctrl[7] = finger
+        self.data.ctrl[8] = -finger
+
+    def ik_step(self, dx: np.ndarray) -> np.ndarray:
+        """Joint targets (7,) [rad] for a world-frame twist ``dx = (dpos [m], drot axis-angle [rad])``.
+
+        Damped least squares, ``dq = J^T (J J^T + lambda^2 I)^-1 dx``, plus a null-space pull to home.
+        """
+        mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
+        jac = self._jac
+        jac[:3] = self._jacp[:, :7]  # the arm's dofs are the model's first 7 (checked in __init__)
+        jac[3:] = self._jacr[:, :7]
+        q = self.data.qpos[:7]
+        # Cholesky through MuJoCo: numpy's LAPACK may spin BLAS threads, ruinous on a shared core.
+        chol = jac @ jac.T + self._damp_eye
+        mujoco.mju_cholFactor(chol, 0.0)
+        mujoco.mju_cholSolve(self._y, chol, dx)
+        dq = jac.T @ self._y
+        # Null-space pull: v - J^+ J v, with J^+ = J^T (J J^T + lambda^2 I)^-1.
+        v = self.control.nullspace_gain * (self.q_home - q)
+        mujoco.mju_cholSolve(self._y, chol, jac @ v)
+        dq += v - jac.T @ self._y
+        lim = self.control.max_dq_rad
+        return np.minimum(np.maximum(q + np.minimum(np.maximum(dq, -lim), lim), self.q_low), self.q_high)

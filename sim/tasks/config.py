@@ -1,0 +1,62 @@
+"""The shared config schema of the native cube tasks and the strict override check."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class CubeTaskConfig:
+    """Everything a native Panda cube task reads; each task file ships its own defaults."""
+
+    max_episode_steps: int = 100  # time limit [control steps] -> ``truncated``
+    ctrl_hz: float = 20.0  # control rate [Hz]; ctrl_dt = 1 / ctrl_hz
+    sim_dt_s: float = 0.01  # physics timestep [s]; ctrl_dt must be a multiple of it (5 substeps at 20 Hz)
+    cube_half_m: float = 0.02  # cube half edge [m]
+    cube_centers_xy_m: tuple = ((0.5, 0.0),)  # nominal (x, y) of each cube [m]; len = number of cubes
+    cube_xy_range_m: tuple = (0.08, 0.08)  # uniform placement noise +- (x, y) around each centre [m]
+    cube_yaw_range_rad: float = 0.0  # uniform cube yaw +- [rad]
+    init_qpos_noise_rad: float = 0.02  # uniform noise +- on the home joint angles at reset [rad]
+    lift_height_m: float = 0.04  # success: grasped cube raised this far above its resting height [m]
+    reach_weight: float = 1.0  # reward: reach = w * (1 - tanh(10 * |ee - cube|))
+    grasp_weight: float = 0.5  # reward: grasp = w * [both finger pads touch the cube]
+    lift_weight: float = 1.0  # reward: lift = w * grasped * clip(height / lift_height_m, 0, 1)
+    success_bonus: float = 5.0  # reward: success = bonus on the success step
+    max_dpos_m: float = 0.05  # action scale: position delta at |a| = 1 [m / step]
+    max_drot_rad: float = 0.5  # action scale: rotation delta at |a| = 1 [rad / step]
+    cameras: tuple = ()  # camera names to add as observation.images.<cam>: agentview, wrist, topview
+    image_size: int = 84  # rendered images are image_size x image_size
+
+
+def build_config(cls: type[C], overrides: dict[str, Any], where: str) -> C:
+    """``cls()`` with ``overrides`` applied; an unknown key raises TypeError listing the valid keys."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise TypeError(f"{where}: unknown config key(s) {unknown}; valid keys: {', '.join(valid)}")
+    clean = {k: _plain(v) for k, v in overrides.items()}
+    cfg = cls(**clean)
+    _validate(cfg, where)
+    return cfg
+
+
+def _plain(value: Any) -> Any:
+    """Hydra/OmegaConf lists and plain lists -> nested tuples (configs stay hashable and frozen)."""
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return value
+    return tuple(_plain(v) for v in value)
+
+
+def _validate(cfg: CubeTaskConfig, where: str) -> None:
+    substeps = (1.0 / cfg.ctrl_hz) / cfg.sim_dt_s
+    if abs(substeps - round(substeps)) > 1e-6 or round(substeps) < 1:
+        raise ValueError(f"{where}: 1/ctrl_hz={1 / cfg.ctrl_hz} s is not a multiple of sim_dt_s={cfg.sim_dt_s}")
+    if not cfg.cube_centers_xy_m or any(len(c) != 2 for c in cfg.cube_centers_xy_m):
+        raise ValueError(f"{where}: cube_centers_xy_m must be a non-empty list of (x, y); got {cfg.cube_centers_xy_m}")
+    if len(cfg.cube_xy_range_m) != 2:
+        raise ValueError(f"{where}: cube_xy_range_m must be (x, y); got {cfg.cube_xy_range_m}")
+    if cfg.max_episode_steps < 1 or cfg.image_size < 8:
+        raise ValueError(f"{where}: need max_episode_steps >= 1 and image_size >= 8")

@@ -1,0 +1,208 @@
+"""``CubeEnv``: the native Panda + cube(s) Gymnasium env shared by ``lift``, ``lift_hard`` and ``pick_either``.
+
+Success = some cube is held between both finger pads and raised ``lift_height_m`` above its
+resting height; it ends the episode as ``terminated``. The time limit is ``truncated``.
+
+``observation.state`` layout (float32, D_s = 8 + 10 * n_cubes; 18 for lift, 28 for pick_either):
+
+====================  =====  ==================================================================
+slice                 size   content
+====================  =====  ==================================================================
+[0:3]                 3      grip-site position [m], world frame
+[3:7]                 4      grip-site quaternion wxyz, sign on the hemisphere of (0, 1, 0, 0)
+[7]                   1      gripper opening [m] (0 closed, ~0.08 open)
+[8+10i : 11+10i]      3      cube i position [m]
+[11+10i : 15+10i]     4      cube i quaternion wxyz, sign with w >= 0
+[15+10i : 18+10i]     3      cube i position - grip-site position [m]
+====================  =====  ==================================================================
+"""
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from armflow.sim.arm import ArmControlConfig, PandaArm, quat_canonical
+from armflow.sim.arm_mjcf import HOME_EE_QUAT, load_model
+from armflow.sim.tasks.config import CubeTaskConfig
+
+CAMERAS = ("agentview", "wrist", "topview")
+_EE_REF = np.array(HOME_EE_QUAT)
+_CUBE_REF = np.array((1.0, 0.0, 0.0, 0.0))
+
+
+class CubeEnv(gym.Env):
+    """Panda on a table with ``len(cfg.cube_centers_xy_m)`` cubes; lifting any one of them succeeds."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, cfg: CubeTaskConfig, task_name: str):
+        self.cfg, self.task_name = cfg, task_name
+        self.n_cubes = len(cfg.cube_centers_xy_m)
+        self.model = load_model(self.n_cubes, cfg.cube_half_m, cfg.sim_dt_s)
+        self.data = mujoco.MjData(self.model)
+        self.arm = PandaArm(self.model, self.data, ArmControlConfig(cfg.max_dpos_m, cfg.max_drot_rad))
+        self.joint_names = self.arm.joint_names
+        self.sim_dt = float(self.model.opt.timestep)
+        self.n_substeps = int(round((1.0 / cfg.ctrl_hz) / self.sim_dt))
+        self.ctrl_dt = self.n_substeps * self.sim_dt
+        self.max_episode_steps = int(cfg.max_episode_steps)
+        self.rest_height_m = float(cfg.cube_half_m)  # cube centre z when resting on the table
+        bad = [c for c in cfg.cameras if c not in CAMERAS]
+        if bad:
+            raise ValueError(f"{task_name}: unknown camera(s) {bad}; valid cameras: {', '.join(CAMERAS)}")
+        self._cube_qpos = [self.model.jnt_qposadr[self._id("joint", f"cube{i}_joint")] for i in range(self.n_cubes)]
+        self._cube_dof = [self.model.jnt_dofadr[self._id("joint", f"cube{i}_joint")] for i in range(self.n_cubes)]
+        self._cube_ids = [self._id("geom", f"cube{i}") for i in range(self.n_cubes)]
+        self._pad_ids = (self._id("geom", "left_pad"), self._id("geom", "right_pad"))
+        self.state_dim = 8 + 10 * self.n_cubes
+        self.observation_space = gym.spaces.Dict(self._obs_spaces())
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
+        self._renderer = None
+        self._steps = 0
+        self._state_buf = np.zeros(self.state_dim)
+        self._quat_buf = np.zeros(4)
+
+    def _id(self, kind: str, name: str) -> int:
+        return mujoco.mj_name2id(self.model, getattr(mujoco.mjtObj, f"mjOBJ_{kind.upper()}"), name)
+
+    def _obs_spaces(self) -> dict:
+        spaces = {"observation.state": gym.spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)}
+        side = self.cfg.image_size
+        for cam in self.cfg.cameras:
+            spaces[f"observation.images.{cam}"] = gym.spaces.Box(0, 255, (side, side, 3), np.uint8)
+        return spaces
+
+    # ----- privileged state (experts, bridge sim driver) -----------------------------------------
+    def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """(grip-site position (3,) [m], quaternion wxyz (4,)), world frame."""
+        return self.arm.ee_pose()
+
+    def joint_pos(self) -> np.ndarray:
+        """Arm joint angles (7,) [rad], in ``joint_names`` order."""
+        return self.arm.joint_pos()
+
+    def gripper_opening_m(self) -> float:
+        return self.arm.gripper_opening_m()
+
+    def cube_pos(self, i: int) -> np.ndarray:
+        """Cube ``i`` centre (3,) [m], world frame."""
+        a = self._cube_qpos[i]
+        return self.data.qpos[a : a + 3].copy()
+
+    def cube_quat(self, i: int) -> np.ndarray:
+        """Cube ``i`` orientation (4,) wxyz, w >= 0."""
+        a = self._cube_qpos[i]
+        return quat_canonical(self.data.qpos[a + 3 : a + 7].copy(), _CUBE_REF)
+
+    def cube_yaw_rad(self, i: int) -> float:
+        """Cube ``i`` yaw about world z [rad], in (-pi, pi]."""
+        w, x, y, z = self.data.qpos[self._cube_qpos[i] + 3 : self._cube_qpos[i] + 7]
+        return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
+
+    def grasped(self, i: int) -> bool:
+        """Both finger pads are in contact with cube ``i``."""
+        return self._grasp_flags()[i]
+
+    def _grasp_flags(self) -> list[bool]:
+        """Per cube: both finger pads touch it (plain Python over the few contacts: faster than numpy)."""
+        cube_ids = self._cube_ids
+        touches = [[False, False] for _ in cube_ids]
+        left, right = self._pad_ids
+        for g1, g2 in self.data.contact.geom[: self.data.ncon].tolist():
+            for a, b in ((g1, g2), (g2, g1)):
+                if a in cube_ids and b in (left, right):
+                    touches[cube_ids.index(a)][0 if b == left else 1] = True
+        return [l and r for l, r in touches]
+
+    # ----- gymnasium API -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        mujoco.mj_resetData(self.model, self.data)
+        noise = self.cfg.init_qpos_noise_rad
+        self.arm.set_home(self.arm.q_home + rng.uniform(-noise, noise, size=7))
+        xy_range = np.asarray(self.cfg.cube_xy_range_m, dtype=float)
+        yaw_range = self.cfg.cube_yaw_range_rad
+        for i, centre in enumerate(self.cfg.cube_centers_xy_m):
+            xy = np.asarray(centre, dtype=float) + rng.uniform(-xy_range, xy_range)
+            yaw = rng.uniform(-yaw_range, yaw_range) if yaw_range > 0 else 0.0
+            a = self._cube_qpos[i]
+            self.data.qpos[a : a + 3] = (xy[0], xy[1], self.rest_height_m)
+            self.data.qpos[a + 3 : a + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+        mujoco.mj_forward(self.model, self.data)
+        self._steps = 0
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != (7,):
+            raise ValueError(f"{self.task_name}: action must have shape (7,), got {action.shape}")
+        self.arm.apply_action(action)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        mujoco.mj_forward(self.model, self.data)  # positions/contacts consistent with the new qpos
+        self._steps += 1
+        terms, success = self._reward_terms()
+        truncated = (not success) and self._steps >= self.max_episode_steps
+        info = {"success": success, "reward_terms": terms}
+        return self._obs(), float(sum(terms.values())), success, truncated, info
+
+    def _reward_terms(self) -> tuple[dict[str, float], bool]:
+        """Dense shaped reward terms for the best cube (the one closest to being lifted)."""
+        cfg, ee = self.cfg, self.data.site_xpos[self.arm.site_id]
+        grasp_flags = self._grasp_flags()
+        best, best_total, success = None, -math.inf, False
+        for i in range(self.n_cubes):
+            a = self._cube_qpos[i]
+            pos = self.data.qpos[a : a + 3]
+            grasped = grasp_flags[i]
+            height = float(pos[2]) - self.rest_height_m
+            lifted = grasped and height > cfg.lift_height_m
+            dist = math.dist(pos.tolist(), ee.tolist())
+            terms = {
+                "reach": cfg.reach_weight * (1.0 - math.tanh(10.0 * dist)),
+                "grasp": cfg.grasp_weight * float(grasped),
+                "lift": cfg.lift_weight * float(grasped) * min(max(height / cfg.lift_height_m, 0.0), 1.0),
+                "success": cfg.success_bonus * float(lifted),
+            }
+            total = sum(terms.values())
+            if total > best_total:
+                best, best_total = terms, total
+            success = success or lifted
+        return best, success
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        state = self._state_buf
+        site = self.arm.site_id
+        ee_pos = self.data.site_xpos[site]
+        state[0:3] = ee_pos
+        mujoco.mju_mat2Quat(self._quat_buf, self.data.site_xmat[site])
+        state[3:7] = self._quat_buf if self._quat_buf @ _EE_REF >= 0.0 else -self._quat_buf
+        state[7] = self.arm.gripper_opening_m()
+        for i, a in enumerate(self._cube_qpos):
+            base = 8 + 10 * i
+            cube = self.data.qpos[a : a + 7]
+            state[base : base + 3] = cube[:3]
+            state[base + 3 : base + 7] = cube[3:] if cube[3] >= 0.0 else -cube[3:]
+            state[base + 7 : base + 10] = cube[:3] - ee_pos
+        obs = {"observation.state": state.astype(np.float32)}
+        for cam in self.cfg.cameras:
+            obs[f"observation.images.{cam}"] = self.render(cam)
+        return obs
+
+    def render(self, camera: str | None = None) -> np.ndarray:
+        """uint8 (image_size, image_size, 3) offscreen frame from ``camera`` (default: first obs camera or agentview)."""
+        name = camera or (self.cfg.cameras[0] if self.cfg.cameras else "agentview")
+        if name not in CAMERAS:
+            raise ValueError(f"{self.task_name}: unknown camera {name!r}; valid cameras: {', '.join(CAMERAS)}")
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
+        self._renderer.update_scene(self.data, camera=name)
+        return self._renderer.render().copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

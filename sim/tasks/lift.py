@@ -1,0 +1,41 @@
+"""``lift`` and ``lift_hard``: pick up one cube from a randomised spot on the table.
+
+``lift`` places the cube within +-8 cm of (0.5, 0) m with no yaw. ``lift_hard`` is the same task
+from a wider spread (+-16 cm) with a random yaw (+-45 deg): a policy imitating a few ``lift``
+demos covers only part of it, which makes it the starting point for RL fine-tuning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from armflow.sim.tasks.config import CubeTaskConfig, build_config
+from armflow.sim.tasks.cube_env import CubeEnv
+
+
+@dataclass(frozen=True)
+class LiftConfig(CubeTaskConfig):
+    """Defaults of ``lift`` (every field is documented on ``CubeTaskConfig``)."""
+
+    cube_centers_xy_m: tuple = ((0.5, 0.0),)
+    cube_xy_range_m: tuple = (0.08, 0.08)
+    cube_yaw_range_rad: float = 0.0
+
+
+@dataclass(frozen=True)
+class LiftHardConfig(CubeTaskConfig):
+    """Defaults of ``lift_hard``: wider placement and a random yaw."""
+
+    cube_centers_xy_m: tuple = ((0.5, 0.0),)
+    cube_xy_range_m: tuple = (0.16, 0.16)
+    cube_yaw_range_rad: float = 0.785398  # pi / 4
+
+
+def make_lift(**overrides: Any) -> CubeEnv:
+    """The ``lift`` env; ``overrides`` are ``LiftConfig`` fields (unknown keys raise TypeError)."""
+    return CubeEnv(build_config(LiftConfig, overrides, "lift"), task_name="lift")
+
+
+def make_lift_hard(**overrides: Any) -> CubeEnv:
+    """The ``lift_hard`` env; ``overrides`` are ``LiftHardConfig`` fields (unknown keys raise TypeError)."""
+    return CubeEnv(build_config(LiftHardConfig, overrides, "lift_hard"), task_name="lift_hard")

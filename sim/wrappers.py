@@ -1,0 +1,118 @@
+"""EnvGroup: several single envs stepped together with same-step autoreset, returning stacked arrays.
+
+This is the per-process core of both vector envs in ``vector.py`` (the in-process
+``SyncVectorEnv`` holds one group; each subprocess worker holds one group).
+
+Step output for a group of ``k`` envs (all arrays stacked on axis 0):
+``obs`` dict of (k, ...) arrays (a finished env already shows its next episode's
+first obs), ``reward`` float32 (k,), ``terminated``/``truncated`` bool (k,), and
+``info`` with ``success`` bool (k,) of this step, ``done_mask`` bool (k,)
+(terminated | truncated), ``final_obs`` dict of (k, ...) arrays = the obs returned
+by this step before any autoreset (equal to ``obs`` where not done),
+``episode_return`` float64 (k,) (NaN where not done), ``episode_length`` int64
+(k,) (0 where not done), ``reward_terms`` dict name -> float32 (k,).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+def stack_obs(obs_list: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack a list of obs dicts into one dict of arrays with a leading env axis."""
+    return {key: np.stack([obs[key] for obs in obs_list]) for key in obs_list[0]}
+
+
+def concat_tree(parts: Sequence[Any]) -> Any:
+    """Concatenate matching dicts/tuples of arrays (one per worker) along axis 0."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {key: concat_tree([p[key] for p in parts]) for key in first}
+    if isinstance(first, tuple):
+        return tuple(concat_tree([p[i] for p in parts]) for i in range(len(first)))
+    return np.concatenate(parts, axis=0)
+
+
+class EnvGroup:
+    """``k`` envs built by ``env_fns`` with same-step autoreset and episode bookkeeping."""
+
+    def __init__(self, env_fns: Sequence[Callable[[], Any]]):
+        if not env_fns:
+            raise ValueError("EnvGroup needs at least one env factory")
+        self.envs = [fn() for fn in env_fns]
+        self._returns = np.zeros(len(self.envs), dtype=np.float64)
+        self._lengths = np.zeros(len(self.envs), dtype=np.int64)
+        self._term_names: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def spec(self) -> dict[str, Any]:
+        """Attributes shared by the group's envs (spaces, timing, task name)."""
+        env = self.envs[0]
+        return {name: getattr(env, name) for name in (
+            "observation_space", "action_space", "ctrl_dt", "sim_dt", "max_episode_steps", "task_name")}
+
+    def reset(self, seeds: Sequence[int | None]):
+        """Reset every env (``seeds[i]`` for env i) -> (obs dict (k, ...), info)."""
+        if len(seeds) != len(self.envs):
+            raise ValueError(f"EnvGroup.reset: got {len(seeds)} seeds for {len(self.envs)} envs")
+        obs_list = [env.reset(seed=None if s is None else int(s))[0] for env, s in zip(self.envs, seeds)]
+        self._returns[:] = 0.0
+        self._lengths[:] = 0
+        return stack_obs(obs_list), {"success": np.zeros(len(self.envs), dtype=bool)}
+
+    def step(self, actions: np.ndarray):
+        """Step env i with ``actions[i]``; finished envs reset at once (see module docstring)."""
+        k = len(self.envs)
+        if len(actions) != k:
+            raise ValueError(f"EnvGroup.step: got {len(actions)} actions for {k} envs")
+        reward = np.zeros(k, dtype=np.float32)
+        terminated = np.zeros(k, dtype=bool)
+        truncated = np.zeros(k, dtype=bool)
+        success = np.zeros(k, dtype=bool)
+        ep_return = np.full(k, np.nan, dtype=np.float64)
+        ep_length = np.zeros(k, dtype=np.int64)
+        obs_list, final_list, terms_list = [], [], []
+        for i, env in enumerate(self.envs):
+            obs, r, term, trunc, info = env.step(actions[i])
+            reward[i], terminated[i], truncated[i] = r, term, trunc
+            success[i] = bool(info["success"])
+            terms_list.append(info.get("reward_terms", {}))
+            self._returns[i] += r
+            self._lengths[i] += 1
+            final_list.append(obs)
+            if term or trunc:
+                ep_return[i], ep_length[i] = self._returns[i], self._lengths[i]
+                self._returns[i], self._lengths[i] = 0.0, 0
+                obs = env.reset()[0]
+            obs_list.append(obs)
+        if self._term_names is None:
+            self._term_names = sorted(terms_list[0])
+        reward_terms = {name: np.array([t.get(name, 0.0) for t in terms_list], dtype=np.float32)
+                        for name in self._term_names}
+        info = {"success": success, "done_mask": terminated | truncated, "final_obs": stack_obs(final_list),
+                "episode_return": ep_return, "episode_length": ep_length, "reward_terms": reward_terms}
+        return stack_obs(obs_list), reward, terminated, truncated, info
+
+    def call(self, index: int | None, name: str, args: tuple = (), kwargs: dict | None = None) -> list:
+        """Call method ``name`` (or read attribute ``name``) on env ``index``, or on all envs if None."""
+        envs = self.envs if index is None else [self.envs[index]]
+        results = []
+        for env in envs:
+            attr = getattr(env, name)
+            results.append(attr(*args, **(kwargs or {})) if callable(attr) else attr)
+        return results
+
+    def close(self) -> None:
+        """Close every env (errors in one do not stop the others; the first is re-raised)."""
+        first_error = None
+        for env in self.envs:
+            try:
+                env.close()
+            except Exception as exc:  # noqa: BLE001 - re-raised below after closing the rest
+                first_error = first_error or exc
+        self.envs = []
+        if first_error is not None:
+            raise first_error

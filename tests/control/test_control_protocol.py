@@ -1,0 +1,132 @@
+"""Codec round trips, zero-copy, schema rejection and version handling of the bridge protocol."""
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from armflow.control import protocol as P
+
+DIMS = {"joint_pos": 7, "joint_vel": 7, "ee_pose": 7, "ee_delta": 6}
+
+
+def _chunk(actions, **body):
+    b = {"chunk_id": 1, "obs_seq": 0, "t0_ns": 10, "dt_ns": 1000, "action_space": "joint_pos"}
+    b.update(body)
+    return P.encode("CHUNK", b, {"actions": actions}, seq=3, session="s")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "uint8", "bool"])
+@pytest.mark.parametrize("shape", [(0,), (3,), (2, 5), (1, 2, 3, 4)])
+def test_round_trip_dtypes_and_shapes(dtype, shape):
+    arr = (np.arange(int(np.prod(shape))) % 7).reshape(shape).astype(dtype)
+    frames = P.encode("STATE", {"state": {"a": 1}}, {"x": arr}, seq=5, session="abc", t_send_ns=42)
+    msg = P.decode([bytes(f) for f in frames], max_bytes=P.MAX_PUB_BYTES)
+    assert (msg.type, msg.seq, msg.session, msg.t_send_ns, msg.body) == ("STATE", 5, "abc", 42, {"state": {"a": 1}})
+    assert msg.arrays["x"].dtype == arr.dtype and msg.arrays["x"].shape == shape
+    np.testing.assert_array_equal(msg.arrays["x"], arr)
+
+
+def test_big_endian_is_normalised():
+    arr = np.arange(4, dtype=">f8")
+    msg = P.decode([bytes(f) for f in P.encode("STATE", {"state": {}}, {"x": arr})])
+    assert msg.arrays["x"].dtype.str == "<f8"
+    np.testing.assert_array_equal(msg.arrays["x"], arr)
+
+
+def test_large_arrays_are_zero_copy_on_both_ends():
+    img = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)  # 230 kB > 64 kB
+    frames = P.encode("STATE", {"state": {}}, {"observation.images.front": img})
+    assert np.shares_memory(np.frombuffer(frames[1], np.uint8), img)  # encode: a view, no copy
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind("inproc://zc")
+    b.connect("inproc://zc")
+    a.send_multipart(frames, copy=False)
+    got = b.recv_multipart(copy=False)
+    msg = P.decode(got, max_bytes=P.MAX_PUB_BYTES)
+    out = msg.arrays["observation.images.front"]
+    np.testing.assert_array_equal(out, img)
+    assert not out.flags.owndata and not out.flags.writeable  # a view over the ZeroMQ frame
+    assert np.shares_memory(out, np.frombuffer(got[1].buffer, np.uint8))
+    a.close(), b.close(), ctx.term()
+
+
+def test_chunk_validation_accepts_good_chunk():
+    msg = P.decode(_chunk(np.zeros((4, 7))), expect=P.REQUEST_TYPES)
+    actions, grip = P.validate_chunk(msg, DIMS)
+    assert actions.shape == (4, 7) and grip is None
+
+
+@pytest.mark.parametrize("actions,body,code", [
+    (np.full((4, 7), np.nan), {}, "not_finite"),
+    (np.full((4, 7), np.inf), {}, "not_finite"),
+    (np.zeros((4, 6)), {}, "bad_shape"),
+    (np.zeros((4,)), {}, "bad_shape"),
+    (np.zeros((0, 7)), {}, "bad_shape"),
+    (np.zeros((P.MAX_CHUNK_H + 1, 7)), {}, "bad_shape"),
+    (np.zeros((4, 7), np.int64), {}, "bad_shape"),
+    (np.zeros((4, 7)), {"action_space": "teleport"}, "bad_mode"),
+    (np.zeros((4, 7)), {"dt_ns": 0}, "bad_field"),
+    (np.zeros((4, 7)), {"dt_ns": -5}, "bad_field"),
+    (np.zeros((4, 7)), {"merge": "append"}, "bad_field"),
+])
+def test_chunk_schema_rejections(actions, body, code):
+    with pytest.raises(P.ProtocolError) as err:
+        P.validate_chunk(P.decode(_chunk(actions, **body)), DIMS)
+    assert err.value.code == code
+
+
+def _raw(header: dict, *frames) -> list:
+    return [msgpack.packb(header)] + list(frames)
+
+
+GOOD = {"v": list(P.PROTOCOL_VERSION), "type": "HEARTBEAT", "seq": 1, "session": "s", "t_send_ns": 0,
+        "frames": [], "body": {}}
+
+
+@pytest.mark.parametrize("frames,code", [
+    ([b"\xc1\xff\x00"], "bad_msgpack"),
+    ([b""], "bad_msgpack"),
+    ([msgpack.packb([1, 2, 3])], "bad_header"),
+    (_raw({**GOOD, "extra": 1}), "bad_header"),
+    (_raw({**GOOD, "type": "SELF_DESTRUCT"}), "bad_type"),
+    (_raw({**GOOD, "type": "STATE", "body": {"state": {}}}), "bad_type"),  # not a request
+    (_raw({**GOOD, "seq": "1"}), "bad_field"),
+    (_raw({**GOOD, "seq": -1}), "bad_field"),
+    (_raw({**GOOD, "seq": True}), "bad_field"),
+    (_raw({**GOOD, "v": [P.PROTOCOL_VERSION[0] + 1, 0]}), "version"),
+    (_raw({**GOOD, "v": "1.0"}), "bad_version"),
+    (_raw({**GOOD, "body": {"sneaky": 1}}), "bad_body"),
+    (_raw({**GOOD, "type": "RESET", "body": {}}), "bad_body"),
+    (_raw({**GOOD, "type": "RESET", "body": {"seed": 1.5}}), "bad_field"),
+    (_raw({**GOOD, "frames": [["x", "<f8", [2]]]}), "bad_frames"),  # descriptor without frame
+    (_raw({**GOOD, "frames": [["x", "<f8", [3]]]}, b"\x00" * 16), "bad_frames"),  # wrong size
+    (_raw({**GOOD, "frames": [["x", "object", [1]]]}, b"\x00" * 8), "bad_frames"),
+    (_raw({**GOOD, "frames": [["x", "<f8", [10**6, 10**6]]]}, b""), "too_large"),
+    ([b"\x00" * (P.MAX_HEADER_BYTES + 1)], "too_large"),
+])
+def test_hostile_requests_rejected(frames, code):
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(frames, expect=P.REQUEST_TYPES)
+    assert err.value.code == code
+
+
+def test_size_cap():
+    big = np.zeros(P.MAX_REQUEST_BYTES // 8 + 8)
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(P.encode("CHUNK", {"chunk_id": 0, "obs_seq": 0, "t0_ns": 0, "dt_ns": 1, "action_space": "x"},
+                          {"actions": big}))
+    assert err.value.code == "too_large"
+
+
+def test_newer_minor_fields_are_ignored_older_are_strict():
+    hdr = {**GOOD, "v": [P.PROTOCOL_VERSION[0], P.PROTOCOL_VERSION[1] + 1], "body": {"future_field": 1}}
+    assert P.decode(_raw(hdr)).body == {}
+    with pytest.raises(P.ProtocolError):
+        P.decode(_raw({**GOOD, "body": {"future_field": 1}}))
+
+
+def test_hello_with_other_major_decodes_so_server_can_reject_it():
+    hdr = {**GOOD, "v": [P.PROTOCOL_VERSION[0] + 1, 0], "type": "HELLO",
+           "body": {"client_version": "x", "role": "controller"}}
+    assert P.decode(_raw(hdr)).version[0] == P.PROTOCOL_VERSION[0] + 1

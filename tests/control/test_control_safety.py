@@ -1,0 +1,126 @@
+"""Safety layer properties (hypothesis): any chunk -> every setpoint within workspace/joint limits and
+rate bounds; plus limits-file validation, force -> HOLD, mode gating and the resume check."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from armflow.control.fake_arm import FakeArm
+from armflow.control.limits import LimitsError, limits_from_dict, load_limits
+from armflow.control.safety import SafetyLayer, quat_angle
+from armflow.control.scheduler import ChunkScheduler
+from armflow.hardware.driver import RobotState
+
+LIM = load_limits("sim_panda")
+INFO = FakeArm().info()
+MS = 1_000_000
+Q0 = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785])
+DIMS = {"joint_pos": 7, "joint_vel": 7, "ee_pose": 7, "ee_delta": 6}
+
+
+def _state(q=Q0, ee=(0.5, 0.0, 0.4), force=(0, 0, 0)):
+    return RobotState(0, np.array(q, float), np.zeros(7), np.array(ee, float), np.array([0.0, 1, 0, 0]), 0.0,
+                      np.array(force, float))
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def chunks(draw):
+    mode = draw(st.sampled_from(list(DIMS)))
+    h = draw(st.integers(1, 24))
+    acts = np.array(draw(st.lists(st.lists(finite, min_size=DIMS[mode], max_size=DIMS[mode]), min_size=h, max_size=h)))
+    grip = np.array(draw(st.lists(st.floats(0, 1), min_size=h, max_size=h)))
+    dt_ns = draw(st.integers(1 * MS, 200 * MS))
+    t0_ns = draw(st.integers(-500 * MS, 500 * MS))
+    return mode, acts, grip, dt_ns, t0_ns
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunk_list=st.lists(chunks(), min_size=1, max_size=3), tick_ms=st.sampled_from([2, 10]))
+def test_any_chunks_give_setpoints_within_limits(chunk_list, tick_ms):
+    mode = chunk_list[0][0]
+    safety, state = SafetyLayer(LIM, INFO), _state()
+    safety.reset(mode, state)
+    sched = ChunkScheduler(mode, DIMS[mode])
+    dt = tick_ms / 1e3
+    prev = safety.prev.copy()
+    prev_vel = np.zeros(3) if mode == "ee_pose" else (np.zeros(7) if mode in ("joint_pos", "joint_vel") else None)
+    now, k = 0, 0
+    for cid, (m, acts, grip, dt_ns, t0_ns) in enumerate(chunk_list):
+        if m != mode:
+            continue
+        sched.insert(cid, max(0, t0_ns + now), dt_ns, acts, grip, now, prev if mode in ("joint_pos", "ee_pose") else None)
+        for _ in range(40):
+            tick = sched.tick(now, prev)
+            sp, g = safety.filter(mode, tick.setpoint, tick.gripper, state, dt)
+            assert np.isfinite(sp).all() and (g is None or 0 <= g <= 1)
+            if mode == "joint_pos":
+                assert np.all(sp >= safety.q_lo - 1e-9) and np.all(sp <= safety.q_hi + 1e-9)
+                v = (sp - prev) / dt
+                assert np.all(np.abs(v) <= safety.qd_max + 1e-6)
+                assert np.all(np.abs(v - prev_vel) <= LIM.joint_acc_max_rad_s2 * dt + 1e-6)
+                prev_vel = v
+            elif mode == "joint_vel":
+                assert np.all(np.abs(sp) <= safety.qd_max + 1e-9)
+                assert np.all(np.abs(sp - prev_vel) <= LIM.joint_acc_max_rad_s2 * dt + 1e-6)
+                prev_vel = sp
+            elif mode == "ee_pose":
+                assert np.all(sp[:3] >= safety.box_lo - 1e-9) and np.all(sp[:3] <= safety.box_hi + 1e-9)
+                v = (sp[:3] - prev[:3]) / dt
+                assert np.linalg.norm(v) <= LIM.ee_vel_max_m_s + 1e-6
+                assert np.linalg.norm(v - prev_vel) <= LIM.ee_acc_max_m_s2 * dt + 1e-6
+                assert quat_angle(prev[3:], sp[3:]) <= LIM.ee_rot_vel_max_rad_s * dt + 1e-6
+                assert abs(np.linalg.norm(sp[3:]) - 1) < 1e-9
+                prev_vel = v
+            else:
+                assert np.all(np.abs(sp) <= LIM.ee_delta_max + 1e-12)
+            prev = sp
+            now += tick_ms * MS
+            k += 1
+
+
+def test_ee_delta_cannot_push_out_of_the_workspace():
+    safety = SafetyLayer(LIM, INFO)
+    at_wall = _state(ee=(LIM.workspace_max_m[0], 0.0, LIM.workspace_min_m[2]))
+    safety.reset("ee_delta", at_wall)
+    sp, _ = safety.filter("ee_delta", np.array([1.0, 0.3, -1.0, 0, 0, 0]), None, at_wall, 0.05)
+    np.testing.assert_allclose(sp[:3], [0.0, 0.3, 0.0])
+    assert safety.clamps["workspace"] == 1
+
+
+def test_in_range_ee_delta_passes_unchanged():
+    """Lockstep equivalence needs the normal action range untouched."""
+    safety, state = SafetyLayer(LIM, INFO), _state()
+    safety.reset("ee_delta", state)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.uniform(-1, 1, 6)
+        sp, _ = safety.filter("ee_delta", a, 0.5, state, 0.05)
+        np.testing.assert_array_equal(sp, a)
+    assert sum(safety.clamps.values()) == 0
+
+
+def test_force_threshold_and_mode_gating_and_resume():
+    safety = SafetyLayer(LIM, INFO)
+    assert not safety.force_exceeded(_state(force=(0, 0, LIM.force_max_n * 0.9)))
+    assert safety.force_exceeded(_state(force=(0, 0, LIM.force_max_n * 1.1)))
+    assert safety.clamps["force_hold"] == 1
+    assert safety.check_mode("joint_pos")
+    gated = SafetyLayer(limits_from_dict({**LIM.to_dict(), "allowed_modes": ["joint_pos"]}), INFO)
+    assert not gated.check_mode("ee_delta")
+    ok, _ = safety.resume_ok("joint_pos", Q0 + 0.5 * LIM.max_resume_delta_rad, _state())
+    far, dist = safety.resume_ok("joint_pos", Q0 + 2 * LIM.max_resume_delta_rad, _state())
+    assert ok and not far and dist == pytest.approx(2 * LIM.max_resume_delta_rad)
+
+
+def test_limits_file_validation_and_hash():
+    d = LIM.to_dict()
+    assert len(LIM.hash) == 16 and limits_from_dict(dict(d)).hash == LIM.hash
+    assert limits_from_dict({**d, "force_max_n": 10.0}).hash != LIM.hash
+    for bad in ({**d, "version": 99}, {**d, "typo_key": 1}, {**d, "workspace_min_m": [0, 0]},
+                {**d, "allowed_modes": ["fly"]}, {**d, "ee_vel_max_m_s": float("nan")}):
+        with pytest.raises(LimitsError):
+            limits_from_dict(bad)
+    with pytest.raises(LimitsError, match="bundled limits"):
+        load_limits("no_such_robot")

@@ -1,0 +1,96 @@
+"""ChunkVecEnv: chunk reward sums, terminated vs truncated, final obs kept, autoreset mid-chunk."""
+import numpy as np
+import pytest
+
+from armflow.workflows.finetune_envs import ChunkVecEnv, EnvSlot
+
+KEY = "observation.state"
+
+
+class CounterEnv:
+    """Scripted env: state = [episode id, t]; reward = t; terminates at ``term_at`` or truncates at ``limit``."""
+
+    def __init__(self, term_at=None, limit=5):
+        self.term_at, self.limit, self.episode, self.t = term_at, limit, -1, 0
+        self.steps_in_episode = []
+
+    def reset(self, seed=None):
+        self.episode += 1
+        self.t = 0
+        self.steps_in_episode.append(0)
+        return {KEY: np.array([self.episode, 0], np.float32)}, {"success": False}
+
+    def step(self, action):
+        self.t += 1
+        self.steps_in_episode[-1] += 1
+        term = self.term_at is not None and self.t == self.term_at
+        trunc = not term and self.t >= self.limit
+        return {KEY: np.array([self.episode, self.t], np.float32)}, float(self.t), term, trunc, {"success": term}
+
+    def close(self):
+        pass
+
+
+def _env(term_at, limit):
+    envs = [CounterEnv(term_at, limit), CounterEnv(None, limit)]
+    return ChunkVecEnv("unused", 2, n_obs_steps=2, obs_keys=(KEY,),
+                       slots=[EnvSlot(e, 2, (KEY,)) for e in envs]), envs
+
+
+def test_terminated_mid_chunk_stops_and_resets():
+    venv, envs = _env(term_at=2, limit=10)
+    obs = venv.reset([0, 1])
+    np.testing.assert_array_equal(obs[KEY][0], [[0, 0], [0, 0]])  # first obs repeated T_o times
+    step = venv.step(np.zeros((2, 3, 1)))
+    assert step.terminated.tolist() == [True, False] and step.truncated.tolist() == [False, False]
+    assert step.reward.tolist() == [1 + 2, 1 + 2 + 3]   # env 0 stopped after its terminal step
+    assert step.n_steps.tolist() == [2, 3]
+    assert step.success.tolist() == [True, False]
+    np.testing.assert_array_equal(step.next_obs[KEY][0], [[0, 1], [0, 2]])  # final obs window
+    np.testing.assert_array_equal(step.obs[KEY][0], [[1, 0], [1, 0]])       # new episode, first obs
+    assert envs[0].steps_in_episode == [2, 0]  # leftover action was not run in the new episode
+    assert step.episodes == [{"return": 3.0, "length": 2, "success": True}]
+
+
+def test_truncated_keeps_final_obs_for_bootstrap():
+    venv, envs = _env(term_at=None, limit=4)
+    venv.reset([0, 1])
+    venv.step(np.zeros((2, 3, 1)))
+    step = venv.step(np.zeros((2, 3, 1)))
+    assert step.truncated.tolist() == [True, True] and not step.terminated.any()
+    assert step.reward.tolist() == [4.0, 4.0] and step.n_steps.tolist() == [1, 1]
+    np.testing.assert_array_equal(step.next_obs[KEY][:, -1], [[0, 4], [0, 4]])
+    np.testing.assert_array_equal(step.obs[KEY][:, -1], [[1, 0], [1, 0]])
+    assert [e["success"] for e in step.episodes] == [False, False]
+
+
+def test_inactive_envs_are_not_stepped():
+    venv, envs = _env(term_at=None, limit=10)
+    venv.reset([0, 1])
+    rows = venv.step(np.zeros((2, 2, 1)), active=np.array([True, False]), autoreset=False)
+    assert rows[1] is None and envs[1].t == 0 and envs[0].t == 2
+
+
+def test_bad_action_shape():
+    venv, _ = _env(None, 5)
+    venv.reset()
+    with pytest.raises(ValueError, match="actions must be"):
+        venv.step(np.zeros((3, 2, 1)))
+
+
+def test_subprocess_toy2d_matches_inprocess():
+    actions = np.tile(np.array([[1.0, 0.0]], np.float32), (2, 4, 1))
+    results = []
+    for n_workers in (0, 2):
+        venv = ChunkVecEnv("toy2d", 2, n_obs_steps=1, obs_keys=(KEY,), n_workers=n_workers)
+        try:
+            venv.reset([3, 4])
+            results.append([venv.step(actions) for _ in range(3)])
+        finally:
+            venv.close()
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.reward, b.reward)
+        np.testing.assert_allclose(a.obs[KEY], b.obs[KEY])
+        assert a.terminated.tolist() == b.terminated.tolist()
+    # Moving right at full speed reaches the right goal (1 m at 0.1 m/step) inside the third chunk.
+    assert results[0][2].terminated.all() and results[0][2].success.all()

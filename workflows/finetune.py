@@ -1,0 +1,184 @@
+"""``armflow finetune algo=dppo|fpo|dsrl|ppo checkpoint=DIR task=NAME``: RL fine-tuning of a pretrained policy.
+
+Loop: collect (S chunks x N envs) -> update -> every ``eval_every_iters`` a deterministic evaluation on
+separate envs over fixed seeds -> checkpoints + resumable state. Stops at ``budget_s`` wall-clock
+(including time before a resume) or ``env_steps``.
+
+Outputs under ``out``: ``metrics.jsonl`` + ``tb/`` (MetricLogger), ``curves.png``, ``checkpoints/{best,last}``
+(``save_pretrained``; DSRL: the base checkpoint + ``dsrl_noise_actor.safetensors``, load it with
+``armflow.policies.rl.load_dsrl_policy``), ``state/`` (resume) and ``summary.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from armflow.workflows.common import MetricLogger, read_jsonl, write_json
+from armflow.workflows.finetune_backends import BACKENDS
+from armflow.workflows.finetune_rollout import EnvSpec, LearnerSpec
+
+
+def check_compat(policy, algo: str, task: str, overrides: dict) -> None:
+    """Checkpoint vs task: action dim, observation keys/shapes, chunk length vs episode length."""
+    from armflow.policies.rl import ALGOS
+    from armflow.sim import make_env
+
+    if algo not in ALGOS:
+        raise KeyError(f"unknown algo {algo!r}; valid algos: {', '.join(ALGOS)}")
+    env = make_env(task, **overrides)
+    try:
+        d_a = int(env.action_space.shape[0])
+        if policy.action_dim != d_a:
+            raise ValueError(f"checkpoint action_dim={policy.action_dim} does not match task {task!r} action dim {d_a}")
+        spaces = env.observation_space.spaces
+        for key, shape in policy.obs_spec.items():
+            if key not in spaces:
+                raise ValueError(f"checkpoint needs observation {key!r} but task {task!r} provides {sorted(spaces)}")
+            env_shape = tuple(spaces[key].shape)
+            if key.startswith("observation.images.") and len(env_shape) == 3:
+                env_shape = (env_shape[2], env_shape[0], env_shape[1])
+            if env_shape != tuple(shape):
+                raise ValueError(f"checkpoint observation {key!r} shape {tuple(shape)} does not match task "
+                                 f"{task!r} shape {env_shape}")
+        if policy.n_action_steps > env.max_episode_steps:
+            raise ValueError(f"checkpoint n_action_steps={policy.n_action_steps} (horizon {policy.horizon}) exceeds "
+                             f"task {task!r} max_episode_steps={env.max_episode_steps}")
+    finally:
+        env.close()
+
+
+def _build(cfg: DictConfig):
+    from armflow.policies import load_policy
+
+    if not cfg.checkpoint:
+        raise ValueError("armflow finetune: checkpoint=DIR is required (a policy checkpoint from `armflow train`)")
+    policy = load_policy(cfg.checkpoint)
+    overrides = OmegaConf.to_container(cfg.task_overrides, resolve=True) or {}
+    check_compat(policy, cfg.algo.name, cfg.task, overrides)
+    params = OmegaConf.to_container(cfg.algo.params, resolve=True) or {}
+    spec = LearnerSpec(cfg.algo.name, str(cfg.checkpoint), params, int(cfg.n_envs), int(cfg.threads))
+    train_env = EnvSpec(cfg.task, int(cfg.n_envs), int(cfg.n_workers), overrides, int(cfg.seed))
+    eval_env = EnvSpec(cfg.task, int(cfg.n_eval_envs), 0, overrides, int(cfg.eval_seed))
+    window = {"n_obs_steps": policy.n_obs_steps, "obs_keys": tuple(policy.obs_spec),
+              "n_action_steps": policy.n_action_steps}
+    if cfg.backend not in BACKENDS:
+        raise KeyError(f"unknown backend {cfg.backend!r}; valid: {', '.join(BACKENDS)}")
+    return BACKENDS[cfg.backend](spec, train_env, eval_env, window)
+
+
+def _save_state(backend, out: Path, counters: dict) -> None:
+    """Write state.tmp, then swap it in, so a SIGKILL at any point leaves one complete state dir."""
+    tmp, cur, old = out / "state.tmp", out / "state", out / "state.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    backend.save(str(tmp), counters["env_steps"], {"counters": counters})
+    shutil.rmtree(old, ignore_errors=True)
+    if cur.exists():
+        os.replace(cur, old)
+    os.replace(tmp, cur)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(backend, out: Path) -> dict | None:
+    for name in ("state", "state.old"):
+        if (out / name / "training_state.json").is_file():
+            _, extra = backend.load(str(out / name))
+            counters = extra["counters"]
+            metrics = out / "metrics.jsonl"   # drop rows logged after the state we resume from
+            if metrics.is_file():
+                rows = [r for r in read_jsonl(metrics) if r["step"] <= counters["env_steps"]]
+                metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            return counters
+    return None
+
+
+def _evaluate(backend, cfg, counters: dict, logger: MetricLogger, out: Path) -> dict:
+    seeds = [int(cfg.eval_seed) + i for i in range(int(cfg.eval_episodes))]
+    res = backend.evaluate(seeds, int(cfg.eval_seed))
+    sr = res["success_rate"]
+    counters["evals"].append({"env_steps": counters["env_steps"], "wall_time_s": counters["wall_time_s"],
+                              "success_rate": sr, "return_mean": res["return_mean"]})
+    if counters["start"] is None:
+        counters["start"] = sr
+    if sr >= 0.9 and counters["reach90"] is None:
+        counters["reach90"] = {"env_steps": counters["env_steps"], "wall_time_s": counters["wall_time_s"]}
+    if counters["best"] is None or sr > counters["best"]:
+        counters["best"] = sr
+        backend.export(str(out / "checkpoints" / "best"))
+    logger.log(counters["env_steps"], {"eval/success_rate": sr, "eval/return": res["return_mean"],
+                                       "eval/length": res["length_mean"], "charts/wall_time_s": counters["wall_time_s"]})
+    return res
+
+
+def run_finetune(cfg: DictConfig) -> dict:
+    """Run fine-tuning as configured; returns the summary dict (also written to ``<out>/summary.json``)."""
+    import torch
+    from tqdm import tqdm
+
+    from armflow.workflows.finetune_plots import plot_curves
+
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    torch.manual_seed(int(cfg.seed))
+    out = Path(cfg.out or "runs/finetune/latest")
+    out.mkdir(parents=True, exist_ok=True)
+    backend = _build(cfg)
+    counters = _resume(backend, out) if cfg.resume else None
+    resumed = counters is not None
+    counters = counters or {"iteration": 0, "env_steps": 0, "wall_time_s": 0.0, "evals": [], "start": None,
+                            "best": None, "reach90": None}
+    logger = MetricLogger(out)
+    n_steps = int(cfg.n_steps or cfg.algo.n_steps)
+    t0, wall0 = time.monotonic(), counters["wall_time_s"]
+    bar = tqdm(total=int(cfg.env_steps), initial=counters["env_steps"], disable=not cfg.progress, desc=cfg.algo.name)
+    try:
+        if counters["start"] is None:
+            _evaluate(backend, cfg, counters, logger, out)
+        while counters["env_steps"] < int(cfg.env_steps) and counters["wall_time_s"] < float(cfg.budget_s):
+            reseed = int(cfg.seed) + 7919 * (counters["iteration"] + 1) if resumed else None
+            batch, stats = backend.collect(n_steps, reseed)
+            resumed = False
+            metrics = backend.update(batch)
+            counters["iteration"] += 1
+            counters["env_steps"] += stats["env_steps"]
+            counters["wall_time_s"] = wall0 + time.monotonic() - t0
+            bar.update(stats["env_steps"])
+            eps = stats["episodes"]
+            if eps:
+                metrics["charts/episode_return"] = sum(e["return"] for e in eps) / len(eps)
+                metrics["charts/episode_success"] = sum(e["success"] for e in eps) / len(eps)
+            metrics.update({"charts/iteration": counters["iteration"], "charts/wall_time_s": counters["wall_time_s"],
+                            "charts/sps": counters["env_steps"] / max(counters["wall_time_s"], 1e-6)})
+            logger.log(counters["env_steps"], metrics)
+            if counters["iteration"] % int(cfg.eval_every_iters) == 0:
+                res = _evaluate(backend, cfg, counters, logger, out)
+                bar.set_postfix(success=f"{res['success_rate']:.2f}")
+            if counters["iteration"] % int(cfg.save_every_iters) == 0:
+                _save_state(backend, out, counters)
+        if not counters["evals"] or counters["evals"][-1]["env_steps"] != counters["env_steps"]:
+            _evaluate(backend, cfg, counters, logger, out)
+        backend.export(str(out / "checkpoints" / "last"))
+        _save_state(backend, out, counters)
+    finally:
+        bar.close()
+        logger.close()
+        backend.close()
+    summary = {"algo": cfg.algo.name, "task": cfg.task, "checkpoint": str(cfg.checkpoint),
+               "success_rate": {"start": counters["start"], "final": counters["evals"][-1]["success_rate"],
+                                "best": counters["best"]},
+               "env_steps": counters["env_steps"], "wall_time_s": round(counters["wall_time_s"], 2),
+               "iterations": counters["iteration"], "reach_90": counters["reach90"], "evals": counters["evals"]}
+    write_json(out / "summary.json", summary)
+    plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"{cfg.algo.name} on {cfg.task}")
+    return summary
+
+
+def main(cfg: DictConfig) -> dict:
+    summary = run_finetune(cfg)
+    sr = summary["success_rate"]
+    print(f"finetune {summary['algo']}: success {sr['start']:.2f} -> {sr['final']:.2f} (best {sr['best']:.2f}) "
+          f"in {summary['env_steps']} env steps, {summary['wall_time_s']:.0f} s; outputs in {cfg.out}")
+    return summary

@@ -1,0 +1,144 @@
+"""Rollout worker, learner host and deterministic evaluation for ``armflow finetune``.
+
+The same two classes run in-process (``backend=local``) and as Ray actors (``backend=ray``):
+
+- :class:`LearnerHost` loads the checkpoint, builds the learner, and exposes ``update``/``acting_state``.
+- :class:`RolloutWorker` owns a :class:`ChunkVecEnv` and an acting learner (shared with the host
+  locally, its own copy under Ray, refreshed with ``set_acting_state`` every iteration).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from armflow.workflows.finetune_envs import ChunkVecEnv
+
+
+@dataclass
+class LearnerSpec:
+    """Everything needed to rebuild a learner in another process (plain data only)."""
+
+    algo: str
+    checkpoint: str
+    params: dict = field(default_factory=dict)
+    n_envs: int = 1
+    threads: int = 1
+
+
+@dataclass
+class EnvSpec:
+    task: str
+    n_envs: int
+    n_workers: int = 0
+    overrides: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+def build_learner(spec: LearnerSpec):
+    from armflow.policies import load_policy
+    from armflow.policies.rl import make_learner
+
+    torch.set_num_threads(max(1, int(spec.threads)))
+    return make_learner(spec.algo, load_policy(spec.checkpoint), dict(spec.params), spec.n_envs)
+
+
+class LearnerHost:
+    """Owns the learner: updates, weights for workers, resumable state, export."""
+
+    def __init__(self, spec: LearnerSpec, learner=None):
+        self.learner = learner if learner is not None else build_learner(spec)
+
+    def update(self, batch: dict) -> dict[str, float]:
+        return self.learner.update(batch)
+
+    def acting_state(self) -> dict[str, torch.Tensor]:
+        return self.learner.acting_state()
+
+    def load(self, directory: str) -> tuple[int, dict]:
+        """Restore weights, optimizers, scalers, buffer and this process's RNGs; returns (step, extra)."""
+        from armflow.workflows.train_state import load_training_state
+
+        step, extra, tensors = load_training_state(directory, self.learner.optimizers())
+        self.learner.load_train_state(tensors, extra.pop("learner"))
+        return step, extra
+
+    def save(self, directory: str, step: int, extra: dict) -> None:
+        from armflow.workflows.train_state import save_training_state
+
+        tensors, meta, optimizers = self.learner.train_state()
+        save_training_state(directory, step, optimizers, extra_tensors=tensors, extra={**extra, "learner": meta})
+
+    def export(self, out_dir: str) -> None:
+        self.learner.export(out_dir)
+
+
+class RolloutWorker:
+    """Collects (S, N) chunk transitions with exploration; evaluates deterministically on its envs."""
+
+    def __init__(self, env_spec: EnvSpec, n_obs_steps: int, obs_keys, n_action_steps: int,
+                 learner=None, learner_spec: LearnerSpec | None = None):
+        self.agent = learner if learner is not None else build_learner(learner_spec)
+        self.T_a = int(n_action_steps)
+        self.env = ChunkVecEnv(env_spec.task, env_spec.n_envs, n_obs_steps, obs_keys, env_spec.n_workers,
+                               env_spec.overrides)
+        self.seed = int(env_spec.seed)
+        self.obs = None
+
+    def set_acting_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.agent.load_acting_state(tensors)
+
+    def collect(self, n_steps: int, reseed: int | None = None) -> tuple[dict, dict]:
+        """Run ``n_steps`` chunks in every env. Returns (batch of (S, N, ...) arrays, stats)."""
+        if self.obs is None or reseed is not None:
+            base = self.seed if reseed is None else reseed
+            self.obs = self.env.reset([base + i for i in range(self.env.n_envs)])
+        rows: dict[str, list] = {}
+        episodes, env_steps = [], 0
+        for _ in range(n_steps):
+            env_action, record = self.agent.act(self.obs, explore=True)
+            step = self.env.step(env_action[:, : self.T_a])
+            for key, value in {"obs": self.obs, "next_obs": step.next_obs, "reward": step.reward,
+                               "terminated": step.terminated, "truncated": step.truncated,
+                               "success": step.success, **record}.items():
+                rows.setdefault(key, []).append(value)
+            episodes += step.episodes
+            env_steps += int(step.n_steps.sum())
+            self.obs = step.obs
+        batch = {k: ({kk: np.stack([v[kk] for v in vs]) for kk in vs[0]} if isinstance(vs[0], dict) else np.stack(vs))
+                 for k, vs in rows.items()}
+        return batch, {"env_steps": env_steps, "episodes": episodes}
+
+    def evaluate(self, seeds: list[int], eval_seed: int) -> dict[str, float]:
+        return evaluate(self.agent, self.env, seeds, self.T_a, eval_seed)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def evaluate(agent, env: ChunkVecEnv, seeds: list[int], n_action_steps: int, eval_seed: int) -> dict[str, float]:
+    """Deterministic evaluation (``act(explore=False)``: eta=0 / actor mean / Gaussian mean; sampler noise
+    drawn from a fixed torch seed) over fixed env ``seeds``; the training RNG is left untouched."""
+    episodes: list[dict] = []
+    with torch.random.fork_rng():
+        torch.manual_seed(eval_seed)
+        for start in range(0, len(seeds), env.n_envs):
+            part = list(seeds[start:start + env.n_envs])
+            active = np.arange(env.n_envs) < len(part)
+            obs = env.reset(part + [None] * (env.n_envs - len(part)))
+            while active.any():
+                env_action, _ = agent.act(obs, explore=False)
+                rows = env.step(env_action[:, :n_action_steps], active=active, autoreset=False)
+                for i, row in enumerate(rows):
+                    if row is None:
+                        continue
+                    for key in obs:
+                        obs[key][i] = row["obs"][key]
+                    if row["episode"] is not None:
+                        episodes.append(row["episode"])
+                        active[i] = False
+    return {"success_rate": float(np.mean([e["success"] for e in episodes])),
+            "return_mean": float(np.mean([e["return"] for e in episodes])),
+            "length_mean": float(np.mean([e["length"] for e in episodes])),
+            "episodes": float(len(episodes))}
