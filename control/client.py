@@ -65,6 +65,7 @@ class BridgeClient(Driver):
         self._state: RobotState | None = None
         self._state_rx_ns = 0
         self.events: deque = deque(maxlen=4096)
+        self.rtt_ns: deque = deque(maxlen=100_000)  # request -> reply round trips [ns]
 
     # -- Driver interface -------------------------------------------------------------------------
     def connect(self) -> None:
@@ -151,6 +152,7 @@ class BridgeClient(Driver):
         if self.dealer is None:
             raise BridgeError("not connected", "closed")
         self.seq += 1
+        t_send = time.monotonic_ns()
         self.dealer.send_multipart(P.encode(msg_type, body, arrays, seq=self.seq, session=self.session), copy=False)
         deadline = time.monotonic() + (self.reply_timeout_s if timeout_s is None else timeout_s)
         while True:
@@ -168,6 +170,7 @@ class BridgeClient(Driver):
                 raise BridgeError(f"{msg_type} refused: {reply.body['reason']}", reply.body["code"])
             if reply.type not in expect:
                 raise BridgeError(f"unexpected reply {reply.type} to {msg_type}", "protocol")
+            self.rtt_ns.append(time.monotonic_ns() - t_send)
             return reply
 
     def sync_clock(self, n: int = 8) -> ClockSync:
@@ -250,6 +253,16 @@ class BridgeClient(Driver):
             body = self._on_pub(self.sub.recv_multipart())
             if body is not None and pred(body):
                 return self._state
+
+    def new_states(self, timeout_s: float = 0.0) -> list[tuple[dict, RobotState]]:
+        """Every ``(status, state)`` received since the last call, oldest first (waits up to ``timeout_s``)."""
+        out = []
+        if self.sub.poll(int(timeout_s * 1000)):
+            while self.sub.poll(0):
+                body = self._on_pub(self.sub.recv_multipart())
+                if body is not None:
+                    out.append((body, self._state))
+        return out
 
     def drain_events(self) -> list:
         self.latest_state()

@@ -35,6 +35,7 @@ MAX_STR = 256
 INT64_MAX = 2**63 - 1
 
 ALLOWED_DTYPES = ("<f4", "<f8", "<i4", "<i8", "|u1", "|b1")
+_ITEMSIZE = {d: np.dtype(d).itemsize for d in ALLOWED_DTYPES}
 ROLES = ("controller", "observer")
 ACTION_SPACES = ("joint_pos", "joint_vel", "ee_pose", "ee_delta")
 MERGE_RULES = ("replace",)
@@ -138,7 +139,7 @@ def _unpack_header(raw: memoryview) -> dict:
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    return type(x) is int
 
 
 def _check_version(v) -> tuple[int, int]:
@@ -148,15 +149,16 @@ def _check_version(v) -> tuple[int, int]:
 
 
 def _check_value(name: str, value, types: tuple[type, ...]) -> None:
-    if bool not in types and isinstance(value, bool):
-        raise ProtocolError("bad_field", f"{name} must be {[t.__name__ for t in types]}, got bool")
-    if not isinstance(value, types):
-        raise ProtocolError("bad_field", f"{name} must be {[t.__name__ for t in types]}, got {type(value).__name__}")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
-        raise ProtocolError("bad_field", f"{name} out of int64 range")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ProtocolError("not_finite", f"{name} must be finite, got {value}")
-    if isinstance(value, str) and len(value) > MAX_STR and name != "reason":
+    t = type(value)  # exact types: msgpack yields plain int/float/str/bool/dict/list, and bool is not an int here
+    if t not in types:
+        raise ProtocolError("bad_field", f"{name} must be {[x.__name__ for x in types]}, got {t.__name__}")
+    if t is int:
+        if abs(value) > INT64_MAX:
+            raise ProtocolError("bad_field", f"{name} out of int64 range")
+    elif t is float:
+        if not math.isfinite(value):
+            raise ProtocolError("not_finite", f"{name} must be finite, got {value}")
+    elif t is str and len(value) > MAX_STR and name != "reason":
         raise ProtocolError("bad_field", f"{name} longer than {MAX_STR} characters")
 
 
@@ -189,14 +191,14 @@ def _check_frames(descs, buffers: list, max_bytes: int) -> dict[str, np.ndarray]
         name, dtype, shape = desc
         if name in arrays:
             raise ProtocolError("bad_frames", f"duplicate frame name {name!r}")
-        nbytes = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
         total += nbytes
         if total > max_bytes:
             raise ProtocolError("too_large", f"array frames exceed {max_bytes} bytes")
         view = _frame_buffer(buf)
         if view.nbytes != nbytes:
             raise ProtocolError("bad_frames", f"frame {name!r}: {view.nbytes} bytes, descriptor needs {nbytes}")
-        arr = np.frombuffer(view, dtype=np.dtype(dtype)).reshape(shape) if nbytes else np.zeros(shape, dtype)
+        arr = np.frombuffer(view, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ProtocolError("not_finite", f"frame {name!r} contains NaN or inf")
         arr.flags.writeable = False  # a view over the received frame: never mutate it in place

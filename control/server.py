@@ -45,6 +45,7 @@ class ServerConfig:
     exec_latency_ms: float = 0.0
     actuator_latency_ms: float = 0.0
     curve: CurveConfig | None = None
+    rt_priority: int = 0  # > 0: SCHED_FIFO priority of the servo process (real-time mode)
     start_method: str = "spawn"
     ready_timeout_s: float = 120.0
 
@@ -70,7 +71,8 @@ class BridgeServer:
         self.cfg = cfg
         self.limits: SafetyLimits = load_limits(cfg.limits)
         t_cmd_max = self.limits.t_cmd_ms_max_lockstep if cfg.lockstep else self.limits.t_cmd_ms_max
-        self.t_cmd_ms = int(cfg.t_cmd_ms or self.limits.t_cmd_ms_default)
+        # lockstep sim cannot move while the policy thinks, so it tolerates slow (CPU) inference by default
+        self.t_cmd_ms = int(cfg.t_cmd_ms or (t_cmd_max if cfg.lockstep else self.limits.t_cmd_ms_default))
         if not 0 < self.t_cmd_ms <= t_cmd_max:
             raise ServerError(f"t_cmd_ms={self.t_cmd_ms} outside (0, {t_cmd_max}] allowed by {cfg.limits}")
         self.t_cmd_max_ms = t_cmd_max
@@ -92,7 +94,7 @@ class BridgeServer:
         self.conn, child = mp.Pipe(duplex=True)
         scfg = ServoConfig(self.cfg.robot, dict(self.cfg.robot_options), self.limits.to_dict(), self.cfg.lockstep,
                            self.cfg.servo_rate_hz, self.cfg.state_rate_hz, self.t_cmd_ms,
-                           self.cfg.exec_latency_ms, self.cfg.actuator_latency_ms)
+                           self.cfg.exec_latency_ms, self.cfg.actuator_latency_ms, rt_priority=self.cfg.rt_priority)
         self.proc = mp.Process(target=servo_main, args=(scfg, child, self.shared), name="armflow-servo")
         self.proc.start()
         child.close()
@@ -103,8 +105,8 @@ class BridgeServer:
             raise ServerError(f"servo process failed to start: {msg.get('error', msg)}")
         self.ready = msg
         self._bind()
-        log.info("bridge up: robot=%s control=%s pub=%s limits=%s hash=%s", self.cfg.robot, self.endpoint,
-                 self.pub_endpoint, self.cfg.limits, self.limits.hash)
+        log.info("bridge up: robot=%s control=%s pub=%s limits=%s hash=%s servo=%s", self.cfg.robot, self.endpoint,
+                 self.pub_endpoint, self.cfg.limits, self.limits.hash, msg.get("sched"))
 
     def _bind(self) -> None:
         self.ctx = zmq.Context()
@@ -241,8 +243,9 @@ class BridgeServer:
             self.n_bad += 1
             self.nack(ident, msg.seq, exc.code, str(exc))
             return
-        self.to_servo({"cmd": "chunk", **msg.body, "actions": actions, "gripper": gripper})
+        # ACK first: it means "valid, handed to the servo" and the servo hand-off is off the round-trip path
         self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"chunk_id": msg.body["chunk_id"]}})
+        self.to_servo({"cmd": "chunk", **msg.body, "actions": actions, "gripper": gripper})
 
     def on_hello(self, ident: bytes, msg: P.Message) -> None:
         body, info = msg.body, self.ready["info"]

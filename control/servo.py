@@ -14,6 +14,7 @@ same as a direct in-sim evaluation with the same seed.
 from __future__ import annotations
 
 import importlib
+import os
 import queue
 import threading
 import time
@@ -61,6 +62,7 @@ class ServoConfig:
     exec_latency_ms: float = 0.0
     actuator_latency_ms: float = 0.0
     spin_us: int = 300  # busy-wait this long before each real-time tick (sleep granularity)
+    rt_priority: int = 0  # > 0: run the servo process SCHED_FIFO at this priority (needs CAP_SYS_NICE)
 
 
 def state_arrays(st: RobotState) -> dict[str, np.ndarray]:
@@ -285,7 +287,7 @@ class ServoLoop:
 
     def run(self) -> None:
         self.send({"kind": "ready", "info": asdict(self.info), "servo_rate_hz": self.rate_hz,
-                   "dims": self.dims, "period_ns": self.period_ns})
+                   "dims": self.dims, "period_ns": self.period_ns, "sched": getattr(self, "sched", "normal")})
         try:
             (self._run_lockstep if self.cfg.lockstep else self._run_realtime)()
         finally:
@@ -357,10 +359,23 @@ def _sleep_until(t_ns: int, spin_ns: int) -> None:
         pass
 
 
+def set_realtime_priority(priority: int) -> str:
+    """Best effort SCHED_FIFO for the servo process; returns what was applied (for the log)."""
+    if priority <= 0:
+        return "normal"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return f"SCHED_FIFO {priority}"
+    except (OSError, AttributeError) as exc:
+        return f"normal (SCHED_FIFO refused: {exc})"
+
+
 def servo_main(cfg: ServoConfig, conn, shared: channel.SharedWords) -> None:
     """Entry point of the servo process."""
+    sched = set_realtime_priority(cfg.rt_priority if not cfg.lockstep else 0)
     try:
         loop = ServoLoop(cfg, conn, shared)
+        loop.sched = sched
     except Exception as exc:  # report any start failure to the I/O process, then exit
         conn.send_bytes(channel.pack({"kind": "fatal", "error": f"{type(exc).__name__}: {exc}"}))
         raise

@@ -54,18 +54,24 @@ def bench_writer(size: int, n_episodes: int, length: int, folder: Path) -> dict[
             "save_ms_last": 1e3 * saves[-1], "save_ms_mean": 1e3 * float(np.mean(saves))}
 
 
+def run_bench(size: int = 84, n_frames: int = 200, n_episodes: int = 20) -> dict:
+    """Results dict: auto-chosen codec, per-codec speeds, writer save latency."""
+    results: dict = {"size": size, "auto_codec": choose_codec("auto", size, size, 20)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for codec in CODEC_OPTIONS:
+            if encoder_works(codec, size, size, 20):
+                results[codec] = bench_codec(codec, size, n_frames, Path(tmp))
+        results["writer"] = bench_writer(size, n_episodes, 100, Path(tmp))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=84)
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--episodes", type=int, default=20)
     args = parser.parse_args()
-    results: dict = {"size": args.size, "auto_codec": choose_codec("auto", args.size, args.size, 20)}
-    with tempfile.TemporaryDirectory() as tmp:
-        for codec in CODEC_OPTIONS:
-            if encoder_works(codec, args.size, args.size, 20):
-                results[codec] = bench_codec(codec, args.size, args.frames, Path(tmp))
-        results["writer"] = bench_writer(args.size, args.episodes, 100, Path(tmp))
+    results = run_bench(args.size, args.frames, args.episodes)
     for key, value in results.items():
         print(key, value)
     print("BENCH_JSON: " + json.dumps(results))

@@ -82,6 +82,10 @@ def import_robomimic(hdf5_path: str | Path, root: str | Path, obs_keys: Sequence
         obs_keys = list(obs_keys) if obs_keys is not None else sorted(k for k in obs0 if obs0[k].ndim == 2)
         image_keys = list(image_keys) if image_keys is not None else sorted(k for k in obs0 if obs0[k].ndim == 4)
         feats = _features(h5, demos[0], obs_keys, image_keys, hdf5_path)
+        for demo in demos:  # fail before writing anything
+            for rel in ["actions", *(f"obs/{k}" for k in [*obs_keys, *image_keys])] + \
+                    (["states"] if "observation.environment_state" in feats else []):
+                _get(h5, f"data/{demo}/{rel}", hdf5_path)
         task = task or env_args.get("env_name") or "robomimic"
         with LeRobotWriter(root, fps, feats, robot_type=None, video_codec=video_codec) as writer:
             atomic_write_json(Path(root) / ENV_ARGS_PATH, env_args)

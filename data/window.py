@@ -25,9 +25,10 @@ from armflow.data.reader import LeRobotDataset
 class WindowDataset(Dataset):
     """Torch dataset of windows over a `LeRobotDataset`.
 
-    keys: low-dimensional observation keys (default: `observation.state` if present).
-    image_keys: camera keys (default: every video feature); frames are decoded lazily
-      per episode and kept in an LRU cache of at most `cache_mb` [MiB] of uint8 pixels.
+    keys: observation keys, low-dimensional and camera (default: `observation.state` and
+      every video feature). image_keys: overrides which cameras are used (`[]`: none).
+    Camera frames are decoded lazily per episode and kept in an LRU cache of at most
+    `cache_mb` [MiB] of uint8 pixels.
     Item: `{key: (T_o, D) float32, cam: (T_o, 3, H, W) float32 in [0, 1],
     "action": (T_p, D_a) float32, "action_is_pad": (T_p,) bool}`.
     """
@@ -41,10 +42,15 @@ class WindowDataset(Dataset):
             raise ValueError(f"WindowDataset: {dataset.root} has no frames")
         self.dataset = dataset
         self.n_obs_steps, self.horizon = int(n_obs_steps), int(horizon)
-        default_keys = [k for k in ("observation.state",) if k in dataset.features]
-        self.keys = list(default_keys if keys is None else keys)
-        self.image_keys = list(dataset.video_keys if image_keys is None else image_keys)
+        if keys is None:
+            keys = [k for k in ("observation.state",) if k in dataset.features] + dataset.video_keys
+        self.keys = [k for k in keys if k not in dataset.video_keys]
+        cameras_in_keys = [k for k in keys if k in dataset.video_keys]
+        self.image_keys = list(cameras_in_keys if image_keys is None else image_keys)
         self.action_key = action_key
+        for key in self.keys:
+            if key not in dataset.features:
+                raise KeyError(f"observation key {key!r} not in the dataset; features: {sorted(dataset.features)}")
         for key in self.image_keys:
             if key not in dataset.video_keys:
                 raise KeyError(f"image key {key!r} is not a video feature; video features: {dataset.video_keys}")

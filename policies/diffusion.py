@@ -72,15 +72,26 @@ class DiffusionPolicy(BasePolicy):
         return (eps_hat - noise) ** 2, {}
 
     # ----------------------------------------------------------------- deterministic sampler (DDIM eta=0)
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """cond (B, C), initial noise (B, T_p, D_a) -> normalised actions (B, T_p, D_a), DDIM eta=0."""
-        net = self.net
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None) -> torch.Tensor:
+        """cond (B, C), initial noise (B, T_p, D_a) -> normalised actions (B, T_p, D_a), DDIM eta=0.
+
+        The final step lands on a' = 1, so the result is the clamped x0 prediction: inside [-1, 1]."""
+        net = self.net if net is None else net
+        if not hasattr(net, "condition"):
+            return self._sample_generic(net, cond, noise)
         ctxs = step_contexts(net, self.ddim_t, cond)
         x = noise
         for k, (s1ma, sa, sa_prev, s1ma_prev) in enumerate(self._fast):
             eps = net.denoise(x, ctxs[k])
-            x0 = ((x - s1ma * eps) / sa).clamp_(-1.0, 1.0)
-            x = sa_prev * x0 + s1ma_prev * eps
+            x0 = torch.add(x, eps, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
+            x = torch.add(x0.mul_(sa_prev), eps, alpha=s1ma_prev)
+        return x
+
+    def _sample_generic(self, net, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Same DDIM eta=0 loop for any ``net(x, t, cond)`` without the condition/denoise split."""
+        x = noise
+        for k in range(self.num_inference_steps):
+            x, _ = self._step_mean(net, x, k, cond, eta=0.0)
         return x
 
     # ----------------------------------------------------------------- DPPO entry points

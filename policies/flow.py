@@ -49,7 +49,7 @@ class FlowPolicy(BasePolicy):
         x = noise
         for k in range(self.num_inference_steps):
             u = net.denoise(x, ctxs[k]) if ctxs is not None else net(x, self.euler_t[k].expand(x.shape[0]), cond)
-            x = x + dt * u
+            x = torch.add(x, u, alpha=dt)
         return x.clamp(-1.0, 1.0)
 
     def sample_stochastic(self, cond: torch.Tensor, jitter_std: float = 0.0, net=None):

@@ -8,7 +8,8 @@ fine-tuned policy keeps or collapses the two modes).
 - ``observation.state``: float32 (2,) = agent position (x, y) [m]. The goals are
   fixed, so the position is a Markov state.
 - ``action``: float32 (2,) in [-1, 1] = velocity command; the agent moves
-  ``action * max_speed_m_s * ctrl_dt`` per step (clipped to [-1, 1] first).
+  ``action * max_speed_m_s * ctrl_dt`` per step (clipped to [-1, 1] first), inside a square arena
+  of half-width ``2 * goal_distance_m + 1`` (the observation bounds).
 - reward terms (summed into ``reward``):
   ``progress`` = decrease of the distance to the nearest goal [m] * ``progress_weight``,
   ``action_cost`` = -``action_cost_weight`` * |a|^2,
@@ -60,7 +61,8 @@ class Toy2DEnv:
         self.max_episode_steps = int(config.max_episode_steps)
         d = float(config.goal_distance_m)
         self.goals = np.array([[-d, 0.0], [d, 0.0]], dtype=np.float64)  # (2 goals, xy) [m]
-        bound = np.float32(2.0 * d + 1.0)
+        self.arena_half_m = 2.0 * d + 1.0  # the agent is kept inside this square (a wall)
+        bound = np.float32(self.arena_half_m)
         self.observation_space = gym.spaces.Dict(
             {STATE_KEY: gym.spaces.Box(-bound, bound, shape=(2,), dtype=np.float32)})
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -90,7 +92,8 @@ class Toy2DEnv:
                              f"values {a!r}")
         a = np.clip(a, -1.0, 1.0)
         dist_before = self._goal_distances().min()
-        self._pos = self._pos + a * self.config.max_speed_m_s * self.ctrl_dt
+        self._pos = np.clip(self._pos + a * self.config.max_speed_m_s * self.ctrl_dt,
+                            -self.arena_half_m, self.arena_half_m)
         self._t += 1
         dists = self._goal_distances()
         reached = dists <= self.config.success_radius_m

@@ -210,24 +210,33 @@ class SubprocVectorEnv(_VectorEnvBase):
             raise WorkerError("\n".join(errors))
         return results
 
+    def _send(self, w: int, message: tuple) -> None:
+        if self._closed:
+            raise RuntimeError("vector env is closed")
+        try:
+            self._conns[w].send(message)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            proc = self.processes[w]
+            raise WorkerError(f"worker {w} (pid {proc.pid}) is gone, exit code {proc.exitcode}") from exc
+
     def _reset(self, seeds):
-        for w, conn in enumerate(self._conns):
-            conn.send(("reset", seeds[self._offsets[w]:self._offsets[w + 1]]))
+        for w in range(len(self._conns)):
+            self._send(w, ("reset", seeds[self._offsets[w]:self._offsets[w + 1]]))
         return concat_tree(self._gather())
 
     def _step(self, actions):
-        for w, conn in enumerate(self._conns):
-            conn.send(("step", actions[self._offsets[w]:self._offsets[w + 1]]))
+        for w in range(len(self._conns)):
+            self._send(w, ("step", actions[self._offsets[w]:self._offsets[w + 1]]))
         return concat_tree(self._gather())
 
     def _call_all(self, name, args, kwargs):
-        for conn in self._conns:
-            conn.send(("call", (None, name, args, kwargs)))
+        for w in range(len(self._conns)):
+            self._send(w, ("call", (None, name, args, kwargs)))
         return [item for part in self._gather() for item in part]
 
     def _call_at(self, index, name, args, kwargs):
         w = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        self._conns[w].send(("call", (index - int(self._offsets[w]), name, args, kwargs)))
+        self._send(w, ("call", (index - int(self._offsets[w]), name, args, kwargs)))
         return self._gather([self._conns[w]])[0][0]
 
     def close(self, timeout_s: float = 5.0) -> None:

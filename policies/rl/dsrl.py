@@ -182,7 +182,7 @@ class DSRLLearner:
 
     def export(self, out_dir) -> None:
         """Base checkpoint (``save_pretrained``) + ``dsrl_noise_actor.safetensors`` + ``dsrl.json``;
-        ``armflow.workflows.finetune.load_dsrl_policy(dir)`` rebuilds a policy whose ``predict_chunk``
+        ``armflow.policies.rl.load_dsrl_policy(dir)`` rebuilds a policy whose ``predict_chunk``
         draws its noise from the actor."""
         import json
         from pathlib import Path
@@ -200,3 +200,44 @@ class DSRLLearner:
 def obs_to_torch_t(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Replay obs tensors (B, T_o, ...) -> policy inputs (images uint8 HWC -> float CHW in [0, 1])."""
     return obs_to_torch({k: v.numpy() for k, v in obs.items()})
+
+
+class DSRLPolicy(torch.nn.Module):
+    """A frozen base policy steered by a DSRL noise actor: ``predict_chunk(obs)`` feeds the actor's
+    deterministic noise w = b tanh(mu(s)) to the base sampler. Other attributes delegate to the base."""
+
+    def __init__(self, base, actor: TanhGaussianActor):
+        super().__init__()
+        self.base, self.actor = base.eval(), actor.eval()
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base"), name)
+
+    @torch.no_grad()
+    def predict_chunk(self, obs, noise=None) -> torch.Tensor:
+        """Obs window {key: (B, T_o, ...)} -> action chunk (B, T_p, D_a) in robot units; ``noise`` is ignored."""
+        cond = self.base.encode_obs(obs)
+        w, _ = self.actor(cond, deterministic=True)
+        action = self.base.sample(cond, w.view(-1, self.base.horizon, self.base.action_dim))
+        return to_env_action(self.base, action)
+
+
+def load_dsrl_policy(directory) -> DSRLPolicy:
+    """Load what ``DSRLLearner.export`` wrote (base checkpoint + noise actor)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from armflow.policies import load_policy
+
+    meta_path = Path(directory) / "dsrl.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory}: no dsrl.json (not a DSRL export; use load_policy for plain checkpoints)")
+    meta = json.loads(meta_path.read_text())
+    actor = TanhGaussianActor(int(meta["feat_dim"]), int(meta["w_dim"]), float(meta["noise_bound"]), int(meta["hidden"]))
+    actor.load_state_dict(load_file(str(Path(directory) / "dsrl_noise_actor.safetensors")))
+    return DSRLPolicy(load_policy(directory), actor)

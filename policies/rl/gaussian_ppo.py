@@ -61,7 +61,7 @@ class GaussianPPOLearner(OnPolicyLearner):
         ratio = torch.exp(self._logprob(dist, mb["action"]) - mb["logprob"])
         loss, info = ppo_clip_loss(ratio, normalize(adv), self.cfg.clip_eps)
         entropy = dist.entropy()[:, : self.n_exec].mean()
-        info.update(entropy=entropy.item(), std_mean=self.policy.std().mean().item())
+        info.update(entropy=entropy.item(), std_mean=self.policy.std().mean().item(), ratio_mean=ratio.mean().item())
         return loss - self.cfg.ent_coef * entropy, info
 
     def export(self, out_dir) -> None:

@@ -8,14 +8,14 @@ from torch import nn
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int, n_layers: int = 2, layer_norm: bool = False) -> nn.Sequential:
-    """``n_layers`` hidden layers of width ``hidden`` (Mish), linear head."""
+    """``n_layers`` hidden layers of width ``hidden`` (ReLU), linear head."""
     layers: list[nn.Module] = []
     d = in_dim
     for _ in range(n_layers):
         layers.append(nn.Linear(d, hidden))
         if layer_norm:
             layers.append(nn.LayerNorm(hidden))
-        layers.append(nn.Mish())
+        layers.append(nn.ReLU())
         d = hidden
     layers.append(nn.Linear(d, out_dim))
     return nn.Sequential(*layers)

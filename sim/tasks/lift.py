@@ -1,8 +1,10 @@
 """``lift`` and ``lift_hard``: pick up one cube from a randomised spot on the table.
 
 ``lift`` places the cube within +-8 cm of (0.5, 0) m with no yaw. ``lift_hard`` is the same task
-from a wider spread (+-16 cm) with a random yaw (+-45 deg): a policy imitating a few ``lift``
-demos covers only part of it, which makes it the starting point for RL fine-tuning.
+from a wider spread (+-12 cm, 2.25x the area): a policy imitating a few ``lift`` demos covers only
+part of it, which makes it the starting point for RL fine-tuning. Calibration probe (an MLP
+behaviour-cloned on 20 ``lift`` demos at expert noise 0.1, 40 seeded episodes): 68% on ``lift``,
+32% on ``lift_hard``; adding a +-0.5 rad random yaw (``cube_yaw_range_rad=0.5``) drops it to 5%.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ class LiftConfig(CubeTaskConfig):
 
 @dataclass(frozen=True)
 class LiftHardConfig(CubeTaskConfig):
-    """Defaults of ``lift_hard``: wider placement and a random yaw."""
+    """Defaults of ``lift_hard``: wider placement (yaw available as an override)."""
 
     cube_centers_xy_m: tuple = ((0.5, 0.0),)
-    cube_xy_range_m: tuple = (0.16, 0.16)
-    cube_yaw_range_rad: float = 0.785398  # pi / 4
+    cube_xy_range_m: tuple = (0.12, 0.12)
+    cube_yaw_range_rad: float = 0.0
 
 
 def make_lift(**overrides: Any) -> CubeEnv:

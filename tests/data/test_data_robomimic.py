@@ -58,5 +58,6 @@ def test_missing_group_names_path_inside_file(tmp_path):
     with pytest.raises(DatasetError, match="missing 'data/demo_1/actions' inside the HDF5 file") as info:
         import_robomimic(src, tmp_path / "ds")
     assert info.value.path == str(src)
+    assert not (tmp_path / "ds" / "meta" / "info.json").exists()  # validated before writing anything
     with pytest.raises(DatasetError, match="missing 'data/demo_0/obs/nope'"):
         import_robomimic(src, tmp_path / "ds2", obs_keys=["nope"])

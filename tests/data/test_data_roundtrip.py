@@ -99,10 +99,11 @@ def test_append_with_other_features_is_refused(tmp_path):
         LeRobotWriter(tmp_path / "ds", 30, synthetic_features())
 
 
-def test_rolls_to_new_files_past_size_limit(tmp_path):
+@pytest.mark.parametrize("limits", [{"data_files_size_in_mb": 0.001, "video_files_size_in_mb": 0.001},
+                                    {"max_frames_per_file": 5}])
+def test_rolls_to_new_files_past_size_limit(tmp_path, limits):
     feats = synthetic_features(image_shape=IMG)
-    with LeRobotWriter(tmp_path / "ds", 20, feats, data_files_size_in_mb=0.001,
-                       video_files_size_in_mb=0.001) as w:
+    with LeRobotWriter(tmp_path / "ds", 20, feats, **limits) as w:
         for e in range(3):
             for t in range(5):
                 w.add_frame(synthetic_frame(e, t, 5, image_shape=IMG))

@@ -48,8 +48,9 @@ def _run_and_kill(script, root, rng, mode):
     else:  # anywhere: mostly while frames are being encoded
         time.sleep(rng.uniform(0.05, 0.5))
     proc.send_signal(signal.SIGKILL)
-    out, _ = proc.communicate(timeout=30)
-    lines += out.splitlines()
+    # read through the same buffered stream as readline() (communicate() would bypass its buffer)
+    lines += proc.stdout.read().splitlines()
+    proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     saved = [int(l.split()[1]) for l in lines if l.startswith("saved")]
     began = [int(l.split()[1]) for l in lines if l.startswith("saving")]

@@ -82,3 +82,7 @@ def test_image_windows(tmp_path):
     assert len(win._cache) == 1  # the tiny cache budget keeps one decoded episode
     no_images = WindowDataset(ds, 2, 3, image_keys=[])
     assert "observation.images.front" not in no_images[0]
+    state_only = WindowDataset(ds, 2, 3, keys=["observation.state"])
+    assert list(state_only[0]) == ["observation.state", "action", "action_is_pad"]
+    with pytest.raises(KeyError, match="'observation.nope' not in the dataset"):
+        WindowDataset(ds, 2, 3, keys=["observation.nope"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.display
+pytestmark = [pytest.mark.display, pytest.mark.slow]
 
 
 def _free_display() -> int:

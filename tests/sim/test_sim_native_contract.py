@@ -74,9 +74,9 @@ def test_seeded_reset_is_deterministic(name):
     assert not np.allclose(rollout(7)[0], rollout(8)[0])
 
 
-def test_lift_hard_spreads_cubes_wider_and_yaws_them():
-    def placements(name):
-        env = make_env(name)
+def test_lift_hard_spreads_cubes_wider_and_yaw_is_an_override():
+    def placements(name, **overrides):
+        env = make_env(name, **overrides)
         rows = []
         for seed in range(40):
             state = env.reset(seed=seed)[0]["observation.state"]
@@ -85,7 +85,9 @@ def test_lift_hard_spreads_cubes_wider_and_yaws_them():
 
     lift, hard = placements("lift"), placements("lift_hard")
     assert lift[:, :2].max() <= 0.08 + 1e-6 and lift[:, 2].max() < 1e-6
-    assert hard[:, :2].max() > 0.1 and 0.3 < hard[:, 2].max() <= np.pi / 4 + 1e-6
+    assert 0.09 < hard[:, :2].max() <= 0.12 + 1e-6
+    yawed = placements("lift_hard", cube_yaw_range_rad=0.5)
+    assert 0.3 < yawed[:, 2].max() <= 0.5 + 1e-6
 
 
 def test_bad_override_key_lists_valid_keys():

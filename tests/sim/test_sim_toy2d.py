@@ -102,3 +102,12 @@ def test_render_shows_agent():
     red = (frame[..., 0] > 200) & (frame[..., 1] < 50)
     rows, cols = np.nonzero(red)
     assert len(rows) and abs(cols.mean() - 23.5) < 3, "agent starts near the image centre"
+
+
+def test_agent_stays_in_observation_space():
+    env = make_toy2d(max_episode_steps=200)
+    obs, _ = env.reset(seed=0)
+    for _ in range(60):
+        obs, *_ = env.step(np.array([0.0, 1.0], dtype=np.float32))
+    assert env.observation_space.contains(obs)
+    assert obs[STATE_KEY][1] == pytest.approx(env.arena_half_m)

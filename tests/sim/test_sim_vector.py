@@ -161,6 +161,17 @@ def _proc_gone(pid: int) -> bool:
         return True
 
 
+def test_killed_worker_raises_worker_error():
+    with make_vec_env("toy2d", 2, n_workers=2) as venv:
+        venv.reset(seed=0)
+        os.kill(venv.processes[1].pid, 9)
+        venv.processes[1].join(timeout=10)
+        with pytest.raises(WorkerError, match="worker 1"):
+            venv.step(np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(RuntimeError, match="closed"):
+        venv.step(np.zeros((2, 2), dtype=np.float32))
+
+
 def test_close_reaps_workers():
     venv = make_vec_env("toy2d", 4, n_workers=2)
     procs = list(venv.processes)

@@ -1,0 +1,129 @@
+"""Learner contracts on tiny toy2d policies: exact first ratios, log-probs, bounds, input validation, state IO."""
+import numpy as np
+import pytest
+import torch
+
+from armflow.policies import load_policy
+from armflow.policies.rl import make_learner
+from armflow.workflows.finetune_rollout import EnvSpec, LearnerHost, LearnerSpec, RolloutWorker
+
+torch.set_num_threads(1)
+KEY = "observation.state"
+
+
+def _worker(learner, n_envs=4):
+    return RolloutWorker(EnvSpec("toy2d", n_envs, 0, {"max_episode_steps": 10}), 1, (KEY,), 2, learner=learner)
+
+
+def _mb(batch, learner):
+    from armflow.policies.rl.common import flat, obs_to_torch
+
+    mb = {k: torch.as_tensor(flat(batch[k])) for k in learner.record_keys}
+    mb["obs"] = obs_to_torch(flat(batch["obs"]))
+    return mb
+
+
+def test_fpo_ratio_is_one_before_first_update(toy_ckpts):
+    learner = make_learner("fpo", load_policy(toy_ckpts["flow"]), {"n_mc": 4}, 4)
+    batch, _ = _worker(learner).collect(3)
+    mb = _mb(batch, learner)
+    cond = learner.policy.encode_obs(mb["obs"])
+    loss_new = learner.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], net=learner.policy.net)
+    assert torch.equal(loss_new.detach(), mb["loss_old"])
+    for per_sample in (False, True):
+        learner.cfg.per_sample_ratio = per_sample
+        _, info = learner.actor_loss(mb, torch.randn(len(mb["tau"])))
+        assert info["ratio_mean"] == 1.0 and info["clipfrac"] == 0.0
+
+
+def test_dppo_logprobs_match_torch_distributions(toy_ckpts):
+    policy = load_policy(toy_ckpts["diffusion"])
+    learner = make_learner("dppo", policy, {"min_std": 0.1}, 4)
+    batch, _ = _worker(learner).collect(2)
+    mb = _mb(batch, learner)
+    cond = policy.encode_obs(mb["obs"])
+    chain = mb["chain"]
+    # Reference: each fine-tuned DDIM step is N(mean, max(sigma, min_std)^2), the mean from the DDIM update.
+    k0 = policy.num_inference_steps - learner.n_ft
+    for i in range(learner.n_ft):
+        k = k0 + i
+        t = policy.ddim_t[k].expand(len(chain))
+        eps = learner.actor_ft(chain[:, i], t, cond)
+        sa, s1ma, a_prev = policy.ddim_sqrt_a[k], policy.ddim_sqrt_1ma[k], policy.ddim_a_prev[k]
+        x0 = ((chain[:, i] - s1ma * eps) / sa).clamp(-1, 1)
+        sigma = learner.cfg.eta * policy.ddim_var[k].sqrt()
+        mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+        ref = torch.distributions.Normal(mean, sigma.clamp_min(0.1)).log_prob(chain[:, i + 1])
+        torch.testing.assert_close(mb["logprob"][:, i], ref, atol=1e-4, rtol=1e-4)
+    # Chunk log-prob: clamp to [-5, 2] per element, mean over the executed (T_a, D_a) elements.
+    lp = mb["logprob"]
+    manual = lp[:, :, :2].clamp(-5, 2).mean(dim=(-1, -2))
+    torch.testing.assert_close(learner._chunk_logprob(lp), manual)
+    _, info = learner.actor_loss(mb, torch.randn(len(chain)))
+    assert info["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_gaussian_ppo_first_ratio_is_one(toy_ckpts):
+    learner = make_learner("ppo", load_policy(toy_ckpts["gaussian"]), {}, 4)
+    batch, _ = _worker(learner).collect(2)
+    _, info = learner.actor_loss(_mb(batch, learner), torch.randn(8))
+    assert info["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_dsrl_noise_within_bound(toy_ckpts):
+    learner = make_learner("dsrl", load_policy(toy_ckpts["flow"]), {"hidden": 32, "noise_bound": 1.5}, 4)
+    feats = torch.randn(256, learner.actor.net[0].in_features) * 100.0
+    with torch.no_grad():
+        for p in learner.actor.parameters():
+            p.mul_(10.0)
+        w, lp = learner.actor(feats)
+    assert w.abs().max().item() <= 1.5 and torch.isfinite(lp).all()
+    batch, _ = _worker(learner).collect(2)   # warm start: clipped N(0, I)
+    assert np.abs(batch["w"]).max() <= 1.5 and batch["w"].shape == (2, 4, 4 * 2)
+
+
+@pytest.mark.parametrize("algo,ptype,needs", [("dppo", "flow", "diffusion"), ("fpo", "diffusion", "flow"),
+                                              ("ppo", "flow", "gaussian"), ("dsrl", "gaussian", "flow")])
+def test_wrong_checkpoint_type_is_a_clear_error(toy_ckpts, algo, ptype, needs):
+    with pytest.raises(ValueError, match=rf"algo={algo} needs a '{needs}"):
+        make_learner(algo, load_policy(toy_ckpts[ptype]), {}, 2)
+
+
+def test_unknown_algo_and_key(toy_ckpts):
+    with pytest.raises(KeyError, match="valid algos: dppo, fpo, dsrl, ppo"):
+        make_learner("sac", load_policy(toy_ckpts["flow"]), {}, 2)
+    with pytest.raises(KeyError, match="unknown keys \\['clip_epsilon'\\]"):
+        make_learner("fpo", load_policy(toy_ckpts["flow"]), {"clip_epsilon": 0.1}, 2)
+
+
+def test_checkpoint_task_mismatch_names_both(toy_ckpts):
+    from armflow.workflows.finetune import check_compat
+
+    with pytest.raises(ValueError, match=r"action_dim=2 does not match task 'lift' action dim 7"):
+        check_compat(load_policy(toy_ckpts["flow"]), "fpo", "lift", {})
+    with pytest.raises(ValueError, match=r"n_action_steps=2 .* exceeds task 'toy2d' max_episode_steps=1"):
+        check_compat(load_policy(toy_ckpts["flow"]), "fpo", "toy2d", {"max_episode_steps": 1})
+
+
+@pytest.mark.parametrize("algo,ptype", [("dsrl", "flow"), ("dppo", "diffusion")])
+def test_state_roundtrip(toy_ckpts, tmp_path, algo, ptype):
+    params = {"hidden": 32, "warmup_transitions": 8, "utd": 0.5} if algo == "dsrl" else {"critic_warmup_iters": 0}
+    spec = LearnerSpec(algo, toy_ckpts[ptype], params, 4)
+    host = LearnerHost(spec)
+    worker = _worker(host.learner)
+    for _ in range(2):
+        host.update(worker.collect(2)[0])
+    host.save(str(tmp_path / "s"), 7, {"counters": {"x": 1}})
+    expected_rand = torch.rand(3)
+    other = LearnerHost(spec)
+    step, extra = other.load(str(tmp_path / "s"))
+    assert step == 7 and extra["counters"] == {"x": 1}
+    torch.testing.assert_close(torch.rand(3), expected_rand)   # torch RNG restored
+    t1, m1, o1 = host.learner.train_state()
+    t2, m2, o2 = other.learner.train_state()
+    assert t1.keys() == t2.keys() and m1 == m2
+    for k in t1:
+        torch.testing.assert_close(t1[k], t2[k])
+    for name in o1:
+        s1, s2 = o1[name].state_dict()["state"], o2[name].state_dict()["state"]
+        assert s1.keys() == s2.keys() and all(torch.equal(s1[i]["exp_avg"], s2[i]["exp_avg"]) for i in s1)
