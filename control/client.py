@@ -118,7 +118,8 @@ class BridgeClient(Driver):
     def read_state(self) -> RobotState:
         state = self.latest_state()
         if time.monotonic_ns() - self._state_rx_ns > self.state_timeout_s * 1e9:
-            raise BridgeError(f"no state from the bridge for more than {self.state_timeout_s} s", "timeout")
+            raise BridgeError(f"the newest state from the bridge is older than {self.state_timeout_s} s "
+                              "(server down or stalled)", "timeout")
         return state
 
     def command(self, mode: str, setpoint: np.ndarray, gripper: float | None = None) -> np.ndarray:
@@ -153,7 +154,9 @@ class BridgeClient(Driver):
             raise BridgeError("not connected", "closed")
         self.seq += 1
         t_send = time.monotonic_ns()
-        self.dealer.send_multipart(P.encode(msg_type, body, arrays, seq=self.seq, session=self.session), copy=False)
+        frames = P.encode(msg_type, body, arrays, seq=self.seq, session=self.session)
+        big = any(len(f) >= 65536 for f in frames)  # zero-copy pays off only for large frames
+        self.dealer.send_multipart(frames, copy=not big)
         deadline = time.monotonic() + (self.reply_timeout_s if timeout_s is None else timeout_s)
         while True:
             remaining = deadline - time.monotonic()
@@ -230,7 +233,8 @@ class BridgeClient(Driver):
         extras.update({k: v for k, v in a.items() if k.startswith("observation.")})
         self._state = RobotState(body["t_ns"], a["joint_pos"], a["joint_vel"], a["ee_pos"], a["ee_quat"],
                                  body["gripper"], a["ee_force"], extras)
-        self.status, self._state_rx_ns = body, time.monotonic_ns()
+        self.status = body
+        self._state_rx_ns = self.clock.to_client(body["wall_ns"])  # when the server published it, in our clock
         return body
 
     def latest_state(self) -> RobotState:

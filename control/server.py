@@ -156,10 +156,9 @@ class BridgeServer:
             events = dict(poller.poll(poll_ms))
             if self.router in events:
                 for _ in range(256):  # drain, but keep serving the servo pipe
-                    try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
+                    if not self.router.get(zmq.EVENTS) & zmq.POLLIN:
                         break
+                    frames = self.router.recv_multipart()
                     self.on_request(frames[0], frames[1:])
             while self.conn.poll(0):
                 try:
@@ -170,7 +169,7 @@ class BridgeServer:
 
     # -- helpers --------------------------------------------------------------------------------
     def send(self, ident: bytes, msg_type: str, body: dict, seq: int = 0, session: str = "") -> None:
-        self.router.send_multipart([ident] + P.encode(msg_type, body, seq=seq, session=session), copy=False)
+        self.router.send_multipart([ident] + P.encode(msg_type, body, seq=seq, session=session))
 
     def nack(self, ident: bytes, ack_seq: int, code: str, reason: str) -> None:
         self.send(ident, "NACK", {"ack_seq": ack_seq, "code": code, "reason": reason[:1000]})
@@ -284,15 +283,11 @@ class BridgeServer:
     # -- servo -> clients -------------------------------------------------------------------------
     def on_servo(self, msg: dict) -> None:
         kind = msg["kind"]
-        if kind == "state":
-            self.servo_status = msg["body"]["status"]
-            self.pub.send_multipart([b"STATE"] + P.encode("STATE", {"state": msg["body"]}, msg["arrays"]), copy=False)
-        elif kind == "event":
-            if msg["event"] == "state":
-                self.servo_status = msg["data"]["new"]
-            if msg["event"] != "executed":
+        if kind == "pub":  # state / event frames, already encoded by the servo process
+            self.servo_status = msg["status"]
+            self.pub.send_multipart(msg["frames"])
+            if "event" in msg:
                 log.info("event %s %s", msg["event"], msg["data"])
-            self.pub.send_multipart([b"EVENT"] + P.encode("EVENT", {"kind": msg["event"], "data": msg["data"]}))
         elif kind == "reply":
             target = self.pending.pop(msg["req"], None)
             if target is None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from armflow.control import channel
+from armflow.control import channel, protocol as P
 from armflow.control.limits import SafetyLimits, limits_from_dict
 from armflow.control.safety import SafetyLayer, SafetyViolation
 from armflow.control.scheduler import ChunkScheduler
@@ -100,10 +100,13 @@ class ServoLoop:
         self.estop_seen = shared.estop_count.value
         self.step = self.episode = 0
         self.executed_last = (-1, -1, 0)
+        self.executed_since_pub: list = []  # [(chunk_id, index, t_ns)] reached since the last state
+        self.last_scheduled: dict = {}
         self.starved = False
         self.last_chunk_id = -1
         self.err_hist = np.zeros(_ERR_BINS + 1, np.int64)  # |period error| histogram, _ERR_BIN_NS bins
         self.running = True
+        self.spin_ns = cfg.spin_us * 1000
         self.outbox: queue.Queue = queue.Queue(maxsize=256)
         self.n_dropped = 0
         self.writer = threading.Thread(target=self._writer, name="servo-writer", daemon=True)
@@ -131,7 +134,8 @@ class ServoLoop:
                 return
 
     def event(self, kind: str, **data) -> None:
-        self.send({"kind": "event", "event": kind, "data": data})
+        frames = [b"EVENT"] + [bytes(f) for f in P.encode("EVENT", {"kind": kind, "data": data})]
+        self.send({"kind": "pub", "status": self.watchdog.state, "frames": frames, "event": kind, "data": data})
 
     def reply(self, req: int, ok: bool, code: str = "", info: dict | None = None) -> None:
         self.send({"kind": "reply", "req": req, "ok": ok, "code": code, "info": info or {}})
@@ -147,8 +151,8 @@ class ServoLoop:
             timeout_s = 0.0
             try:
                 self.handle(channel.unpack(self.conn.recv_bytes()))
-            except EOFError:
-                self.running = False  # the I/O process is gone
+            except (EOFError, OSError):
+                self.running = False  # the I/O process is gone: stop the arm and exit
                 return
 
     def handle(self, cmd: dict) -> None:
@@ -219,7 +223,7 @@ class ServoLoop:
         res = self.scheduler.insert(cmd["chunk_id"], cmd["t0_ns"], cmd["dt_ns"], actions, cmd.get("gripper"),
                                     self.now_ns(), self.last_setpoint)
         self.resume_check = self.resume_check and res.n_kept == 0
-        self.event("chunk_scheduled", chunk_id=cmd["chunk_id"], **asdict(res))
+        self.last_scheduled = {"chunk_id": cmd["chunk_id"], **asdict(res)}  # reported in the next state
 
     def _reset(self, cmd: dict) -> None:
         if not (self.info.is_sim and hasattr(self.driver, "reset")):
@@ -272,7 +276,7 @@ class ServoLoop:
         self.starved = tick.starved
         if tick.executed:
             self.executed_last = tick.executed[-1]
-            self.event("executed", items=[list(e) for e in tick.executed])
+            self.executed_since_pub += [list(e) for e in tick.executed]
         return True
 
     def publish_state(self) -> None:
@@ -280,10 +284,14 @@ class ServoLoop:
         body = {"t_ns": self.now_ns(), "wall_ns": time.monotonic_ns(), "t_capture_ns": self.state.t_capture_ns,
                 "status": self.watchdog.state, "reason": self.watchdog.reason, "mode": self.mode or "",
                 "starved": self.starved, "episode": self.episode, "step": self.step,
-                "exec": list(self.executed_last), "buffered": self.scheduler.remaining if self.scheduler else 0,
+                "exec": list(self.executed_last), "executed": self.executed_since_pub,
+                "scheduled": self.last_scheduled, "buffered": self.scheduler.remaining if self.scheduler else 0,
                 "clamps": dict(self.safety.clamps), "gripper": float(self.state.gripper),
                 "period_err_p50_us": p50_us, "period_err_p99_us": p99_us, "ticks": int(self.err_hist.sum()), "extras": _scalar_extras(self.state.extras)}
-        self.send({"kind": "state", "body": body, "arrays": state_arrays(self.state)})
+        self.executed_since_pub = []
+        # encoded here, so the I/O process only forwards bytes (its time belongs to the command path)
+        frames = [b"STATE"] + [bytes(f) for f in P.encode("STATE", {"state": body}, state_arrays(self.state))]
+        self.send({"kind": "pub", "status": self.watchdog.state, "frames": frames})
 
     def run(self) -> None:
         self.send({"kind": "ready", "info": asdict(self.info), "servo_rate_hz": self.rate_hz,
@@ -300,7 +308,7 @@ class ServoLoop:
         state_every = max(1, round(self.rate_hz / self.cfg.state_rate_hz))
         next_ns, prev_ns, k = time.monotonic_ns(), None, 0
         while self.running:
-            _sleep_until(next_ns, self.cfg.spin_us * 1000)
+            _sleep_until(next_ns, self.spin_ns)
             t = time.monotonic_ns()
             if prev_ns is not None:
                 self.err_hist[min(abs(t - prev_ns - self.period_ns) // _ERR_BIN_NS, _ERR_BINS)] += 1
@@ -376,6 +384,8 @@ def servo_main(cfg: ServoConfig, conn, shared: channel.SharedWords) -> None:
     try:
         loop = ServoLoop(cfg, conn, shared)
         loop.sched = sched
+        if sched.startswith("SCHED_FIFO"):
+            loop.spin_ns = min(loop.spin_ns, 80_000)  # FIFO wakes on time: spin less, leave the CPU to the I/O
     except Exception as exc:  # report any start failure to the I/O process, then exit
         conn.send_bytes(channel.pack({"kind": "fatal", "error": f"{type(exc).__name__}: {exc}"}))
         raise

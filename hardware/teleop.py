@@ -22,6 +22,7 @@ SpaceMouse: see ``armflow.hardware.spacemouse``.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import numpy as np
@@ -67,6 +68,15 @@ class KeyboardDevice:
         while key != -1:
             self._keys.append(key & 0xFF)
             key = self._cv2.waitKey(1)
+
+    def wait(self, seconds: float) -> None:
+        """Keep polling keys while the caller paces its loop (OpenCV's waitKey reports only the LAST key
+        pressed during one call, so sleeping and then polling once would lose keys typed meanwhile)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            key = self._cv2.waitKey(1)
+            if key != -1:
+                self._keys.append(key & 0xFF)
 
     def read(self) -> tuple[np.ndarray, set[str]]:
         self._poll()

@@ -105,7 +105,8 @@ def run_teleop_episode(target, device, on_frame: Callable, seed: int | None = No
             return {"outcome": "max_steps", "steps": step, "success": success}
         if realtime:
             t_next += period_s
-            time.sleep(max(0.0, t_next - time.monotonic()))
+            pause = getattr(device, "wait", time.sleep)  # the keyboard keeps reading keys while we wait
+            pause(max(0.0, t_next - time.monotonic()))
 
 
 def dataset_features(observation_space, action_dim: int) -> dict[str, dict]:

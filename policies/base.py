@@ -51,7 +51,8 @@ class BasePolicy(nn.Module):
         shapes = {**self.input_shapes, ACTION_KEY: (self.action_dim,)}
         self.normalizer = Normalizer(shapes, stats)
         self.obs_encoder = ObsEncoder(self.input_shapes, cfg.n_obs_steps, cfg.state_hidden_dim, cfg.state_feature_dim,
-                                      cfg.image_channels, cfg.image_keypoints, cfg.image_feature_dim)
+                                      cfg.image_channels, cfg.image_keypoints, cfg.image_feature_dim,
+                                      cfg.image_crop_ratio)
         self.cond_dim = self.obs_encoder.cond_dim
 
     # ----------------------------------------------------------------- contract attributes

@@ -27,11 +27,14 @@ class ObsConfig:
     image_channels: tuple[int, ...] = (32, 64, 128)  # ResNet stage widths (each stage after the first halves H, W)
     image_keypoints: int = 32  # spatial-softmax keypoints per camera
     image_feature_dim: int = 64  # features per camera per frame
+    image_crop_ratio: float = 0.9  # train: random crops of this size fraction; eval: centre crop (1.0: off)
 
     def __post_init__(self) -> None:
         self.image_channels = tuple(int(c) for c in self.image_channels)
         if not 1 <= self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
+        if not 0.0 < self.image_crop_ratio <= 1.0:
+            raise ValueError(f"image_crop_ratio={self.image_crop_ratio} must be in (0, 1]")
         if self.n_obs_steps < 1:
             raise ValueError(f"n_obs_steps={self.n_obs_steps} must be >= 1")
 

@@ -12,7 +12,6 @@ from typing import Mapping
 import torch
 from torch import nn
 
-STATE_KEY = "observation.state"
 IMAGE_PREFIX = "observation.images."
 
 
@@ -68,11 +67,31 @@ class SpatialSoftmax(nn.Module):
         return (attn @ grid).reshape(n, 2 * k)
 
 
-class ImageEncoder(nn.Module):
-    """(B, T_o, 3, H, W) normalised -> (B, T_o * out_dim)."""
+def crop_images(x: torch.Tensor, ratio: float, random: bool) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, round(ratio H), round(ratio W)); a random window per image when ``random``
+    (training augmentation, as in Chi et al. 2023), else the centre window (evaluation)."""
+    if ratio >= 1.0:
+        return x
+    n, _, h, w = x.shape
+    ch, cw = max(1, round(ratio * h)), max(1, round(ratio * w))
+    if not random:
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return x[:, :, top:top + ch, left:left + cw]
+    tops = torch.randint(0, h - ch + 1, (n,), device=x.device)
+    lefts = torch.randint(0, w - cw + 1, (n,), device=x.device)
+    rows = (tops[:, None] + torch.arange(ch, device=x.device)[None])  # (N, ch)
+    cols = (lefts[:, None] + torch.arange(cw, device=x.device)[None])  # (N, cw)
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    return x.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
-    def __init__(self, channels: tuple[int, ...] = (32, 64, 128), n_keypoints: int = 32, out_dim: int = 64):
+
+class ImageEncoder(nn.Module):
+    """(B, T_o, 3, H, W) normalised -> (B, T_o * out_dim); random crops in train mode, centre crops in eval."""
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128), n_keypoints: int = 32, out_dim: int = 64,
+                 crop_ratio: float = 1.0):
         super().__init__()
+        self.crop_ratio = float(crop_ratio)
         c0 = channels[0]
         layers: list[nn.Module] = [nn.Conv2d(3, c0, 5, stride=2, padding=2, bias=False),
                                    nn.GroupNorm(_groups(c0), c0), nn.ReLU()]
@@ -87,7 +106,8 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t = x.shape[:2]
-        feat = self.head(self.pool(self.trunk(x.reshape(b * t, *x.shape[2:]))))
+        frames = crop_images(x.reshape(b * t, *x.shape[2:]), self.crop_ratio, random=self.training)
+        feat = self.head(self.pool(self.trunk(frames)))
         return feat.reshape(b, t * self.out_dim)
 
 
@@ -96,7 +116,7 @@ class ObsEncoder(nn.Module):
 
     def __init__(self, obs_spec: Mapping[str, tuple[int, ...]], n_obs_steps: int, state_hidden_dim: int = 256,
                  state_feature_dim: int = 128, image_channels: tuple[int, ...] = (32, 64, 128),
-                 image_keypoints: int = 32, image_feature_dim: int = 64):
+                 image_keypoints: int = 32, image_feature_dim: int = 64, image_crop_ratio: float = 1.0):
         super().__init__()
         self.keys = sorted(obs_spec)
         self.encoders = nn.ModuleDict()
@@ -106,7 +126,7 @@ class ObsEncoder(nn.Module):
             if key.startswith(IMAGE_PREFIX):
                 if len(shape) != 3 or shape[0] != 3:
                     raise ValueError(f"obs_spec[{key!r}] = {shape}: images must be (3, H, W)")
-                enc = ImageEncoder(tuple(image_channels), image_keypoints, image_feature_dim)
+                enc = ImageEncoder(tuple(image_channels), image_keypoints, image_feature_dim, image_crop_ratio)
                 self.cond_dim += n_obs_steps * image_feature_dim
             elif len(shape) == 1:
                 enc = StateEncoder(n_obs_steps, shape[0], state_hidden_dim, state_feature_dim)

@@ -6,7 +6,8 @@ Action (robosuite OSC_POSE convention), all in [-1, 1]:
 current orientation), ``g`` the gripper (-1 open, +1 closed; intermediate values interpolate the
 finger targets). One damped-least-squares IK step turns the pose delta into joint targets, with a
 null-space pull toward the home posture; MuJoCo's position servos (gravity-compensated) track them
-for ``n_substeps`` physics steps.
+for ``n_substeps`` physics steps. Servo lag: about half of a sustained delta is realised per control
+step (like robosuite's OSC, the goal is re-anchored at the current pose every step).
 """
 from __future__ import annotations
 
@@ -57,7 +58,6 @@ class PandaArm:
         self._quat = np.zeros(4)
         self._jac = np.zeros((6, 7))
         self._y = np.zeros(6)
-        self._damp_eye = control.damping**2 * np.eye(6)
         if list(self.dof_idx) != list(range(7)) or list(self.qpos_idx) != list(range(7)):
             raise ValueError("PandaArm expects the arm joints to be the model's first 7 qpos/dofs")
 
@@ -120,7 +120,8 @@ class PandaArm:
         jac[3:] = self._jacr[:, :7]
         q = self.data.qpos[:7]
         # Cholesky through MuJoCo: numpy's LAPACK may spin BLAS threads, ruinous on a shared core.
-        chol = jac @ jac.T + self._damp_eye
+        chol = jac @ jac.T
+        chol.flat[::7] += self.control.damping**2  # + lambda^2 I
         mujoco.mju_cholFactor(chol, 0.0)
         mujoco.mju_cholSolve(self._y, chol, dx)
         dq = jac.T @ self._y

@@ -53,7 +53,7 @@ class RobosuiteConfig:
     robot: str = "Panda"
     control_freq_hz: float = 20.0
     cameras: tuple[str, ...] = ()  # robosuite camera names -> observation.images.<cam>
-    camera_size: int = 84  # camera images are (camera_size, camera_size, 3)
+    image_size: int = 84  # camera images are (image_size, image_size, 3)
     render_camera: str = "agentview"  # render(camera=None) uses this one
     render_size: int = 256
     reward_shaping: bool = True
@@ -127,7 +127,7 @@ class RobosuiteEnv:
         spaces = {STATE_KEY: gym.spaces.Box(-np.inf, np.inf, shape=(int(ends[-1]),), dtype=np.float32)}
         for cam in config.cameras:
             spaces[f"observation.images.{cam}"] = gym.spaces.Box(
-                0, 255, shape=(config.camera_size, config.camera_size, 3), dtype=np.uint8)
+                0, 255, shape=(config.image_size, config.image_size, 3), dtype=np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.raw.action_dim,), dtype=np.float32)
         self._t = 0
@@ -187,7 +187,7 @@ class RobosuiteEnv:
                  for k, _ in self.state_layout]
         obs = {STATE_KEY: np.concatenate(parts).astype(np.float32)}
         for cam in self.config.cameras:
-            obs[f"observation.images.{cam}"] = self._render(cam, self.config.camera_size)
+            obs[f"observation.images.{cam}"] = self._render(cam, self.config.image_size)
         return obs
 
 

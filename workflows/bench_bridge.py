@@ -79,7 +79,8 @@ def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
     endpoint = f"ipc://{tmp}/{kind}-bridge" if kind == "ipc" else "tcp://127.0.0.1:*"
     floor_ep = f"ipc://{tmp}/{kind}-floor" if kind == "ipc" else "tcp://127.0.0.1:*"
     scfg = ServerConfig(robot="fake_arm", robot_options={"rate_hz": float(cfg.servo_rate_hz)}, endpoint=endpoint,
-                        servo_rate_hz=float(cfg.servo_rate_hz), rt_priority=int(cfg.rt_priority))
+                        servo_rate_hz=float(cfg.servo_rate_hz), rt_priority=int(cfg.rt_priority),
+                        lease_timeout_ms=10_000)
     floor = FloorEcho(floor_ep)
     with ServerProcess(scfg) as sp:
         client = BridgeClient(sp.endpoint, t_cmd_ms=500)

@@ -38,6 +38,23 @@ def time_chunks(policy, obs: dict, warmup: int, iters: int) -> tuple[np.ndarray,
     return wall, cpu
 
 
+def reference_mlp_ms(iters: int) -> float:
+    """p50 [ms] of a plain 3x512 MLP forward at batch 1: ~0.06 ms on an idle box of this kind
+    (ecosystem.md), so the ratio tells how loaded the machine was during this run."""
+    mlp = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
+                              torch.nn.ReLU(), torch.nn.Linear(512, 512))
+    x = torch.randn(1, 512)
+    times = np.empty(iters)
+    with torch.inference_mode():
+        for _ in range(10):
+            mlp(x)
+        for i in range(iters):
+            t0 = time.perf_counter()
+            mlp(x)
+            times[i] = (time.perf_counter() - t0) * 1e3
+    return float(np.percentile(times, 50))
+
+
 def bench_variant(name: str, spec: dict, cfg: DictConfig) -> dict:
     from armflow.policies import make_policy
 
@@ -65,6 +82,7 @@ def main(cfg: DictConfig) -> dict:
         print(f"{name:>24}: p50 {results[f'{name}_p50_ms']:.2f} ms  p99 {results[f'{name}_p99_ms']:.2f} ms  "
               f"cpu p50 {results[f'{name}_cpu_p50_ms']:.2f} ms  min {results[f'{name}_min_ms']:.2f} ms  "
               f"params {results[f'{name}_params'] / 1e6:.2f} M", flush=True)
+    results["reference_mlp3x512_p50_ms"] = reference_mlp_ms(int(cfg.iters))
     for name, target in TARGETS_P50_MS.items():
         if f"{name}_p50_ms" in results:
             results[f"{name}_meets_target"] = bool(results[f"{name}_p50_ms"] <= target)

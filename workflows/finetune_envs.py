@@ -13,6 +13,10 @@ an episode end mid-chunk never leaks the leftover actions into the next episode:
 Envs live in-process (``n_workers=0``) or in ``n_workers`` spawned subprocesses, each holding a
 contiguous share of the N envs and stepping them one after the other (one IPC round-trip per chunk).
 Obs windows stay raw numpy: state float32 (T_o, D_s), images uint8 (T_o, H, W, 3).
+
+``reward_mode="success"`` replaces the chunk reward by 1.0 when the chunk ends in success (else 0):
+sparse rewards as in DPPO/DSRL's manipulation runs, and immune to shaped terms that pay more for
+hovering until the time limit than for finishing (episode returns in the stats stay the env's).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+REWARD_MODES = ("env", "success")
 
 
 @dataclass
@@ -40,8 +46,10 @@ class ChunkStep:
 class EnvSlot:
     """One env + its obs window + episode counters; steps whole chunks."""
 
-    def __init__(self, env, n_obs_steps: int, obs_keys: tuple[str, ...]):
-        self.env, self.obs_keys = env, obs_keys
+    def __init__(self, env, n_obs_steps: int, obs_keys: tuple[str, ...], reward_mode: str = "env"):
+        if reward_mode not in REWARD_MODES:
+            raise ValueError(f"reward_mode={reward_mode!r}; valid: {REWARD_MODES}")
+        self.env, self.obs_keys, self.reward_mode = env, obs_keys, reward_mode
         self.history: deque = deque(maxlen=n_obs_steps)
         self.ep_return, self.ep_length = 0.0, 0
 
@@ -67,7 +75,8 @@ class EnvSlot:
                 break
         self.ep_return += reward
         self.ep_length += k + 1
-        out = {"next_obs": self._window(), "reward": reward, "terminated": bool(term),
+        rl_reward = reward if self.reward_mode == "env" else float(success)
+        out = {"next_obs": self._window(), "reward": rl_reward, "terminated": bool(term),
                "truncated": bool(trunc), "success": success, "n_steps": k + 1, "episode": None}
         if term or trunc:
             out["episode"] = {"return": self.ep_return, "length": self.ep_length, "success": success}
@@ -90,14 +99,14 @@ def _stack(rows: list[dict], obs_keys: tuple[str, ...]) -> ChunkStep:
     )
 
 
-def _make_slots(task: str, count: int, n_obs_steps: int, obs_keys, overrides: dict) -> list[EnvSlot]:
+def _make_slots(task: str, count: int, n_obs_steps: int, obs_keys, overrides: dict, reward_mode: str) -> list[EnvSlot]:
     from armflow.sim import make_env
 
-    return [EnvSlot(make_env(task, **overrides), n_obs_steps, tuple(obs_keys)) for _ in range(count)]
+    return [EnvSlot(make_env(task, **overrides), n_obs_steps, tuple(obs_keys), reward_mode) for _ in range(count)]
 
 
-def _worker(conn, task, count, n_obs_steps, obs_keys, overrides) -> None:
-    slots = _make_slots(task, count, n_obs_steps, obs_keys, overrides)
+def _worker(conn, task, count, n_obs_steps, obs_keys, overrides, reward_mode) -> None:
+    slots = _make_slots(task, count, n_obs_steps, obs_keys, overrides, reward_mode)
     while True:
         cmd, arg = conn.recv()
         if cmd == "reset":
@@ -122,23 +131,25 @@ class ChunkVecEnv:
         obs_keys: observation keys the policy reads.
         n_workers: 0 = in-process; otherwise that many spawned subprocesses.
         overrides: task config overrides passed to ``make_env``.
+        reward_mode: "env" (sum of env rewards) or "success" (sparse, see module docstring).
         slots: pre-built ``EnvSlot`` list (tests; in-process only).
     """
 
     def __init__(self, task: str, n_envs: int, n_obs_steps: int, obs_keys, n_workers: int = 0,
-                 overrides: dict | None = None, slots: list[EnvSlot] | None = None):
+                 overrides: dict | None = None, slots: list[EnvSlot] | None = None, reward_mode: str = "env"):
         self.n_envs, self.obs_keys = int(n_envs), tuple(obs_keys)
         self._slots, self._conns, self._procs = None, [], []
         overrides = dict(overrides or {})
         if slots is not None or n_workers <= 0:
-            self._slots = slots or _make_slots(task, self.n_envs, n_obs_steps, self.obs_keys, overrides)
+            self._slots = slots or _make_slots(task, self.n_envs, n_obs_steps, self.obs_keys, overrides, reward_mode)
             return
         n_workers = min(int(n_workers), self.n_envs)
         self._counts = [len(a) for a in np.array_split(np.arange(self.n_envs), n_workers)]
         ctx = mp.get_context("spawn")
         for count in self._counts:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, task, count, n_obs_steps, self.obs_keys, overrides),
+            proc = ctx.Process(target=_worker, args=(child, task, count, n_obs_steps, self.obs_keys, overrides,
+                                                               reward_mode),
                                daemon=True)
             proc.start()
             child.close()

@@ -34,6 +34,7 @@ class EnvSpec:
     n_workers: int = 0
     overrides: dict = field(default_factory=dict)
     seed: int = 0
+    reward_mode: str = "env"
 
 
 def build_learner(spec: LearnerSpec):
@@ -82,7 +83,7 @@ class RolloutWorker:
         self.agent = learner if learner is not None else build_learner(learner_spec)
         self.T_a = int(n_action_steps)
         self.env = ChunkVecEnv(env_spec.task, env_spec.n_envs, n_obs_steps, obs_keys, env_spec.n_workers,
-                               env_spec.overrides)
+                               env_spec.overrides, reward_mode=env_spec.reward_mode)
         self.seed = int(env_spec.seed)
         self.obs = None
 

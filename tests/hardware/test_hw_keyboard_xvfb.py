@@ -61,7 +61,7 @@ def test_keyboard_teleop_records_what_was_typed(xvfb, tmp_path):
         wid = _xdotool(xvfb, "search", "--sync", "--name", r"armflow teleop \[recording\]").split()[0]
         _xdotool(xvfb, "windowfocus", "--sync", wid)
         # 6 x up, 4 x forward (+x), close the gripper, then save the episode and quit.
-        _xdotool(xvfb, "key", "--delay", "60", *(["r"] * 6), *(["w"] * 4), "space")
+        _xdotool(xvfb, "key", "--delay", "150", *(["r"] * 6), *(["w"] * 4), "space")
         time.sleep(0.5)
         _xdotool(xvfb, "key", "--delay", "200", "Return", "q")
         out, err = proc.communicate(timeout=90)

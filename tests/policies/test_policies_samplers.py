@@ -185,3 +185,36 @@ def test_normalizer_round_trip_constant_dims_and_images():
     assert torch.isfinite(norm.normalize("observation.images.cam", img)).all()
     with pytest.raises(KeyError, match="valid"):
         norm.normalize("b", x)
+
+
+def test_generic_net_path_matches_fast_path():
+    """Samplers accept any net(x, t, cond) (e.g. an RL wrapper); results match the hoisted-FiLM fast path."""
+
+    class Plain(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t, c):
+            return self.inner(x, t, c)
+
+    for kind in ("diffusion", "flow"):
+        p = policy(kind)
+        cond, noise = cond_of(p), torch.randn(5, T_P, D_A)
+        with torch.no_grad():
+            assert torch.allclose(p.sample(cond, noise, net=Plain(p.net)), p.sample(cond, noise), atol=1e-5)
+
+
+def test_image_crops_random_in_training_centre_in_eval():
+    from armflow.policies.encoders import crop_images
+
+    x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).reshape(2, 3, 10, 10)
+    centre = crop_images(x, 0.8, random=False)
+    assert centre.shape == (2, 3, 8, 8) and torch.equal(centre, x[:, :, 1:9, 1:9])
+    torch.manual_seed(0)
+    crops = crop_images(x, 0.8, random=True)
+    assert crops.shape == (2, 3, 8, 8)
+    for i in range(2):  # every crop is a contiguous window of its own image
+        top, left = divmod(int(crops[i, 0, 0, 0] - x[i, 0, 0, 0]), 10)
+        assert torch.equal(crops[i], x[i, :, top:top + 8, left:left + 8])
+    assert torch.equal(crop_images(x, 1.0, random=True), x)

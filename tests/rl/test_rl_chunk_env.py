@@ -94,3 +94,15 @@ def test_subprocess_toy2d_matches_inprocess():
         assert a.terminated.tolist() == b.terminated.tolist()
     # Moving right at full speed reaches the right goal (1 m at 0.1 m/step) inside the third chunk.
     assert results[0][2].terminated.all() and results[0][2].success.all()
+
+
+def test_success_reward_mode_is_sparse():
+    env = CounterEnv(term_at=2, limit=10)
+    venv = ChunkVecEnv("unused", 1, n_obs_steps=1, obs_keys=(KEY,), slots=[EnvSlot(env, 1, (KEY,), "success")])
+    venv.reset([0])
+    first = venv.step(np.zeros((1, 1, 1)))
+    second = venv.step(np.zeros((1, 3, 1)))
+    assert first.reward.tolist() == [0.0] and second.reward.tolist() == [1.0]
+    assert second.episodes[0]["return"] == 3.0   # the stats keep the env's own return
+    with pytest.raises(ValueError, match="reward_mode='dense'"):
+        EnvSlot(env, 1, (KEY,), "dense")

@@ -15,6 +15,7 @@ SHORT_LIMIT = 5  # max_episode_steps used to check truncation quickly
 # robosuite Can/Square build + first render take ~5-15 s on a loaded 2-core box: slow-marked there
 HEAVY = {"robosuite/Can", "robosuite/Square"}
 NAMES_HEAVY_SLOW = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ENVS]
+ARM_NAMES_HEAVY_SLOW = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in ENVS if n != "toy2d"]
 
 
 def _env_or_skip(name: str, **overrides):
@@ -29,6 +30,7 @@ def _env_or_skip(name: str, **overrides):
 
 def _check_obs(env, obs) -> None:
     assert set(obs) == set(env.observation_space.spaces), "obs keys differ from observation_space"
+    assert env.observation_space.contains(obs), "obs outside observation_space (bounds/dtype/shape)"
     state = obs[STATE_KEY]
     assert state.dtype == np.float32 and state.ndim == 1
     assert state.shape == env.observation_space[STATE_KEY].shape
@@ -93,6 +95,20 @@ def test_reset_step_finite_and_truncation(name):
             _check_step(env, env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)))
         with pytest.raises(ValueError):
             env.step(np.zeros(env.action_space.shape[0] + 1, dtype=np.float32))
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("name", ARM_NAMES_HEAVY_SLOW)
+def test_camera_observations(name):
+    """Arm tasks share the camera overrides: ``cameras=[...]`` and ``image_size`` (square images)."""
+    env = _env_or_skip(name, cameras=["agentview"], image_size=24)
+    try:
+        obs, _ = env.reset(seed=0)
+        _check_obs(env, obs)
+        img = obs["observation.images.agentview"]
+        assert img.shape == (24, 24, 3) and img.std() > 1.0, "camera image must show the scene"
+        _check_step(env, env.step(np.zeros(7, dtype=np.float32)))
     finally:
         env.close()
 

@@ -91,7 +91,7 @@ def test_expert_success_rate_with_noise(lift):
 
 
 def test_camera_observations():
-    env = make_env("robosuite/Lift", cameras=["agentview"], camera_size=32, render_size=48)
+    env = make_env("robosuite/Lift", cameras=["agentview"], image_size=32, render_size=48)
     try:
         obs, _ = env.reset(seed=0)
         img = obs["observation.images.agentview"]

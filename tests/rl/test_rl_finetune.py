@@ -1,0 +1,148 @@
+"""``armflow finetune`` end to end on toy2d: outputs, learning per method, modes, SIGKILL resume, Ray backend."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from armflow.workflows.common import compose_config, read_jsonl
+from armflow.workflows.finetune import run_finetune
+
+torch.set_num_threads(1)
+KEY = "observation.state"
+# Toy settings: a 9-step limit (the goal is 9 full-speed steps away) leaves the slow, noisy-demo
+# policies room to improve; a short discount suits 5-chunk episodes.
+TOY = ["task=toy2d", "+task_overrides.max_episode_steps=9", "n_envs=8", "n_workers=0", "n_eval_envs=8",
+       "eval_episodes=32", "progress=false", "threads=1"]
+FAST = {
+    "dppo": ["algo.params.gamma=0.9", "algo.params.clip_eps=0.1", "algo.params.clip_eps_base=0.02",
+             "algo.params.actor_lr=3e-4", "algo.params.critic_warmup_iters=1"],
+    "fpo": ["algo.params.gamma=0.9", "algo.params.actor_lr=3e-4", "algo.params.clip_eps=0.1",
+            "algo.params.critic_warmup_iters=1"],
+    "ppo": ["algo.params.gamma=0.9", "algo.params.actor_lr=1e-3", "algo.params.critic_warmup_iters=1"],
+    "dsrl": ["algo.params.gamma=0.9", "algo.params.hidden=64", "algo.params.utd=0.5", "algo.params.batch_size=64",
+             "algo.params.warmup_transitions=64", "algo.params.actor_lr=1e-3", "algo.params.critic_lr=1e-3"],
+}
+PTYPE = {"dppo": "diffusion", "fpo": "flow", "ppo": "gaussian", "dsrl": "flow"}
+
+
+def _cfg(algo, ckpt, out, extra=()):
+    return compose_config("finetune", [f"algo={algo}", f"checkpoint={ckpt}", f"out={out}", *TOY, *FAST[algo], *extra])
+
+
+def test_outputs_and_exported_checkpoint(toy_ckpts, tmp_path):
+    from armflow.policies import load_policy
+
+    summary = run_finetune(_cfg("fpo", toy_ckpts["flow"], tmp_path, ["env_steps=200", "eval_every_iters=1",
+                                                                        "n_steps=4"]))
+    assert summary["algo"] == "fpo" and set(summary["success_rate"]) == {"start", "final", "best"}
+    assert summary["env_steps"] >= 200 and summary["wall_time_s"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["env_steps"] == summary["env_steps"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000 and list((tmp_path / "tb").iterdir())
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert any("losses/value_loss" in r for r in rows) and any("eval/success_rate" in r for r in rows)
+    policy = load_policy(tmp_path / "checkpoints" / "last")
+    chunk = policy.predict_chunk({KEY: torch.zeros(3, 1, 2)})
+    assert chunk.shape == (3, 4, 2) and torch.isfinite(chunk).all()
+
+
+def test_dsrl_export_runs_through_loader(toy_ckpts, tmp_path):
+    from armflow.policies.rl import load_dsrl_policy
+
+    run_finetune(_cfg("dsrl", toy_ckpts["flow"], tmp_path, ["env_steps=100", "n_steps=2"]))
+    policy = load_dsrl_policy(tmp_path / "checkpoints" / "last")
+    chunk = policy.predict_chunk({KEY: torch.zeros(3, 1, 2)})
+    assert chunk.shape == (3, 4, 2) and policy.n_action_steps == 2
+
+
+def _final_x(ckpt_dir, algo, n=32):
+    """Final x position [m] of ``n`` deterministic episodes of an exported policy (goal side = sign)."""
+    from armflow.policies import load_policy
+    from armflow.policies.rl import load_dsrl_policy
+    from armflow.sim import make_env
+
+    policy = load_dsrl_policy(ckpt_dir) if algo == "dsrl" else load_policy(ckpt_dir)
+    torch.manual_seed(0)
+    xs = []
+    for seed in range(n):
+        env = make_env("toy2d", max_episode_steps=9)
+        obs, _ = env.reset(seed=1000 + seed)
+        done = False
+        while not done:
+            chunk = policy.predict_chunk({KEY: torch.as_tensor(obs[KEY])[None, None]})[0].numpy()
+            for a in chunk[:2]:
+                obs, _, term, trunc, _ = env.step(a)
+                done = term or trunc
+                if done:
+                    break
+        xs.append(float(obs[KEY][0]))
+    return np.array(xs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["dppo", "fpo", "ppo", "dsrl"])
+def test_success_rises_on_toy(toy_ckpts, tmp_path, algo):
+    budget = {"dsrl": 60, "ppo": 45}.get(algo, 40)
+    summary = run_finetune(_cfg(algo, toy_ckpts[PTYPE[algo]], tmp_path,
+                                [f"budget_s={budget}", "eval_every_iters=2", "n_steps=8"]))
+    sr = summary["success_rate"]
+    print(algo, sr, summary["env_steps"])
+    assert sr["best"] >= sr["start"] + 0.15 and sr["final"] >= sr["start"] + 0.05
+    if algo != "ppo":   # symmetric rewards: the generative policies keep both goals
+        xs = _final_x(tmp_path / "checkpoints" / "last", algo)
+        assert (xs < 0).sum() >= 3 and (xs > 0).sum() >= 3, xs
+
+
+def _launch(args, log):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "armflow.workflows.cli", "finetune", *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(toy_ckpts, tmp_path):
+    out = tmp_path / "run"
+    args = [f"algo=dsrl", f"checkpoint={toy_ckpts['flow']}", f"out={out}", *TOY, *FAST["dsrl"],
+            "n_steps=2", "save_every_iters=2", "eval_every_iters=4", "budget_s=600"]
+    with open(tmp_path / "log1.txt", "w") as log:
+        proc = _launch(args + ["env_steps=100000"], log)
+        state = out / "state" / "training_state.json"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if state.is_file() and json.loads(state.read_text())["extra"]["counters"]["iteration"] >= 6:
+                break
+            time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = json.loads(state.read_text())
+    counters, buf = saved["extra"]["counters"], saved["extra"]["learner"]["buffer"]
+    assert counters["iteration"] >= 6 and buf["size"] > 0
+    target = counters["env_steps"] + 40
+    with open(tmp_path / "log2.txt", "w") as log:
+        assert _launch(args + [f"env_steps={target}", "resume=true"], log).wait(timeout=300) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] > counters["iteration"] and summary["env_steps"] >= target
+    assert summary["success_rate"]["start"] == counters["start"]          # not re-evaluated from scratch
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "charts/buffer_size" in r]
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(set(steps))                                     # no duplicated rows after resume
+    after = [r for r in rows if r["step"] > counters["env_steps"]]
+    assert after and after[0]["charts/buffer_size"] > buf["size"]          # replay buffer carried over
+    assert after[0]["charts/iteration"] == counters["iteration"] + 1
+
+
+@pytest.mark.slow
+def test_ray_backend_smoke(toy_ckpts, tmp_path):
+    pytest.importorskip("ray")
+    summary = run_finetune(_cfg("dppo", toy_ckpts["diffusion"], tmp_path,
+                                ["backend=ray", "env_steps=150", "n_steps=4", "eval_every_iters=1"]))
+    assert summary["iterations"] >= 2 and summary["env_steps"] >= 150
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert any("losses/value_loss" in r for r in rows)
+    assert (tmp_path / "checkpoints" / "last" / "model.safetensors").is_file()
