@@ -58,8 +58,10 @@ class DPPOLearner(OnPolicyLearner):
     def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
         """Env action chunk (N, T_p, D_a) + record {chain (N, K'+1, T_p, D_a), logprob (N, K', T_p, D_a)}."""
         cond = self.policy.encode_obs(obs_to_torch(obs))
+        # Evaluation: DDIM eta=0 means, i.e. the exported checkpoint's own deterministic sampler.
+        eta = self.cfg.eta if explore else 0.0
         chain, logprob = self.policy.denoise_chain(
-            cond, self.n_ft, self.cfg.min_std, net=self.actor_ft, eta=self.cfg.eta, deterministic=not explore)
+            cond, self.n_ft, self.cfg.min_std, net=self.actor_ft, eta=eta, deterministic=not explore)
         env_action = to_env_action(self.policy, chain[:, -1]).numpy()
         return env_action, {"chain": chain.numpy(), "logprob": logprob.numpy()}
 

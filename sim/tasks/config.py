@@ -38,6 +38,8 @@ def build_config(cls: type[C], overrides: dict[str, Any], where: str) -> C:
     if unknown:
         raise TypeError(f"{where}: unknown config key(s) {unknown}; valid keys: {', '.join(valid)}")
     clean = {k: _plain(v) for k, v in overrides.items()}
+    if isinstance(clean.get("cameras"), str):  # cameras=agentview on a command line
+        clean["cameras"] = (clean["cameras"],)
     cfg = cls(**clean)
     _validate(cfg, where)
     return cfg

@@ -105,3 +105,38 @@ def test_deploy_lockstep_matches_direct_rollout(lift_bridge):
     assert ep["return"] == pytest.approx(direct_ret, abs=1e-9)
     np.testing.assert_array_equal(final, obs["observation.state"])
     assert summary["rtt_p50_us"] > 0 and summary["timing"] == "lockstep"
+
+
+def test_deploy_cli_writes_summary(lift_bridge, tmp_path):
+    from armflow.workflows import deploy as deploy_wf
+    from armflow.workflows.common import compose_config, prepare_run_dir
+
+    _tiny_policy().save_pretrained(tmp_path / "ckpt")
+    cfg = compose_config("deploy", [f"checkpoint={tmp_path / 'ckpt'}", f"endpoint={lift_bridge.endpoint}",
+                                    "episodes=2", "max_steps=8", f"out={tmp_path / 'run'}"])
+    prepare_run_dir(cfg, "deploy")
+    summary = deploy_wf.main(cfg)
+    import json
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["episodes"] == 2 and 0.0 <= saved["success_rate"] <= 1.0
+    assert saved["rtt_p50_us"] > 0 and saved["rtt_p99_us"] >= saved["rtt_p50_us"]
+    assert [e["seed"] for e in saved["per_episode"]] == [100000, 100001] and summary["timing"] == "lockstep"
+
+
+@pytest.mark.timeout(300)
+def test_deploy_realtime_async_with_camera_video(tmp_path):
+    """Real-time server: inference overlaps motion, and camera frames published by the server become an MP4."""
+    from armflow.workflows.deploy import deploy
+
+    torch.set_num_threads(1)
+    cfg = ServerConfig(robot="sim_panda", robot_options={"task": "lift", "cameras": ["agentview"],
+                                                         "env": {"image_size": 64}},
+                       endpoint=f"ipc://{tmp_path}/rt")
+    with ServerProcess(cfg) as sp:
+        with BridgeClient(sp.endpoint) as c:
+            assert not c.lockstep
+            summary, videos = deploy(c, _tiny_policy(), episodes=1, seed=SEED, max_steps=20, video_episodes=1)
+    ep = summary["per_episode"][0]
+    assert ep["length"] >= 20 and summary["timing"] == "realtime"
+    frames = videos[0][1]
+    assert len(frames) >= 20 and frames[0].shape == (64, 64, 3) and frames[0].dtype == np.uint8

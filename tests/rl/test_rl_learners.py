@@ -127,3 +127,20 @@ def test_state_roundtrip(toy_ckpts, tmp_path, algo, ptype):
     for name in o1:
         s1, s2 = o1[name].state_dict()["state"], o2[name].state_dict()["state"]
         assert s1.keys() == s2.keys() and all(torch.equal(s1[i]["exp_avg"], s2[i]["exp_avg"]) for i in s1)
+
+
+def test_dppo_eval_actions_match_exported_checkpoint(toy_ckpts, tmp_path):
+    policy = load_policy(toy_ckpts["diffusion"])
+    learner = make_learner("dppo", policy, {}, 2)
+    with torch.no_grad():
+        for p in learner.actor_ft.parameters():
+            p.add_(0.01 * torch.randn_like(p))      # a "fine-tuned" net that differs from the base
+    obs = {KEY: np.random.default_rng(0).normal(0, 0.05, (3, 1, 2)).astype(np.float32)}
+    torch.manual_seed(5)
+    eval_action, _ = learner.act(obs, explore=False)
+    learner.export(tmp_path / "ft")
+    exported = load_policy(tmp_path / "ft")
+    torch.manual_seed(5)
+    noise = torch.randn(3, exported.horizon, exported.action_dim)
+    np.testing.assert_allclose(exported.predict_chunk(obs, noise=noise).numpy(), eval_action, atol=1e-5)
+    assert not np.allclose(policy.predict_chunk(obs, noise=noise).numpy(), eval_action, atol=1e-4)

@@ -113,4 +113,6 @@ def test_camera_observations_and_render():
         env.render("nope")
     with pytest.raises(ValueError, match="valid cameras"):
         make_env("lift", cameras=["nope"])
+    assert make_env("lift", cameras="wrist", image_size=32).reset(seed=0)[0]["observation.images.wrist"].shape == (
+        32, 32, 3)
     env.close()
