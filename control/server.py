@@ -41,7 +41,7 @@ class ServerConfig:
     servo_rate_hz: float | None = None
     state_rate_hz: float = 100.0
     t_cmd_ms: int | None = None  # default: the limits file's t_cmd_ms_default
-    lease_timeout_ms: int = 2000  # a silent controller loses its lease after this
+    lease_timeout_ms: int = 5000  # a silent controller loses its lease (and session) after this
     exec_latency_ms: float = 0.0
     actuator_latency_ms: float = 0.0
     curve: CurveConfig | None = None

@@ -319,7 +319,8 @@ class ServoLoop:
             self.guard()
             self.drain()
             self.state = self.driver.read_state()
-            self.move()
+            if self.move():
+                self.step += 1  # commands sent to the driver (= env steps for a sim task)
             k += 1
             if k % state_every == 0:
                 self.publish_state()

@@ -40,20 +40,32 @@ def _time_vector(t: torch.Tensor | float, batch: int, like: torch.Tensor) -> tor
     return t.expand(batch) if t.ndim == 0 else t.reshape(batch)
 
 
+class FiLM(nn.Module):
+    """FiLM parameters from [mish(time embedding), mish(cond)], split into a time part and a cond part
+    (the same linear map as one layer on the concatenation), so a K-step sampler for B samples runs
+    K + B rows instead of K * B."""
+
+    def __init__(self, time_dim: int, cond_dim: int, out_dim: int):
+        super().__init__()
+        self.lin_t = nn.Linear(time_dim, out_dim)
+        self.lin_c = nn.Linear(cond_dim, out_dim, bias=False)
+
+
 class FiLMResBlock(nn.Module):
-    """h + W2 mish(W1 (LN(h) * scale + shift)); ``film_ctx(c) -> (scale, shift)`` = (1 + gamma, beta),
+    """h + W2 mish(W1 (LN(h) * scale + shift)); ``film_ctx(raw) -> (scale, shift)`` = (1 + gamma, beta),
     computed once per (t, cond) by :meth:`Denoiser.condition`."""
 
-    def __init__(self, width: int, cond_dim: int):
+    def __init__(self, width: int, time_dim: int, cond_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(width)
-        self.film = nn.Linear(cond_dim, 2 * width)
+        self.film = FiLM(time_dim, cond_dim, 2 * width)
         self.fc1 = nn.Linear(width, width)
         self.fc2 = nn.Linear(width, width)
         self.act = nn.Mish()
 
-    def film_ctx(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gamma, beta = self.film(c).chunk(2, dim=-1)
+    @staticmethod
+    def film_ctx(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma, beta = raw.chunk(2, dim=-1)
         return 1.0 + gamma, beta
 
     def forward(self, h: torch.Tensor, ctx: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -71,9 +83,15 @@ class Denoiser(nn.Module):
 
     film_blocks: nn.ModuleList
 
+    def film_parts(self, t: torch.Tensor, cond: torch.Tensor) -> tuple[list, list]:
+        """Raw FiLM terms per block: time part (K, F) for t (K,), cond part (B, F) for cond (B, C)."""
+        e_t, e_c = self.act(self.time_emb(t)), self.act(cond)
+        return ([blk.film.lin_t(e_t) for blk in self.film_blocks], [blk.film.lin_c(e_c) for blk in self.film_blocks])
+
     def condition(self, t: torch.Tensor, cond: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        c = self.act(torch.cat([self.time_emb(t), cond], dim=-1))
-        return [blk.film_ctx(c) for blk in self.film_blocks]
+        """Per-sample conditioning: t (N,), cond (N, C) -> per block (scale, shift)."""
+        parts_t, parts_c = self.film_parts(t, cond)
+        return [blk.film_ctx(a + b) for blk, a, b in zip(self.film_blocks, parts_t, parts_c)]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.denoise(x, self.condition(_time_vector(t, x.shape[0], x), cond))
@@ -89,7 +107,7 @@ class ResidualMLPDenoiser(Denoiser):
         flat = horizon * action_dim
         self.time_emb = TimeEmbedding(time_dim)
         self.inp = nn.Linear(flat, width)
-        self.film_blocks = nn.ModuleList(FiLMResBlock(width, time_dim + cond_dim) for _ in range(n_blocks))
+        self.film_blocks = nn.ModuleList(FiLMResBlock(width, time_dim, cond_dim) for _ in range(n_blocks))
         self.out_norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, flat)
         self.act = nn.Mish()
@@ -104,11 +122,10 @@ class ResidualMLPDenoiser(Denoiser):
 
 def step_contexts(net: nn.Module, t_steps: torch.Tensor, cond: torch.Tensor) -> list[list]:
     """Conditioning of K sampler steps for a batch in one call: t_steps (K,), cond (B, C) -> K ctx lists."""
-    k, b = t_steps.shape[0], cond.shape[0]
-    t_rep = t_steps.to(cond.dtype).repeat_interleave(b)  # (K*B,), step-major
-    ctx = net.condition(t_rep, cond.repeat(k, 1))
-    split = [(scale.split(b), shift.split(b)) for scale, shift in ctx]
-    return [[(scale[i], shift[i]) for scale, shift in split] for i in range(k)]
+    parts_t, parts_c = net.film_parts(t_steps.to(cond.dtype), cond)
+    # (K, 1, F) + (1, B, F) -> (K, B, F): every step's FiLM for every sample, one add per block.
+    ctx = [blk.film_ctx(a.unsqueeze(1) + b.unsqueeze(0)) for blk, a, b in zip(net.film_blocks, parts_t, parts_c)]
+    return [[(scale[i], shift[i]) for scale, shift in ctx] for i in range(t_steps.shape[0])]
 
 
 class Conv1dBlock(nn.Sequential):
@@ -121,15 +138,16 @@ class Conv1dBlock(nn.Sequential):
 class CondResBlock1D(nn.Module):
     """Two conv blocks; FiLM (per-channel scale, bias) from the conditioning between them."""
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, kernel: int, groups: int):
+    def __init__(self, c_in: int, c_out: int, time_dim: int, cond_dim: int, kernel: int, groups: int):
         super().__init__()
         self.block1 = Conv1dBlock(c_in, c_out, kernel, groups)
         self.block2 = Conv1dBlock(c_out, c_out, kernel, groups)
-        self.film = nn.Linear(cond_dim, 2 * c_out)
+        self.film = FiLM(time_dim, cond_dim, 2 * c_out)
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def film_ctx(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, bias = self.film(c).unsqueeze(-1).chunk(2, dim=1)  # (N, C_out, 1) each
+    @staticmethod
+    def film_ctx(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, bias = raw.unsqueeze(-1).chunk(2, dim=-2)  # (..., C_out, 1) each
         return scale, bias
 
     def forward(self, x: torch.Tensor, ctx: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -152,10 +170,9 @@ class ConditionalUnet1D(Denoiser):
         self.horizon, self.action_dim = horizon, action_dim
         self.time_emb = TimeEmbedding(time_dim)
         self.act = nn.Mish()
-        cdim = time_dim + cond_dim
 
         def res(c_in: int, c_out: int) -> CondResBlock1D:
-            return CondResBlock1D(c_in, c_out, cdim, kernel, groups)
+            return CondResBlock1D(c_in, c_out, time_dim, cond_dim, kernel, groups)
 
         chans = [action_dim, *dims]
         blocks: list[CondResBlock1D] = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from .backbones import make_backbone, step_contexts
+from .backbones import Denoiser, make_backbone, step_contexts
 from .base import BasePolicy
 from .config import DiffusionConfig
 
@@ -77,7 +77,7 @@ class DiffusionPolicy(BasePolicy):
 
         The final step lands on a' = 1, so the result is the clamped x0 prediction: inside [-1, 1]."""
         net = self.net if net is None else net
-        if not hasattr(net, "condition"):
+        if not isinstance(net, Denoiser):
             return self._sample_generic(net, cond, noise)
         ctxs = step_contexts(net, self.ddim_t, cond)
         x = noise
@@ -132,7 +132,7 @@ class DiffusionPolicy(BasePolicy):
             mean, sigma = self._step_mean(self.net, x, k, cond, 0.0 if deterministic else eta, ctx_frozen[k])
             x = mean if deterministic else mean + sigma * torch.randn_like(x).clamp_(-NOISE_CLAMP, NOISE_CLAMP)
         chain, logps = [x], []
-        ctx_ft = step_contexts(net_ft, self.ddim_t[k0:], cond) if hasattr(net_ft, "condition") else None
+        ctx_ft = step_contexts(net_ft, self.ddim_t[k0:], cond) if isinstance(net_ft, Denoiser) else None
         for i, k in enumerate(range(k0, self.num_inference_steps)):
             mean, sigma = self._step_mean(net_ft, x, k, cond, eta, None if ctx_ft is None else ctx_ft[i])
             std = sigma.clamp_min(min_std)

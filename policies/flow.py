@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .backbones import make_backbone, step_contexts
+from .backbones import Denoiser, make_backbone, step_contexts
 from .base import BasePolicy
 from .config import FlowConfig
 
@@ -45,7 +45,7 @@ class FlowPolicy(BasePolicy):
         """Euler ODE from ``noise`` (tau=0) to tau=1: (B, C), (B, T_p, D_a) -> normalised actions, clipped to [-1, 1]."""
         net = self.net if net is None else net
         dt = 1.0 / self.num_inference_steps
-        ctxs = step_contexts(net, self.euler_t, cond) if hasattr(net, "condition") else None
+        ctxs = step_contexts(net, self.euler_t, cond) if isinstance(net, Denoiser) else None
         x = noise
         for k in range(self.num_inference_steps):
             u = net.denoise(x, ctxs[k]) if ctxs is not None else net(x, self.euler_t[k].expand(x.shape[0]), cond)

@@ -3,7 +3,7 @@
 Each single-env measurement runs in its own fresh process (spawn) with one BLAS/OpenMP thread,
 one after the other in the same run, so the ratio is fair on a noisy shared machine. Actions are
 uniform random in [-1, 1]; episode resets are included in the timing. The vectorised figure is
-``lift`` over 2 subprocess workers (``armflow.sim.make_vec_env``), counted in env steps.
+``lift`` with ``vec_envs`` envs over 2 subprocess workers (``armflow.sim.make_vec_env``), counted in env steps.
 Target: ``lift_speedup_vs_robosuite`` >= 10.
 """
 from __future__ import annotations

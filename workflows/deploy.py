@@ -106,16 +106,21 @@ def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, act
 
 
 def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, action_space: str, max_steps: int,
-                         margin_ms: float, frames: list | None = None) -> dict:
+                         margin_ms: float, frames: list | None = None, stall_s: float = 10.0) -> dict:
     state = client.reset(seed) if client.info().is_sim else client.read_state()
     agent.reset(state)
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     last_step, steps, ret, done, success = client.status["step"], 0, 0.0, False, False
     buffer_end_ns, first = 0, True
+    last_progress = time.monotonic()
     while not done and steps < max_steps:
+        if time.monotonic() - last_progress > stall_s:
+            raise BridgeError(f"no robot step for {stall_s} s (status {client.status.get('status')}: "
+                              f"{client.status.get('reason')})", "stalled")
         for body, st in client.new_states(timeout_s=0.0):
             if body["step"] > last_step:
+                last_progress = time.monotonic()
                 last_step, steps, state = body["step"], steps + 1, st
                 ret += float(st.extras.get("reward", 0.0))
                 agent.observe(st)

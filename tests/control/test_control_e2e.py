@@ -132,10 +132,11 @@ def test_deploy_realtime_async_with_camera_video(tmp_path):
     cfg = ServerConfig(robot="sim_panda", robot_options={"task": "lift", "cameras": ["agentview"],
                                                          "env": {"image_size": 64}},
                        endpoint=f"ipc://{tmp_path}/rt")
+    policy = _tiny_policy()
     with ServerProcess(cfg) as sp:
         with BridgeClient(sp.endpoint) as c:
             assert not c.lockstep
-            summary, videos = deploy(c, _tiny_policy(), episodes=1, seed=SEED, max_steps=20, video_episodes=1)
+            summary, videos = deploy(c, policy, episodes=1, seed=SEED, max_steps=20, video_episodes=1)
     ep = summary["per_episode"][0]
     assert ep["length"] >= 20 and summary["timing"] == "realtime"
     frames = videos[0][1]

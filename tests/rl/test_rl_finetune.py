@@ -146,3 +146,18 @@ def test_ray_backend_smoke(toy_ckpts, tmp_path):
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert any("losses/value_loss" in r for r in rows)
     assert (tmp_path / "checkpoints" / "last" / "model.safetensors").is_file()
+
+
+def test_bench_finetune_reuses_checkpoints_and_prints_bench_json(toy_ckpts, tmp_path, capsys):
+    from armflow.workflows import bench_finetune
+
+    cfg = compose_config("bench_finetune", [
+        "task=toy2d", "algos=[ppo]", "env_steps=60", "n_envs=4", "n_workers=0", "eval_episodes=4",
+        f"checkpoints.gaussian={toy_ckpts['gaussian']}", "algo_overrides.ppo=[n_steps=4,progress=false]",
+        f"out={tmp_path}"])
+    payload = bench_finetune.main(cfg)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("BENCH_JSON: ") and json.loads(last[len("BENCH_JSON: "):]) == json.loads(
+        json.dumps(payload))
+    r = payload["results"]["ppo"]
+    assert set(r) >= {"start", "final", "env_steps", "env_steps_to_90", "wall_time_s_to_90"} and r["env_steps"] >= 60
