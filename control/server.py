@@ -24,6 +24,7 @@ from armflow.control.servo import ServoConfig, servo_main
 from armflow.control.watchdog import MOVING
 
 log = logging.getLogger("armflow.control.server")
+MAX_SESSIONS = 256
 
 
 class ServerError(RuntimeError):
@@ -203,6 +204,10 @@ class BridgeServer:
             self.on_hello(ident, msg)
             return
         sess = self.sessions.get(ident)
+        if msg.type == "ESTOP" and (sess is None or msg.session != sess.session):
+            self.shared.estop_count.value += 1  # a stop needs no session: any client that can connect may stop
+            self.send(ident, "ACK", {"ack_seq": msg.seq})
+            return
         if sess is None or msg.session != sess.session:
             self.nack(ident, msg.seq, "no_session", "send HELLO first (or session id mismatch)")
             return
@@ -269,6 +274,9 @@ class BridgeServer:
                                         "code": "bad_t_cmd"})
             return
         session = secrets.token_hex(8)
+        if len(self.sessions) >= MAX_SESSIONS:  # bounded: forget the longest-silent observer
+            oldest = min((i for i in self.sessions if i != self.controller), key=lambda i: self.sessions[i].last_seen_ns)
+            del self.sessions[oldest]
         self.sessions[ident] = Session(session, role, time.monotonic_ns())
         if role == "controller":
             self.shared.last_cmd_ns.value = time.monotonic_ns()

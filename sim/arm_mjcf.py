@@ -142,6 +142,7 @@ def scene_xml(n_cubes: int, cube_half_m: float, sim_dt_s: float) -> str:
     <geom name="table" type="box" size="0.5 0.6 0.02" pos="0.45 0 -0.02" rgba="0.6 0.5 0.4 1" class="col" group="1"/>
     <camera name="agentview" pos="1.0 0 0.75" xyaxes="0 1 0 -0.735 0 0.678" fovy="50"/>
     <camera name="topview" pos="0.5 0 0.9" xyaxes="0 -1 0 1 0 0" fovy="50"/>
+    <camera name="video" pos="1.35 -0.95 0.85" xyaxes="0.671 0.742 0 -0.329 0.297 0.896" fovy="50"/>
     <body name="base" pos="0 0 0.0">{_arm_xml()}</body>
     {cubes}
   </worldbody>

@@ -28,7 +28,8 @@ from armflow.sim.arm import ArmControlConfig, PandaArm, quat_canonical
 from armflow.sim.arm_mjcf import HOME_EE_QUAT, load_model
 from armflow.sim.tasks.config import CubeTaskConfig
 
-CAMERAS = ("agentview", "wrist", "topview")
+CAMERAS = ("agentview", "wrist", "topview", "video")
+VIDEO_SIZE = 256  # render_video() side [px]
 _EE_REF = np.array(HOME_EE_QUAT)
 _CUBE_REF = np.array((1.0, 0.0, 0.0, 0.0))
 
@@ -61,6 +62,7 @@ class CubeEnv(gym.Env):
         self.observation_space = gym.spaces.Dict(self._obs_spaces())
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
         self._renderer = None
+        self._video_renderer = None
         self._steps = 0
         self._state_buf = np.zeros(self.state_dim)
         self._quat_buf = np.zeros(4)
@@ -202,7 +204,17 @@ class CubeEnv(gym.Env):
         self._renderer.update_scene(self.data, camera=name)
         return self._renderer.render().copy()
 
+    def render_video(self) -> np.ndarray:
+        """uint8 (256, 256, 3) frame from the 3/4 "video" camera, for rollout videos a person watches."""
+        if self._video_renderer is None:
+            self._video_renderer = mujoco.Renderer(self.model, VIDEO_SIZE, VIDEO_SIZE)
+        self._video_renderer.update_scene(self.data, camera="video")
+        return self._video_renderer.render().copy()
+
     def close(self) -> None:
+        if self._video_renderer is not None:
+            self._video_renderer.close()
+            self._video_renderer = None
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None

@@ -207,3 +207,19 @@ def test_lockstep_steps_only_on_waypoints(tmp_path):
             assert c.latest_state().t_capture_ns == 5 * 50 * MS and c.status["starved"] is False
             again = c.reset(seed=3)
             np.testing.assert_array_equal(again.joint_pos_rad, first.joint_pos_rad)
+
+
+def test_estop_needs_no_session(server):
+    with BridgeClient(server.endpoint) as c:
+        c.arm("joint_pos")
+        ctx = zmq.Context.instance()
+        button = ctx.socket(zmq.DEALER)  # a bare stop button: no HELLO
+        button.linger = 0
+        button.connect(server.endpoint)
+        button.send_multipart(P.encode("ESTOP", {"reason": "big red button"}, seq=1))
+        assert button.poll(3000)
+        assert P.decode(button.recv_multipart(), max_bytes=P.MAX_PUB_BYTES).type == "ACK"
+        button.close()
+        c.wait_state(lambda s: s["status"] == "ESTOP", timeout_s=2.0)
+        c.arm("joint_pos")  # explicit ARM clears it
+        c.disarm()
