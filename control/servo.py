@@ -13,8 +13,6 @@ same as a direct in-sim evaluation with the same seed.
 """
 from __future__ import annotations
 
-import importlib
-import os
 import queue
 import threading
 import time
@@ -27,28 +25,10 @@ from armflow.control.limits import SafetyLimits, limits_from_dict
 from armflow.control.safety import SafetyLayer, SafetyViolation
 from armflow.control.scheduler import ChunkScheduler
 from armflow.control.watchdog import LATCHED, Watchdog
+from armflow.control.drivers import action_dims, make_driver, scalar_extras, state_arrays
+from armflow.control.timing import (ERR_BINS, period_err_percentiles_us, record_period_error, set_realtime_priority,
+                                   sleep_until)
 from armflow.hardware.driver import DriverError, RobotState
-
-#: Driver names served from armflow.control itself; anything else goes to armflow.hardware.make_driver.
-_ERR_BIN_NS, _ERR_BINS = 5_000, 4000  # period-error histogram: 5 us bins up to 20 ms
-LOCAL_DRIVERS = {"fake_arm": ("armflow.control.fake_arm", "make_fake_arm")}
-
-
-def action_dims(dof: int) -> dict[str, int]:
-    """Setpoint width per mode: joints, xyz + quaternion (w, x, y, z), or a 6-D twist/delta."""
-    return {"joint_pos": dof, "joint_vel": dof, "ee_pose": 7, "ee_delta": 6}
-
-
-def make_driver(name: str, options: dict):
-    if name in LOCAL_DRIVERS:
-        module, attr = LOCAL_DRIVERS[name]
-        return getattr(importlib.import_module(module), attr)(**options)
-    hardware = importlib.import_module("armflow.hardware")
-    if not hasattr(hardware, "make_driver"):
-        raise DriverError(f"robot {name!r}: armflow.hardware.make_driver is not available; "
-                          f"local drivers: {sorted(LOCAL_DRIVERS)}")
-    return hardware.make_driver(name, **options)
-
 
 @dataclass
 class ServoConfig:
@@ -63,20 +43,6 @@ class ServoConfig:
     actuator_latency_ms: float = 0.0
     spin_us: int = 300  # busy-wait this long before each real-time tick (sleep granularity)
     rt_priority: int = 0  # > 0: run the servo process SCHED_FIFO at this priority (needs CAP_SYS_NICE)
-
-
-def state_arrays(st: RobotState) -> dict[str, np.ndarray]:
-    arrays = {"joint_pos": st.joint_pos_rad, "joint_vel": st.joint_vel_rad_s, "ee_pos": st.ee_pos_m,
-              "ee_quat": st.ee_quat_wxyz, "ee_force": st.ee_force_n}
-    for key, value in st.extras.items():
-        if isinstance(value, np.ndarray) and key.startswith("observation."):
-            arrays[key] = value
-    return arrays
-
-
-def _scalar_extras(extras: dict) -> dict:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in extras.items()
-            if isinstance(v, (bool, int, float, str, np.generic))}
 
 
 class ServoLoop:
@@ -104,7 +70,7 @@ class ServoLoop:
         self.last_scheduled: dict = {}
         self.starved = False
         self.last_chunk_id = -1
-        self.err_hist = np.zeros(_ERR_BINS + 1, np.int64)  # |period error| histogram, _ERR_BIN_NS bins
+        self.err_hist = np.zeros(ERR_BINS + 1, np.int64)  # |period error| histogram (timing.ERR_BIN_NS bins)
         self.running = True
         self.spin_ns = cfg.spin_us * 1000
         self.outbox: queue.Queue = queue.Queue(maxsize=256)
@@ -287,7 +253,7 @@ class ServoLoop:
                 "exec": list(self.executed_last), "executed": self.executed_since_pub,
                 "scheduled": self.last_scheduled, "buffered": self.scheduler.remaining if self.scheduler else 0,
                 "clamps": dict(self.safety.clamps), "gripper": float(self.state.gripper),
-                "period_err_p50_us": p50_us, "period_err_p99_us": p99_us, "ticks": int(self.err_hist.sum()), "extras": _scalar_extras(self.state.extras)}
+                "period_err_p50_us": p50_us, "period_err_p99_us": p99_us, "ticks": int(self.err_hist.sum()), "extras": scalar_extras(self.state.extras)}
         self.executed_since_pub = []
         # encoded here, so the I/O process only forwards bytes (its time belongs to the command path)
         frames = [b"STATE"] + [bytes(f) for f in P.encode("STATE", {"state": body}, state_arrays(self.state))]
@@ -308,10 +274,10 @@ class ServoLoop:
         state_every = max(1, round(self.rate_hz / self.cfg.state_rate_hz))
         next_ns, prev_ns, k = time.monotonic_ns(), None, 0
         while self.running:
-            _sleep_until(next_ns, self.spin_ns)
+            sleep_until(next_ns, self.spin_ns)
             t = time.monotonic_ns()
             if prev_ns is not None:
-                self.err_hist[min(abs(t - prev_ns - self.period_ns) // _ERR_BIN_NS, _ERR_BINS)] += 1
+                record_period_error(self.err_hist, t - prev_ns - self.period_ns)
             prev_ns = t
             next_ns += self.period_ns
             if t - next_ns > 10 * self.period_ns:
@@ -349,34 +315,6 @@ class ServoLoop:
         extras = self.state.extras
         if any(bool(extras.get(k, False)) for k in ("success", "terminated", "truncated")):
             self._clear()
-
-
-def period_err_percentiles_us(hist: np.ndarray) -> tuple[float, float]:
-    """p50 and p99 of |period error| [us] from the histogram (upper bin edges)."""
-    total = hist.sum()
-    if total == 0:
-        return 0.0, 0.0
-    cdf = np.cumsum(hist) / total
-    return tuple(float((np.searchsorted(cdf, q) + 1) * _ERR_BIN_NS / 1e3) for q in (0.5, 0.99))
-
-
-def _sleep_until(t_ns: int, spin_ns: int) -> None:
-    remaining = t_ns - time.monotonic_ns()
-    if remaining > spin_ns:
-        time.sleep((remaining - spin_ns) / 1e9)
-    while time.monotonic_ns() < t_ns:
-        pass
-
-
-def set_realtime_priority(priority: int) -> str:
-    """Best effort SCHED_FIFO for the servo process; returns what was applied (for the log)."""
-    if priority <= 0:
-        return "normal"
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return f"SCHED_FIFO {priority}"
-    except (OSError, AttributeError) as exc:
-        return f"normal (SCHED_FIFO refused: {exc})"
 
 
 def servo_main(cfg: ServoConfig, conn, shared: channel.SharedWords) -> None:

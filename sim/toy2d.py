@@ -107,7 +107,8 @@ class Toy2DEnv:
         truncated = (not success) and self._t >= self.max_episode_steps
         self._needs_reset = success or truncated
         info = {"success": success, "reward_terms": terms,
-                "goal_index": int(np.argmin(dists)) if success else -1}
+                "goal_index": int(np.argmin(dists)) if success else -1,
+                "mode": int(np.argmin(dists))}
         return self._obs(), float(sum(terms.values())), success, truncated, info
 
     def render(self, camera: str | None = None) -> np.ndarray:

@@ -72,6 +72,7 @@ class EnvGroup:
         terminated = np.zeros(k, dtype=bool)
         truncated = np.zeros(k, dtype=bool)
         success = np.zeros(k, dtype=bool)
+        mode = np.full(k, -1, dtype=np.int64)  # info["mode"] where the task reports one (multimodal tasks)
         ep_return = np.full(k, np.nan, dtype=np.float64)
         ep_length = np.zeros(k, dtype=np.int64)
         obs_list, final_list, terms_list = [], [], []
@@ -79,6 +80,7 @@ class EnvGroup:
             obs, r, term, trunc, info = env.step(actions[i])
             reward[i], terminated[i], truncated[i] = r, term, trunc
             success[i] = bool(info["success"])
+            mode[i] = int(info.get("mode", -1))
             terms_list.append(info.get("reward_terms", {}))
             self._returns[i] += r
             self._lengths[i] += 1
@@ -92,7 +94,7 @@ class EnvGroup:
             self._term_names = sorted(terms_list[0])
         reward_terms = {name: np.array([t.get(name, 0.0) for t in terms_list], dtype=np.float32)
                         for name in self._term_names}
-        info = {"success": success, "done_mask": terminated | truncated, "final_obs": stack_obs(final_list),
+        info = {"success": success, "mode": mode, "done_mask": terminated | truncated, "final_obs": stack_obs(final_list),
                 "episode_return": ep_return, "episode_length": ep_length, "reward_terms": reward_terms}
         return stack_obs(obs_list), reward, terminated, truncated, info
 

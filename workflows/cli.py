@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench train": ("armflow.workflows.bench_train", "bench_train"),
     "bench finetune": ("armflow.workflows.bench_finetune", "bench_finetune"),
     "bench bridge": ("armflow.workflows.bench_bridge", "bench_bridge"),
+    "bench multimodal": ("armflow.workflows.bench_multimodal", "bench_multimodal"),
 }
 
 USAGE = "usage: armflow <command> [key=value ...]\ncommands:\n" + "\n".join(

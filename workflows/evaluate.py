@@ -35,7 +35,7 @@ def run_round(venv, runner: BatchedChunkRunner, seeds: list[int], progress=None)
     n = len(seeds)
     obs, _ = venv.reset(seed=seeds)
     runner.reset(obs)
-    done, success = np.zeros(n, bool), np.zeros(n, bool)
+    done, success, mode = np.zeros(n, bool), np.zeros(n, bool), np.full(n, -1)
     returns, lengths = np.zeros(n), np.zeros(n, int)
     while not done.all():
         action = runner.act()
@@ -45,12 +45,14 @@ def run_round(venv, runner: BatchedChunkRunner, seeds: list[int], progress=None)
         lengths[active] += 1
         finished = active & (terminated | truncated)
         success[finished] = np.asarray(info["success"])[finished]
+        if "mode" in info:
+            mode[finished] = np.asarray(info["mode"])[finished]
         done |= finished
         runner.observe(obs)
         if progress is not None and finished.any():
             progress.update(int(finished.sum()))
-    return [{"seed": s, "success": bool(success[i]), "return": float(returns[i]), "length": int(lengths[i])}
-            for i, s in enumerate(seeds)]
+    return [{"seed": s, "success": bool(success[i]), "return": float(returns[i]), "length": int(lengths[i]),
+             "mode": int(mode[i])} for i, s in enumerate(seeds)]
 
 
 def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_overrides: dict) -> list[str]:
@@ -101,7 +103,10 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
     finally:
         venv.close()
     successes = np.array([r["success"] for r in results])
+    modes = [r["mode"] for r in results if r["success"] and r["mode"] >= 0]
+    mode_counts = {str(m): modes.count(m) for m in sorted(set(modes))}
     return {"task": task, "episodes": len(results), "success_rate": float(successes.mean()),
+            "successful_modes": mode_counts,
             "mean_return": float(np.mean([r["return"] for r in results])),
             "mean_length": float(np.mean([r["length"] for r in results])), "per_episode": results}
 

@@ -146,13 +146,14 @@ class CubeEnv(gym.Env):
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         mujoco.mj_forward(self.model, self.data)  # positions/contacts consistent with the new qpos
         self._steps += 1
-        terms, success = self._reward_terms()
+        terms, success, mode = self._reward_terms()
         truncated = (not success) and self._steps >= self.max_episode_steps
-        info = {"success": success, "reward_terms": terms}
+        info = {"success": success, "reward_terms": terms, "mode": mode}
         return self._obs(), float(sum(terms.values())), success, truncated, info
 
-    def _reward_terms(self) -> tuple[dict[str, float], bool]:
-        """Dense shaped reward terms for the best cube (the one closest to being lifted)."""
+    def _reward_terms(self) -> tuple[dict[str, float], bool, int]:
+        """Dense shaped reward terms for the best cube (the one closest to being lifted), success, and
+        that cube's index (the mode: which of several equally good cubes the policy went for)."""
         cfg, ee = self.cfg, self.data.site_xpos[self.arm.site_id]
         grasp_flags = self._grasp_flags()
         best, best_total, success = None, -math.inf, False
@@ -171,9 +172,9 @@ class CubeEnv(gym.Env):
             }
             total = sum(terms.values())
             if total > best_total:
-                best, best_total = terms, total
+                best, best_total, mode = terms, total, i
             success = success or lifted
-        return best, success
+        return best, success, mode
 
     def _obs(self) -> dict[str, np.ndarray]:
         state = self._state_buf
