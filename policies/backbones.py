@@ -98,9 +98,10 @@ class Denoiser(nn.Module):
 
 
 class ResidualMLPDenoiser(Denoiser):
-    """Flattened-chunk residual MLP. Params ~ n_blocks * (2 width^2 + 2 width (C + time_dim))."""
+    """Flattened-chunk residual MLP. Step-loop params ~ n_blocks * 2 width^2 (+ in/out); FiLM params
+    ~ n_blocks * 2 width (C + time_dim), evaluated once per chunk."""
 
-    def __init__(self, horizon: int, action_dim: int, cond_dim: int, width: int = 512, n_blocks: int = 4,
+    def __init__(self, horizon: int, action_dim: int, cond_dim: int, width: int = 256, n_blocks: int = 4,
                  time_dim: int = 128):
         super().__init__()
         self.horizon, self.action_dim = horizon, action_dim

@@ -94,6 +94,7 @@ def test_client_death_or_freeze_holds_and_stays_held(bridge, sig):
         time.sleep(0.2)
         log = read_log(bridge.log_path)
         assert not (log[:, 0] > hold["t_ns"] + 2e9 / RATE_HZ).any(), "setpoints after HOLD"
+        obs.latest_state()  # refresh the status (the HOLD event can precede the next state message)
         assert obs.status["status"] == "HOLD"
     finally:
         proc.kill()
