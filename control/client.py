@@ -53,7 +53,8 @@ class BridgeClient(Driver):
         if role not in P.ROLES:
             raise ValueError(f"role {role!r}; valid: {P.ROLES}")
         self.endpoint, self.role, self.allow_real, self.t_cmd_ms = endpoint, role, allow_real, t_cmd_ms
-        self.reply_timeout_s, self.connect_timeout_s, self.state_timeout_s = reply_timeout_s, connect_timeout_s, state_timeout_s
+        self.reply_timeout_s, self.connect_timeout_s = reply_timeout_s, connect_timeout_s
+        self.state_timeout_s = state_timeout_s
         self.curve = curve
         self.ctx = self.dealer = self.sub = None
         self.welcome: dict = {}

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from armflow.hardware.driver import MODES, Driver, RobotInfo, RobotState
+from armflow.hardware.driver import MODES, Driver, DriverError, RobotInfo, RobotState
 
 _PANDA_LO = (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973)
 _PANDA_HI = (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973)
@@ -32,15 +32,17 @@ def _fk(q: np.ndarray) -> np.ndarray:
 
 class FakeArm(Driver):
     """Args: rate_hz: native rate; is_sim: report as simulation (allows RESET);
-    wall_z_m / wall_k_n_m: contact plane height [m] and stiffness [N/m]; log_path: setpoint log."""
+    wall_z_m / wall_k_n_m: contact plane height [m] and stiffness [N/m]; log_path: setpoint log;
+    fault_after: commands accepted before an injected protective stop (DriverError until recover())."""
 
     def __init__(self, rate_hz: float = 500.0, is_sim: bool = True, wall_z_m: float = -1.0,
-                 wall_k_n_m: float = 2000.0, log_path: str | None = None):
+                 wall_k_n_m: float = 2000.0, log_path: str | None = None, fault_after: int | None = None):
         self._info = RobotInfo("fake_arm", 7, tuple(f"joint{i + 1}" for i in range(7)), _PANDA_LO, _PANDA_HI,
                                _PANDA_VEL, float(rate_hz), MODES, bool(is_sim))
         self.dt_s = 1.0 / rate_hz
         self.wall_z_m, self.wall_k_n_m = wall_z_m, wall_k_n_m
         self.log_path, self._log = log_path, None
+        self.fault_after, self.n_commands, self.faulted = fault_after, 0, False
         self._reset_pose(0)
 
     def _reset_pose(self, seed: int) -> None:
@@ -73,11 +75,15 @@ class FakeArm(Driver):
         force = np.array([0.0, 0.0, self.wall_k_n_m * depth if depth > 0 else 0.0])
         return RobotState(time.monotonic_ns(), self.q.copy(), self.qd.copy(), self.ee_pos.copy(),
                           self.ee_quat.copy(), self.gripper, force,
-                          {"observation.state": np.concatenate([self.q, self.ee_pos, [self.gripper]]).astype(np.float32),
+                          {"observation.state": np.concatenate([self.q, self.ee_pos, [self.gripper]]).astype("f4"),
                            "success": False, "step": self.steps})
 
     def command(self, mode: str, setpoint: np.ndarray, gripper: float | None = None) -> np.ndarray:
         setpoint = np.asarray(setpoint, float)
+        self.n_commands += 1
+        if self.faulted or (self.fault_after is not None and self.n_commands > self.fault_after):
+            self.faulted = True  # like a vendor protective stop: every command fails until recover()
+            raise DriverError("fake arm: protective stop (injected fault)")
         if mode == "joint_pos":
             self.qd = (setpoint - self.q) / self.dt_s
             self.q = setpoint.copy()
@@ -109,7 +115,7 @@ class FakeArm(Driver):
         self.qd = np.zeros(7)
 
     def recover(self) -> None:
-        pass
+        self.faulted, self.fault_after = False, None
 
 
 def read_log(path: str) -> np.ndarray:
@@ -118,5 +124,5 @@ def read_log(path: str) -> np.ndarray:
 
 
 def make_fake_arm(rate_hz: float = 500.0, is_sim: bool = True, wall_z_m: float = -1.0,
-                  log_path: str | None = None) -> FakeArm:
-    return FakeArm(rate_hz=rate_hz, is_sim=is_sim, wall_z_m=wall_z_m, log_path=log_path)
+                  log_path: str | None = None, fault_after: int | None = None) -> FakeArm:
+    return FakeArm(rate_hz=rate_hz, is_sim=is_sim, wall_z_m=wall_z_m, log_path=log_path, fault_after=fault_after)

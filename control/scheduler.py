@@ -93,6 +93,12 @@ class ChunkScheduler:
     def remaining(self) -> int:
         return len(self.buffer)
 
+    def first_kept_index(self, t0_ns: int, dt_ns: int, n: int, now_ns: int) -> int | None:
+        """Index of the first waypoint ``insert`` would keep (None: all stale)."""
+        times = t0_ns + dt_ns * np.arange(n, dtype=np.int64) - self.actuator_latency_ns
+        keep = times >= now_ns + self.exec_latency_ns
+        return int(np.argmax(keep)) if keep.any() else None
+
     def insert(self, chunk_id: int, t0_ns: int, dt_ns: int, actions: np.ndarray, gripper: np.ndarray | None,
                now_ns: int, last_setpoint: np.ndarray | None) -> InsertResult:
         """Schedule ``actions (H, D)``; ``last_setpoint`` is the last commanded setpoint (anchor)."""

@@ -254,7 +254,8 @@ class BridgeServer:
     def on_hello(self, ident: bytes, msg: P.Message) -> None:
         body, info = msg.body, self.ready["info"]
         if msg.version[0] != P.PROTOCOL_VERSION[0]:
-            reason = f"protocol major {msg.version[0]} != server {P.PROTOCOL_VERSION[0]} (server speaks {P.PROTOCOL_VERSION})"
+            reason = (f"protocol major {msg.version[0]} != server {P.PROTOCOL_VERSION[0]} "
+                      f"(server speaks {P.PROTOCOL_VERSION})")
             self.send(ident, "REJECT", {"reason": reason, "code": "version"})
             return
         role = body["role"]
@@ -275,7 +276,8 @@ class BridgeServer:
             return
         session = secrets.token_hex(8)
         if len(self.sessions) >= MAX_SESSIONS:  # bounded: forget the longest-silent observer
-            oldest = min((i for i in self.sessions if i != self.controller), key=lambda i: self.sessions[i].last_seen_ns)
+            others = [i for i in self.sessions if i != self.controller]
+            oldest = min(others, key=lambda i: self.sessions[i].last_seen_ns)
             del self.sessions[oldest]
         self.sessions[ident] = Session(session, role, time.monotonic_ns())
         if role == "controller":

@@ -14,6 +14,7 @@ same as a direct in-sim evaluation with the same seed.
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ import numpy as np
 
 from armflow.control import channel, protocol as P
 from armflow.control.limits import SafetyLimits, limits_from_dict
-from armflow.control.safety import SafetyLayer, SafetyViolation
+from armflow.control.safety import SafetyLayer
 from armflow.control.scheduler import ChunkScheduler
 from armflow.control.watchdog import LATCHED, Watchdog
 from armflow.control.drivers import action_dims, make_driver, scalar_extras, state_arrays
@@ -170,26 +171,32 @@ class ServoLoop:
         self.reply(cmd["req"], True, info={"state": self.watchdog.state})
 
     def _chunk(self, cmd: dict) -> None:
-        ok, reason = self.watchdog.on_chunk()
-        if ok and cmd["action_space"] != self.mode:
-            ok, reason = False, f"chunk action_space {cmd['action_space']} != armed mode {self.mode}"
-        if ok and cmd["chunk_id"] <= self.last_chunk_id:
-            ok, reason = False, f"chunk_id {cmd['chunk_id']} <= last {self.last_chunk_id} (stale/duplicate)"
-        if not ok:
+        reason = self._chunk_refusal(cmd)
+        if reason:
             self.event("chunk_rejected", chunk_id=cmd["chunk_id"], reason=reason)
             return
-        actions = cmd["actions"]
-        if self.resume_check:
-            good, dist = self.safety.resume_ok(self.mode, actions[0], self.state)
-            if not good:
-                self.event("chunk_rejected", chunk_id=cmd["chunk_id"], reason=f"first waypoint {dist:.3f} from "
-                           "the measured pose exceeds max_resume_delta")
-                return
+        self.watchdog.on_chunk()
         self.last_chunk_id = cmd["chunk_id"]
-        res = self.scheduler.insert(cmd["chunk_id"], cmd["t0_ns"], cmd["dt_ns"], actions, cmd.get("gripper"),
+        res = self.scheduler.insert(cmd["chunk_id"], cmd["t0_ns"], cmd["dt_ns"], cmd["actions"], cmd.get("gripper"),
                                     self.now_ns(), self.last_setpoint)
         self.resume_check = self.resume_check and res.n_kept == 0
         self.last_scheduled = {"chunk_id": cmd["chunk_id"], **asdict(res)}  # reported in the next state
+
+    def _chunk_refusal(self, cmd: dict) -> str:
+        """Why a chunk cannot run now ("" if it can): state, mode, ordering, resume distance."""
+        if not self.watchdog.motion_allowed:
+            return f"state is {self.watchdog.state}; ARM first"
+        if cmd["action_space"] != self.mode:
+            return f"chunk action_space {cmd['action_space']} != armed mode {self.mode}"
+        if cmd["chunk_id"] <= self.last_chunk_id:
+            return f"chunk_id {cmd['chunk_id']} <= last {self.last_chunk_id} (stale/duplicate)"
+        if self.resume_check:
+            first = self.scheduler.first_kept_index(cmd["t0_ns"], cmd["dt_ns"], len(cmd["actions"]), self.now_ns())
+            if first is not None:
+                good, dist = self.safety.resume_ok(self.mode, cmd["actions"][first], self.state)
+                if not good:
+                    return f"first waypoint {dist:.3f} from the measured pose exceeds max_resume_delta"
+        return ""
 
     def _reset(self, cmd: dict) -> None:
         if not (self.info.is_sim and hasattr(self.driver, "reset")):
@@ -234,9 +241,13 @@ class ServoLoop:
         try:
             sp, grip = self.safety.filter(self.mode, tick.setpoint, tick.gripper, self.state, self.period_ns / 1e9)
             sent = self.driver.command(self.mode, sp, grip)
-        except (SafetyViolation, DriverError) as exc:
-            self.watchdog.trip("FAULT", str(exc))
+        except Exception as exc:  # noqa: BLE001  any driver/safety failure must latch FAULT, never kill the loop
+            self.watchdog.trip("FAULT", f"{type(exc).__name__}: {exc}")
             self._clear()
+            try:
+                self.driver.stop()
+            except DriverError:
+                pass  # already faulted; the latch above stops all commanding
             return False
         self.last_setpoint = np.asarray(sent, float) if self.mode in ("joint_pos", "ee_pose") else None
         self.starved = tick.starved
@@ -253,7 +264,8 @@ class ServoLoop:
                 "exec": list(self.executed_last), "executed": self.executed_since_pub,
                 "scheduled": self.last_scheduled, "buffered": self.scheduler.remaining if self.scheduler else 0,
                 "clamps": dict(self.safety.clamps), "gripper": float(self.state.gripper),
-                "period_err_p50_us": p50_us, "period_err_p99_us": p99_us, "ticks": int(self.err_hist.sum()), "extras": scalar_extras(self.state.extras)}
+                "period_err_p50_us": p50_us, "period_err_p99_us": p99_us, "ticks": int(self.err_hist.sum()),
+                "extras": scalar_extras(self.state.extras)}
         self.executed_since_pub = []
         # encoded here, so the I/O process only forwards bytes (its time belongs to the command path)
         frames = [b"STATE"] + [bytes(f) for f in P.encode("STATE", {"state": body}, state_arrays(self.state))]
@@ -319,6 +331,9 @@ class ServoLoop:
 
 def servo_main(cfg: ServoConfig, conn, shared: channel.SharedWords) -> None:
     """Entry point of the servo process."""
+    # Ctrl-C reaches the whole process group: the I/O process shuts the servo down in order (stop message,
+    # or pipe EOF if it died), so the servo must not die half-way through a tick on SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sched = set_realtime_priority(cfg.rt_priority if not cfg.lockstep else 0)
     try:
         loop = ServoLoop(cfg, conn, shared)

@@ -2,9 +2,12 @@
 
 * ``<t>_rtt_*``: CHUNK -> ACK round trip through the full server path (client encode, DEALER, ROUTER,
   decode + validation + session/lease checks, hand-off to the servo process, ACK) for ``t`` in ipc,
-  tcp (loopback);
-* ``<t>_floor_*``: the same bytes echoed by a bare pyzmq ROUTER in another process (the floor);
-* ``<t>_hb_rtt_p50_us``: HEARTBEAT round trip (no servo hand-off);
+  tcp (loopback), paced at ``rate_hz`` like a fast policy loop (back-to-back chunks at thousands per
+  second would measure the servo's chunk-insertion load, not latency);
+* ``<t>_floor_*``: the same bytes echoed by a bare pyzmq ROUTER in another process, timed in the same
+  loop right before each bridge round trip (the floor);
+* ``<t>_hb_rtt_p50_us``: HEARTBEAT round trip (no servo hand-off), timed right after the pair (warm);
+* ``<t>_estop_latency_*``: ESTOP sent -> servo latched (e-stop jumps the command queue);
 * ``servo_period_err_*``: |actual - nominal| servo tick period at ``servo_rate_hz`` while serving.
 Goals (bridge.md): p50 within 3x of the floor; servo p99 error <= 1 ms.
 """
@@ -75,6 +78,24 @@ def _chunk_roundtrip(client: BridgeClient, q: np.ndarray, horizon: int) -> int:
     return time.perf_counter_ns() - t0
 
 
+def _estop_latencies_us(client: BridgeClient, trials: int) -> list[float]:
+    """ESTOP sent -> the servo latched ESTOP (its transition time stamp), re-ARMed between trials."""
+    out = []
+    for _ in range(max(1, trials)):
+        client.drain_events()
+        t0 = time.monotonic_ns()
+        client.estop("bench")
+        deadline = time.monotonic() + 2.0
+        hit = None
+        while hit is None and time.monotonic() < deadline:
+            hit = next((d for k, d in client.drain_events() if k == "state" and d["new"] == "ESTOP"), None)
+        if hit is None:
+            raise RuntimeError("bench bridge: no ESTOP transition within 2 s")
+        out.append((hit["t_ns"] - t0) / 1e3)
+        client.arm("joint_pos")
+    return out
+
+
 def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
     endpoint = f"ipc://{tmp}/{kind}-bridge" if kind == "ipc" else "tcp://127.0.0.1:*"
     floor_ep = f"ipc://{tmp}/{kind}-floor" if kind == "ipc" else "tcp://127.0.0.1:*"
@@ -94,15 +115,23 @@ def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
             floor.roundtrip(sample)
             _chunk_roundtrip(client, q, int(cfg.chunk_horizon))
         floor_ns, bridge_ns, hb_ns = [], [], []
-        per_block = int(cfg.roundtrips) // int(cfg.blocks)
-        for _ in range(int(cfg.blocks)):
-            client.heartbeat()  # keep the watchdog fed while the floor is timed
-            floor_ns += [floor.roundtrip(sample) for _ in range(per_block)]
-            bridge_ns += [_chunk_roundtrip(client, q, int(cfg.chunk_horizon)) for _ in range(per_block)]
-            for _ in range(per_block // 4):
+        period_s = 1.0 / float(cfg.rate_hz) if float(cfg.rate_hz) > 0 else 0.0  # 0: back to back
+        next_t = time.perf_counter()
+        for i in range(int(cfg.roundtrips)):  # floor and bridge alternate, paced like a (fast) policy loop
+            if i % 2 == 0:  # alternate the order: whichever goes first after the sleep wakes up cold
+                floor_ns.append(floor.roundtrip(sample))
+                bridge_ns.append(_chunk_roundtrip(client, q, int(cfg.chunk_horizon)))
+            else:
+                bridge_ns.append(_chunk_roundtrip(client, q, int(cfg.chunk_horizon)))
+                floor_ns.append(floor.roundtrip(sample))
+            if i % 4 == 0:
                 t0 = time.perf_counter_ns()
                 client.heartbeat()
                 hb_ns.append(time.perf_counter_ns() - t0)
+            if period_s:
+                next_t += period_s
+                time.sleep(max(0.0, next_t - time.perf_counter()))
+        estop_us = _estop_latencies_us(client, int(cfg.estop_trials))
         deadline = time.monotonic() + float(cfg.servo_seconds)
         while time.monotonic() < deadline:
             client.heartbeat()
@@ -114,7 +143,9 @@ def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
     fl, br = _percentiles_us(floor_ns), _percentiles_us(bridge_ns)
     res = {f"{kind}_rtt_p50_us": br["p50"], f"{kind}_rtt_p99_us": br["p99"], f"{kind}_rtt_p999_us": br["p999"],
            f"{kind}_floor_p50_us": fl["p50"], f"{kind}_floor_p99_us": fl["p99"], f"{kind}_floor_p999_us": fl["p999"],
-           f"{kind}_hb_rtt_p50_us": _percentiles_us(hb_ns)["p50"], f"{kind}_rtt_over_floor_p50": br["p50"] / fl["p50"]}
+           f"{kind}_hb_rtt_p50_us": _percentiles_us(hb_ns)["p50"], f"{kind}_rtt_over_floor_p50": br["p50"] / fl["p50"],
+           f"{kind}_estop_latency_p50_us": float(np.median(estop_us)),
+           f"{kind}_estop_latency_max_us": float(np.max(estop_us))}
     return res, status
 
 

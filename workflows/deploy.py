@@ -145,7 +145,8 @@ def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space:
            max_steps: int = 1000, margin_ms: float = 30.0, video_episodes: int = 0) -> tuple[dict, list]:
     """Run ``episodes`` episodes; return (summary, per-episode frame lists for videos)."""
     if action_space not in client.welcome["action_dims"]:
-        raise SystemExit(f"armflow deploy: robot does not accept {action_space}; it has {client.welcome['action_dims']}")
+        raise SystemExit(f"armflow deploy: robot does not accept {action_space}; "
+                         f"it has {client.welcome['action_dims']}")
     per, videos = [], []
     for i in range(episodes):
         agent = ChunkAgent(policy, make_noise_fn(policy, seed + i))
@@ -191,8 +192,10 @@ def main(cfg: DictConfig) -> dict:
     finally:
         client.close()
     fps = float(client.welcome["servo_rate_hz"])
-    summary["videos"] = [str(write_mp4(out / "videos" / f"seed{r['seed']}_{'success' if r['success'] else 'failure'}.mp4",
-                                       frames, fps=fps)) for r, frames in videos]
+    summary["videos"] = []
+    for res, frames in videos:
+        tag = "success" if res["success"] else "failure"
+        summary["videos"].append(str(write_mp4(out / "videos" / f"seed{res['seed']}_{tag}.mp4", frames, fps=fps)))
     summary["checkpoint"], summary["endpoint"] = str(cfg.checkpoint), cfg.endpoint
     write_json(out / "summary.json", summary)
     print(f"[deploy] success {summary['success_rate']:.2f} over {summary['episodes']} episodes; "

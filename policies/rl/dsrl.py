@@ -6,7 +6,8 @@ in w-space with a tanh-Gaussian noise actor bounded to +-``noise_bound``.
 - ``variant="sac"`` (DSRL-SAC): plain SAC on Q(s, w).
 - ``variant="na"`` (DSRL-NA, noise-aliased): Q^A(s, a) on the executed action chunks (TD target runs
   the base sampler on the next state with the actor's noise); Q^W(s, w) distilled from Q^A on
-  w ~ N(0, I); the actor maximises Q^W. The buffer stores real actions.
+  w ~ N(0, I) (plus, by default, half the batch from the actor itself, so Q^W is accurate where
+  the actor looks); the actor maximises Q^W. The buffer stores real actions.
 The buffer is warm-started with base-policy rollouts (w ~ N(0, I), clipped to the bound).
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ class DSRLConfig:
     target_entropy: float = 0.0       # total entropy target of the noise actor
     tau: float = 0.005                # Polyak rate of the target critics
     reward_scale: float = 1.0         # multiply chunk rewards
+    distill_actor_frac: float = 0.5   # NA: share of Q^W distillation noise drawn from the actor (rest N(0, I))
 
 
 class DSRLLearner:
@@ -120,6 +122,9 @@ class DSRLLearner:
             # 2. Distil Q^W(s, w) from Q^A(s, pi(s, w)) on w ~ N(0, I).
             with torch.no_grad():
                 w_d = torch.randn(len(y), self.T_p * self.D_a)
+                n_act = int(cfg.distill_actor_frac * len(y))   # also cover where the actor looks
+                if n_act:
+                    w_d[:n_act] = self.actor(f[:n_act])[0]
                 a_d = self.base.sample(f, w_d.view(-1, self.T_p, self.D_a))[:, : self.T_a].flatten(1)
                 qa_d = torch.min(*self.q_a(f, a_d))
             qw1, qw2 = self.q_w(f, w_d)

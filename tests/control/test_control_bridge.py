@@ -223,3 +223,37 @@ def test_estop_needs_no_session(server):
         c.wait_state(lambda s: s["status"] == "ESTOP", timeout_s=2.0)
         c.arm("joint_pos")  # explicit ARM clears it
         c.disarm()
+
+
+def test_driver_fault_latches_fault_until_arm(tmp_path):
+    with ServerProcess(_cfg(tmp_path, "fault", robot_options={"fault_after": 5})) as sp:
+        with BridgeClient(sp.endpoint) as c:
+            c.arm("joint_pos")
+            q = c.read_state().joint_pos_rad
+            c.send_chunk(np.repeat(q[None], 20, axis=0), c.server_now_ns(), 10 * MS, "joint_pos")
+            c.wait_state(lambda s: s["status"] == "FAULT", timeout_s=3)
+            assert "protective stop" in c.status["reason"]
+            n = len(read_log(f"{tmp_path}/fault.log"))
+            assert n == 5
+            c.arm("joint_pos")  # recover() + ARM
+            c.send_chunk((q + 0.01)[None], c.server_now_ns() + 20 * MS, 10 * MS, "joint_pos")
+            c.wait_state(lambda s: s["status"] == "RUNNING" and s["exec"][0] == c.chunk_id, timeout_s=3)
+            assert len(read_log(f"{tmp_path}/fault.log")) > n
+
+
+def test_contact_force_holds(tmp_path):
+    """The fake arm's wall sits just below the start pose: pushing into it trips HOLD (force -> HOLD path)."""
+    with ServerProcess(_cfg(tmp_path, "wall", robot_options={"wall_z_m": 0.5})) as sp:
+        with BridgeClient(sp.endpoint) as c:
+            st = c.read_state()
+            assert st.ee_pos_m[2] > 0.5 + 0.04
+            c.arm("ee_pose")
+            pose = np.concatenate([st.ee_pos_m, st.ee_quat_wxyz])
+            down = np.stack([pose + np.array([0, 0, -0.02 * (i + 1), 0, 0, 0, 0]) for i in range(20)])
+            c.send_chunk(down, c.server_now_ns() + 10 * MS, 20 * MS, "ee_pose")
+            for _ in range(100):  # heartbeats keep the watchdog fed while the arm moves down
+                c.heartbeat()
+                if c.wait_state(lambda s: True, timeout_s=0.5) is not None and c.status["status"] == "HOLD":
+                    break
+                time.sleep(0.02)
+            assert "force" in c.status["reason"] and c.status["clamps"]["force_hold"] >= 1

@@ -70,8 +70,8 @@ def _tiny_policy():
 
     torch.manual_seed(0)
     d_s, d_a = 18, 7
-    stats = {"observation.state": {"min": -np.ones(d_s), "max": np.ones(d_s), "mean": np.zeros(d_s), "std": np.ones(d_s)},
-             "action": {"min": -np.ones(d_a), "max": np.ones(d_a), "mean": np.zeros(d_a), "std": np.ones(d_a)}}
+    unit = lambda d: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa: E731
+    stats = {"observation.state": unit(d_s), "action": unit(d_a)}
     return make_policy("flow", {"observation.state": (d_s,)}, d_a, stats, horizon=8, n_action_steps=4,
                        mlp_width=64, mlp_blocks=1, state_hidden_dim=32, state_feature_dim=16, time_dim=16,
                        num_inference_steps=2).eval()
@@ -141,3 +141,22 @@ def test_deploy_realtime_async_with_camera_video(tmp_path):
     assert ep["length"] >= 20 and summary["timing"] == "realtime"
     frames = videos[0][1]
     assert len(frames) >= 20 and frames[0].shape == (64, 64, 3) and frames[0].dtype == np.uint8
+
+
+@pytest.mark.parametrize("robot", ["sim_panda", "sim_ur5e", "sim_xarm7"])
+def test_sim_arms_track_joint_chunks_in_realtime(robot, tmp_path):
+    """Each MuJoCo arm behind the bridge at its 500 Hz servo rate follows a joint-space chunk."""
+    import time
+
+    with ServerProcess(ServerConfig(robot=robot, endpoint=f"ipc://{tmp_path}/{robot}")) as sp:
+        with BridgeClient(sp.endpoint) as c:
+            q0 = c.read_state().joint_pos_rad.copy()
+            c.arm("joint_pos")
+            c.send_chunk(q0 + np.linspace(0, 0.05, 10)[:, None], c.server_now_ns() + 20_000_000, 50_000_000,
+                         "joint_pos")
+            for _ in range(15):
+                time.sleep(0.05)
+                c.heartbeat()
+            q = c.read_state().joint_pos_rad
+            assert c.status["status"] == "RUNNING" and c.status["exec"][:2] == [0, 9]
+            np.testing.assert_allclose(q - q0, 0.05, atol=5e-3)

@@ -50,7 +50,8 @@ def test_any_chunks_give_setpoints_within_limits(chunk_list, tick_ms):
     for cid, (m, acts, grip, dt_ns, t0_ns) in enumerate(chunk_list):
         if m != mode:
             continue
-        sched.insert(cid, max(0, t0_ns + now), dt_ns, acts, grip, now, prev if mode in ("joint_pos", "ee_pose") else None)
+        anchor = prev if mode in ("joint_pos", "ee_pose") else None
+        sched.insert(cid, max(0, t0_ns + now), dt_ns, acts, grip, now, anchor)
         for _ in range(40):
             tick = sched.tick(now, prev)
             sp, g = safety.filter(mode, tick.setpoint, tick.gripper, state, dt)

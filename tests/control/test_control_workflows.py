@@ -50,7 +50,7 @@ def test_serve_rejects_bad_mode(tmp_path):
 
 
 def test_bench_bridge_prints_bench_json(tmp_path):
-    out = subprocess.run([ARMFLOW, "bench", "bridge", "roundtrips=100", "blocks=2", "warmup=10", "servo_seconds=0.2",
+    out = subprocess.run([ARMFLOW, "bench", "bridge", "roundtrips=100", "rate_hz=500", "warmup=10", "servo_seconds=0.2",
                           "transports=[ipc]", f"out={tmp_path}"], capture_output=True, text=True, timeout=170)
     assert out.returncode == 0, out.stderr[-3000:]
     last = out.stdout.strip().splitlines()[-1]
