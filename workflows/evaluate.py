@@ -34,7 +34,7 @@ def run_round(venv, runner: BatchedChunkRunner, seeds: list[int], progress=None)
     """Run one episode in each env of ``venv`` (reset with ``seeds``); return per-episode results."""
     n = len(seeds)
     obs, _ = venv.reset(seed=seeds)
-    runner.reset(obs)
+    runner.reset(obs, seeds=seeds)
     done, success, mode = np.zeros(n, bool), np.zeros(n, bool), np.full(n, -1)
     returns, lengths = np.zeros(n), np.zeros(n, int)
     while not done.all():
@@ -66,7 +66,7 @@ def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_over
     paths = []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
-        runner.reset({k: v[None] for k, v in obs.items()})
+        runner.reset({k: v[None] for k, v in obs.items()}, seeds=[seed])
         frames, info = [render()], {"success": False}
         while True:
             obs, _, terminated, truncated, info = env.step(runner.act()[0])

@@ -7,6 +7,10 @@ collect scripted demos -> train a flow policy -> evaluate on unseen seeds -> (fi
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,6 +57,51 @@ def stage_evaluate(cfg: DictConfig, out: Path, checkpoint: str, name: str = "eva
         "n_envs": cfg.eval_n_envs, "video_episodes": cfg.video_episodes}))
 
 
+def start_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0) -> subprocess.Popen:
+    """Start ``armflow serve`` (simulated Panda wrapping ``task``, lockstep) as its own process."""
+    out.mkdir(parents=True, exist_ok=True)
+    ready = out / "serve.json"
+    ready.unlink(missing_ok=True)
+    log = open(out / "serve.log", "w")
+    cmd = [sys.executable, "-m", "armflow.workflows.cli", "serve", "robot=sim_panda", f"task={task}",
+           "mode=lockstep", f"endpoint={endpoint}", f"out={out}"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = (out / "serve.log").read_text()[-2000:]
+            raise RuntimeError(f"quickstart: `armflow serve` did not become ready (see {out / 'serve.log'}):\n{tail}")
+        time.sleep(0.1)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def stage_deploy(cfg: DictConfig, out: Path, checkpoint: str) -> dict:
+    """Serve the simulated arm in a separate process and run the policy through the bridge on the eval seeds."""
+    from armflow.workflows import deploy
+
+    cached = _cached(out / "deploy" / "summary.json")
+    if cached:
+        return cached
+    endpoint = f"ipc:///tmp/armflow-quickstart-{os.getpid()}"
+    server = start_server(cfg.task, endpoint, out / "serve")
+    try:
+        return deploy.main(_stage_cfg("deploy", out / "deploy", {
+            "checkpoint": checkpoint, "endpoint": endpoint, "episodes": cfg.deploy_episodes,
+            "seed": cfg.eval_seed, "video_episodes": 0}))
+    finally:
+        stop_server(server)
+
+
 def write_report(out: Path, summary: dict, stages: dict) -> Path:
     """Human-readable report with the plots and a rollout video linked (paths relative to ``out``)."""
     from armflow.workflows.media import plot_bars
@@ -90,6 +139,11 @@ def main(cfg: DictConfig) -> dict:
     success = {"demos": stages["collect"]["expert_success_rate"], "pretrained": stages["evaluate"]["success_rate"]}
     summary = {"task": cfg.task, "success_rate": success, "episodes_evaluated": stages["evaluate"]["episodes"],
                "checkpoint": stages["train"]["checkpoint"]}
+    if cfg.deploy_episodes > 0:
+        stages["deploy"] = stage_deploy(cfg, out, stages["train"]["checkpoint"])
+        success["deployed"] = stages["deploy"]["success_rate"]
+        summary["episodes_deployed"] = stages["deploy"]["episodes"]
+        summary["bridge_rtt_us"] = {"p50": stages["deploy"]["rtt_p50_us"], "p99": stages["deploy"]["rtt_p99_us"]}
     summary["wall_time_s"] = time.monotonic() - t0
     write_json(out / "summary.json", summary)
     report = write_report(out, summary, stages)

@@ -39,7 +39,13 @@ class BatchedChunkRunner:
         self.chunkers = [ActionChunker(policy.n_action_steps) for _ in range(n_envs)]
         self.history: deque = deque(maxlen=policy.n_obs_steps)
 
-    def reset(self, obs: dict[str, np.ndarray]) -> None:
+    def reset(self, obs: dict[str, np.ndarray], seeds: list[int] | None = None) -> None:
+        """Start new episodes. With ``seeds``, env i's sampler noise comes from a generator seeded with
+        ``seeds[i]`` (one draw per chunk), exactly as ``armflow deploy`` draws it: the same seed gives
+        the same rollout in evaluation and through the bridge. The Gaussian baseline acts with its mean."""
+        self._generators = None
+        if seeds is not None and self.policy.policy_type != "gaussian":
+            self._generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         keys = policy_obs_keys(self.policy)
         first = {k: obs[k] for k in keys}
         self.history.clear()
@@ -50,11 +56,17 @@ class BatchedChunkRunner:
     def observe(self, obs: dict[str, np.ndarray]) -> None:
         self.history.append({k: obs[k] for k in policy_obs_keys(self.policy)})
 
+    def _initial_noise(self) -> torch.Tensor | None:
+        if getattr(self, "_generators", None):
+            shape = (self.policy.horizon, self.policy.action_dim)
+            return torch.stack([torch.randn(shape, generator=g) for g in self._generators]).to(self.device)
+        return self.noise_fn(self.n_envs) if self.noise_fn is not None else None
+
     @torch.inference_mode()
     def act(self) -> np.ndarray:
         """Next action for every env, (N, D_a); queries the policy when chunk queues run dry."""
         if any(c.needs_chunk() for c in self.chunkers):
-            noise = self.noise_fn(self.n_envs) if self.noise_fn is not None else None
+            noise = self._initial_noise()
             chunks = self.policy.predict_chunk(to_policy_obs(self.history, self.device), noise=noise)
             chunks = chunks.detach().cpu().numpy()
             for chunker, chunk in zip(self.chunkers, chunks):
