@@ -101,8 +101,9 @@ def collect_human(cfg: DictConfig, root: Path) -> dict:
     """Record episodes from a keyboard or SpaceMouse through a live viewer."""
     from armflow.hardware.teleop import make_device, record_teleop_session
 
+    overrides = {"max_episode_steps": int(cfg.human_episode_steps)} if cfg.human_episode_steps else {}
     return record_teleop_session(task=cfg.task, device=make_device(cfg.device), root=root,
-                                 episodes=int(cfg.episodes), seed=int(cfg.seed))
+                                 episodes=int(cfg.episodes), seed=int(cfg.seed), env_overrides=overrides)
 
 
 def main(cfg: DictConfig) -> dict:

@@ -21,7 +21,7 @@ MS = 1_000_000
 BATCH = 20
 RATE_HZ = 200.0
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70).filter(lambda x: abs(x) < 2**64),
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70).filter(lambda x: -2**63 <= x < 2**64),
                     st.floats(allow_nan=True), st.text(max_size=20), st.binary(max_size=20))
 json_like = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=4),
                                                       st.dictionaries(st.text(max_size=8), c, max_size=4)),

@@ -69,7 +69,7 @@ def toy_ckpts(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("toy_ckpts")
     out = {}
-    for ptype, steps in (("flow", 300), ("diffusion", 300), ("gaussian", 300)):
+    for ptype, steps in (("flow", 300), ("diffusion", 600), ("gaussian", 300)):
         pretrain(ptype, steps).save_pretrained(root / ptype)
         out[ptype] = str(root / ptype)
     return out
