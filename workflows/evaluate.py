@@ -124,7 +124,7 @@ def plot_eval(out: Path, result: dict) -> list[Path]:
 
 
 def main(cfg: DictConfig) -> dict:
-    from armflow.policies import load_policy
+    from armflow.workflows.rollout import load_checkpoint
     from armflow.workflows.common import write_json
 
     if not cfg.get("checkpoint"):
@@ -132,7 +132,7 @@ def main(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
     t0 = time.monotonic()
-    policy = load_policy(cfg.checkpoint)
+    policy = load_checkpoint(cfg.checkpoint)
     result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers)
     result["videos"] = record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
                                      out / "videos", {}) if int(cfg.video_episodes) > 0 else []

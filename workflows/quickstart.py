@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from armflow.workflows.common import compose_config, write_json
 
 
-def _stage_cfg(name: str, out: Path, overrides: dict) -> DictConfig:
-    cfg = compose_config(name)
+def _stage_cfg(name: str, out: Path, overrides: dict, groups: tuple[str, ...] = ()) -> DictConfig:
+    cfg = compose_config(name, groups)
     with open_dict(cfg):
         for key, value in overrides.items():
             OmegaConf.update(cfg, key, value, merge=False)
@@ -55,6 +55,19 @@ def stage_evaluate(cfg: DictConfig, out: Path, checkpoint: str, name: str = "eva
     return _cached(out / name / "eval.json") or evaluate.main(_stage_cfg("evaluate", out / name, {
         "checkpoint": checkpoint, "task": cfg.task, "episodes": cfg.eval_episodes, "seed": cfg.eval_seed,
         "n_envs": cfg.eval_n_envs, "video_episodes": cfg.video_episodes}))
+
+
+def stage_finetune(cfg: DictConfig, out: Path, checkpoint: str) -> dict:
+    """A short RL fine-tuning run (``finetune_algo``, ``finetune_budget_s``) from the pretrained checkpoint,
+    then the best checkpoint (by the fine-tuner's own deterministic evaluation) on the evaluation seeds."""
+    from armflow.workflows import finetune
+
+    ft_dir = out / "finetune"
+    summary = _cached(ft_dir / "summary.json") or finetune.run_finetune(_stage_cfg("finetune", ft_dir, {
+        "checkpoint": checkpoint, "task": cfg.task, "budget_s": cfg.finetune_budget_s, "seed": cfg.seed,
+        "eval_seed": 200_000, "progress": True}, groups=(f"algo={cfg.finetune_algo}",)))
+    summary["eval"] = stage_evaluate(cfg, out, str(ft_dir / "checkpoints" / "best"), name="evaluate_finetuned")
+    return summary
 
 
 def start_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0) -> subprocess.Popen:
@@ -139,6 +152,11 @@ def main(cfg: DictConfig) -> dict:
     success = {"demos": stages["collect"]["expert_success_rate"], "pretrained": stages["evaluate"]["success_rate"]}
     summary = {"task": cfg.task, "success_rate": success, "episodes_evaluated": stages["evaluate"]["episodes"],
                "checkpoint": stages["train"]["checkpoint"]}
+    if cfg.finetune_budget_s > 0:
+        stages["finetune"] = stage_finetune(cfg, out, stages["train"]["checkpoint"])
+        success["finetuned"] = stages["finetune"]["eval"]["success_rate"]
+        summary["finetune"] = {"algo": stages["finetune"]["algo"], "env_steps": stages["finetune"]["env_steps"],
+                               "wall_time_s": stages["finetune"]["wall_time_s"]}
     if cfg.deploy_episodes > 0:
         stages["deploy"] = stage_deploy(cfg, out, stages["train"]["checkpoint"])
         success["deployed"] = stages["deploy"]["success_rate"]

@@ -7,6 +7,20 @@ import numpy as np
 import torch
 
 
+def load_checkpoint(directory):
+    """Load any policy checkpoint a workflow wrote: a plain ``save_pretrained`` dir, or a DSRL export
+    (the base checkpoint + ``dsrl.json`` + noise actor), which must not be mistaken for its base policy."""
+    from pathlib import Path
+
+    if (Path(directory) / "dsrl.json").is_file():
+        from armflow.policies.rl import load_dsrl_policy
+
+        return load_dsrl_policy(directory)
+    from armflow.policies import load_policy
+
+    return load_policy(directory)
+
+
 def to_policy_obs(history: "deque[dict[str, np.ndarray]]", device: str = "cpu") -> dict[str, torch.Tensor]:
     """Stack T_o batched env observations into policy inputs.
 

@@ -23,11 +23,11 @@ class FPOConfig(OnPolicyConfig):
     n_mc: int = 8                     # (tau, eps) pairs per action
     clip_eps: float = 0.05            # PPO clip
     per_sample_ratio: bool = False    # one ratio per (tau, eps) pair instead of the mean-loss ratio
-    asymmetric: bool = False          # PPO clip for A > 0, quadratic penalty for A < 0
+    asymmetric: bool = True           # PPO clip for A > 0, quadratic penalty for A < 0 (see fpo.yaml)
     neg_eps: float = 0.2              # softness of the A < 0 penalty (asymmetric only)
     action_jitter_std: float = 0.0    # Gaussian jitter on the final (normalised) action at rollout
     max_log_ratio: float = 5.0        # clamp on the log-ratio (numerical safety)
-    actor_lr: float = 3e-5
+    actor_lr: float = 1e-4
     gamma: float = 0.995
 
 

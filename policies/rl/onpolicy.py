@@ -32,6 +32,7 @@ class OnPolicyConfig:
     reward_scale: bool = True         # divide rewards by running std of discounted return
     critic_warmup_iters: int = 0      # first iterations update only the critic
     target_kl: float = 1.0            # stop an update's epochs early above this approx KL
+    value_clip: float = 0.0           # > 0: PPO value clipping around the rollout values (scaled-reward units)
 
 
 def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -84,7 +85,8 @@ class OnPolicyLearner:
                            torch.as_tensor(batch["terminated"]), torch.as_tensor(batch["truncated"]),
                            self.cfg.gamma, self.cfg.gae_lambda)
         data = {k: torch.as_tensor(flat(v)) for k, v in batch.items() if k in self.record_keys}
-        data.update(obs=obs_to_torch(flat(batch["obs"])), feats=feats, adv=adv.reshape(-1), ret=returns.reshape(-1))
+        data.update(obs=obs_to_torch(flat(batch["obs"])), feats=feats, adv=adv.reshape(-1), ret=returns.reshape(-1),
+                    v_old=values.reshape(-1))
         # 4. Epochs of minibatch updates; the actor waits while the critic warms up.
         train_actor = self.iteration >= self.cfg.critic_warmup_iters
         logs: dict[str, list[float]] = {}
@@ -93,7 +95,7 @@ class OnPolicyLearner:
             for idx in minibatches(S * N, self.cfg.minibatch_size):
                 mb = {k: ({kk: vv[idx] for kk, vv in v.items()} if isinstance(v, dict) else v[idx])
                       for k, v in data.items()}
-                v_loss = 0.5 * (self.critic(mb["feats"]) - mb["ret"]).pow(2).mean()
+                v_loss = self._value_loss(self.critic(mb["feats"]), mb["v_old"], mb["ret"])
                 self.critic_opt.zero_grad()
                 v_loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.max_grad_norm)
@@ -117,6 +119,14 @@ class OnPolicyLearner:
         out.update({"charts/value_mean": values.mean().item(), "charts/advantage_std": adv.std().item(),
                     "charts/reward_scaled_mean": float(np.mean(rewards)), "charts/actor_trained": float(train_actor)})
         return out
+
+    def _value_loss(self, v: torch.Tensor, v_old: torch.Tensor, ret: torch.Tensor) -> torch.Tensor:
+        """0.5 MSE; with ``value_clip`` the pessimistic max over the clipped and unclipped errors, which
+        bounds how far V moves per iteration (bootstrapping through time limits can otherwise run away)."""
+        if self.cfg.value_clip <= 0:
+            return 0.5 * (v - ret).pow(2).mean()
+        v_clipped = v_old + (v - v_old).clamp(-self.cfg.value_clip, self.cfg.value_clip)
+        return 0.5 * torch.max((v - ret).pow(2), (v_clipped - ret).pow(2)).mean()
 
     # -- state for rollout workers and for resume ----------------------------------------------------
     def acting_state(self) -> dict[str, torch.Tensor]:

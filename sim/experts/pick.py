@@ -28,8 +28,6 @@ class PickExpert:
     pos_gain = 1.0  # fraction of the position error commanded per step
     max_speed = 0.7  # |position action| cap (0.7 * 5 cm = 3.5 cm per step)
     close_steps = 4  # control steps spent closing
-    align_first = False  # approach: hold height until above the cube in xy, then descend (no diagonal)
-    align_tol_m = 0.012  # xy distance [m] under which the approach counts as "above the cube"
 
     def __init__(self, env, noise_std: float = 0.0, seed: int | None = None):
         if noise_std < 0:
@@ -70,12 +68,7 @@ class PickExpert:
         err_xy = float(np.linalg.norm(cube[:2] - ee[:2]))
         if self.phase == "approach":
             above = cube + (0.0, 0.0, self.hover_m)
-            if self.align_first:  # translate at the current height (never below hover), then descend
-                if err_xy < self.align_tol_m:
-                    self.phase = "descend"
-                    return cube.copy(), -1.0
-                above[2] = max(above[2], ee[2])
-            elif err_xy < self.align_tol_m and abs(above[2] - ee[2]) < 0.025:
+            if err_xy < 0.012 and abs(above[2] - ee[2]) < 0.025:
                 self.phase = "descend"
             return above, -1.0
         if self.phase == "descend":
@@ -107,13 +100,3 @@ class PickExpert:
             self._quat *= -1.0
         mujoco.mju_quat2Vel(self._rotvel, self._quat, 1.0)
         return self._rotvel.copy()
-
-
-class PickEitherExpert(PickExpert):
-    """``pick_either``: first translate above the chosen cube at the start height, then descend.
-
-    With two cubes the choice must be resolved before the arm commits height: a diagonal approach
-    turns an undecided (between-the-cubes) start into a descent onto the table between them.
-    """
-
-    align_first = True

@@ -108,3 +108,19 @@ def test_collect_sigkill_leaves_finished_episodes_readable(tmp_path):
     for i in range(ds.num_episodes):
         ep = ds.episode(i)
         assert len(ep["action"]) > 0 and bool(ep["next.done"][-1])
+
+
+def test_quickstart_end_to_end_writes_summary_and_report(tmp_path):
+    """The main job at toy scale: every stage runs for real (serve is a separate process)."""
+    out = tmp_path / "qs"
+    main(["quickstart", "demos=3", "train_steps=20", "eval_episodes=2", "eval_n_envs=2", "video_episodes=1",
+          "finetune_budget_s=3", "deploy_episodes=2", f"out={out}"])
+    summary = json.loads((out / "summary.json").read_text())
+    rates = summary["success_rate"]
+    assert set(rates) == {"demos", "pretrained", "finetuned", "deployed"}
+    assert all(0.0 <= v <= 1.0 for v in rates.values()) and rates["demos"] == 1.0
+    assert summary["episodes_evaluated"] == 2 and summary["episodes_deployed"] == 2
+    assert summary["bridge_rtt_us"]["p50"] > 0 and summary["wall_time_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "success.png" in report and ".mp4" in report
+    assert (out / "success.png").exists() and (out / "finetune" / "checkpoints" / "best" / "dsrl.json").exists()
