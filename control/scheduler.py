@@ -131,7 +131,22 @@ class ChunkScheduler:
             return TickResult(wp.action.copy(), self.last_gripper, [(wp.chunk_id, wp.index, wp.t_ns)])
         if self.mode in POSITION_MODES:
             return self._tick_position(now_ns, last_setpoint)
+        if self.mode == "ee_delta":
+            return self._tick_delta(now_ns)
         return self._tick_rate(now_ns)
+
+    def _tick_delta(self, now_ns: int) -> TickResult:
+        """``ee_delta`` waypoints are per-control-step increments, so each is applied exactly once, in
+        order: a tick takes the oldest waypoint due within half its period (ticks and waypoints need not
+        be in phase), never repeats one (a repeated "move down" pushes the gripper into the table) and
+        never merges several; a tick with none due applies a zero increment. Stale waypoints were
+        already dropped by ``insert``."""
+        if self.buffer and self.buffer[0].t_ns - self.buffer[0].dt_ns // 2 <= now_ns:
+            wp = self.buffer.popleft()
+            if wp.gripper is not None:
+                self.last_gripper = wp.gripper
+            return TickResult(wp.action.copy(), self.last_gripper, [(wp.chunk_id, wp.index, wp.t_ns)])
+        return TickResult(np.zeros(self.dim), self.last_gripper, [], starved=not self.buffer)
 
     def _pop_due(self, now_ns: int) -> list[Waypoint]:
         due = []

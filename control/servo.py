@@ -223,7 +223,8 @@ class ServoLoop:
         self.watchdog.on_command(self.shared.last_cmd_ns.value)
         if self.watchdog.check(time.monotonic_ns()) or \
                 (self.watchdog.motion_allowed and self.safety.force_exceeded(self.state)
-                 and self.watchdog.trip("HOLD", "contact force over the limit")):
+                 and self.watchdog.trip("HOLD", f"contact force {np.linalg.norm(self.state.ee_force_n):.0f} N "
+                                                f"over the limit {self.safety.limits.force_max_n:.0f} N")):
             self.driver.hold()
             self._clear()
         for old, new, reason in self.watchdog.drain():

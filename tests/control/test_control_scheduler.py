@@ -120,3 +120,20 @@ def test_policy_loop_tracks_plan_closely_once_warm():
     executed, sp, safety, dt = _policy_loop([700.0] + [60.0] * 300, clear_clamps_ms=2000)
     # after catching up from the cold start, a smooth plan needs no speed clamps
     assert safety.clamps["joint_vel"] == 0 and safety.clamps["joint_limit"] == 0
+
+
+def test_ee_delta_waypoints_apply_exactly_once_whatever_the_tick_phase():
+    """Delta actions are increments: a tick never repeats one (overshoot) nor merges several."""
+    from armflow.control.scheduler import ChunkScheduler
+
+    dt = 50_000_000
+    sched = ChunkScheduler("ee_delta", 7)
+    actions = np.arange(1, 6, dtype=float)[:, None] * np.ones((5, 7))
+    sched.insert(1, t0_ns=dt, dt_ns=dt, actions=actions, gripper=None, now_ns=0, last_setpoint=None)
+    applied = []
+    for now in range(0, 8 * dt, dt // 3):  # ticks three times faster than the waypoints, out of phase
+        res = sched.tick(now, None)
+        applied.append(res.setpoint[0])
+    nonzero = [a for a in applied if a != 0.0]
+    assert nonzero == [1.0, 2.0, 3.0, 4.0, 5.0]  # each once, in order
+    assert applied[0] == 0.0 and res.starved  # nothing due yet at t=0; dry at the end
