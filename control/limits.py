@@ -16,7 +16,7 @@ import yaml
 from armflow.control.protocol import ACTION_SPACES
 
 LIMITS_VERSION = 1
-_LIMITS_DIR = Path(__file__).resolve().parent.parent / "configs" / "limits"
+_LIMITS_DIR = Path(__file__).resolve().parent.parent / "configs" / "safety_limits"
 
 
 class LimitsError(ValueError):
@@ -60,7 +60,7 @@ def limits_hash(data: dict) -> str:
 
 
 def resolve_limits_path(name_or_path: str) -> Path:
-    """``sim_panda`` -> ``configs/limits/sim_panda.yaml``; a path is used as is."""
+    """``sim_panda`` -> ``configs/safety_limits/sim_panda.yaml``; a path is used as is."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = _LIMITS_DIR / f"{name_or_path}.yaml"
@@ -71,7 +71,7 @@ def resolve_limits_path(name_or_path: str) -> Path:
 
 
 def load_limits(name_or_path: str) -> SafetyLimits:
-    """Load and validate a limits YAML (see ``configs/limits/sim_panda.yaml``)."""
+    """Load and validate a limits YAML (see ``configs/safety_limits/sim_panda.yaml``)."""
     path = resolve_limits_path(name_or_path)
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):

@@ -35,7 +35,7 @@ class ServerError(RuntimeError):
 class ServerConfig:
     robot: str = "fake_arm"
     robot_options: dict = field(default_factory=dict)
-    limits: str = "sim_panda"  # name under configs/limits/ or a YAML path
+    limits: str = "sim_panda"  # name under configs/safety_limits/ or a YAML path
     endpoint: str = "ipc:///tmp/armflow-bridge"
     pub_endpoint: str | None = None  # default: derived from endpoint
     lockstep: bool = False

@@ -124,3 +124,9 @@ def test_quickstart_end_to_end_writes_summary_and_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "success.png" in report and ".mp4" in report
     assert (out / "success.png").exists() and (out / "finetune" / "checkpoints" / "best" / "dsrl.json").exists()
+
+
+def test_serve_accepts_a_limits_file_override():
+    """`limits=` must stay a plain key (a config group of the same name once swallowed it)."""
+    cfg = compose_config("serve", ["limits=/tmp/my_limits.yaml"])
+    assert cfg.limits == "/tmp/my_limits.yaml"
