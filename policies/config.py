@@ -62,13 +62,18 @@ class DenoiserConfig(ObsConfig):
 
 @dataclass
 class DiffusionConfig(DenoiserConfig):
-    """DDPM training (epsilon prediction, clip_sample) + DDIM inference (diffusers schedulers)."""
+    """DDPM training (epsilon or v prediction, clip_sample) + DDIM inference (diffusers schedulers)."""
 
     num_train_timesteps: int = 100  # DDPM steps
     beta_schedule: str = "squaredcos_cap_v2"
+    # "epsilon": the net predicts the noise; "v_prediction": v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho
+    # 2022), which weights the high-noise steps where the mode is chosen like flow matching does
+    prediction_type: str = "epsilon"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type={self.prediction_type!r}; valid: ('epsilon', 'v_prediction')")
         if self.num_train_timesteps % self.num_inference_steps:
             raise ValueError(f"num_train_timesteps={self.num_train_timesteps} must be a multiple of "
                              f"num_inference_steps={self.num_inference_steps} (DDIM 'leading' spacing)")

@@ -9,6 +9,9 @@ For one DDIM step from timestep t to t' (alpha = cumulative alpha-bar):
     mean  = sqrt(a_t') x0 + sqrt(1 - a_t' - sigma^2) eps
     x_t'  = mean + sigma z
 
+With ``prediction_type="v_prediction"`` the net predicts v = sqrt(a_t) eps - sqrt(1 - a_t) x0 and every
+sampler converts it first, eps = sqrt(a_t) v + sqrt(1 - a_t) x_t, so the step formulas above are unchanged.
+
 DPPO (Ren et al. 2024) treats each step as a Gaussian policy N(mean, max(sigma, min_std)^2) over the
 last K' steps: :meth:`DiffusionPolicy.denoise_chain` / :meth:`DiffusionPolicy.chain_logprob`.
 """
@@ -26,7 +29,7 @@ NOISE_CLAMP = 3.0  # DPPO: per-step exploration noise clamped to +-3
 
 def _scheduler_kwargs(cfg: DiffusionConfig) -> dict:
     return dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                prediction_type="epsilon", clip_sample=True)
+                prediction_type=cfg.prediction_type, clip_sample=True)
 
 
 class DiffusionPolicy(BasePolicy):
@@ -43,6 +46,7 @@ class DiffusionPolicy(BasePolicy):
         self.infer_scheduler = DDIMScheduler(**_scheduler_kwargs(cfg))
         self.infer_scheduler.set_timesteps(cfg.num_inference_steps)
         self.num_inference_steps = cfg.num_inference_steps
+        self.v_prediction = cfg.prediction_type == "v_prediction"
         self._register_ddim_coefficients()
 
     def _register_ddim_coefficients(self) -> None:
@@ -68,8 +72,12 @@ class DiffusionPolicy(BasePolicy):
         noise = torch.randn_like(actions_n)
         t = torch.randint(0, self.train_scheduler.config.num_train_timesteps, (b,), device=actions_n.device)
         x_t = self.train_scheduler.add_noise(actions_n, noise, t)
-        eps_hat = self.net(x_t, t.float(), cond)
-        return (eps_hat - noise) ** 2, {}
+        target = self.train_scheduler.get_velocity(actions_n, noise, t) if self.v_prediction else noise
+        return (self.net(x_t, t.float(), cond) - target) ** 2, {}
+
+    def _to_eps(self, out: torch.Tensor, x: torch.Tensor, sqrt_a, sqrt_1ma) -> torch.Tensor:
+        """The net's output at x_t -> its noise prediction (v-prediction: eps = sqrt(a) v + sqrt(1 - a) x_t)."""
+        return sqrt_a * out + sqrt_1ma * x if self.v_prediction else out
 
     # ----------------------------------------------------------------- deterministic sampler (DDIM eta=0)
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None) -> torch.Tensor:
@@ -82,7 +90,7 @@ class DiffusionPolicy(BasePolicy):
         ctxs = step_contexts(net, self.ddim_t, cond)
         x = noise
         for k, (s1ma, sa, sa_prev, s1ma_prev) in enumerate(self._fast):
-            eps = net.denoise(x, ctxs[k])
+            eps = self._to_eps(net.denoise(x, ctxs[k]), x, sa, s1ma)
             x0 = torch.add(x, eps, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
             x = torch.add(x0.mul_(sa_prev), eps, alpha=s1ma_prev)
         return x
@@ -101,6 +109,7 @@ class DiffusionPolicy(BasePolicy):
         eps = net.denoise(x, ctx) if ctx is not None else net(x, t.expand(x.shape[0]) if t.ndim == 0 else t, cond)
         shape = (-1, 1, 1) if torch.is_tensor(k) else ()
         sa, s1ma = self.ddim_sqrt_a[k].reshape(shape), self.ddim_sqrt_1ma[k].reshape(shape)
+        eps = self._to_eps(eps, x, sa, s1ma)
         a_prev, var = self.ddim_a_prev[k].reshape(shape), self.ddim_var[k].reshape(shape)
         x0 = ((x - s1ma * eps) / sa).clamp(-1.0, 1.0)
         sigma = eta * var.sqrt()

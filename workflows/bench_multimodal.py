@@ -3,6 +3,13 @@
 Same demos (the expert picks either cube at random), same training budget; reports each policy's
 success rate and which cube its successful rollouts lifted (both modes should appear for the
 generative policies, while the unimodal Gaussian averages the modes and fails).
+
+The budget matters more here than on ``lift``: a policy must learn a sharp fork at the start (a chunk
+that hesitates between the cubes descends onto the table between them) and then read the chosen
+cube's position to the centimetre. Under-fitted generative policies spread mass between the modes
+and stop short of the cube, so ``configs/bench_multimodal.yaml`` trains 6000 steps, and the diffusion
+policy uses v-prediction (``configs/policy/diffusion.yaml``), which fits the high-noise steps where
+the mode is chosen much better than epsilon-prediction.
 """
 from __future__ import annotations
 
