@@ -16,7 +16,7 @@ import numpy as np
 
 from armflow.hardware.driver import Driver, DriverError, RobotInfo, RobotState
 from armflow.hardware.kinematics import quat_normalize
-from armflow.hardware.real_common import apply_ee_delta, check_setpoint, clip_ee_delta, clip_velocity, load_sdk
+from armflow.hardware.real_common import cartesian_target, check_setpoint, clip_velocity, load_sdk
 
 PANDA_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
 PANDA_Q_MIN = (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973)
@@ -107,12 +107,8 @@ class FrankaDriver(Driver):
             motion = sdk.JointVelocityMotion(sent.tolist(), duration=sdk.Duration(c.vel_duration_ms))
             self._target = None
         else:
-            if mode == "ee_pose":
-                sent = np.concatenate([x[:3], quat_normalize(x[3:])])
-                self._target = (sent[:3].copy(), sent[3:].copy())
-            else:
-                sent = clip_ee_delta(x, c.ee_delta_max_m, c.ee_delta_max_rad)
-                self._target = apply_ee_delta(*(self._target or self._current_pose()), sent)
+            sent, self._target = cartesian_target(mode, x, self._target, self._current_pose,
+                                                  c.ee_delta_max_m, c.ee_delta_max_rad)
             pos, (w, qx, qy, qz) = self._target
             motion = sdk.CartesianMotion(sdk.Affine(pos.tolist(), [qx, qy, qz, w]), sdk.ReferenceType.Absolute)
         self._add_force_reactions(motion)

@@ -52,6 +52,17 @@ def apply_ee_delta(pos_m: np.ndarray, quat_wxyz: np.ndarray, delta: np.ndarray) 
     return pos_m + delta[:3], quat_normalize(quat_mul(rotvec_to_quat(delta[3:]), quat_wxyz))
 
 
+def cartesian_target(mode: str, x: np.ndarray, target, current_pose, max_m: float, max_rad: float):
+    """ee_pose / ee_delta setpoint -> (setpoint actually sent, new absolute target (pos_m, quat_wxyz)).
+
+    ``ee_delta`` accumulates onto the last commanded target (or ``current_pose()`` before the first)."""
+    if mode == "ee_pose":
+        sent = np.concatenate([x[:3], quat_normalize(x[3:])])
+        return sent, (sent[:3].copy(), sent[3:].copy())
+    sent = clip_ee_delta(x, max_m, max_rad)
+    return sent, apply_ee_delta(*(target or current_pose()), sent)
+
+
 def require(ok, name: str, what: str, detail: Callable[[], str] = lambda: "") -> None:
     """Raise ``DriverError`` when an SDK call reported failure (False or a non-zero code)."""
     failed = (ok is False) or (isinstance(ok, (int, np.integer)) and not isinstance(ok, bool) and ok != 0)

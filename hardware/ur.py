@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from armflow.hardware.driver import Driver, DriverError, RobotInfo, RobotState
-from armflow.hardware.kinematics import quat_normalize, quat_to_rotvec, rotvec_to_quat
-from armflow.hardware.real_common import (apply_ee_delta, check_setpoint, clip_ee_delta, clip_velocity, load_sdk,
+from armflow.hardware.kinematics import quat_to_rotvec, rotvec_to_quat
+from armflow.hardware.real_common import (cartesian_target, check_setpoint, clip_velocity, load_sdk,
                                           require)
 
 UR_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow", "wrist_1", "wrist_2", "wrist_3")
@@ -119,12 +119,8 @@ class URDriver(Driver):
             require(ctrl.servoJ(sent.tolist(), 0.0, 0.0, dt, c.lookahead_s, c.gain), "ur5e", "servoJ", self._why)
             self._target = None
             return sent
-        if mode == "ee_pose":
-            sent = np.concatenate([x[:3], quat_normalize(x[3:])])
-            self._target = (sent[:3].copy(), sent[3:].copy())
-        else:
-            sent = clip_ee_delta(x, c.ee_delta_max_m, c.ee_delta_max_rad)
-            self._target = apply_ee_delta(*(self._target or self._current_pose()), sent)
+        sent, self._target = cartesian_target(mode, x, self._target, self._current_pose,
+                                              c.ee_delta_max_m, c.ee_delta_max_rad)
         pose6 = np.concatenate([self._target[0], quat_to_rotvec(self._target[1])])
         require(ctrl.servoL(pose6.tolist(), 0.0, 0.0, dt, c.lookahead_s, c.gain), "ur5e", "servoL", self._why)
         return sent

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from armflow.hardware.driver import Driver, DriverError, RobotInfo, RobotState
-from armflow.hardware.kinematics import quat_normalize, quat_to_rpy, rpy_to_quat
-from armflow.hardware.real_common import (apply_ee_delta, check_setpoint, clip_ee_delta, clip_velocity, load_sdk,
+from armflow.hardware.kinematics import quat_to_rpy, rpy_to_quat
+from armflow.hardware.real_common import (cartesian_target, check_setpoint, clip_velocity, load_sdk,
                                           require)
 
 XARM7_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
@@ -114,12 +114,8 @@ class XArmDriver(Driver):
             self._target = None
             require(arm.set_servo_angle_j(sent.tolist(), is_radian=True), "xarm7", "set_servo_angle_j", self._why)
         else:
-            if mode == "ee_pose":
-                sent = np.concatenate([x[:3], quat_normalize(x[3:])])
-                self._target = (sent[:3].copy(), sent[3:].copy())
-            else:
-                sent = clip_ee_delta(x, c.ee_delta_max_m, c.ee_delta_max_rad)
-                self._target = apply_ee_delta(*(self._target or self._current_pose()), sent)
+            sent, self._target = cartesian_target(mode, x, self._target, self._current_pose,
+                                                  c.ee_delta_max_m, c.ee_delta_max_rad)
             self._ensure_mode(SERVO_MODE)
             mvpose = [*(self._target[0] * 1000.0).tolist(), *quat_to_rpy(self._target[1]).tolist()]
             require(arm.set_servo_cartesian(mvpose, is_radian=True), "xarm7", "set_servo_cartesian", self._why)
