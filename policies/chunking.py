@@ -97,29 +97,24 @@ class BatchedActionChunker:
 
 
 class ObsHistory:
-    """Last T_o observations of one env; at episode start the first obs is repeated T_o times."""
+    """Last T_o observations of one env; at episode start the first obs is repeated T_o times.
+    (The one-env view of ``BatchedObsHistory``.)"""
 
     def __init__(self, n_obs_steps: int):
-        if n_obs_steps < 1:
-            raise ValueError(f"n_obs_steps={n_obs_steps} must be >= 1")
-        self.n_obs_steps = int(n_obs_steps)
-        self._buf: dict[str, np.ndarray] | None = None
+        self._batched = BatchedObsHistory(n_obs_steps)
+        self.n_obs_steps = self._batched.n_obs_steps
 
     def reset(self, obs: Mapping) -> None:
-        self._buf = {k: np.repeat(_as_numpy(v)[None], self.n_obs_steps, axis=0) for k, v in obs.items()}
+        self._batched.reset({k: _as_numpy(v)[None] for k, v in obs.items()})
 
     def push(self, obs: Mapping) -> None:
-        if self._buf is None:
-            self.reset(obs)
-            return
-        for k, v in obs.items():
-            self._buf[k] = np.concatenate([self._buf[k][1:], _as_numpy(v)[None]], axis=0)
+        self._batched.push({k: _as_numpy(v)[None] for k, v in obs.items()})
 
     def get(self) -> dict[str, np.ndarray]:
         """``{key: (T_o, ...)}``, oldest first, the newest obs last."""
-        if self._buf is None:
+        if self._batched._buf is None:
             raise RuntimeError("ObsHistory.get() before reset(obs)")
-        return {k: v.copy() for k, v in self._buf.items()}
+        return {k: v[0] for k, v in self._batched.get().items()}
 
 
 class BatchedObsHistory:
