@@ -107,6 +107,7 @@ def _make_slots(task: str, count: int, n_obs_steps: int, obs_keys, overrides: di
 
 def _worker(conn, task, count, n_obs_steps, obs_keys, overrides, reward_mode) -> None:
     slots = _make_slots(task, count, n_obs_steps, obs_keys, overrides, reward_mode)
+    conn.send(int(slots[0].env.max_episode_steps))
     while True:
         cmd, arg = conn.recv()
         if cmd == "reset":
@@ -142,6 +143,7 @@ class ChunkVecEnv:
         overrides = dict(overrides or {})
         if slots is not None or n_workers <= 0:
             self._slots = slots or _make_slots(task, self.n_envs, n_obs_steps, self.obs_keys, overrides, reward_mode)
+            self.max_episode_steps = int(self._slots[0].env.max_episode_steps)
             return
         n_workers = min(int(n_workers), self.n_envs)
         self._counts = [len(a) for a in np.array_split(np.arange(self.n_envs), n_workers)]
@@ -155,6 +157,7 @@ class ChunkVecEnv:
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
+        self.max_episode_steps = [conn.recv() for conn in self._conns][0]  # time limit, from the workers' envs
 
     def _split(self, items: list) -> list[list]:
         out, i = [], 0

@@ -86,6 +86,7 @@ class RolloutWorker:
                                env_spec.overrides, reward_mode=env_spec.reward_mode)
         self.seed = int(env_spec.seed)
         self.obs = None
+        self.elapsed = np.zeros(self.env.n_envs, dtype=np.int64)  # env steps into each env's episode
 
     def set_acting_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.agent.load_acting_state(tensors)
@@ -95,18 +96,23 @@ class RolloutWorker:
         if self.obs is None or reseed is not None:
             base = self.seed if reseed is None else reseed
             self.obs = self.env.reset([base + i for i in range(self.env.n_envs)])
+            self.elapsed[:] = 0
         rows: dict[str, list] = {}
+        limit = float(self.env.max_episode_steps)
         episodes, env_steps = [], 0
         for _ in range(n_steps):
             env_action, record = self.agent.act(self.obs, explore=True)
             step = self.env.step(env_action[:, : self.T_a])
+            next_elapsed = self.elapsed + step.n_steps
             for key, value in {"obs": self.obs, "next_obs": step.next_obs, "reward": step.reward,
                                "terminated": step.terminated, "truncated": step.truncated,
-                               "success": step.success, **record}.items():
+                               "success": step.success, "time": (self.elapsed / limit).astype(np.float32),
+                               "next_time": (next_elapsed / limit).astype(np.float32), **record}.items():
                 rows.setdefault(key, []).append(value)
             episodes += step.episodes
             env_steps += int(step.n_steps.sum())
             self.obs = step.obs
+            self.elapsed = np.where(step.terminated | step.truncated, 0, next_elapsed)
         batch = {k: ({kk: np.stack([v[kk] for v in vs]) for kk in vs[0]} if isinstance(vs[0], dict) else np.stack(vs))
                  for k, vs in rows.items()}
         return batch, {"env_steps": env_steps, "episodes": episodes}

@@ -14,7 +14,7 @@ import torch
 
 from armflow.policies.rl.common import obs_to_torch, require_methods, to_env_action
 from armflow.policies.rl.onpolicy import OnPolicyConfig, OnPolicyLearner, frozen_copy
-from armflow.policies.rl.ppo_math import denoise_discount, dppo_clip_schedule, normalize, ppo_clip_loss
+from armflow.policies.rl.ppo_math import denoise_discount, dppo_clip_schedule, ppo_clip_loss
 
 
 @dataclass
@@ -80,7 +80,7 @@ class DPPOLearner(OnPolicyLearner):
         old_lp = self._chunk_logprob(mb["logprob"])
         ratio = torch.exp(new_lp - old_lp)                                   # (B, K')
         # 3. Same chunk advantage for every denoising step, normalised, discounted toward early steps.
-        adv_steps = normalize(adv)[:, None] * self.discount[None, :]
+        adv_steps = self.norm_adv(adv)[:, None] * self.discount[None, :]
         loss, info = ppo_clip_loss(ratio, adv_steps, self.clip_eps[None, :])
         info["ratio_mean"] = ratio.mean().item()
         return loss, info

@@ -15,7 +15,7 @@ import torch
 
 from armflow.policies.rl.common import obs_to_torch, require_methods, to_env_action
 from armflow.policies.rl.onpolicy import OnPolicyConfig, OnPolicyLearner
-from armflow.policies.rl.ppo_math import asymmetric_trust_loss, normalize, ppo_clip_loss
+from armflow.policies.rl.ppo_math import asymmetric_trust_loss, ppo_clip_loss
 
 
 @dataclass
@@ -67,10 +67,10 @@ class FPOLearner(OnPolicyLearner):
         m = self.cfg.max_log_ratio
         if self.cfg.per_sample_ratio:
             ratio = torch.exp((mb["loss_old"] - loss_new).clamp(-m, m))                 # (B, n_mc)
-            adv_b = normalize(adv)[:, None].expand_as(ratio)
+            adv_b = self.norm_adv(adv)[:, None].expand_as(ratio)
         else:
             ratio = torch.exp((mb["loss_old"].mean(1) - loss_new.mean(1)).clamp(-m, m))  # (B,)
-            adv_b = normalize(adv)
+            adv_b = self.norm_adv(adv)
         # 3. PPO clip (or the asymmetric trust region).
         if self.cfg.asymmetric:
             loss = asymmetric_trust_loss(ratio, adv_b, self.cfg.clip_eps, self.cfg.neg_eps)

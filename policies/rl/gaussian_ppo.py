@@ -12,7 +12,7 @@ import torch
 
 from armflow.policies.rl.common import obs_to_torch, require_methods, to_env_action
 from armflow.policies.rl.onpolicy import OnPolicyConfig, OnPolicyLearner
-from armflow.policies.rl.ppo_math import normalize, ppo_clip_loss
+from armflow.policies.rl.ppo_math import ppo_clip_loss
 
 
 @dataclass
@@ -59,7 +59,7 @@ class GaussianPPOLearner(OnPolicyLearner):
     def actor_loss(self, mb: dict, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         dist = self._dist(self.policy.encode_obs(mb["obs"]))
         ratio = torch.exp(self._logprob(dist, mb["action"]) - mb["logprob"])
-        loss, info = ppo_clip_loss(ratio, normalize(adv), self.cfg.clip_eps)
+        loss, info = ppo_clip_loss(ratio, self.norm_adv(adv), self.cfg.clip_eps)
         entropy = dist.entropy()[:, : self.n_exec].mean()
         info.update(entropy=entropy.item(), std_mean=self.policy.std().mean().item(), ratio_mean=ratio.mean().item())
         return loss - self.cfg.ent_coef * entropy, info

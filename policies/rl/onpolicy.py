@@ -16,7 +16,7 @@ import torch
 
 from armflow.policies.rl.common import flat, load_module_state, minibatches, module_state, obs_to_torch
 from armflow.policies.rl.nets import ValueCritic
-from armflow.policies.rl.ppo_math import RewardScaler, gae
+from armflow.policies.rl.ppo_math import RewardScaler, gae, normalize
 
 
 @dataclass
@@ -33,6 +33,25 @@ class OnPolicyConfig:
     critic_warmup_iters: int = 0      # first iterations update only the critic
     target_kl: float = 1.0            # stop an update's epochs early above this approx KL
     value_clip: float = 0.0           # > 0: PPO value clipping around the rollout values (scaled-reward units)
+    time_limit: str = "bootstrap"     # bootstrap: V(final obs) through truncation (the limit is only a reset);
+                                      # terminal: the limit is part of the task (success within the episode)
+    neg_adv_scale: float = 1.0        # weight of below-average chunks after normalisation (1 = plain PPO;
+                                      # < 1 learns mostly from better-than-expected chunks, see README)
+    critic_time: bool = False         # feed the critic the elapsed episode fraction (Pardo et al. 2018); needed
+                                      # for a Markov V(s, t) when time_limit=terminal
+
+
+TIME_LIMITS = ("bootstrap", "terminal")
+
+
+def _flat_or_none(batch: dict, key: str) -> np.ndarray | None:
+    return flat(batch[key]) if key in batch else None
+
+
+def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var[target - pred] / Var[target]: 1 = perfect critic, 0 = predicts the mean, < 0 worse."""
+    var = target.var().item()
+    return float("nan") if var == 0 else 1.0 - (target - pred).var().item() / var
 
 
 def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -58,14 +77,29 @@ class OnPolicyLearner:
     def __init__(self, policy, cfg: OnPolicyConfig, n_envs: int):
         self.policy, self.cfg = policy.eval(), cfg
         self.base = frozen_copy(policy)  # critic features + frozen pretrained denoising steps
-        self.critic = ValueCritic(feature_dim(policy), cfg.critic_hidden)
+        if cfg.time_limit not in TIME_LIMITS:
+            raise ValueError(f"time_limit={cfg.time_limit!r}; valid: {', '.join(TIME_LIMITS)}")
+        self.critic = ValueCritic(feature_dim(policy) + int(cfg.critic_time), cfg.critic_hidden)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.reward_scaler = RewardScaler(n_envs, cfg.gamma)
         self.iteration = 0
 
     @torch.no_grad()
-    def features(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.base.encode_obs(obs)
+    def features(self, obs: dict[str, torch.Tensor], time: np.ndarray | None = None) -> torch.Tensor:
+        """Critic input: frozen policy features, plus the elapsed episode fraction with ``critic_time``."""
+        feats = self.base.encode_obs(obs)
+        if not self.cfg.critic_time:
+            return feats
+        if time is None:
+            raise ValueError("critic_time=true needs the rollout's 'time'/'next_time' (elapsed episode fraction)")
+        return torch.cat([feats, torch.as_tensor(time, dtype=feats.dtype).reshape(-1, 1)], dim=-1)
+
+    def norm_adv(self, adv: torch.Tensor) -> torch.Tensor:
+        """Per-minibatch normalised advantages, negatives scaled by ``neg_adv_scale``."""
+        adv = normalize(adv)
+        if self.cfg.neg_adv_scale != 1.0:
+            adv = torch.where(adv < 0, adv * self.cfg.neg_adv_scale, adv)
+        return adv
 
     def _values(self, feats: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -75,14 +109,16 @@ class OnPolicyLearner:
         """One PPO iteration on a rollout (S, N); returns namespaced metrics."""
         S, N = batch["reward"].shape
         # 1. Frozen features and values of s_t and of the state each chunk reached (final obs if done).
-        feats = self.features(obs_to_torch(flat(batch["obs"])))
-        next_feats = self.features(obs_to_torch(flat(batch["next_obs"])))
+        feats = self.features(obs_to_torch(flat(batch["obs"])), _flat_or_none(batch, "time"))
+        next_feats = self.features(obs_to_torch(flat(batch["next_obs"])), _flat_or_none(batch, "next_time"))
         values, next_values = self._values(feats).view(S, N), self._values(next_feats).view(S, N)
         # 2. Reward scaling by running std of the discounted return; 3. GAE over chunks.
         dones = np.logical_or(batch["terminated"], batch["truncated"])
         rewards = self.reward_scaler(batch["reward"], dones) if self.cfg.reward_scale else batch["reward"]
+        # time_limit=terminal: a truncated chunk ends the task like a failure (no bootstrap).
+        terminated = dones if self.cfg.time_limit == "terminal" else batch["terminated"]
         adv, returns = gae(torch.as_tensor(rewards, dtype=torch.float32), values, next_values,
-                           torch.as_tensor(batch["terminated"]), torch.as_tensor(batch["truncated"]),
+                           torch.as_tensor(terminated), torch.as_tensor(batch["truncated"]),
                            self.cfg.gamma, self.cfg.gae_lambda)
         data = {k: torch.as_tensor(flat(v)) for k, v in batch.items() if k in self.record_keys}
         data.update(obs=obs_to_torch(flat(batch["obs"])), feats=feats, adv=adv.reshape(-1), ret=returns.reshape(-1),
@@ -116,7 +152,8 @@ class OnPolicyLearner:
                 break
         self.iteration += 1
         out = {k: float(np.mean(v)) for k, v in logs.items()}
-        out.update({"charts/value_mean": values.mean().item(), "charts/advantage_std": adv.std().item(),
+        out.update({"charts/value_mean": values.mean().item(), "charts/return_mean": returns.mean().item(),
+                    "charts/explained_variance": _explained_variance(values, returns), "charts/advantage_std": adv.std().item(),
                     "charts/reward_scaled_mean": float(np.mean(rewards)), "charts/actor_trained": float(train_actor)})
         return out
 

@@ -12,6 +12,7 @@ class CounterEnv:
 
     def __init__(self, term_at=None, limit=5):
         self.term_at, self.limit, self.episode, self.t = term_at, limit, -1, 0
+        self.max_episode_steps = limit
         self.steps_in_episode = []
 
     def reset(self, seed=None):
