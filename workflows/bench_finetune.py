@@ -4,6 +4,7 @@ start/final/best success, env steps, and env steps + wall time to reach 90% succ
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,16 +38,55 @@ def ensure_checkpoints(cfg: DictConfig, out: Path, needed: set[str]) -> dict[str
     return ckpts
 
 
+def finetune_overrides(cfg: DictConfig, algo: str, checkpoint: str, out: Path) -> list[str]:
+    """The ``armflow finetune`` overrides of one algorithm's run."""
+    common = [f"{k}={cfg[k]}" for k in ("task", "budget_s", "env_steps", "reward", "n_envs", "n_workers",
+                                        "n_eval_envs", "eval_every_iters", "eval_episodes", "seed")]
+    return [f"algo={algo}", f"checkpoint={checkpoint}", *common, "progress=false", f"out={out / algo}",
+            *list(cfg.algo_overrides.get(algo, []) or [])]
+
+
 def run_algo(cfg: DictConfig, algo: str, checkpoint: str, out: Path) -> dict:
     from armflow.workflows.finetune import run_finetune
 
-    extra = list(cfg.algo_overrides.get(algo, []) or [])
-    fcfg = compose_config("finetune", [
-        f"algo={algo}", f"checkpoint={checkpoint}", f"task={cfg.task}", f"budget_s={cfg.budget_s}",
-        f"env_steps={cfg.env_steps}", f"reward={cfg.reward}", f"n_envs={cfg.n_envs}", f"n_workers={cfg.n_workers}",
-        f"eval_every_iters={cfg.eval_every_iters}", f"eval_episodes={cfg.eval_episodes}", f"seed={cfg.seed}",
-        f"out={out / algo}", *extra])
-    s = run_finetune(fcfg)
+    return result_row(run_finetune(compose_config("finetune", finetune_overrides(cfg, algo, checkpoint, out))))
+
+
+def run_parallel(cfg: DictConfig, algos: list[str], ckpts: dict[str, str], out: Path) -> dict[str, dict]:
+    """Each algorithm as its own ``armflow finetune`` process, ``cfg.parallel`` at a time (one torch thread
+    each: on a 2-core box two runs side by side finish the bench in half the wall time). Logs go to
+    ``<out>/<algo>.log``; a failed run raises naming its log."""
+    import subprocess
+    import sys
+    import time
+
+    pending, running, results = list(algos), {}, {}
+    while pending or running:
+        while pending and len(running) < int(cfg.parallel):
+            algo = pending.pop(0)
+            (out / algo).mkdir(parents=True, exist_ok=True)
+            log = open(out / f"{algo}.log", "w")
+            cmd = [sys.executable, "-m", "armflow.workflows.cli", "finetune",
+                   *finetune_overrides(cfg, algo, ckpts[POLICY_FOR_ALGO[algo]], out)]
+            running[algo] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+            print(f"[bench finetune] started {algo} (log {out / f'{algo}.log'})", flush=True)
+        time.sleep(2.0)
+        for algo, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[algo]
+            if proc.returncode != 0:
+                for p, lg in running.values():
+                    p.kill()
+                    lg.close()
+                raise RuntimeError(f"bench finetune: {algo} exited {proc.returncode}; see {out / f'{algo}.log'}")
+            results[algo] = result_row(json.loads((out / algo / "summary.json").read_text()))
+            print(f"[bench finetune] {algo} done: {results[algo]}", flush=True)
+    return {a: results[a] for a in algos}
+
+
+def result_row(s: dict) -> dict:
     r90 = s["reach_90"] or {}
     return {"start": s["success_rate"]["start"], "final": s["success_rate"]["final"], "best": s["success_rate"]["best"],
             "env_steps": s["env_steps"], "wall_time_s": s["wall_time_s"],
@@ -70,7 +110,10 @@ def main(cfg: DictConfig) -> dict:
     if unknown:
         raise SystemExit(f"bench finetune: unknown algos {unknown}; valid: {', '.join(POLICY_FOR_ALGO)}")
     ckpts = ensure_checkpoints(cfg, out, {POLICY_FOR_ALGO[a] for a in algos})
-    results = {a: run_algo(cfg, a, ckpts[POLICY_FOR_ALGO[a]], out) for a in algos}
+    if int(cfg.parallel) > 1:
+        results = run_parallel(cfg, algos, ckpts, out)
+    else:
+        results = {a: run_algo(cfg, a, ckpts[POLICY_FOR_ALGO[a]], out) for a in algos}
     print(format_table(results))
     payload = {"task": cfg.task, "budget_s": float(cfg.budget_s), "checkpoints": ckpts, "results": results}
     write_json(out / "bench.json", payload)

@@ -180,3 +180,19 @@ def test_bench_finetune_reuses_checkpoints_and_prints_bench_json(toy_ckpts, tmp_
         json.dumps(payload))
     r = payload["results"]["ppo"]
     assert set(r) >= {"start", "final", "env_steps", "env_steps_to_90", "wall_time_s_to_90"} and r["env_steps"] >= 60
+
+
+def test_bench_finetune_parallel_runs_each_algo_as_its_own_process(toy_ckpts, tmp_path, capsys):
+    from armflow.workflows import bench_finetune
+
+    cfg = compose_config("bench_finetune", [
+        "task=toy2d", "algos=[ppo,fpo]", "parallel=2", "env_steps=60", "n_envs=4", "n_workers=0", "eval_episodes=4",
+        f"checkpoints.gaussian={toy_ckpts['gaussian']}", f"checkpoints.flow={toy_ckpts['flow']}",
+        "algo_overrides.ppo=['n_steps=4']", "algo_overrides.fpo=['n_steps=4']", f"out={tmp_path}"])
+    payload = bench_finetune.main(cfg)
+    assert list(payload["results"]) == ["ppo", "fpo"]
+    for algo in ("ppo", "fpo"):
+        summary = json.loads((tmp_path / algo / "summary.json").read_text())
+        assert summary["algo"] == algo and payload["results"][algo]["env_steps"] == summary["env_steps"] >= 60
+        assert (tmp_path / f"{algo}.log").is_file()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("BENCH_JSON: ")
