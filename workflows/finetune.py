@@ -62,8 +62,10 @@ def _build(cfg: DictConfig):
     check_compat(policy, cfg.algo.name, cfg.task, overrides)
     params = OmegaConf.to_container(cfg.algo.params, resolve=True) or {}
     spec = LearnerSpec(cfg.algo.name, str(cfg.checkpoint), params, int(cfg.n_envs), int(cfg.threads))
-    train_env = EnvSpec(cfg.task, int(cfg.n_envs), int(cfg.n_workers), overrides, int(cfg.seed), str(cfg.reward))
-    eval_env = EnvSpec(cfg.task, int(cfg.n_eval_envs), 0, overrides, int(cfg.eval_seed), str(cfg.reward))
+    train_env = EnvSpec(cfg.task, int(cfg.n_envs), int(cfg.n_workers), overrides, int(cfg.seed), str(cfg.reward),
+                        float(cfg.shaping_scale))
+    eval_env = EnvSpec(cfg.task, int(cfg.n_eval_envs), 0, overrides, int(cfg.eval_seed), str(cfg.reward),
+                       float(cfg.shaping_scale))
     window = {"n_obs_steps": policy.n_obs_steps, "obs_keys": tuple(policy.obs_spec),
               "n_action_steps": policy.n_action_steps}
     if cfg.backend not in BACKENDS:

@@ -17,6 +17,10 @@ Obs windows stay raw numpy: state float32 (T_o, D_s), images uint8 (T_o, H, W, 3
 ``reward_mode="success"`` replaces the chunk reward by 1.0 when the chunk ends in success (else 0):
 sparse rewards as in DPPO/DSRL's manipulation runs, and immune to shaped terms that pay more for
 hovering until the time limit than for finishing (episode returns in the stats stay the env's).
+``reward_mode="shaped"`` adds potential-based shaping to that sparse reward (Ng et al. 1999):
+``shaping_scale * (phi(s_end) - phi(s_start))`` per chunk, with phi the sum of the env's non-success
+reward terms (``info["reward_terms"]``; lift: reach + grasp + lift) and phi = 0 at reset. The shaping
+telescopes over an episode, so finishing still pays the most, but every chunk gets a signal.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REWARD_MODES = ("env", "success")
+REWARD_MODES = ("env", "success", "shaped")
 
 
 @dataclass
@@ -46,10 +50,12 @@ class ChunkStep:
 class EnvSlot:
     """One env + its obs window + episode counters; steps whole chunks."""
 
-    def __init__(self, env, n_obs_steps: int, obs_keys: tuple[str, ...], reward_mode: str = "env"):
+    def __init__(self, env, n_obs_steps: int, obs_keys: tuple[str, ...], reward_mode: str = "env",
+                 shaping_scale: float = 0.1):
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode={reward_mode!r}; valid: {REWARD_MODES}")
         self.env, self.obs_keys, self.reward_mode = env, obs_keys, reward_mode
+        self.shaping_scale, self.phi = float(shaping_scale), 0.0
         self.history: deque = deque(maxlen=n_obs_steps)
         self.ep_return, self.ep_length = 0.0, 0
 
@@ -60,12 +66,12 @@ class EnvSlot:
         obs, _ = self.env.reset(seed=seed)
         self.history.clear()
         self.history.extend([{k: np.asarray(obs[k]) for k in self.obs_keys}] * self.history.maxlen)
-        self.ep_return, self.ep_length = 0.0, 0
+        self.ep_return, self.ep_length, self.phi = 0.0, 0, 0.0
         return self._window()
 
     def step_chunk(self, actions: np.ndarray, autoreset: bool = True) -> dict:
         """Execute ``actions`` (T_a, D_a) until done; returns one env's share of a ChunkStep."""
-        reward, term, trunc, success, k = 0.0, False, False, False, 0
+        reward, term, trunc, success, k, info = 0.0, False, False, False, 0, {}
         for k in range(actions.shape[0]):
             obs, r, term, trunc, info = self.env.step(actions[k])
             reward += float(r)
@@ -76,6 +82,11 @@ class EnvSlot:
         self.ep_return += reward
         self.ep_length += k + 1
         rl_reward = reward if self.reward_mode == "env" else float(success)
+        if self.reward_mode == "shaped":
+            terms = info.get("reward_terms", {})
+            phi = float(sum(v for name, v in terms.items() if name != "success"))
+            rl_reward += self.shaping_scale * (phi - self.phi)
+            self.phi = phi
         out = {"next_obs": self._window(), "reward": rl_reward, "terminated": bool(term),
                "truncated": bool(trunc), "success": success, "n_steps": k + 1, "episode": None}
         if term or trunc:
@@ -99,14 +110,16 @@ def _stack(rows: list[dict], obs_keys: tuple[str, ...]) -> ChunkStep:
     )
 
 
-def _make_slots(task: str, count: int, n_obs_steps: int, obs_keys, overrides: dict, reward_mode: str) -> list[EnvSlot]:
+def _make_slots(task: str, count: int, n_obs_steps: int, obs_keys, overrides: dict, reward_mode: str,
+                shaping_scale: float) -> list[EnvSlot]:
     from armflow.sim import make_env
 
-    return [EnvSlot(make_env(task, **overrides), n_obs_steps, tuple(obs_keys), reward_mode) for _ in range(count)]
+    return [EnvSlot(make_env(task, **overrides), n_obs_steps, tuple(obs_keys), reward_mode, shaping_scale)
+            for _ in range(count)]
 
 
-def _worker(conn, task, count, n_obs_steps, obs_keys, overrides, reward_mode) -> None:
-    slots = _make_slots(task, count, n_obs_steps, obs_keys, overrides, reward_mode)
+def _worker(conn, task, count, n_obs_steps, obs_keys, overrides, reward_mode, shaping_scale) -> None:
+    slots = _make_slots(task, count, n_obs_steps, obs_keys, overrides, reward_mode, shaping_scale)
     conn.send(int(slots[0].env.max_episode_steps))
     while True:
         cmd, arg = conn.recv()
@@ -132,17 +145,20 @@ class ChunkVecEnv:
         obs_keys: observation keys the policy reads.
         n_workers: 0 = in-process; otherwise that many spawned subprocesses.
         overrides: task config overrides passed to ``make_env``.
-        reward_mode: "env" (sum of env rewards) or "success" (sparse, see module docstring).
+        reward_mode: "env" (sum of env rewards), "success" (sparse) or "shaped" (see module docstring).
+        shaping_scale: weight of the potential-based shaping (``reward_mode="shaped"``).
         slots: pre-built ``EnvSlot`` list (tests; in-process only).
     """
 
     def __init__(self, task: str, n_envs: int, n_obs_steps: int, obs_keys, n_workers: int = 0,
-                 overrides: dict | None = None, slots: list[EnvSlot] | None = None, reward_mode: str = "env"):
+                 overrides: dict | None = None, slots: list[EnvSlot] | None = None, reward_mode: str = "env",
+                 shaping_scale: float = 0.1):
         self.n_envs, self.obs_keys = int(n_envs), tuple(obs_keys)
         self._slots, self._conns, self._procs = None, [], []
         overrides = dict(overrides or {})
         if slots is not None or n_workers <= 0:
-            self._slots = slots or _make_slots(task, self.n_envs, n_obs_steps, self.obs_keys, overrides, reward_mode)
+            self._slots = slots or _make_slots(task, self.n_envs, n_obs_steps, self.obs_keys, overrides, reward_mode,
+                                                     shaping_scale)
             self.max_episode_steps = int(self._slots[0].env.max_episode_steps)
             return
         n_workers = min(int(n_workers), self.n_envs)
@@ -151,7 +167,7 @@ class ChunkVecEnv:
         for count in self._counts:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, task, count, n_obs_steps, self.obs_keys, overrides,
-                                                               reward_mode),
+                                                               reward_mode, shaping_scale),
                                daemon=True)
             proc.start()
             child.close()

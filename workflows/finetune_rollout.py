@@ -35,6 +35,7 @@ class EnvSpec:
     overrides: dict = field(default_factory=dict)
     seed: int = 0
     reward_mode: str = "env"
+    shaping_scale: float = 0.1
 
 
 def build_learner(spec: LearnerSpec):
@@ -83,7 +84,8 @@ class RolloutWorker:
         self.agent = learner if learner is not None else build_learner(learner_spec)
         self.T_a = int(n_action_steps)
         self.env = ChunkVecEnv(env_spec.task, env_spec.n_envs, n_obs_steps, obs_keys, env_spec.n_workers,
-                               env_spec.overrides, reward_mode=env_spec.reward_mode)
+                               env_spec.overrides, reward_mode=env_spec.reward_mode,
+                               shaping_scale=env_spec.shaping_scale)
         self.seed = int(env_spec.seed)
         self.obs = None
         self.elapsed = np.zeros(self.env.n_envs, dtype=np.int64)  # env steps into each env's episode

@@ -107,3 +107,23 @@ def test_success_reward_mode_is_sparse():
     assert second.episodes[0]["return"] == 3.0   # the stats keep the env's own return
     with pytest.raises(ValueError, match="reward_mode='dense'"):
         EnvSlot(env, 1, (KEY,), "dense")
+
+
+class TermsEnv(CounterEnv):
+    """CounterEnv whose info carries shaped reward terms: reach = 0.1 t, success bonus on the terminal step."""
+
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        info["reward_terms"] = {"reach": 0.1 * self.t, "success": 5.0 * term}
+        return obs, r, term, trunc, info
+
+
+def test_shaped_reward_is_success_plus_telescoping_potential():
+    slot = EnvSlot(TermsEnv(term_at=5, limit=10), 1, (KEY,), "shaped", shaping_scale=0.5)
+    venv = ChunkVecEnv("unused", 1, n_obs_steps=1, obs_keys=(KEY,), slots=[slot])
+    venv.reset([0])
+    rewards = [venv.step(np.zeros((1, 2, 1))).reward[0] for _ in range(3)]  # t = 2, 4, 5 (terminal)
+    np.testing.assert_allclose(rewards, [0.5 * 0.2, 0.5 * 0.2, 1.0 + 0.5 * 0.1], rtol=1e-6)
+    assert sum(rewards) == pytest.approx(1.0 + 0.5 * 0.5)   # success + scale * phi(final) - phi(reset) = 0
+    step = venv.step(np.zeros((1, 2, 1)))                   # new episode: potential restarts from 0
+    assert step.reward[0] == pytest.approx(0.5 * 0.2)
