@@ -20,7 +20,7 @@ import torch
 
 from armflow.policies.rl.common import load_module_state, module_state, obs_to_torch, to_env_action
 from armflow.policies.rl.nets import TanhGaussianActor, TwinQ, polyak_update
-from armflow.policies.rl.onpolicy import feature_dim, frozen_copy
+from armflow.policies.rl.onpolicy import TIME_LIMITS, feature_dim, frozen_copy
 from armflow.policies.rl.replay import ReplayBuffer
 
 VARIANTS = ("na", "sac")
@@ -44,6 +44,8 @@ class DSRLConfig:
     tau: float = 0.005                # Polyak rate of the target critics
     reward_scale: float = 1.0         # multiply chunk rewards
     distill_actor_frac: float = 0.5   # NA: share of Q^W distillation noise drawn from the actor (rest N(0, I))
+    time_limit: str = "bootstrap"     # bootstrap through truncation | terminal (see OnPolicyConfig)
+    critic_time: bool = False         # critics also see the elapsed episode fraction (the actor does not)
 
 
 class DSRLLearner:
@@ -58,10 +60,13 @@ class DSRLLearner:
             raise ValueError(f"dsrl: variant={cfg.variant!r}; valid: {VARIANTS}")
         self.cfg, self.base = cfg, frozen_copy(policy)
         self.T_p, self.D_a, self.T_a = int(policy.horizon), int(policy.action_dim), int(policy.n_action_steps)
+        if cfg.time_limit not in TIME_LIMITS:
+            raise ValueError(f"dsrl: time_limit={cfg.time_limit!r}; valid: {', '.join(TIME_LIMITS)}")
         f, w_dim = feature_dim(policy), self.T_p * self.D_a
+        fq = f + int(cfg.critic_time)
         self.actor = TanhGaussianActor(f, w_dim, cfg.noise_bound, cfg.hidden)
-        self.q_w = TwinQ(f, w_dim, cfg.hidden)                                   # Q(s, w) (SAC) / Q^W (NA)
-        self.q_a = TwinQ(f, self.T_a * self.D_a, cfg.hidden) if cfg.variant == "na" else None
+        self.q_w = TwinQ(fq, w_dim, cfg.hidden)                                  # Q(s, w) (SAC) / Q^W (NA)
+        self.q_a = TwinQ(fq, self.T_a * self.D_a, cfg.hidden) if cfg.variant == "na" else None
         self.q_target = copy.deepcopy(self.q_a if cfg.variant == "na" else self.q_w)
         self.log_alpha = torch.tensor(float(np.log(cfg.init_alpha)), requires_grad=True)
         critics = list(self.q_w.parameters()) + (list(self.q_a.parameters()) if self.q_a else [])
@@ -91,10 +96,17 @@ class DSRLLearner:
         """Add the (S, N) rollout to the buffer, then ``utd`` gradient steps per new transition."""
         S, N = batch["reward"].shape
         flat = lambda x: {k: v.reshape(S * N, *v.shape[2:]) for k, v in x.items()}
+        ends = batch["terminated"]
+        if self.cfg.time_limit == "terminal":
+            ends = np.logical_or(ends, batch["truncated"])
+        zeros = np.zeros(S * N, dtype=np.float32)
         self.buffer.add({"obs": flat(batch["obs"]), "next_obs": flat(batch["next_obs"]),
                          "w": batch["w"].reshape(S * N, -1), "action": batch["action"].reshape(S * N, -1),
                          "reward": batch["reward"].reshape(-1).astype(np.float32) * self.cfg.reward_scale,
-                         "terminated": batch["terminated"].reshape(-1).astype(np.float32)})
+                         "terminated": ends.reshape(-1).astype(np.float32),
+                         "time": batch["time"].reshape(-1).astype(np.float32) if "time" in batch else zeros,
+                         "next_time": batch["next_time"].reshape(-1).astype(np.float32) if "next_time" in batch
+                         else zeros})
         if self.buffer.size < self.cfg.warmup_transitions:
             return {"charts/buffer_size": float(self.buffer.size)}
         self.warm.fill_(0.0)
@@ -106,19 +118,24 @@ class DSRLLearner:
         out["charts/buffer_size"] = float(self.buffer.size)
         return out
 
+    def _q_in(self, f: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """Critic input: features, plus the elapsed episode fraction with ``critic_time``."""
+        return torch.cat([f, time.reshape(-1, 1).to(f.dtype)], dim=-1) if self.cfg.critic_time else f
+
     def gradient_step(self, mb: dict) -> dict[str, float]:
         cfg, alpha = self.cfg, self.log_alpha.exp().detach()
         with torch.no_grad():
             f, f_next = self.base.encode_obs(obs_to_torch_t(mb["obs"])), self.base.encode_obs(obs_to_torch_t(mb["next_obs"]))
             w_next, lp_next = self.actor(f_next)
+            fq, fq_next = self._q_in(f, mb["time"]), self._q_in(f_next, mb["next_time"])
             not_term = 1.0 - mb["terminated"]
             if cfg.variant == "na":   # 1. TD target on real action chunks: the base sampler picks a'.
                 a_next = self.base.sample(f_next, w_next.view(-1, self.T_p, self.D_a))[:, : self.T_a].flatten(1)
-                y = mb["reward"] + cfg.gamma * not_term * torch.min(*self.q_target(f_next, a_next))
+                y = mb["reward"] + cfg.gamma * not_term * torch.min(*self.q_target(fq_next, a_next))
             else:                     # 1'. SAC target in w-space.
-                y = mb["reward"] + cfg.gamma * not_term * (torch.min(*self.q_target(f_next, w_next)) - alpha * lp_next)
+                y = mb["reward"] + cfg.gamma * not_term * (torch.min(*self.q_target(fq_next, w_next)) - alpha * lp_next)
         if cfg.variant == "na":
-            q1, q2 = self.q_a(f, mb["action"])
+            q1, q2 = self.q_a(fq, mb["action"])
             # 2. Distil Q^W(s, w) from Q^A(s, pi(s, w)) on w ~ N(0, I).
             with torch.no_grad():
                 w_d = torch.randn(len(y), self.T_p * self.D_a)
@@ -126,11 +143,11 @@ class DSRLLearner:
                 if n_act:
                     w_d[:n_act] = self.actor(f[:n_act])[0]
                 a_d = self.base.sample(f, w_d.view(-1, self.T_p, self.D_a))[:, : self.T_a].flatten(1)
-                qa_d = torch.min(*self.q_a(f, a_d))
-            qw1, qw2 = self.q_w(f, w_d)
+                qa_d = torch.min(*self.q_a(fq, a_d))
+            qw1, qw2 = self.q_w(fq, w_d)
             distill = (qw1 - qa_d).pow(2).mean() + (qw2 - qa_d).pow(2).mean()
         else:
-            q1, q2 = self.q_w(f, mb["w"])
+            q1, q2 = self.q_w(fq, mb["w"])
             distill = torch.zeros(())
         td = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
         self.critic_opt.zero_grad()
@@ -138,7 +155,7 @@ class DSRLLearner:
         self.critic_opt.step()
         # 3. Noise actor on Q^W (or Q): max min-Q - alpha log pi; 4. temperature toward the target entropy.
         w, lp = self.actor(f)
-        actor_loss = (alpha * lp - torch.min(*self.q_w(f, w))).mean()
+        actor_loss = (alpha * lp - torch.min(*self.q_w(fq, w))).mean()
         self.actor_opt.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()

@@ -144,3 +144,44 @@ def test_dppo_eval_actions_match_exported_checkpoint(toy_ckpts, tmp_path):
     noise = torch.randn(3, exported.horizon, exported.action_dim)
     np.testing.assert_allclose(exported.predict_chunk(obs, noise=noise).numpy(), eval_action, atol=1e-5)
     assert not np.allclose(policy.predict_chunk(obs, noise=noise).numpy(), eval_action, atol=1e-4)
+
+
+@pytest.mark.parametrize("time_limit", ["bootstrap", "terminal"])
+def test_time_limit_terminal_stops_bootstrap_and_critic_sees_elapsed_time(toy_ckpts, time_limit):
+    """With time_limit=terminal a truncated chunk's return is its reward alone; with bootstrap it adds
+    gamma V(final obs). critic_time appends the elapsed fraction the rollout recorded."""
+    params = {"critic_warmup_iters": 10, "reward_scale": False, "gae_lambda": 0.0, "gamma": 0.9,
+              "time_limit": time_limit, "critic_time": True}
+    learner = make_learner("ppo", load_policy(toy_ckpts["gaussian"]), params, 4)
+    worker = _worker(learner)
+    batch, _ = worker.collect(6)  # 6 chunks x 2 steps > the 10-step limit: every env truncates or succeeds
+    assert batch["time"].shape == (6, 4) and batch["next_time"].max() <= 1.0
+    np.testing.assert_allclose(batch["time"][0], 0.0)
+    np.testing.assert_allclose(batch["next_time"][0], 0.2)   # 2 of 10 steps
+    seen = {}
+    learner._values = lambda feats: (seen.setdefault(len(seen), feats), torch.ones(len(feats)))[1]
+    out = learner.update(batch)
+    assert seen[0].shape[-1] == seen[1].shape[-1] and torch.allclose(seen[0][:, -1], torch.as_tensor(batch["time"]).reshape(-1))
+    from armflow.policies.rl.ppo_math import gae
+
+    trunc = torch.as_tensor(batch["truncated"])
+    assert trunc.any()
+    # lambda = 0: return = r + gamma * V(next) * (1 - ended); V == 1 here.
+    term = torch.as_tensor(batch["terminated"]) | (trunc if time_limit == "terminal" else torch.zeros_like(trunc))
+    r = torch.as_tensor(batch["reward"])
+    expected = r + 0.9 * (~term).float()
+    assert out["charts/return_mean"] == pytest.approx(expected.mean().item(), abs=1e-5)
+    _, ret = gae(r, torch.ones_like(r), torch.ones_like(r), term, trunc, 0.9, 0.0)
+    torch.testing.assert_close(ret, expected)
+
+
+def test_neg_adv_scale_shrinks_only_below_average_chunks(toy_ckpts):
+    learner = make_learner("ppo", load_policy(toy_ckpts["gaussian"]), {"neg_adv_scale": 0.25}, 4)
+    adv = torch.tensor([-2.0, -1.0, 1.0, 2.0])
+    out = learner.norm_adv(adv)
+    from armflow.policies.rl.ppo_math import normalize
+
+    ref = normalize(adv)
+    torch.testing.assert_close(out, torch.where(ref < 0, 0.25 * ref, ref))
+    with pytest.raises(ValueError, match="time_limit='sometimes'"):
+        make_learner("ppo", load_policy(toy_ckpts["gaussian"]), {"time_limit": "sometimes"}, 4)
