@@ -46,6 +46,8 @@ class DSRLConfig:
     distill_actor_frac: float = 0.5   # NA: share of Q^W distillation noise drawn from the actor (rest N(0, I))
     time_limit: str = "bootstrap"     # bootstrap through truncation | terminal (see OnPolicyConfig)
     critic_time: bool = False         # critics also see the elapsed episode fraction (the actor does not)
+    shared_noise: bool = False        # one D_a noise vector repeated over the T_p chunk steps: a D_a-dim
+                                      # RL action instead of T_p * D_a (the paper saw this break some policies)
 
 
 class DSRLLearner:
@@ -62,7 +64,8 @@ class DSRLLearner:
         self.T_p, self.D_a, self.T_a = int(policy.horizon), int(policy.action_dim), int(policy.n_action_steps)
         if cfg.time_limit not in TIME_LIMITS:
             raise ValueError(f"dsrl: time_limit={cfg.time_limit!r}; valid: {', '.join(TIME_LIMITS)}")
-        f, w_dim = feature_dim(policy), self.T_p * self.D_a
+        f, w_dim = feature_dim(policy), (1 if cfg.shared_noise else self.T_p) * self.D_a
+        self.w_dim = w_dim
         fq = f + int(cfg.critic_time)
         self.actor = TanhGaussianActor(f, w_dim, cfg.noise_bound, cfg.hidden)
         self.q_w = TwinQ(fq, w_dim, cfg.hidden)                                  # Q(s, w) (SAC) / Q^W (NA)
@@ -78,16 +81,20 @@ class DSRLLearner:
         self.warm = torch.tensor(1.0)  # 1 while the buffer is warm-started with base-policy noise
         self.n_updates = 0
 
+    def chunk_noise(self, w: torch.Tensor) -> torch.Tensor:
+        """RL action (B, w_dim) -> sampler noise (B, T_p, D_a) (repeated over the chunk with ``shared_noise``)."""
+        return expand_noise(w, self.T_p, self.D_a)
+
     # -- acting -------------------------------------------------------------------------------------
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
         """Env action chunk (N, T_p, D_a) + record {w (N, T_p*D_a), action (N, T_a*D_a) normalised}."""
         cond = self.base.encode_obs(obs_to_torch(obs))
         if explore and self.warm.item() > 0:
-            w = torch.randn(cond.shape[0], self.T_p * self.D_a).clamp(-self.cfg.noise_bound, self.cfg.noise_bound)
+            w = torch.randn(cond.shape[0], self.w_dim).clamp(-self.cfg.noise_bound, self.cfg.noise_bound)
         else:
             w, _ = self.actor(cond, deterministic=not explore)
-        action = self.base.sample(cond, w.view(-1, self.T_p, self.D_a))
+        action = self.base.sample(cond, self.chunk_noise(w))
         record = {"w": w.numpy(), "action": action[:, : self.T_a].reshape(len(w), -1).numpy()}
         return to_env_action(self.base, action).numpy(), record
 
@@ -130,7 +137,7 @@ class DSRLLearner:
             fq, fq_next = self._q_in(f, mb["time"]), self._q_in(f_next, mb["next_time"])
             not_term = 1.0 - mb["terminated"]
             if cfg.variant == "na":   # 1. TD target on real action chunks: the base sampler picks a'.
-                a_next = self.base.sample(f_next, w_next.view(-1, self.T_p, self.D_a))[:, : self.T_a].flatten(1)
+                a_next = self.base.sample(f_next, self.chunk_noise(w_next))[:, : self.T_a].flatten(1)
                 y = mb["reward"] + cfg.gamma * not_term * torch.min(*self.q_target(fq_next, a_next))
             else:                     # 1'. SAC target in w-space.
                 y = mb["reward"] + cfg.gamma * not_term * (torch.min(*self.q_target(fq_next, w_next)) - alpha * lp_next)
@@ -138,11 +145,11 @@ class DSRLLearner:
             q1, q2 = self.q_a(fq, mb["action"])
             # 2. Distil Q^W(s, w) from Q^A(s, pi(s, w)) on w ~ N(0, I).
             with torch.no_grad():
-                w_d = torch.randn(len(y), self.T_p * self.D_a)
+                w_d = torch.randn(len(y), self.w_dim)
                 n_act = int(cfg.distill_actor_frac * len(y))   # also cover where the actor looks
                 if n_act:
                     w_d[:n_act] = self.actor(f[:n_act])[0]
-                a_d = self.base.sample(f, w_d.view(-1, self.T_p, self.D_a))[:, : self.T_a].flatten(1)
+                a_d = self.base.sample(f, self.chunk_noise(w_d))[:, : self.T_a].flatten(1)
                 qa_d = torch.min(*self.q_a(fq, a_d))
             qw1, qw2 = self.q_w(fq, w_d)
             distill = (qw1 - qa_d).pow(2).mean() + (qw2 - qa_d).pow(2).mean()
@@ -216,7 +223,14 @@ class DSRLLearner:
                   str(Path(out_dir) / "dsrl_noise_actor.safetensors"))
         (Path(out_dir) / "dsrl.json").write_text(json.dumps(
             {"noise_bound": self.cfg.noise_bound, "hidden": self.cfg.hidden,
-             "feat_dim": self.actor.net[0].in_features, "w_dim": self.T_p * self.D_a}, indent=2))
+             "feat_dim": self.actor.net[0].in_features, "w_dim": self.w_dim}, indent=2))
+
+
+def expand_noise(w: torch.Tensor, horizon: int, action_dim: int) -> torch.Tensor:
+    """(B, T_p * D_a) -> (B, T_p, D_a); a shared (B, D_a) noise is repeated over the T_p steps."""
+    if w.shape[-1] == action_dim and horizon > 1:
+        return w.view(-1, 1, action_dim).expand(-1, horizon, action_dim)
+    return w.view(-1, horizon, action_dim)
 
 
 def obs_to_torch_t(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -243,7 +257,7 @@ class DSRLPolicy(torch.nn.Module):
         """Obs window {key: (B, T_o, ...)} -> action chunk (B, T_p, D_a) in robot units; ``noise`` is ignored."""
         cond = self.base.encode_obs(obs)
         w, _ = self.actor(cond, deterministic=True)
-        action = self.base.sample(cond, w.view(-1, self.base.horizon, self.base.action_dim))
+        action = self.base.sample(cond, expand_noise(w, self.base.horizon, self.base.action_dim))
         return to_env_action(self.base, action)
 
 

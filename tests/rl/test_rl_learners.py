@@ -185,3 +185,26 @@ def test_neg_adv_scale_shrinks_only_below_average_chunks(toy_ckpts):
     torch.testing.assert_close(out, torch.where(ref < 0, 0.25 * ref, ref))
     with pytest.raises(ValueError, match="time_limit='sometimes'"):
         make_learner("ppo", load_policy(toy_ckpts["gaussian"]), {"time_limit": "sometimes"}, 4)
+
+
+def test_dsrl_shared_noise_repeats_one_action_dim_vector_over_the_chunk(toy_ckpts, tmp_path):
+    from armflow.policies.rl import load_dsrl_policy
+
+    policy = load_policy(toy_ckpts["flow"])
+    learner = make_learner("dsrl", policy, {"hidden": 32, "shared_noise": True, "warmup_transitions": 8,
+                                            "utd": 0.5, "batch_size": 8}, 4)
+    assert learner.w_dim == 2                      # D_a = 2 dims, not T_p * D_a = 8
+    batch, _ = _worker(learner).collect(3)
+    assert batch["w"].shape == (3, 4, 2)
+    learner.update(batch)                          # warm-up fill, then SAC/NA steps on 2-dim noise
+    noise = learner.chunk_noise(torch.tensor([[0.5, -1.0]]))
+    assert noise.shape == (1, 4, 2) and torch.equal(noise[0], torch.tensor([[0.5, -1.0]] * 4))
+    learner.export(tmp_path / "dsrl")
+    steered = load_dsrl_policy(tmp_path / "dsrl")
+    obs = {KEY: torch.zeros(2, 1, 2)}
+    with torch.no_grad():
+        w, _ = learner.actor(policy.encode_obs(obs), deterministic=True)
+        expected = policy.sample(policy.encode_obs(obs), learner.chunk_noise(w))
+    from armflow.policies.rl.common import to_env_action
+
+    torch.testing.assert_close(steered.predict_chunk(obs), to_env_action(policy, expected))
