@@ -27,6 +27,8 @@ class FPOConfig(OnPolicyConfig):
     neg_eps: float = 0.2              # softness of the A < 0 penalty (asymmetric only)
     action_jitter_std: float = 0.0    # Gaussian jitter on the final (normalised) action at rollout
     max_log_ratio: float = 5.0        # clamp on the log-ratio (numerical safety)
+    train_encoder: bool = True        # False: fine-tune only the velocity net (as DPPO does); the observation
+                                      # encoder stays at its pretrained weights
     actor_lr: float = 1e-4
     gamma: float = 0.995
 
@@ -38,9 +40,10 @@ class FPOLearner(OnPolicyLearner):
     def __init__(self, policy, cfg: FPOConfig, n_envs: int):
         require_methods(policy, "fpo", "flow", ("encode_obs", "sample", "cfm_loss_pairs", "net"))
         super().__init__(policy, cfg, n_envs)
-        for p in policy.parameters():
+        trained = policy if cfg.train_encoder else policy.net
+        for p in trained.parameters():
             p.requires_grad_(True)
-        self.actor_opt = torch.optim.Adam(policy.parameters(), lr=cfg.actor_lr)
+        self.actor_opt = torch.optim.Adam(trained.parameters(), lr=cfg.actor_lr)
 
     def actor_modules(self):
         return [self.policy]
@@ -61,7 +64,8 @@ class FPOLearner(OnPolicyLearner):
 
     def actor_loss(self, mb: dict, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         # 1. CFM losses of the stored actions at the stored (tau, eps) pairs, with gradients.
-        cond = self.policy.encode_obs(mb["obs"])
+        with torch.set_grad_enabled(self.cfg.train_encoder):
+            cond = self.policy.encode_obs(mb["obs"])
         loss_new = self.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], net=self.policy.net)
         # 2. Likelihood-free ratio: per pair, or of the mean losses (the paper's default).
         m = self.cfg.max_log_ratio

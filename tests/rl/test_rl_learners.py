@@ -208,3 +208,15 @@ def test_dsrl_shared_noise_repeats_one_action_dim_vector_over_the_chunk(toy_ckpt
     from armflow.policies.rl.common import to_env_action
 
     torch.testing.assert_close(steered.predict_chunk(obs), to_env_action(policy, expected))
+
+
+def test_fpo_train_encoder_false_updates_only_the_velocity_net(toy_ckpts):
+    policy = load_policy(toy_ckpts["flow"])
+    learner = make_learner("fpo", policy, {"train_encoder": False, "critic_warmup_iters": 0, "actor_lr": 1e-2}, 4)
+    net_before = {k: v.clone() for k, v in policy.net.state_dict().items()}
+    rest_before = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("net.")}
+    batch, _ = _worker(learner).collect(4)
+    batch["reward"] = np.random.default_rng(0).normal(size=batch["reward"].shape).astype(np.float32)
+    learner.update(batch)
+    assert any(not torch.equal(v, policy.net.state_dict()[k]) for k, v in net_before.items())
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in rest_before.items())
