@@ -27,6 +27,8 @@ class FPOConfig(OnPolicyConfig):
     neg_eps: float = 0.2              # softness of the A < 0 penalty (asymmetric only)
     action_jitter_std: float = 0.0    # Gaussian jitter on the final (normalised) action at rollout
     max_log_ratio: float = 5.0        # clamp on the log-ratio (numerical safety)
+    coupled_eps: bool = False         # True: every (tau, eps) pair reuses the action's own initial noise eps0
+                                      # (the sampler's coupling, as in reflow) instead of fresh eps
     train_encoder: bool = True        # False: fine-tune only the velocity net (as DPPO does); the observation
                                       # encoder stays at its pretrained weights
     actor_lr: float = 1e-4
@@ -53,11 +55,15 @@ class FPOLearner(OnPolicyLearner):
         """Env action chunk (N, T_p, D_a) + record {action, tau (N, n_mc), eps (N, n_mc, T_p, D_a), loss_old}."""
         cond = self.policy.encode_obs(obs_to_torch(obs))
         B, T_p, D_a = cond.shape[0], self.policy.horizon, self.policy.action_dim
-        action = self.policy.sample(cond, torch.randn(B, T_p, D_a))
+        noise = torch.randn(B, T_p, D_a)
+        action = self.policy.sample(cond, noise)
         if explore and self.cfg.action_jitter_std > 0:
             action = (action + self.cfg.action_jitter_std * torch.randn_like(action)).clamp(-1.0, 1.0)
         tau = torch.rand(B, self.cfg.n_mc)
-        eps = torch.randn(B, self.cfg.n_mc, T_p, D_a)
+        if self.cfg.coupled_eps:
+            eps = noise.unsqueeze(1).expand(B, self.cfg.n_mc, T_p, D_a).contiguous()
+        else:
+            eps = torch.randn(B, self.cfg.n_mc, T_p, D_a)
         loss_old = self.policy.cfm_loss_pairs(cond, action, tau, eps)
         record = {"action": action.numpy(), "tau": tau.numpy(), "eps": eps.numpy(), "loss_old": loss_old.numpy()}
         return to_env_action(self.policy, action).numpy(), record
