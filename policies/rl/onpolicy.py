@@ -3,7 +3,8 @@ scaling, GAE over chunk transitions and the epoch/minibatch loop. Each algorithm
 ``act`` and ``actor_loss`` (its math, on one screen, in its own file).
 
 Rollout batch (from ``armflow.workflows.finetune_rollout``), leading dims (S steps, N envs):
-``obs``/``next_obs``: dict of raw obs windows; ``reward`` (chunk sums), ``terminated``, ``truncated``;
+``obs``/``next_obs``: dict of raw obs windows; ``reward`` (chunk sums), ``terminated``, ``truncated``,
+``time``/``next_time`` (elapsed fraction of the episode's time limit at obs / next_obs);
 plus the algorithm's own record keys returned by ``act`` (e.g. DPPO ``chain``, FPO ``tau``).
 """
 from __future__ import annotations
