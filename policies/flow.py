@@ -62,11 +62,12 @@ class FlowPolicy(BasePolicy):
         return actions, noise
 
     def cfm_loss_pairs(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,
-                       net=None) -> torch.Tensor:
+                       net=None, n_steps: int | None = None) -> torch.Tensor:
         """Per-pair eps-MSE (B, N) for normalised ``actions`` (B, T_p, D_a) at ``tau`` (B, N), ``eps`` (B, N, T_p, D_a).
 
         x_tau = tau a + (1 - tau) eps; u_hat = net(x_tau); eps_hat = x_tau - tau u_hat;
-        loss = mean over (T_p, D_a) of (eps - eps_hat)^2. Exactly 0 when u_hat = a - eps.
+        loss = mean over (T_p, D_a) of (eps - eps_hat)^2 (over the first ``n_steps`` chunk steps only when
+        given, e.g. the executed T_a). Exactly 0 when u_hat = a - eps.
         """
         net = self.net if net is None else net
         b, n = tau.shape
@@ -78,4 +79,4 @@ class FlowPolicy(BasePolicy):
         u_hat = net(x_tau.reshape(b * n, self.horizon, self.action_dim), tau.reshape(b * n) * self.time_scale,
                     cond.repeat_interleave(n, dim=0)).reshape(b, n, self.horizon, self.action_dim)
         eps_hat = x_tau - tau4 * u_hat
-        return ((eps - eps_hat) ** 2).mean(dim=(-2, -1))
+        return ((eps - eps_hat)[:, :, :n_steps] ** 2).mean(dim=(-2, -1))

@@ -27,6 +27,8 @@ class FPOConfig(OnPolicyConfig):
     neg_eps: float = 0.2              # softness of the A < 0 penalty (asymmetric only)
     action_jitter_std: float = 0.0    # Gaussian jitter on the final (normalised) action at rollout
     max_log_ratio: float = 5.0        # clamp on the log-ratio (numerical safety)
+    executed_only: bool = False       # CFM losses (so the ratio) over the executed T_a steps only, as DPPO's
+                                      # log-probs; the unexecuted rest of the chunk never reached the env
     coupled_eps: bool = False         # True: every (tau, eps) pair reuses the action's own initial noise eps0
                                       # (the sampler's coupling, as in reflow) instead of fresh eps
     train_encoder: bool = True        # False: fine-tune only the velocity net (as DPPO does); the observation
@@ -47,6 +49,9 @@ class FPOLearner(OnPolicyLearner):
             p.requires_grad_(True)
         self.actor_opt = torch.optim.Adam(trained.parameters(), lr=cfg.actor_lr)
 
+    def _n_steps(self) -> int | None:
+        return int(self.policy.n_action_steps) if self.cfg.executed_only else None
+
     def actor_modules(self):
         return [self.policy]
 
@@ -64,7 +69,7 @@ class FPOLearner(OnPolicyLearner):
             eps = noise.unsqueeze(1).expand(B, self.cfg.n_mc, T_p, D_a).contiguous()
         else:
             eps = torch.randn(B, self.cfg.n_mc, T_p, D_a)
-        loss_old = self.policy.cfm_loss_pairs(cond, action, tau, eps)
+        loss_old = self.policy.cfm_loss_pairs(cond, action, tau, eps, n_steps=self._n_steps())
         record = {"action": action.numpy(), "tau": tau.numpy(), "eps": eps.numpy(), "loss_old": loss_old.numpy()}
         return to_env_action(self.policy, action).numpy(), record
 
@@ -72,7 +77,8 @@ class FPOLearner(OnPolicyLearner):
         # 1. CFM losses of the stored actions at the stored (tau, eps) pairs, with gradients.
         with torch.set_grad_enabled(self.cfg.train_encoder):
             cond = self.policy.encode_obs(mb["obs"])
-        loss_new = self.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], net=self.policy.net)
+        loss_new = self.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], net=self.policy.net,
+                                              n_steps=self._n_steps())
         # 2. Likelihood-free ratio: per pair, or of the mean losses (the paper's default).
         m = self.cfg.max_log_ratio
         if self.cfg.per_sample_ratio:
