@@ -220,3 +220,17 @@ def test_fpo_train_encoder_false_updates_only_the_velocity_net(toy_ckpts):
     learner.update(batch)
     assert any(not torch.equal(v, policy.net.state_dict()[k]) for k, v in net_before.items())
     assert all(torch.equal(v, policy.state_dict()[k]) for k, v in rest_before.items())
+
+
+def test_fpo_executed_only_ratio_uses_the_executed_steps_and_starts_at_one(toy_ckpts):
+    policy = load_policy(toy_ckpts["flow"])
+    learner = make_learner("fpo", policy, {"n_mc": 4, "executed_only": True}, 4)
+    batch, _ = _worker(learner).collect(2)
+    mb = _mb(batch, learner)
+    cond = policy.encode_obs(mb["obs"])
+    full = policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"])
+    executed = policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], n_steps=policy.n_action_steps)
+    torch.testing.assert_close(executed, mb["loss_old"])           # the stored losses cover T_a steps only
+    assert not torch.allclose(full, executed)
+    _, info = learner.actor_loss(mb, torch.randn(len(mb["tau"])))
+    assert info["ratio_mean"] == 1.0
