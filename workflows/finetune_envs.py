@@ -44,6 +44,7 @@ class ChunkStep:
     truncated: np.ndarray            # (N,) bool
     success: np.ndarray              # (N,) bool, success on the chunk's last executed step
     n_steps: np.ndarray              # (N,) int, env steps executed (< T_a when the episode ended)
+    elapsed: np.ndarray              # (N,) int, env steps into the episode at ``next_obs``
     episodes: list[dict]             # finished episodes: {"return", "length", "success"}
 
 
@@ -88,7 +89,8 @@ class EnvSlot:
             rl_reward += self.shaping_scale * (phi - self.phi)
             self.phi = phi
         out = {"next_obs": self._window(), "reward": rl_reward, "terminated": bool(term),
-               "truncated": bool(trunc), "success": success, "n_steps": k + 1, "episode": None}
+               "truncated": bool(trunc), "success": success, "n_steps": k + 1, "elapsed": self.ep_length,
+               "episode": None}
         if term or trunc:
             out["episode"] = {"return": self.ep_return, "length": self.ep_length, "success": success}
             out["obs"] = self.reset(None) if autoreset else out["next_obs"]
@@ -106,6 +108,7 @@ def _stack(rows: list[dict], obs_keys: tuple[str, ...]) -> ChunkStep:
         truncated=np.array([r["truncated"] for r in rows], dtype=bool),
         success=np.array([r["success"] for r in rows], dtype=bool),
         n_steps=np.array([r["n_steps"] for r in rows], dtype=np.int64),
+        elapsed=np.array([r["elapsed"] for r in rows], dtype=np.int64),
         episodes=[r["episode"] for r in rows if r["episode"] is not None],
     )
 

@@ -105,16 +105,15 @@ class RolloutWorker:
         for _ in range(n_steps):
             env_action, record = self.agent.act(self.obs, explore=True)
             step = self.env.step(env_action[:, : self.T_a])
-            next_elapsed = self.elapsed + step.n_steps
             for key, value in {"obs": self.obs, "next_obs": step.next_obs, "reward": step.reward,
                                "terminated": step.terminated, "truncated": step.truncated,
                                "success": step.success, "time": (self.elapsed / limit).astype(np.float32),
-                               "next_time": (next_elapsed / limit).astype(np.float32), **record}.items():
+                               "next_time": (step.elapsed / limit).astype(np.float32), **record}.items():
                 rows.setdefault(key, []).append(value)
             episodes += step.episodes
             env_steps += int(step.n_steps.sum())
             self.obs = step.obs
-            self.elapsed = np.where(step.terminated | step.truncated, 0, next_elapsed)
+            self.elapsed = np.where(step.terminated | step.truncated, 0, step.elapsed)
         batch = {k: ({kk: np.stack([v[kk] for v in vs]) for kk in vs[0]} if isinstance(vs[0], dict) else np.stack(vs))
                  for k, vs in rows.items()}
         return batch, {"env_steps": env_steps, "episodes": episodes}

@@ -106,14 +106,12 @@ class DSRLLearner:
         ends = batch["terminated"]
         if self.cfg.time_limit == "terminal":
             ends = np.logical_or(ends, batch["truncated"])
-        zeros = np.zeros(S * N, dtype=np.float32)
         self.buffer.add({"obs": flat(batch["obs"]), "next_obs": flat(batch["next_obs"]),
                          "w": batch["w"].reshape(S * N, -1), "action": batch["action"].reshape(S * N, -1),
                          "reward": batch["reward"].reshape(-1).astype(np.float32) * self.cfg.reward_scale,
                          "terminated": ends.reshape(-1).astype(np.float32),
-                         "time": batch["time"].reshape(-1).astype(np.float32) if "time" in batch else zeros,
-                         "next_time": batch["next_time"].reshape(-1).astype(np.float32) if "next_time" in batch
-                         else zeros})
+                         "time": batch["time"].reshape(-1).astype(np.float32),
+                         "next_time": batch["next_time"].reshape(-1).astype(np.float32)})
         if self.buffer.size < self.cfg.warmup_transitions:
             return {"charts/buffer_size": float(self.buffer.size)}
         self.warm.fill_(0.0)

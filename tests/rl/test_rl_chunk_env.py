@@ -46,6 +46,7 @@ def test_terminated_mid_chunk_stops_and_resets():
     assert step.terminated.tolist() == [True, False] and step.truncated.tolist() == [False, False]
     assert step.reward.tolist() == [1 + 2, 1 + 2 + 3]   # env 0 stopped after its terminal step
     assert step.n_steps.tolist() == [2, 3]
+    assert step.elapsed.tolist() == [2, 3]   # env steps into each episode at next_obs
     assert step.success.tolist() == [True, False]
     np.testing.assert_array_equal(step.next_obs[KEY][0], [[0, 1], [0, 2]])  # final obs window
     np.testing.assert_array_equal(step.obs[KEY][0], [[1, 0], [1, 0]])       # new episode, first obs
