@@ -61,14 +61,10 @@ class FlowPolicy(BasePolicy):
             actions = actions + jitter_std * torch.randn_like(actions)
         return actions, noise
 
-    def cfm_loss_pairs(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,
-                       net=None, n_steps: int | None = None) -> torch.Tensor:
-        """Per-pair eps-MSE (B, N) for normalised ``actions`` (B, T_p, D_a) at ``tau`` (B, N), ``eps`` (B, N, T_p, D_a).
-
-        x_tau = tau a + (1 - tau) eps; u_hat = net(x_tau); eps_hat = x_tau - tau u_hat;
-        loss = mean over (T_p, D_a) of (eps - eps_hat)^2 (over the first ``n_steps`` chunk steps only when
-        given, e.g. the executed T_a). Exactly 0 when u_hat = a - eps.
-        """
+    def pair_velocity(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,
+                      net=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points ``x_tau = tau a + (1 - tau) eps`` and the net's velocities there, both (B, N, T_p, D_a),
+        for normalised ``actions`` (B, T_p, D_a), ``tau`` (B, N) and ``eps`` (B, N, T_p, D_a)."""
         net = self.net if net is None else net
         b, n = tau.shape
         if tuple(eps.shape) != (b, n, self.horizon, self.action_dim):
@@ -78,5 +74,25 @@ class FlowPolicy(BasePolicy):
         x_tau = tau4 * actions.unsqueeze(1) + (1 - tau4) * eps
         u_hat = net(x_tau.reshape(b * n, self.horizon, self.action_dim), tau.reshape(b * n) * self.time_scale,
                     cond.repeat_interleave(n, dim=0)).reshape(b, n, self.horizon, self.action_dim)
-        eps_hat = x_tau - tau4 * u_hat
-        return ((eps - eps_hat)[:, :, :n_steps] ** 2).mean(dim=(-2, -1))
+        return x_tau, u_hat
+
+    def cfm_loss_pairs(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,
+                       net=None, n_steps: int | None = None, velocity: torch.Tensor | None = None,
+                       weighting: str = "eps") -> torch.Tensor:
+        """Per-pair eps-MSE (B, N) for normalised ``actions`` (B, T_p, D_a) at ``tau`` (B, N), ``eps`` (B, N, T_p, D_a).
+
+        x_tau = tau a + (1 - tau) eps; u_hat = net(x_tau); eps_hat = x_tau - tau u_hat;
+        loss = mean over (T_p, D_a) of (eps - eps_hat)^2 (over the first ``n_steps`` chunk steps only when
+        given, e.g. the executed T_a). Exactly 0 when u_hat = a - eps. ``velocity``: u_hat already computed
+        by :meth:`pair_velocity` for the same pairs (skips the forward pass). ``weighting="velocity"``: the
+        plain velocity error |u_hat - (a - eps)|^2 instead (FPO++), i.e. without the tau^2 factor.
+        """
+        if velocity is None:
+            _, velocity = self.pair_velocity(cond, actions, tau, eps, net=net)
+        # eps - eps_hat = eps - x_tau + tau u_hat = tau (u_hat - (a - eps))
+        err = velocity - (actions.unsqueeze(1) - eps)
+        if weighting == "eps":
+            err = tau.reshape(*tau.shape, 1, 1) * err
+        elif weighting != "velocity":
+            raise ValueError(f"weighting={weighting!r}; valid: eps, velocity")
+        return (err[:, :, :n_steps] ** 2).mean(dim=(-2, -1))

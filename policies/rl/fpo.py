@@ -33,6 +33,11 @@ class FPOConfig(OnPolicyConfig):
                                       # (the sampler's coupling, as in reflow) instead of fresh eps
     train_encoder: bool = True        # False: fine-tune only the velocity net (as DPPO does); the observation
                                       # encoder stays at its pretrained weights
+    ratio_sum: bool = False           # log-ratio from CFM losses summed over the chunk's T_p x D_a entries (an
+                                      # ELBO is a sum) instead of their mean: the clip becomes a real trust region
+    weighting: str = "eps"            # per-pair loss: eps-MSE (FPO paper) | velocity (plain |u - (a - eps)|^2, FPO++)
+    ref_coef: float = 0.0             # > 0: + ref_coef * |u_theta - u_ref|^2 at the stored pairs, u_ref the frozen
+                                      # pretrained velocity field (a KL-like anchor against self-training drift)
     actor_lr: float = 1e-4
     gamma: float = 0.995
 
@@ -69,7 +74,8 @@ class FPOLearner(OnPolicyLearner):
             eps = noise.unsqueeze(1).expand(B, self.cfg.n_mc, T_p, D_a).contiguous()
         else:
             eps = torch.randn(B, self.cfg.n_mc, T_p, D_a)
-        loss_old = self.policy.cfm_loss_pairs(cond, action, tau, eps, n_steps=self._n_steps())
+        loss_old = self.policy.cfm_loss_pairs(cond, action, tau, eps, n_steps=self._n_steps(),
+                                              weighting=self.cfg.weighting)
         record = {"action": action.numpy(), "tau": tau.numpy(), "eps": eps.numpy(), "loss_old": loss_old.numpy()}
         return to_env_action(self.policy, action).numpy(), record
 
@@ -77,15 +83,17 @@ class FPOLearner(OnPolicyLearner):
         # 1. CFM losses of the stored actions at the stored (tau, eps) pairs, with gradients.
         with torch.set_grad_enabled(self.cfg.train_encoder):
             cond = self.policy.encode_obs(mb["obs"])
-        loss_new = self.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], net=self.policy.net,
-                                              n_steps=self._n_steps())
+        x_tau, u_hat = self.policy.pair_velocity(cond, mb["action"], mb["tau"], mb["eps"])
+        loss_new = self.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], n_steps=self._n_steps(),
+                                              velocity=u_hat, weighting=self.cfg.weighting)
         # 2. Likelihood-free ratio: per pair, or of the mean losses (the paper's default).
         m = self.cfg.max_log_ratio
+        scale = float(u_hat[0, 0, :self._n_steps()].numel()) if self.cfg.ratio_sum else 1.0
         if self.cfg.per_sample_ratio:
-            ratio = torch.exp((mb["loss_old"] - loss_new).clamp(-m, m))                 # (B, n_mc)
+            ratio = torch.exp((scale * (mb["loss_old"] - loss_new)).clamp(-m, m))                 # (B, n_mc)
             adv_b = self.norm_adv(adv)[:, None].expand_as(ratio)
         else:
-            ratio = torch.exp((mb["loss_old"].mean(1) - loss_new.mean(1)).clamp(-m, m))  # (B,)
+            ratio = torch.exp((scale * (mb["loss_old"].mean(1) - loss_new.mean(1))).clamp(-m, m))  # (B,)
             adv_b = self.norm_adv(adv)
         # 3. PPO clip (or the asymmetric trust region).
         if self.cfg.asymmetric:
@@ -94,6 +102,13 @@ class FPOLearner(OnPolicyLearner):
         else:
             loss, info = ppo_clip_loss(ratio, adv_b, self.cfg.clip_eps)
         info.update(ratio_mean=ratio.mean().item(), cfm_loss=loss_new.mean().item())
+        # 4. Optional anchor to the frozen pretrained velocity field at the same points.
+        if self.cfg.ref_coef > 0:
+            with torch.no_grad():
+                _, u_ref = self.base.pair_velocity(self.base.encode_obs(mb["obs"]), mb["action"], mb["tau"], mb["eps"])
+            ref_loss = (u_hat - u_ref).pow(2).mean()
+            loss = loss + self.cfg.ref_coef * ref_loss
+            info["ref_loss"] = ref_loss.item()
         return loss, info
 
     def export(self, out_dir) -> None:

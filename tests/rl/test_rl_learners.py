@@ -234,3 +234,64 @@ def test_fpo_executed_only_ratio_uses_the_executed_steps_and_starts_at_one(toy_c
     assert not torch.allclose(full, executed)
     _, info = learner.actor_loss(mb, torch.randn(len(mb["tau"])))
     assert info["ratio_mean"] == 1.0
+
+
+def test_fpo_velocity_weighting_drops_the_tau_squared_factor(toy_ckpts):
+    policy = load_policy(toy_ckpts["flow"])
+    learner = make_learner("fpo", policy, {"n_mc": 4, "weighting": "velocity"}, 4)
+    batch, _ = _worker(learner).collect(2)
+    mb = _mb(batch, learner)
+    cond = policy.encode_obs(mb["obs"])
+    eps_mse = policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"])
+    torch.testing.assert_close(mb["loss_old"] * mb["tau"] ** 2, eps_mse)    # rollout stored the velocity error
+    # Reference: the plain velocity MSE from pair_velocity's points.
+    x_tau, u = policy.pair_velocity(cond, mb["action"], mb["tau"], mb["eps"])
+    ref = (u - (mb["action"].unsqueeze(1) - mb["eps"])).pow(2).mean(dim=(-2, -1))
+    torch.testing.assert_close(mb["loss_old"], ref)
+    torch.testing.assert_close(x_tau[:, :, 0], mb["tau"][..., None] * mb["action"][:, None, 0]
+                               + (1 - mb["tau"][..., None]) * mb["eps"][:, :, 0])
+    with pytest.raises(ValueError, match="weighting='bogus'; valid: eps, velocity"):
+        policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], weighting="bogus")
+
+
+def test_fpo_ratio_sum_scales_the_log_ratio_by_the_chunk_size(toy_ckpts):
+    policy = load_policy(toy_ckpts["flow"])
+    learner = make_learner("fpo", policy, {"n_mc": 4, "asymmetric": False}, 4)
+    batch, _ = _worker(learner).collect(2)
+    mb = _mb(batch, learner)
+    adv = torch.randn(len(mb["tau"]))
+    _, info = learner.actor_loss(mb, adv)
+    assert info["ratio_mean"] == 1.0                                # exact before any update, either scale
+    with torch.no_grad():                                           # a small change of the velocity net
+        for p in policy.net.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    log_r = {}
+    for ratio_sum in (False, True):
+        learner.cfg.ratio_sum = ratio_sum
+        _, info = learner.actor_loss(mb, adv)
+        log_r[ratio_sum] = np.log(info["ratio_mean"])
+    n = policy.horizon * policy.action_dim
+    assert log_r[False] != 0.0
+    # ratio_mean averages exp(.) over the batch; for small changes log(mean exp(n x)) ~ n log(mean exp(x)).
+    assert abs(log_r[True] / log_r[False] - n) < 0.2 * n
+
+
+def test_fpo_ref_coef_anchors_to_the_pretrained_velocity_field(toy_ckpts):
+    policy = load_policy(toy_ckpts["flow"])
+    learner = make_learner("fpo", policy, {"n_mc": 4, "ref_coef": 1.0}, 4)
+    batch, _ = _worker(learner).collect(2)
+    mb = _mb(batch, learner)
+    _, info = learner.actor_loss(mb, torch.zeros(len(mb["tau"])))
+    assert info["ref_loss"] == 0.0                                  # the policy still is the pretrained one
+    with torch.no_grad():
+        for p in policy.net.parameters():
+            p.add_(1e-2 * torch.randn_like(p))
+    opt = torch.optim.SGD(policy.net.parameters(), lr=0.05)
+    losses = []
+    for _ in range(5):                                              # zero advantages: only the anchor pulls
+        loss, info = learner.actor_loss(mb, torch.zeros(len(mb["tau"])))
+        losses.append(info["ref_loss"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[0] > 0 and losses[-1] < 0.8 * losses[0]
