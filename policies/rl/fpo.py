@@ -5,6 +5,15 @@ deterministic ODE (exploration comes from eps0, optionally plus a small Gaussian
 N_mc (tau_i, eps_i) pairs and store them with the per-pair CFM losses l_old,i under the rollout
 policy. At update, r = exp(mean_i l_old,i - mean_i l_new,i) on the same pairs: lowering the CFM loss
 of an action raises its (surrogate) likelihood. Before any update r == 1 exactly.
+
+State baseline (``state_baseline``, on by default; measured, not in the paper): -L_CFM(a|s) is an ELBO only up
+to a state-dependent offset, so unlike a true score E_{a~pi}[grad(-L_CFM(a|s))] != 0: it is the gradient of
+self-distillation. Any state-only part of the advantage (E[A|s] != 0, i.e. every real critic's error) then
+distils the flow onto its own samples where A > 0 and pushes it off them where A < 0. On lift this was the
+dominant, consistent part of the FPO gradient (cosine 0.55 with the gradient of an unexecuted sample at the
+same state) and it drifted the policy down. With a second sample a' per state and common (tau, eps) pairs the
+log-ratio becomes [l_old(a) - l_new(a)] - [l_old(a') - l_new(a')]: a ratio of pi(a|s)/pi(a'|s), whose
+gradient is the advantage-weighted covariance only.
 """
 from __future__ import annotations
 
@@ -36,6 +45,9 @@ class FPOConfig(OnPolicyConfig):
     ratio_sum: bool = False           # log-ratio from CFM losses summed over the chunk's T_p x D_a entries (an
                                       # ELBO is a sum) instead of their mean: the clip becomes a real trust region
     weighting: str = "eps"            # per-pair loss: eps-MSE (FPO paper) | velocity (plain |u - (a - eps)|^2, FPO++)
+    state_baseline: bool = True       # subtract the log-ratio of a second, unexecuted sample a' ~ pi(.|s) at the same
+                                      # state and the same (tau, eps) pairs (see module doc); removes the state-only
+                                      # part of the gradient that -L_CFM, not a normalised log-density, leaves in
     ref_coef: float = 0.0             # > 0: + ref_coef * |u_theta - u_ref|^2 at the stored pairs, u_ref the frozen
                                       # pretrained velocity field (a KL-like anchor against self-training drift)
     actor_lr: float = 1e-4
@@ -44,11 +56,11 @@ class FPOConfig(OnPolicyConfig):
 
 class FPOLearner(OnPolicyLearner):
     algo = "fpo"
-    record_keys = ("action", "tau", "eps", "loss_old")
-
     def __init__(self, policy, cfg: FPOConfig, n_envs: int):
-        require_methods(policy, "fpo", "flow", ("encode_obs", "sample", "cfm_loss_pairs", "net"))
+        require_methods(policy, "fpo", "flow", ("encode_obs", "sample", "cfm_loss_pairs", "pair_velocity", "net"))
         super().__init__(policy, cfg, n_envs)
+        self.record_keys = ("action", "tau", "eps", "loss_old") + (
+            ("action_ref", "loss_old_ref") if cfg.state_baseline else ())
         trained = policy if cfg.train_encoder else policy.net
         for p in trained.parameters():
             p.requires_grad_(True)
@@ -65,35 +77,46 @@ class FPOLearner(OnPolicyLearner):
         """Env action chunk (N, T_p, D_a) + record {action, tau (N, n_mc), eps (N, n_mc, T_p, D_a), loss_old}."""
         cond = self.policy.encode_obs(obs_to_torch(obs))
         B, T_p, D_a = cond.shape[0], self.policy.horizon, self.policy.action_dim
-        noise = torch.randn(B, T_p, D_a)
-        action = self.policy.sample(cond, noise)
+        n_samples = 2 if (explore and self.cfg.state_baseline) else 1
+        noise = torch.randn(n_samples * B, T_p, D_a)
+        both = self.policy.sample(cond.repeat(n_samples, 1), noise)
+        action, noise = both[:B], noise[:B]
         if explore and self.cfg.action_jitter_std > 0:
-            action = (action + self.cfg.action_jitter_std * torch.randn_like(action)).clamp(-1.0, 1.0)
+            both = (both + self.cfg.action_jitter_std * torch.randn_like(both)).clamp(-1.0, 1.0)
+            action = both[:B]
         tau = torch.rand(B, self.cfg.n_mc)
         if self.cfg.coupled_eps:
             eps = noise.unsqueeze(1).expand(B, self.cfg.n_mc, T_p, D_a).contiguous()
         else:
             eps = torch.randn(B, self.cfg.n_mc, T_p, D_a)
-        loss_old = self.policy.cfm_loss_pairs(cond, action, tau, eps, n_steps=self._n_steps(),
-                                              weighting=self.cfg.weighting)
-        record = {"action": action.numpy(), "tau": tau.numpy(), "eps": eps.numpy(), "loss_old": loss_old.numpy()}
+        record = {"action": action.numpy(), "tau": tau.numpy(), "eps": eps.numpy(),
+                  "loss_old": self._cfm(cond, action, tau, eps).numpy()}
+        if n_samples == 2:   # the state baseline: an unexecuted second sample, same (tau, eps) pairs
+            record.update(action_ref=both[B:].numpy(), loss_old_ref=self._cfm(cond, both[B:], tau, eps).numpy())
         return to_env_action(self.policy, action).numpy(), record
+
+    def _cfm(self, cond, action, tau, eps, velocity=None) -> torch.Tensor:
+        return self.policy.cfm_loss_pairs(cond, action, tau, eps, n_steps=self._n_steps(), velocity=velocity,
+                                          weighting=self.cfg.weighting)
 
     def actor_loss(self, mb: dict, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         # 1. CFM losses of the stored actions at the stored (tau, eps) pairs, with gradients.
         with torch.set_grad_enabled(self.cfg.train_encoder):
             cond = self.policy.encode_obs(mb["obs"])
-        x_tau, u_hat = self.policy.pair_velocity(cond, mb["action"], mb["tau"], mb["eps"])
-        loss_new = self.policy.cfm_loss_pairs(cond, mb["action"], mb["tau"], mb["eps"], n_steps=self._n_steps(),
-                                              velocity=u_hat, weighting=self.cfg.weighting)
+        _, u_hat = self.policy.pair_velocity(cond, mb["action"], mb["tau"], mb["eps"])
+        loss_new = self._cfm(cond, mb["action"], mb["tau"], mb["eps"], velocity=u_hat)
+        log_r = mb["loss_old"] - loss_new                                                     # (B, n_mc)
+        if self.cfg.state_baseline:   # minus the same pairs' log-ratio of the unexecuted sample a'
+            log_r = log_r - (mb["loss_old_ref"] - self._cfm(cond, mb["action_ref"], mb["tau"], mb["eps"]))
         # 2. Likelihood-free ratio: per pair, or of the mean losses (the paper's default).
         m = self.cfg.max_log_ratio
-        scale = float(u_hat[0, 0, :self._n_steps()].numel()) if self.cfg.ratio_sum else 1.0
+        if self.cfg.ratio_sum:   # an ELBO sums over the chunk's entries; the per-pair losses are means
+            log_r = log_r * float(u_hat[0, 0, :self._n_steps()].numel())
         if self.cfg.per_sample_ratio:
-            ratio = torch.exp((scale * (mb["loss_old"] - loss_new)).clamp(-m, m))                 # (B, n_mc)
+            ratio = torch.exp(log_r.clamp(-m, m))                                             # (B, n_mc)
             adv_b = self.norm_adv(adv)[:, None].expand_as(ratio)
         else:
-            ratio = torch.exp((scale * (mb["loss_old"].mean(1) - loss_new.mean(1))).clamp(-m, m))  # (B,)
+            ratio = torch.exp(log_r.mean(1).clamp(-m, m))                                     # (B,)
             adv_b = self.norm_adv(adv)
         # 3. PPO clip (or the asymmetric trust region).
         if self.cfg.asymmetric:

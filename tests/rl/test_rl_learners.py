@@ -295,3 +295,29 @@ def test_fpo_ref_coef_anchors_to_the_pretrained_velocity_field(toy_ckpts):
         loss.backward()
         opt.step()
     assert losses[0] > 0 and losses[-1] < 0.8 * losses[0]
+
+
+def test_fpo_state_baseline_ratio_is_relative_to_the_unexecuted_sample(toy_ckpts):
+    policy = load_policy(toy_ckpts["flow"])
+    learner = make_learner("fpo", policy, {"n_mc": 4, "asymmetric": False}, 4)
+    assert learner.cfg.state_baseline and {"action_ref", "loss_old_ref"} <= set(learner.record_keys)
+    batch, _ = _worker(learner).collect(2)
+    mb = _mb(batch, learner)
+    assert not torch.allclose(mb["action"], mb["action_ref"])       # a second, independent sample per state
+    adv = torch.randn(len(mb["tau"]))
+
+    def grad(m):
+        loss, info = learner.actor_loss(m, adv)
+        assert info["ratio_mean"] == 1.0
+        g = torch.autograd.grad(loss, [p for p in policy.net.parameters()])
+        return torch.cat([x.reshape(-1) for x in g])
+
+    g = grad(mb)
+    # The log-ratio is [l_old(a) - l(a)] - [l_old(a') - l(a')]: swapping a and a' flips the gradient ...
+    swapped = dict(mb, action=mb["action_ref"], action_ref=mb["action"], loss_old=mb["loss_old_ref"],
+                   loss_old_ref=mb["loss_old"])
+    torch.testing.assert_close(grad(swapped), -g, atol=1e-6, rtol=1e-4)
+    # ... and a' = a leaves nothing to learn from, whatever the advantages.
+    assert grad(dict(mb, action_ref=mb["action"], loss_old_ref=mb["loss_old"])).abs().max() == 0
+    plain = make_learner("fpo", load_policy(toy_ckpts["flow"]), {"n_mc": 4, "state_baseline": False}, 4)
+    assert "action_ref" not in plain.record_keys and "action_ref" not in _worker(plain).collect(1)[0]
