@@ -23,7 +23,7 @@ TOY = ["task=toy2d", "+task_overrides.max_episode_steps=10", "n_envs=8", "n_work
 FAST = {
     "dppo": ["algo.params.gamma=0.9", "algo.params.clip_eps=0.1", "algo.params.clip_eps_base=0.02",
              "algo.params.actor_lr=3e-4", "algo.params.critic_warmup_iters=1"],
-    "fpo": ["algo.params.gamma=0.9", "algo.params.actor_lr=1e-4", "algo.params.asymmetric=true",
+    "fpo": ["algo.params.gamma=0.9", "algo.params.actor_lr=1e-4", "algo.params.asymmetric=true", "algo.params.ref_coef=1.0",
             "algo.params.critic_warmup_iters=1"],
     "ppo": ["algo.params.gamma=0.9", "algo.params.actor_lr=1e-3", "algo.params.critic_warmup_iters=1"],
     "dsrl": ["algo.params.gamma=0.9", "algo.params.hidden=64", "algo.params.utd=0.5", "algo.params.batch_size=64",
