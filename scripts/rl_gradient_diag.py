@@ -13,13 +13,10 @@ benchmark's settings, and prints cosines between actor gradients:
 import json
 import sys
 
-import numpy as np
 import torch
 
 from armflow.policies import load_policy
 from armflow.policies.rl import make_learner
-from armflow.policies.rl.common import flat, obs_to_torch
-from armflow.policies.rl.ppo_math import gae
 from armflow.workflows.finetune_rollout import EnvSpec, RolloutWorker
 
 
@@ -37,16 +34,8 @@ def main(ckpt: str, algo: str, task: str = "lift", extra: str = "{}") -> dict:
                            tuple(policy.obs_spec), policy.n_action_steps, learner=learner)
     for _ in range(4):                                                     # fit the critic
         learner.update(worker.collect(13)[0])
-    batch, _ = worker.collect(13)
-    S, N = batch["reward"].shape
-    v = learner._values(learner.features(obs_to_torch(flat(batch["obs"])), flat(batch["time"]))).view(S, N)
-    nv = learner._values(learner.features(obs_to_torch(flat(batch["next_obs"])), flat(batch["next_time"]))).view(S, N)
-    dones = np.logical_or(batch["terminated"], batch["truncated"])
-    adv, _ = gae(torch.as_tensor(batch["reward"], dtype=torch.float32), v, nv, torch.as_tensor(dones),
-                 torch.as_tensor(batch["truncated"]), learner.cfg.gamma, learner.cfg.gae_lambda)
-    adv = adv.reshape(-1)
-    data = {k: torch.as_tensor(flat(batch[k])) for k in learner.record_keys}
-    data["obs"] = obs_to_torch(flat(batch["obs"]))
+    data, _ = learner.prepare(worker.collect(13)[0])
+    adv = data.pop("adv")
     params_ = [p for m in learner.actor_modules() for p in m.parameters() if p.requires_grad]
 
     def grad(idx, d):
@@ -58,7 +47,7 @@ def main(ckpt: str, algo: str, task: str = "lift", extra: str = "{}") -> dict:
     def cos(a, b):
         return round(float(torch.nn.functional.cosine_similarity(a, b, dim=0)), 3)
 
-    n = S * N
+    n = len(adv)
     out = {"algo": algo, "params": json.loads(extra), "halves": []}
     for _ in range(4):
         perm = torch.randperm(n)

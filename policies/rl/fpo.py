@@ -81,7 +81,9 @@ class FPOLearner(OnPolicyLearner):
         noise = torch.randn(n_samples * B, T_p, D_a)
         both = self.policy.sample(cond.repeat(n_samples, 1), noise)
         action, noise = both[:B], noise[:B]
-        if explore and self.cfg.action_jitter_std > 0:
+        if not explore:   # evaluation: the record is not used
+            return to_env_action(self.policy, action).numpy(), {}
+        if self.cfg.action_jitter_std > 0:
             both = (both + self.cfg.action_jitter_std * torch.randn_like(both)).clamp(-1.0, 1.0)
             action = both[:B]
         tau = torch.rand(B, self.cfg.n_mc)
@@ -111,7 +113,7 @@ class FPOLearner(OnPolicyLearner):
         # 2. Likelihood-free ratio: per pair, or of the mean losses (the paper's default).
         m = self.cfg.max_log_ratio
         if self.cfg.ratio_sum:   # an ELBO sums over the chunk's entries; the per-pair losses are means
-            log_r = log_r * float(u_hat[0, 0, :self._n_steps()].numel())
+            log_r = log_r * float((self._n_steps() or self.policy.horizon) * self.policy.action_dim)
         if self.cfg.per_sample_ratio:
             ratio = torch.exp(log_r.clamp(-m, m))                                             # (B, n_mc)
             adv_b = self.norm_adv(adv)[:, None].expand_as(ratio)

@@ -106,8 +106,10 @@ class OnPolicyLearner:
         with torch.no_grad():
             return torch.cat([self.critic(f) for f in feats.split(4096)])
 
-    def update(self, batch: dict) -> dict[str, float]:
-        """One PPO iteration on a rollout (S, N); returns namespaced metrics."""
+    def prepare(self, batch: dict) -> tuple[dict, dict]:
+        """Steps 1-3 of an update on a rollout (S, N): (minibatch-ready tensors flat over S*N: the record keys,
+        ``obs``, ``feats``, ``adv``, ``ret``, ``v_old``; and (S, N) ``values``/``returns``/``adv``/``rewards`` for
+        logging). Advances the running reward scaler."""
         S, N = batch["reward"].shape
         # 1. Frozen features and values of s_t and of the state each chunk reached (final obs if done).
         feats = self.features(obs_to_torch(flat(batch["obs"])), _flat_or_none(batch, "time"))
@@ -124,12 +126,18 @@ class OnPolicyLearner:
         data = {k: torch.as_tensor(flat(v)) for k, v in batch.items() if k in self.record_keys}
         data.update(obs=obs_to_torch(flat(batch["obs"])), feats=feats, adv=adv.reshape(-1), ret=returns.reshape(-1),
                     v_old=values.reshape(-1))
+        return data, {"values": values, "returns": returns, "adv": adv, "rewards": rewards}
+
+    def update(self, batch: dict) -> dict[str, float]:
+        """One PPO iteration on a rollout (S, N); returns namespaced metrics."""
+        data, st = self.prepare(batch)
+        values, returns, adv, rewards = st["values"], st["returns"], st["adv"], st["rewards"]
         # 4. Epochs of minibatch updates; the actor waits while the critic warms up.
         train_actor = self.iteration >= self.cfg.critic_warmup_iters
         logs: dict[str, list[float]] = {}
         for _ in range(self.cfg.update_epochs):
             kls = []
-            for idx in minibatches(S * N, self.cfg.minibatch_size):
+            for idx in minibatches(len(data["adv"]), self.cfg.minibatch_size):
                 mb = {k: ({kk: vv[idx] for kk, vv in v.items()} if isinstance(v, dict) else v[idx])
                       for k, v in data.items()}
                 v_loss = self._value_loss(self.critic(mb["feats"]), mb["v_old"], mb["ret"])
