@@ -116,8 +116,10 @@ class BasePolicy(nn.Module):
 
     # ----------------------------------------------------------------- inference
     def default_noise(self, batch: int) -> torch.Tensor:
-        """Initial noise when the caller gives none (standard normal; zeros for the Gaussian mean)."""
-        return torch.randn(batch, self.horizon, self.action_dim, device=self.device)
+        """Initial noise when the caller gives none: ``cfg.noise_scale`` x standard normal (zeros for the
+        Gaussian mean, and for ``noise_scale=0``)."""
+        noise = torch.randn(batch, self.horizon, self.action_dim, device=self.device)
+        return noise * float(getattr(self.cfg, "noise_scale", 1.0))
 
     def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Deterministic map (cond (B, C), noise (B, T_p, D_a)) -> normalised actions (B, T_p, D_a)."""

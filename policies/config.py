@@ -50,9 +50,14 @@ class DenoiserConfig(ObsConfig):
     unet_kernel: int = 5  # UNet temporal conv kernel
     time_dim: int = 128  # time embedding width
     num_inference_steps: int = 10  # DDIM steps (diffusion) / Euler steps (flow)
+    # Scale of the initial noise when the caller gives none (predict_chunk, deployment): 1 samples the learned
+    # distribution; 0 is "zero-sampling" (FPO++), the deterministic map of the noise mean; FPO exports 0
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.noise_scale >= 0:
+            raise ValueError(f"noise_scale={self.noise_scale} must be >= 0")
         self.unet_dims = tuple(int(c) for c in self.unet_dims)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone={self.backbone!r}; valid: {BACKBONES}")

@@ -48,6 +48,9 @@ class FPOConfig(OnPolicyConfig):
     state_baseline: bool = True       # subtract the log-ratio of a second, unexecuted sample a' ~ pi(.|s) at the same
                                       # state and the same (tau, eps) pairs (see module doc); removes the state-only
                                       # part of the gradient that -L_CFM, not a normalised log-density, leaves in
+    explore_noise_scale: float = 1.0  # rollout: scale of the sampler's initial noise (1 = the flow's own distribution)
+    eval_noise_scale: float = 1.0     # evaluation AND the exported policy's ``noise_scale``: 0 = zero-sampling
+                                      # (FPO++), the ODE from the noise mean, deterministic; 1 = sample the flow
     ref_coef: float = 0.0             # > 0: + ref_coef * |u_theta - u_ref|^2 at the stored pairs, u_ref the frozen
                                       # pretrained velocity field (a KL-like anchor against self-training drift)
     actor_lr: float = 1e-4
@@ -58,7 +61,11 @@ class FPOLearner(OnPolicyLearner):
     algo = "fpo"
     def __init__(self, policy, cfg: FPOConfig, n_envs: int):
         require_methods(policy, "fpo", "flow", ("encode_obs", "sample", "cfm_loss_pairs", "pair_velocity", "net"))
+        for name in ("explore_noise_scale", "eval_noise_scale"):
+            if not getattr(cfg, name) >= 0:
+                raise ValueError(f"algo.params.{name}={getattr(cfg, name)} must be >= 0")
         super().__init__(policy, cfg, n_envs)
+        policy.cfg.noise_scale = float(cfg.eval_noise_scale)   # evaluated == exported == deployed
         self.record_keys = ("action", "tau", "eps", "loss_old") + (
             ("action_ref", "loss_old_ref") if cfg.state_baseline else ())
         trained = policy if cfg.train_encoder else policy.net
@@ -77,12 +84,12 @@ class FPOLearner(OnPolicyLearner):
         """Env action chunk (N, T_p, D_a) + record {action, tau (N, n_mc), eps (N, n_mc, T_p, D_a), loss_old}."""
         cond = self.policy.encode_obs(obs_to_torch(obs))
         B, T_p, D_a = cond.shape[0], self.policy.horizon, self.policy.action_dim
-        n_samples = 2 if (explore and self.cfg.state_baseline) else 1
-        noise = torch.randn(n_samples * B, T_p, D_a)
+        if not explore:   # evaluation (noise scaled by the policy's noise_scale); the record is not used
+            return to_env_action(self.policy, self.policy.sample(cond, self.policy.default_noise(B))).numpy(), {}
+        n_samples = 2 if self.cfg.state_baseline else 1
+        noise = self.cfg.explore_noise_scale * torch.randn(n_samples * B, T_p, D_a)
         both = self.policy.sample(cond.repeat(n_samples, 1), noise)
         action, noise = both[:B], noise[:B]
-        if not explore:   # evaluation: the record is not used
-            return to_env_action(self.policy, action).numpy(), {}
         if self.cfg.action_jitter_std > 0:
             both = (both + self.cfg.action_jitter_std * torch.randn_like(both)).clamp(-1.0, 1.0)
             action = both[:B]

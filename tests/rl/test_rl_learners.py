@@ -321,3 +321,39 @@ def test_fpo_state_baseline_ratio_is_relative_to_the_unexecuted_sample(toy_ckpts
     assert grad(dict(mb, action_ref=mb["action"], loss_old_ref=mb["loss_old"])).abs().max() == 0
     plain = make_learner("fpo", load_policy(toy_ckpts["flow"]), {"n_mc": 4, "state_baseline": False}, 4)
     assert "action_ref" not in plain.record_keys and "action_ref" not in _worker(plain).collect(1)[0]
+
+
+def test_fpo_zero_sampling_evaluates_and_exports_the_noise_mean_map(toy_ckpts, tmp_path):
+    obs = {KEY: np.random.default_rng(1).normal(0, 0.05, (3, 1, 2)).astype(np.float32)}
+    learner = make_learner("fpo", load_policy(toy_ckpts["flow"]), {"eval_noise_scale": 0.0}, 3)
+    a1, _ = learner.act(obs, explore=False)
+    a2, _ = learner.act(obs, explore=False)
+    np.testing.assert_array_equal(a1, a2)                         # deterministic: no noise drawn
+    zero = torch.zeros(3, learner.policy.horizon, learner.policy.action_dim)
+    np.testing.assert_allclose(a1, learner.policy.predict_chunk(obs, noise=zero).numpy(), atol=1e-6)
+    learner.export(tmp_path / "ft")
+    exported = load_policy(tmp_path / "ft")
+    assert exported.cfg.noise_scale == 0.0                         # deployed as evaluated
+    np.testing.assert_allclose(exported.predict_chunk(obs).numpy(), a1, atol=1e-6)
+    # The default samples the flow: two evaluations differ; rollouts keep exploring either way.
+    sampled = make_learner("fpo", load_policy(toy_ckpts["flow"]), {}, 3)
+    assert not np.allclose(sampled.act(obs, explore=False)[0], sampled.act(obs, explore=False)[0])
+    assert not np.allclose(learner.act(obs)[0], learner.act(obs)[0])
+    # explore_noise_scale=0: both rollout samples (executed a and baseline a') are the zero-noise action.
+    greedy = make_learner("fpo", load_policy(toy_ckpts["flow"]), {"explore_noise_scale": 0.0}, 3)
+    action, record = greedy.act(obs)
+    np.testing.assert_allclose(record["action"], record["action_ref"])
+    with pytest.raises(ValueError, match="eval_noise_scale"):
+        make_learner("fpo", load_policy(toy_ckpts["flow"]), {"eval_noise_scale": -1.0}, 3)
+
+
+def test_noise_scale_sets_the_default_inference_noise(toy_ckpts):
+    policy = load_policy(toy_ckpts["flow"])
+    obs = {KEY: np.zeros((2, 1, 2), np.float32)}
+    assert policy.cfg.noise_scale == 1.0 and not torch.equal(policy.predict_chunk(obs), policy.predict_chunk(obs))
+    policy.cfg.noise_scale = 0.0
+    zero = torch.zeros(2, policy.horizon, policy.action_dim)
+    torch.testing.assert_close(policy.predict_chunk(obs), policy.predict_chunk(obs, noise=zero))
+    from armflow.policies.config import FlowConfig
+    with pytest.raises(ValueError, match="noise_scale"):
+        FlowConfig(noise_scale=-0.5)
