@@ -25,6 +25,9 @@ class OnPolicyConfig:
     gamma: float = 0.99               # discount per chunk (RL step)
     gae_lambda: float = 0.95          # GAE lambda
     actor_lr: float = 1e-4            # actor Adam lr
+    actor_lr_final: float | None = None  # with lr_anneal_iters > 0: actor lr reached linearly at that iteration
+    lr_anneal_iters: int = 0          # > 0: anneal the actor lr from actor_lr to actor_lr_final over this many
+                                      # actor-training iterations, constant after (0: constant actor_lr)
     critic_lr: float = 1e-3           # critic Adam lr
     critic_hidden: int = 256          # critic MLP width
     update_epochs: int = 5            # passes over each rollout
@@ -84,6 +87,16 @@ class OnPolicyLearner:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.reward_scaler = RewardScaler(n_envs, cfg.gamma)
         self.iteration = 0
+        if cfg.lr_anneal_iters < 0 or (cfg.lr_anneal_iters > 0 and cfg.actor_lr_final is None):
+            raise ValueError(f"lr_anneal_iters={cfg.lr_anneal_iters} needs actor_lr_final (the lr it anneals to) "
+                             "and must be >= 0")
+
+    def actor_lr_now(self) -> float:
+        """Actor lr for the current iteration (linear anneal over the actor-training iterations)."""
+        if self.cfg.lr_anneal_iters <= 0:
+            return self.cfg.actor_lr
+        frac = min(1.0, max(0, self.iteration - self.cfg.critic_warmup_iters) / self.cfg.lr_anneal_iters)
+        return self.cfg.actor_lr + frac * (self.cfg.actor_lr_final - self.cfg.actor_lr)
 
     @torch.no_grad()
     def features(self, obs: dict[str, torch.Tensor], time: np.ndarray | None = None) -> torch.Tensor:
@@ -134,6 +147,9 @@ class OnPolicyLearner:
         values, returns, adv, rewards = st["values"], st["returns"], st["adv"], st["rewards"]
         # 4. Epochs of minibatch updates; the actor waits while the critic warms up.
         train_actor = self.iteration >= self.cfg.critic_warmup_iters
+        lr = self.actor_lr_now()
+        for group in self.actor_opt.param_groups:
+            group["lr"] = lr
         logs: dict[str, list[float]] = {}
         for _ in range(self.cfg.update_epochs):
             kls = []
@@ -163,7 +179,8 @@ class OnPolicyLearner:
         out = {k: float(np.mean(v)) for k, v in logs.items()}
         out.update({"charts/value_mean": values.mean().item(), "charts/return_mean": returns.mean().item(),
                     "charts/explained_variance": _explained_variance(values, returns), "charts/advantage_std": adv.std().item(),
-                    "charts/reward_scaled_mean": float(np.mean(rewards)), "charts/actor_trained": float(train_actor)})
+                    "charts/reward_scaled_mean": float(np.mean(rewards)), "charts/actor_trained": float(train_actor),
+                    "charts/actor_lr": lr})
         return out
 
     def _value_loss(self, v: torch.Tensor, v_old: torch.Tensor, ret: torch.Tensor) -> torch.Tensor:

@@ -357,3 +357,17 @@ def test_noise_scale_sets_the_default_inference_noise(toy_ckpts):
     from armflow.policies.config import FlowConfig
     with pytest.raises(ValueError, match="noise_scale"):
         FlowConfig(noise_scale=-0.5)
+
+
+def test_actor_lr_anneals_linearly_after_the_critic_warmup(toy_ckpts):
+    learner = make_learner("fpo", load_policy(toy_ckpts["flow"]), {
+        "n_mc": 2, "actor_lr": 1e-4, "actor_lr_final": 2e-5, "lr_anneal_iters": 2, "critic_warmup_iters": 1,
+        "update_epochs": 1}, 4)
+    worker = _worker(learner)
+    lrs = []
+    for _ in range(4):
+        lrs.append(learner.update(worker.collect(2)[0])["charts/actor_lr"])
+        assert learner.actor_opt.param_groups[0]["lr"] == lrs[-1]
+    np.testing.assert_allclose(lrs, [1e-4, 1e-4, 6e-5, 2e-5])      # warmup, start, halfway, final (then constant)
+    with pytest.raises(ValueError, match="actor_lr_final"):
+        make_learner("dppo", load_policy(toy_ckpts["diffusion"]), {"lr_anneal_iters": 10}, 2)
