@@ -196,3 +196,20 @@ def test_bench_finetune_parallel_runs_each_algo_as_its_own_process(toy_ckpts, tm
         assert summary["algo"] == algo and payload["results"][algo]["env_steps"] == summary["env_steps"] >= 60
         assert (tmp_path / f"{algo}.log").is_file()
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("BENCH_JSON: ")
+
+
+def test_bench_recipes_compose_into_valid_learner_configs():
+    """Every algorithm's benchmark overrides name real finetune keys and build a valid learner config."""
+    from omegaconf import OmegaConf
+
+    from armflow.policies.rl.common import config_from_dict
+    from armflow.policies.rl.registry import ALGOS
+
+    bench = compose_config("bench_finetune")
+    assert set(bench.algo_overrides) == set(ALGOS)
+    for algo, overrides in bench.algo_overrides.items():
+        cfg = compose_config("finetune", [f"algo={algo}", *overrides])
+        params = config_from_dict(ALGOS[algo][1], OmegaConf.to_container(cfg.algo.params), algo)
+        assert cfg.algo.name == algo and params.gamma == cfg.algo.params.gamma
+    fpo = compose_config("finetune", ["algo=fpo", *bench.algo_overrides.fpo])
+    assert fpo.n_envs == 64 and fpo.algo.params.eval_noise_scale == 0 and fpo.algo.params.lr_anneal_iters > 0
