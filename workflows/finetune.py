@@ -103,7 +103,8 @@ def _evaluate(backend, cfg, counters: dict, logger: MetricLogger, out: Path) -> 
     res = backend.evaluate(seeds, int(cfg.eval_seed))
     sr = res["success_rate"]
     counters["evals"].append({"env_steps": counters["env_steps"], "wall_time_s": counters["wall_time_s"],
-                              "success_rate": sr, "return_mean": res["return_mean"]})
+                              "success_rate": sr, "return_mean": res["return_mean"],
+                              "rl_return_mean": res["rl_return_mean"]})
     if counters["start"] is None:
         counters["start"] = sr
     if sr >= 0.9 and counters["reach90"] is None:
@@ -112,6 +113,7 @@ def _evaluate(backend, cfg, counters: dict, logger: MetricLogger, out: Path) -> 
         counters["best"] = sr
         backend.export(str(out / "checkpoints" / "best"))
     logger.log(counters["env_steps"], {"eval/success_rate": sr, "eval/return": res["return_mean"],
+                                       "eval/rl_return": res["rl_return_mean"],
                                        "eval/length": res["length_mean"], "charts/wall_time_s": counters["wall_time_s"]})
     return res
 
@@ -151,6 +153,7 @@ def run_finetune(cfg: DictConfig) -> dict:
             eps = stats["episodes"]
             if eps:
                 metrics["charts/episode_return"] = sum(e["return"] for e in eps) / len(eps)
+                metrics["charts/episode_rl_return"] = sum(e["rl_return"] for e in eps) / len(eps)
                 metrics["charts/episode_success"] = sum(e["success"] for e in eps) / len(eps)
             metrics.update({"charts/iteration": counters["iteration"], "charts/wall_time_s": counters["wall_time_s"],
                             "charts/sps": counters["env_steps"] / max(counters["wall_time_s"], 1e-6)})

@@ -45,7 +45,8 @@ class ChunkStep:
     success: np.ndarray              # (N,) bool, success on the chunk's last executed step
     n_steps: np.ndarray              # (N,) int, env steps executed (< T_a when the episode ended)
     elapsed: np.ndarray              # (N,) int, env steps into the episode at ``next_obs``
-    episodes: list[dict]             # finished episodes: {"return", "length", "success"}
+    episodes: list[dict]             # finished episodes: {"return" (env reward), "rl_return" (the RL reward),
+                                     # "length", "success"}
 
 
 class EnvSlot:
@@ -67,7 +68,7 @@ class EnvSlot:
         obs, _ = self.env.reset(seed=seed)
         self.history.clear()
         self.history.extend([{k: np.asarray(obs[k]) for k in self.obs_keys}] * self.history.maxlen)
-        self.ep_return, self.ep_length, self.phi = 0.0, 0, 0.0
+        self.ep_return, self.ep_rl_return, self.ep_length, self.phi = 0.0, 0.0, 0, 0.0
         return self._window()
 
     def step_chunk(self, actions: np.ndarray, autoreset: bool = True) -> dict:
@@ -88,11 +89,13 @@ class EnvSlot:
             phi = float(sum(v for name, v in terms.items() if name != "success"))
             rl_reward += self.shaping_scale * (phi - self.phi)
             self.phi = phi
+        self.ep_rl_return += rl_reward
         out = {"next_obs": self._window(), "reward": rl_reward, "terminated": bool(term),
                "truncated": bool(trunc), "success": success, "n_steps": k + 1, "elapsed": self.ep_length,
                "episode": None}
         if term or trunc:
-            out["episode"] = {"return": self.ep_return, "length": self.ep_length, "success": success}
+            out["episode"] = {"return": self.ep_return, "rl_return": self.ep_rl_return, "length": self.ep_length,
+                              "success": success}
             out["obs"] = self.reset(None) if autoreset else out["next_obs"]
         else:
             out["obs"] = out["next_obs"]

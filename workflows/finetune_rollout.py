@@ -148,5 +148,6 @@ def evaluate(agent, env: ChunkVecEnv, seeds: list[int], n_action_steps: int, eva
                         active[i] = False
     return {"success_rate": float(np.mean([e["success"] for e in episodes])),
             "return_mean": float(np.mean([e["return"] for e in episodes])),
+            "rl_return_mean": float(np.mean([e["rl_return"] for e in episodes])),
             "length_mean": float(np.mean([e["length"] for e in episodes])),
             "episodes": float(len(episodes))}

@@ -51,7 +51,7 @@ def test_terminated_mid_chunk_stops_and_resets():
     np.testing.assert_array_equal(step.next_obs[KEY][0], [[0, 1], [0, 2]])  # final obs window
     np.testing.assert_array_equal(step.obs[KEY][0], [[1, 0], [1, 0]])       # new episode, first obs
     assert envs[0].steps_in_episode == [2, 0]  # leftover action was not run in the new episode
-    assert step.episodes == [{"return": 3.0, "length": 2, "success": True}]
+    assert step.episodes == [{"return": 3.0, "rl_return": 3.0, "length": 2, "success": True}]
 
 
 def test_truncated_keeps_final_obs_for_bootstrap():
@@ -105,7 +105,8 @@ def test_success_reward_mode_is_sparse():
     first = venv.step(np.zeros((1, 1, 1)))
     second = venv.step(np.zeros((1, 3, 1)))
     assert first.reward.tolist() == [0.0] and second.reward.tolist() == [1.0]
-    assert second.episodes[0]["return"] == 3.0   # the stats keep the env's own return
+    assert second.episodes[0]["return"] == 3.0   # the stats keep the env's own return ...
+    assert second.episodes[0]["rl_return"] == 1.0   # ... and the return of the reward being optimised
     with pytest.raises(ValueError, match="reward_mode='dense'"):
         EnvSlot(env, 1, (KEY,), "dense")
 

@@ -47,6 +47,9 @@ def test_outputs_and_exported_checkpoint(toy_ckpts, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000 and list((tmp_path / "tb").iterdir())
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert any("losses/value_loss" in r for r in rows) and any("eval/success_rate" in r for r in rows)
+    evals = [r for r in rows if "eval/success_rate" in r]
+    assert all(np.isfinite(r["eval/rl_return"]) for r in evals)          # the plotted return: the RL reward
+    assert summary["evals"][0]["rl_return_mean"] == evals[0]["eval/rl_return"]
     policy = load_policy(tmp_path / "checkpoints" / "last")
     chunk = policy.predict_chunk({KEY: torch.zeros(3, 1, 2)})
     assert chunk.shape == (3, 4, 2) and torch.isfinite(chunk).all()
