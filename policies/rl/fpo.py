@@ -82,10 +82,10 @@ class FPOLearner(OnPolicyLearner):
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
         """Env action chunk (N, T_p, D_a) + record {action, tau (N, n_mc), eps (N, n_mc, T_p, D_a), loss_old}."""
+        if not explore:   # evaluation is the deployed path (noise_scale = eval_noise_scale); no record
+            return self.policy.predict_chunk(obs_to_torch(obs)).numpy(), {}
         cond = self.policy.encode_obs(obs_to_torch(obs))
         B, T_p, D_a = cond.shape[0], self.policy.horizon, self.policy.action_dim
-        if not explore:   # evaluation (noise scaled by the policy's noise_scale); the record is not used
-            return to_env_action(self.policy, self.policy.sample(cond, self.policy.default_noise(B))).numpy(), {}
         n_samples = 2 if self.cfg.state_baseline else 1
         noise = self.cfg.explore_noise_scale * torch.randn(n_samples * B, T_p, D_a)
         both = self.policy.sample(cond.repeat(n_samples, 1), noise)
