@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from armflow.data.errors import DatasetError
+from armflow.data.integrity import check_bytes
 from armflow.data.layout import DTYPES, is_video
 
 
@@ -37,10 +38,16 @@ def to_arrow(values: np.ndarray, kind: pa.DataType) -> pa.Array:
     return pa.array(values.reshape(-1), type=kind)
 
 
-def committed_row_groups(path: Path, n_rows: int) -> list[pa.Table]:
-    """The first `n_rows` rows of `path` as tables, one per row group (episode)."""
+def committed_row_groups(path: Path, n_rows: int, digest: dict | None = None) -> list[pa.Table]:
+    """The first `n_rows` rows of `path` as tables, one per row group (episode).
+
+    Page CRCs and `digest` (its recorded size/sha256) are verified: an append must not
+    carry corrupted rows into a file whose new hash would then vouch for them.
+    """
     try:
-        pf = pq.ParquetFile(path)
+        payload = path.read_bytes()
+        check_bytes(path, payload, digest)
+        pf = pq.ParquetFile(pa.BufferReader(payload), page_checksum_verification=True)
         tables, total = [], 0
         for i in range(pf.num_row_groups):
             if total >= n_rows:

@@ -67,15 +67,19 @@ def stats_of_row(row: dict, features: dict[str, dict]) -> dict[str, Stats]:
     return out
 
 
-def read_episodes(root: Path, total_episodes: int, with_stats: bool = False) -> list[dict]:
-    """Committed episode rows `0..total_episodes-1` (later rows come from an interrupted save)."""
+def read_episodes(root: Path, total_episodes: int, with_stats: bool = False,
+                  digests: dict[str, dict] | None = None) -> list[dict]:
+    """Committed episode rows `0..total_episodes-1` (later rows come from an interrupted save).
+
+    `digests` (`{rel_path: {"size", "sha256"}}`, see armflow.data.integrity) verifies each file.
+    """
     folder = root / "meta" / "episodes"
     files = list_files(folder, "parquet")
     if total_episodes > 0 and not files:
         raise DatasetError(folder, f"no episodes parquet files but info.json has {total_episodes} episodes")
     rows: list[dict] = []
     for path in files:
-        table = read_parquet(path)
+        table = read_parquet(path, digest=(digests or {}).get(path.relative_to(root).as_posix()))
         required = ["episode_index", "length", "data/chunk_index", "data/file_index",
                     "dataset_from_index", "dataset_to_index"]
         missing = [c for c in required if c not in table.column_names]

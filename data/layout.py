@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from armflow.data.errors import DatasetError
+from armflow.data.integrity import check_bytes
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -151,40 +152,70 @@ def load_info(root: Path) -> dict:
     return info
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` via a temp file + fsync + os.replace (never half-written)."""
+def _write_synced(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open(path, "wb") as f:
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` via a temp file + fsync + os.replace (never half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    _write_synced(tmp, payload)
     os.replace(tmp, path)
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=4) + "\n").encode()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` to a new file `path` (fsynced); callers stage it and rename it into place."""
+    _write_synced(path, json_bytes(obj))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=4) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
-def atomic_write_parquet(path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
-    """Write `tables` (one row group each) to `path` atomically."""
+def write_parquet(path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
+    """Write `tables` (one row group each) to a new file `path`, fsynced, with page CRCs.
+
+    Page checksums let any reader that verifies them (pyarrow `page_checksum_verification`)
+    catch a corrupted page even where no content hash is recorded.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+    with pq.ParquetWriter(path, schema, compression="snappy", write_page_checksum=True) as writer:
         for table in tables:
             table = table if table.schema.equals(schema) else table.cast(schema)
             writer.write_table(table, row_group_size=max(len(table), 1))
-    with open(tmp, "rb+") as f:
+    with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def atomic_write_parquet(path: Path, tables: list[pa.Table], schema: pa.Schema) -> None:
+    """Write `tables` (one row group each) to `path` atomically (temp file + os.replace)."""
+    tmp = path.with_name(path.name + ".tmp")
+    write_parquet(tmp, tables, schema)
     os.replace(tmp, path)
 
 
-def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """`pq.read_table` with DatasetError naming the file for missing/truncated/corrupt files."""
+def read_parquet(path: Path, columns: list[str] | None = None, digest: dict | None = None) -> pa.Table:
+    """`pq.read_table` verifying page CRCs and, given `digest` ({"size", "sha256"}), the file's hash.
+
+    DatasetError naming the file for missing/truncated/corrupt files. With a digest the
+    file is read once into memory, hashed and parsed from that buffer (no second read).
+    """
     if not path.is_file():
         raise DatasetError(path, "missing parquet file")
     try:
-        return pq.read_table(path, columns=columns)
+        if digest is None:
+            return pq.read_table(path, columns=columns, page_checksum_verification=True)
+        payload = path.read_bytes()
+        check_bytes(path, payload, digest)
+        return pq.read_table(pa.BufferReader(payload), columns=columns, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise DatasetError(path, f"corrupt or truncated parquet ({type(exc).__name__}: {exc})") from None
 
@@ -209,10 +240,10 @@ def tasks_table(tasks: list[str]) -> pa.Table:
     return pa.table({"task_index": list(range(len(tasks))), "__index_level_0__": tasks}, schema=schema)
 
 
-def read_tasks(root: Path) -> list[str]:
+def read_tasks(root: Path, digests: dict[str, dict] | None = None) -> list[str]:
     """Task strings ordered by task_index (accepts index column `__index_level_0__` or `task`)."""
     path = root / TASKS_PATH
-    table = read_parquet(path)
+    table = read_parquet(path, digest=(digests or {}).get(TASKS_PATH))
     name = next((n for n in ("task", "__index_level_0__") if n in table.column_names), None)
     if name is None or "task_index" not in table.column_names:
         raise DatasetError(path, f"expected columns task_index and task, got {table.column_names}")

@@ -1,13 +1,15 @@
 """Episode-atomic LeRobot v3.0 writer (numpy, pyarrow and av only; no torch).
 
-Commit protocol of `save_episode` (info.json is the commit point):
-1. each camera's episode, already encoded while frames arrived, is remuxed onto the
-   camera's current MP4 (temp file + os.replace);
-2. the current data parquet is rewritten with one more row group (temp + os.replace);
-3. tasks.parquet, the current episodes parquet and stats.json are replaced;
-4. info.json's totals are replaced last.
-A kill before step 4 leaves rows/frames past the committed totals: readers ignore
-them and the next writer drops them. Cost per save is O(size of the current files)
+Commit protocol of `save_episode` (see armflow.data.commit; info.json is the commit point):
+1. each camera's episode, already encoded while frames arrived, is remuxed onto a staged
+   copy of the camera's current MP4 (under `.tmp/commit/`, hidden from LeRobot's globs);
+2. a staged copy of the current data parquet gets one more row group;
+3. tasks.parquet, the current episodes parquet and stats.json are staged;
+4. info.json is staged with the new totals and the sha256 of every file (`armflow_checksums`);
+5. the journal is written, then every staged file is renamed into place, info.json last.
+A kill before step 5 leaves the dataset as it was (the next writer discards the staged
+files); a kill inside step 5's renames is rolled forward by the next open or append.
+Cost per save is O(size of the current files)
 (parquet row groups are rewritten, MP4 packets remuxed, nothing re-encoded), bounded by
 rolling to a new file past `data_files_size_in_mb` / `video_files_size_in_mb` (defaults
 10 and 50 MB, below LeRobot's 100/200) or `max_frames_per_file` frames (default 10k:
@@ -27,12 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from armflow.data.columns import check_value, committed_row_groups, to_arrow
+from armflow.data.commit import Commit, discard_uncommitted, kill_hook, recover
 from armflow.data.episodes import episodes_schema, file_index_of, list_files, read_episodes, \
     stats_columns, stats_of_row
 from armflow.data.errors import DatasetError
 from armflow.data.layout import DATA_PATH, DEFAULT_FEATURES, EPISODES_PATH, INFO_PATH, \
-    STATS_PATH, TASKS_PATH, TMP_DIR, VIDEO_PATH, atomic_write_json, atomic_write_parquet, build_info, \
-    data_schema, is_video, load_info, normalise_features, read_tasks, tasks_table
+    STATS_PATH, TASKS_PATH, TMP_DIR, VIDEO_PATH, atomic_write_json, build_info, data_schema, is_video, \
+    load_info, normalise_features, read_tasks, tasks_table, write_json, write_parquet
+from armflow.data.integrity import CHECKSUMS_KEY, check_file, committed_digests, file_entry
 from armflow.data.stats import Stats, aggregate_stats, compute_stats, image_histogram, \
     stats_from_histogram, stats_to_json
 from armflow.data.video import CODEC_NAMES, EpisodeEncoder, append_video, choose_codec, probe_video
@@ -61,7 +65,7 @@ class LeRobotWriter:
     video_codec: "auto" (first working of libsvtav1, libx264, mpeg4) or one of them.
     When `root` already holds a dataset the writer appends: fps and features must match,
     the codec and file-size limits come from its info.json, and leftovers of an
-    interrupted save are dropped first.
+    interrupted save are rolled forward (journal complete) or dropped first, with a warning.
     """
 
     def __init__(self, root: str | Path, fps: int, features: dict[str, dict], robot_type: str | None = None,
@@ -81,6 +85,10 @@ class LeRobotWriter:
             if height % 2 or width % 2:
                 raise ValueError(f"video feature {key!r}: yuv420p needs even height and width, got {height}x{width}")
         self._codecs: dict[str, str] = {}
+        recover(self.root)
+        discard_uncommitted(self.root)
+        self._digests: dict[str, dict] = {}  # committed files' {"size", "sha256"} by relative path
+        self._verified: set[str] = set()  # files whose hash this writer checked or wrote
         if (self.root / INFO_PATH).exists():
             self._resume(user, video_codec)
         else:
@@ -103,13 +111,14 @@ class LeRobotWriter:
                 "video.channels": channels, "has_audio": False}}
         self._info = build_info(self.fps, user, robot_type, data_mb, video_mb, chunks_size)
         self._info["features"] = normalise_features(self._info["features"])
+        self._info[CHECKSUMS_KEY] = {"total_episodes": 0, "total_frames": 0, "files": {}}
         self._tasks: list[str] = []
         self._stats: dict[str, Stats] = {}
         self._data_pos, self._meta_pos = FilePos(), FilePos()
         self._video_pos = {k: FilePos() for k in self._video_keys}
         self._meta_table = self._meta_rows_table([])
         self._remove_orphans()
-        self._write_json(INFO_PATH, _info_json(self._info))
+        atomic_write_json(self.root / INFO_PATH, _info_json(self._info))
 
     def _resume(self, user: dict, video_codec: str) -> None:
         info_path = self.root / INFO_PATH
@@ -131,8 +140,9 @@ class LeRobotWriter:
             height, width, _ = stored[key]["shape"]
             self._codecs[key] = choose_codec(requested, height, width, self.fps)
         n_eps = info["total_episodes"]
-        self._tasks = read_tasks(self.root) if n_eps else []
-        rows = read_episodes(self.root, n_eps, with_stats=True)
+        self._digests = committed_digests(info, self.root)
+        self._tasks = read_tasks(self.root, self._digests) if n_eps else []
+        rows = read_episodes(self.root, n_eps, with_stats=True, digests=self._digests)
         self._data_pos, self._meta_pos = FilePos(), FilePos()
         self._video_pos = {k: FilePos() for k in self._video_keys}
         self._meta_table = self._meta_rows_table([])
@@ -156,23 +166,28 @@ class LeRobotWriter:
             self._truncate_current_files()
 
     def _truncate_current_files(self) -> None:
-        """Drop rows/frames an interrupted save left past the committed ones in the current files.
+        """Drop rows/frames past the committed ones in the current files, as one journaled commit.
 
-        Needed before the next save may roll to a new file: only the last file may hold extras.
+        Only datasets killed mid-save by armflow before journaled commits (or changed by
+        another tool) hold such extras. Needed before the next save may roll to a new
+        file: only the last file may hold extras.
         """
+        commit = Commit(self.root)
         data = self._data_path(self._data_pos)
         if pq.ParquetFile(data).metadata.num_rows != self._data_pos.count:
-            atomic_write_parquet(data, committed_row_groups(data, self._data_pos.count),
-                                 data_schema(self._info["features"]))
+            write_parquet(commit.stage(self._rel(data)), committed_row_groups(data, self._data_pos.count),
+                          data_schema(self._info["features"]))
         for key, pos in self._video_pos.items():
             path = self._video_path(key, pos)
             if probe_video(path)[0] != pos.count:
-                tmp = path.with_name(path.name + ".tmp")
-                append_video(path, pos.count, None, tmp, self.fps)
-                tmp.replace(path)
+                append_video(path, pos.count, None, commit.stage(self._rel(path)), self.fps)
         meta = self.root / EPISODES_PATH.format(chunk_index=self._meta_pos.chunk, file_index=self._meta_pos.file)
         if pq.ParquetFile(meta).metadata.num_rows != len(self._meta_table):
-            atomic_write_parquet(meta, [self._meta_table], self._meta_table.schema)
+            write_parquet(commit.stage(self._rel(meta)), [self._meta_table], self._meta_table.schema)
+        if commit.files:
+            warnings.warn(f"{self.root}: dropped rows/frames past the committed episodes in {commit.files}",
+                          stacklevel=3)
+            self._apply(commit, self._info)
 
     def _remove_orphans(self) -> None:
         """Delete files past the current ones (an interrupted save's new files) and temp files."""
@@ -250,24 +265,43 @@ class LeRobotWriter:
         ep_stats = {k: compute_stats(columns[k]) if k in columns else
                     stats_from_histogram(self._hists[k], n) for k in self._info["features"]}
         row = {"episode_index": ep, "tasks": [task], "length": n}
-        video_cols, video_pos = self._commit_videos(n)  # step 1
-        data_cols, data_pos = self._commit_data(columns, start, n)  # step 2
+        commit = Commit(self.root)
+        video_cols, video_pos = self._commit_videos(commit, n)  # step 1
+        data_cols, data_pos = self._commit_data(commit, columns, start, n)  # step 2
         row.update({**video_cols, **data_cols})
         row.update(stats_columns(ep_stats))
         if len(tasks) != len(self._tasks):                # step 3
-            atomic_write_parquet(self.root / TASKS_PATH, [tasks_table(tasks)], tasks_table(tasks).schema)
-        meta_pos, meta_table = self._commit_meta_row(row)
+            write_parquet(commit.stage(TASKS_PATH), [tasks_table(tasks)], tasks_table(tasks).schema)
+        meta_pos, meta_table = self._commit_meta_row(commit, row)
         stats = {k: aggregate_stats([self._stats[k], s]) if k in self._stats else s for k, s in ep_stats.items()}
-        self._write_json(STATS_PATH, stats_to_json(stats))
+        write_json(commit.stage(STATS_PATH), stats_to_json(stats))
         info = {**self._info, "total_episodes": ep + 1, "total_frames": start + n, "total_tasks": len(tasks),
                 "splits": {"train": f"0:{ep + 1}"}}
-        self._write_json(INFO_PATH, _info_json(info))  # step 4: the commit point
-        self._info, self._tasks, self._stats = info, tasks, stats
+        self._apply(commit, info)                         # steps 4 and 5
+        self._tasks, self._stats = tasks, stats
         self._meta_pos, self._meta_table = meta_pos, meta_table
         self._video_pos, self._data_pos = video_pos, data_pos
         return ep
 
-    def _commit_videos(self, n: int) -> tuple[dict, dict[str, FilePos]]:
+    def _apply(self, commit: Commit, info: dict) -> None:
+        """Stage info.json with `info`'s totals and every committed file's hash, then apply `commit`."""
+        digests = {**self._digests, **{rel: file_entry(commit.dir / rel) for rel in commit.files}}
+        info = {**info, CHECKSUMS_KEY: {"total_episodes": info["total_episodes"],
+                                        "total_frames": info["total_frames"], "files": digests}}
+        write_json(commit.stage(INFO_PATH), _info_json(info))
+        kill_hook("staged")
+        commit.apply(last=INFO_PATH)
+        self._info, self._digests = info, digests
+        self._verified.update(commit.files)
+
+    def _verify(self, path: Path) -> None:
+        """Check a committed file's hash once per writer before its content is carried into a new file."""
+        rel = self._rel(path)
+        if rel not in self._verified:
+            check_file(path, self._digests.get(rel))
+            self._verified.add(rel)
+
+    def _commit_videos(self, commit: Commit, n: int) -> tuple[dict, dict[str, FilePos]]:
         cols: dict = {}
         positions: dict[str, FilePos] = {}
         for key in self._video_keys:
@@ -275,36 +309,37 @@ class LeRobotWriter:
             pos = self._roll(self._video_pos[key], self._video_path(key, self._video_pos[key]),
                              self._info["video_files_size_in_mb"])
             path = self._video_path(key, pos)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            append_video(path if pos.count else None, pos.count, self._encoders[key].path, tmp, self.fps)
-            tmp.replace(path)
+            if pos.count:
+                self._verify(path)
+            append_video(path if pos.count else None, pos.count, self._encoders[key].path,
+                         commit.stage(self._rel(path)), self.fps)
             cols.update({f"videos/{key}/chunk_index": pos.chunk, f"videos/{key}/file_index": pos.file,
                          f"videos/{key}/from_timestamp": pos.count / self.fps,
                          f"videos/{key}/to_timestamp": (pos.count + n) / self.fps})
             positions[key] = FilePos(pos.chunk, pos.file, pos.count + n)
         return cols, positions
 
-    def _commit_data(self, columns: dict[str, np.ndarray], start: int, n: int) -> tuple[dict, FilePos]:
+    def _commit_data(self, commit: Commit, columns: dict[str, np.ndarray], start: int,
+                     n: int) -> tuple[dict, FilePos]:
         schema = data_schema(self._info["features"])
         pos = self._roll(self._data_pos, self._data_path(self._data_pos), self._info["data_files_size_in_mb"])
         path = self._data_path(pos)
-        tables = committed_row_groups(path, pos.count) if pos.count else []
+        tables = committed_row_groups(path, pos.count, self._digests.get(self._rel(path))) if pos.count else []
         new = pa.table({f.name: to_arrow(columns[f.name], f.type) for f in schema}, schema=schema)
-        atomic_write_parquet(path, tables + [new], schema)
+        write_parquet(commit.stage(self._rel(path)), tables + [new], schema)
         cols = {"data/chunk_index": pos.chunk, "data/file_index": pos.file,
                 "dataset_from_index": start, "dataset_to_index": start + n}
         return cols, FilePos(pos.chunk, pos.file, pos.count + n)
 
-    def _commit_meta_row(self, row: dict) -> tuple[FilePos, pa.Table]:
+    def _commit_meta_row(self, commit: Commit, row: dict) -> tuple[FilePos, pa.Table]:
         pos, table = self._meta_pos, self._meta_table
         path = self.root / EPISODES_PATH.format(chunk_index=pos.chunk, file_index=pos.file)
         if len(table) and path.exists() and path.stat().st_size > self._info["data_files_size_in_mb"] * _MB:
             pos, table = pos.rolled(self._info["chunks_size"]), table.slice(0, 0)
         row = {**row, "meta/episodes/chunk_index": pos.chunk, "meta/episodes/file_index": pos.file}
         table = pa.concat_tables([table, self._meta_rows_table([row])])
-        path = self.root / EPISODES_PATH.format(chunk_index=pos.chunk, file_index=pos.file)
-        atomic_write_parquet(path, [table], table.schema)
+        write_parquet(commit.stage(EPISODES_PATH.format(chunk_index=pos.chunk, file_index=pos.file)),
+                      [table], table.schema)
         return FilePos(pos.chunk, pos.file, len(table)), table
 
     def _meta_rows_table(self, rows: list[dict]) -> pa.Table:
@@ -324,8 +359,8 @@ class LeRobotWriter:
     def _video_path(self, key: str, pos: FilePos) -> Path:
         return self.root / VIDEO_PATH.format(video_key=key, chunk_index=pos.chunk, file_index=pos.file)
 
-    def _write_json(self, rel: str, obj: dict) -> None:
-        atomic_write_json(self.root / rel, obj)
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def finalize(self) -> None:
         """Close the writer; frames added after the last `save_episode` are discarded (with a warning)."""

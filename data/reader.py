@@ -2,7 +2,11 @@
 
 Works on datasets written by LeRobot itself and by `LeRobotWriter`. Only committed
 episodes (`0 .. info.total_episodes - 1`) are read; rows or frames past them, left by
-an interrupted save, are ignored.
+an interrupted save, are ignored. A save killed inside its rename burst is rolled
+forward first (armflow.data.commit, with a warning). Where info.json records content
+hashes (`armflow_checksums`), every parquet and JSON file is verified on open and each
+video's size on open and its sha256 on its first decode (hashing every video on each
+open would dominate opening time for large camera datasets).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from armflow.data.commit import recover
 from armflow.data.episodes import read_episodes, stats_of_row
 from armflow.data.errors import DatasetError
+from armflow.data.integrity import check_bytes, check_file, check_size, committed_digests
 from armflow.data.layout import STATS_PATH, TASKS_PATH, is_video, load_info, read_parquet, \
     read_tasks, to_numpy_column
 from armflow.data.stats import Stats, aggregate_stats, stats_from_json
@@ -30,6 +36,7 @@ class LeRobotDataset:
 
     def __init__(self, root: str | Path, check_videos: bool = True):
         self.root = Path(root)
+        recover(self.root)
         info = load_info(self.root)
         self.info = info
         self.fps: int = int(info["fps"])
@@ -38,9 +45,11 @@ class LeRobotDataset:
         self.num_episodes: int = int(info["total_episodes"])
         self.num_frames: int = int(info["total_frames"])
         self.video_keys = [k for k, f in self.features.items() if is_video(f)]
+        self._digests = committed_digests(info, self.root)
+        self._verified_videos: set[Path] = set()
         has_tasks = self.num_episodes > 0 or (self.root / TASKS_PATH).exists()
-        self.tasks: list[str] = read_tasks(self.root) if has_tasks else []
-        self._rows = read_episodes(self.root, self.num_episodes)
+        self.tasks: list[str] = read_tasks(self.root, self._digests) if has_tasks else []
+        self._rows = read_episodes(self.root, self.num_episodes, digests=self._digests)
         self._check_rows()
         self.episode_ranges = np.array([[r["dataset_from_index"], r["dataset_to_index"]] for r in self._rows],
                                        dtype=np.int64).reshape(-1, 2)
@@ -76,7 +85,7 @@ class LeRobotDataset:
         files = self._files("data")
         for n, ((chunk, file), rows) in enumerate(files):
             path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
-            table = read_parquet(path)
+            table = read_parquet(path, digest=self._digest(path))
             missing = [k for k in keys if k not in table.column_names]
             if missing:
                 raise DatasetError(path, f"missing columns {missing} listed in info.json features")
@@ -103,6 +112,7 @@ class LeRobotDataset:
             path = self._video_path(key, chunk, file)
             if not path.is_file():
                 raise DatasetError(path, f"missing video file for {key!r}")
+            check_size(path, self._digest(path))
             for r in rows:
                 span = round((r[f"videos/{key}/to_timestamp"] - r[f"videos/{key}/from_timestamp"]) * self.fps)
                 if span != r["length"]:
@@ -118,8 +128,10 @@ class LeRobotDataset:
     def _load_stats(self) -> dict[str, Stats]:
         path = self.root / STATS_PATH
         if path.is_file():
+            payload = path.read_bytes()
+            check_bytes(path, payload, self._digest(path))
             try:
-                stats = stats_from_json(json.loads(path.read_text()))
+                stats = stats_from_json(json.loads(payload.decode()))
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
                 raise DatasetError(path, f"corrupt JSON ({exc})") from None
             counts = [int(s["count"].reshape(-1)[0]) for s in stats.values() if "count" in s]
@@ -128,9 +140,12 @@ class LeRobotDataset:
         if self.num_episodes == 0:
             return {}
         # stats.json missing or ahead of info.json (interrupted save): rebuild from episode stats.
-        rows = read_episodes(self.root, self.num_episodes, with_stats=True)
+        rows = read_episodes(self.root, self.num_episodes, with_stats=True, digests=self._digests)
         per_episode = [stats_of_row(r, self.features) for r in rows]
         return {k: aggregate_stats([s[k] for s in per_episode]) for k in per_episode[0]}
+
+    def _digest(self, path: Path) -> dict | None:
+        return self._digests.get(path.relative_to(self.root).as_posix())
 
     def _video_path(self, key: str, chunk: int, file: int) -> Path:
         if not self.info.get("video_path"):
@@ -166,6 +181,9 @@ class LeRobotDataset:
             raise KeyError(f"{key!r} is not a video feature; video features: {self.video_keys}")
         path = self._video_path(key, row[f"videos/{key}/chunk_index"], row[f"videos/{key}/file_index"])
         start = round(row[f"videos/{key}/from_timestamp"] * self.fps)
+        if path not in self._verified_videos:  # hashed once per file and dataset object
+            check_file(path, self._digest(path))
+            self._verified_videos.add(path)
         return decode_range(path, start, row["length"], self.fps)
 
     def __repr__(self) -> str:

@@ -19,6 +19,13 @@ def root(tmp_path):
     return write_synthetic_dataset(tmp_path / "ds", [5, 6], image_shape=(16, 16, 3))
 
 
+def _drop_checksums(root):
+    """A dataset as written before armflow recorded hashes: the deeper checks must still hold."""
+    info = json.loads((root / "meta/info.json").read_text())
+    info.pop("armflow_checksums")
+    (root / "meta/info.json").write_text(json.dumps(info))
+
+
 def _raises(root, file_part, message):
     with pytest.raises(DatasetError, match=message) as info:
         LeRobotDataset(root)
@@ -46,10 +53,14 @@ def test_missing_parquet(root):
     _raises(root, DATA, "missing parquet")
 
 
-def test_truncated_parquet(root):
+@pytest.mark.parametrize("hashed", [True, False])
+def test_truncated_parquet(root, hashed):
+    if not hashed:
+        _drop_checksums(root)
     payload = (root / DATA).read_bytes()
     (root / DATA).write_bytes(payload[: len(payload) // 2])
-    _raises(root, DATA, "corrupt or truncated parquet")
+    _raises(root, DATA, "corrupt: 3658 bytes, meta/info.json armflow_checksums records 7316" if hashed
+            else "corrupt or truncated parquet")
 
 
 def test_column_shape_disagrees_with_info(root):
@@ -64,6 +75,7 @@ def test_column_dtype_disagrees_with_info(root):
     i = table.schema.get_field_index("action")
     table = table.set_column(i, "action", pa.array(table.column("action").to_pylist(), pa.list_(pa.float64(), 7)))
     pq.write_table(table, root / DATA)
+    _drop_checksums(root)
     _raises(root, DATA, "column 'action' is fixed_size_list<\w+: double>")
 
 
@@ -74,6 +86,7 @@ def test_video_frame_count_disagrees(root):
     for _ in range(7):
         enc.add(np.zeros((16, 16, 3), np.uint8))
     enc.close()
+    _drop_checksums(root)
     _raises(root, VIDEO, "video has 7 frames, episodes reference 11")
 
 
