@@ -15,6 +15,7 @@ from torch import nn
 
 from .encoders import IMAGE_PREFIX, ObsEncoder
 from .normalizer import Normalizer
+from .sampler import SamplerHooks
 
 ACTION_KEY = "action"
 PAD_KEY = "action_is_pad"
@@ -121,25 +122,37 @@ class BasePolicy(nn.Module):
         noise = torch.randn(batch, self.horizon, self.action_dim, device=self.device)
         return noise * float(getattr(self.cfg, "noise_scale", 1.0))
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None) -> torch.Tensor:
         """Deterministic map (cond (B, C), noise (B, T_p, D_a)) -> normalised actions (B, T_p, D_a)."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def predict_chunk(self, obs: Mapping, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_chunk(self, obs: Mapping, noise: torch.Tensor | None = None,
+                      hooks: SamplerHooks | None = None) -> torch.Tensor:
         """Obs window ``{key: (B, T_o, ...)}`` -> action chunk (B, T_p, D_a) in robot units.
 
         Normalised actions are clipped to [-1, 1] (the training data's [min, max]) before unnormalising.
+        ``hooks`` steer the sampler (:class:`~.sampler.SamplerHooks`); with ``hooks.n_candidates = K > 1`` the K
+        chunks per observation are sampled in one batch (``noise``, if given, is (B, K, T_p, D_a)) and
+        ``hooks.reranker`` picks one.
         """
         cond = self.encode_obs(obs)
+        b, k = cond.shape[0], hooks.n_candidates if hooks is not None else 1
+        if k > 1:
+            cond = cond.repeat_interleave(k, dim=0)
         if noise is None:
-            noise = self.default_noise(cond.shape[0])
+            noise = hooks.noise(cond) if hooks is not None and hooks.noise else self.default_noise(cond.shape[0])
+            noise = noise.reshape(b, k, self.horizon, self.action_dim) if k > 1 else noise
         noise = torch.as_tensor(noise, device=cond.device, dtype=cond.dtype)
-        if tuple(noise.shape) != (cond.shape[0], self.horizon, self.action_dim):
-            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (B={cond.shape[0]}, "
-                             f"T_p={self.horizon}, D_a={self.action_dim})")
-        actions_n = self.sample(cond, noise).clamp(-1.0, 1.0)
-        return self.normalizer.unnormalize(ACTION_KEY, actions_n)
+        shape = (b, k, self.horizon, self.action_dim) if k > 1 else (b, self.horizon, self.action_dim)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {shape}")
+        actions_n = self.sample(cond, noise.reshape(cond.shape[0], *shape[-2:]), hooks=hooks).clamp(-1.0, 1.0)
+        actions = self.normalizer.unnormalize(ACTION_KEY, actions_n)
+        if k > 1:
+            actions = actions.reshape(shape)
+            actions = actions[torch.arange(b, device=actions.device), hooks.reranker(obs, actions)]
+        return actions
 
     # ----------------------------------------------------------------- checkpoint
     def config_dict(self) -> dict:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from .backbones import Denoiser, make_backbone, step_contexts
+from .backbones import make_backbone
 from .base import BasePolicy
 from .config import DiffusionConfig
+from .sampler import NO_HOOKS, SamplerHooks, guidance_sum, integrate, model_fn
 
 NOISE_CLAMP = 3.0  # DPPO: per-step exploration noise clamped to +-3
 
@@ -80,36 +81,41 @@ class DiffusionPolicy(BasePolicy):
         return sqrt_a * out + sqrt_1ma * x if self.v_prediction else out
 
     # ----------------------------------------------------------------- deterministic sampler (DDIM eta=0)
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None, hooks: SamplerHooks | None = None) -> torch.Tensor:
         """cond (B, C), initial noise (B, T_p, D_a) -> normalised actions (B, T_p, D_a), DDIM eta=0.
 
-        The final step lands on a' = 1, so the result is the clamped x0 prediction: inside [-1, 1]."""
-        net = self.net if net is None else net
-        if not isinstance(net, Denoiser):
-            return self._sample_generic(net, cond, noise)
-        ctxs = step_contexts(net, self.ddim_t, cond)
-        x = noise
-        for k, (s1ma, sa, sa_prev, s1ma_prev) in enumerate(self._fast):
-            eps = self._to_eps(net.denoise(x, ctxs[k]), x, sa, s1ma)
-            x0 = torch.add(x, eps, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
-            x = torch.add(x0.mul_(sa_prev), eps, alpha=s1ma_prev)
-        return x
+        The final step lands on a' = 1, so the result is the clamped x0 prediction: inside [-1, 1]. Hooks
+        (:mod:`.sampler`): guidance shifts the x0 estimate by sqrt(1 - a_t) g (eps - sqrt(a_t) g); the corrector re-noises the
+        x0 estimate to level t: ``sqrt(a_t) x0 + sqrt(1 - a_t) z``."""
+        hooks = hooks or NO_HOOKS
+        model = model_fn(self.net if net is None else net, self.ddim_t, cond, hooks.composer)
 
-    def _sample_generic(self, net, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Same DDIM eta=0 loop for any ``net(x, t, cond)`` without the condition/denoise split."""
-        x = noise
-        for k in range(self.num_inference_steps):
-            x, _ = self._step_mean(net, x, k, cond, eta=0.0)
-        return x
+        def predict(x, k):
+            s1ma, sa = self._fast[k][:2]
+            eps = self._to_eps(model(x, k), x, sa, s1ma)
+            if hooks.guidance:
+                x0 = torch.add(x, eps, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
+                eps = eps - sa * guidance_sum(hooks.guidance, x, x0, k)  # moves x0 by s1ma * g
+            return eps, torch.add(x, eps, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
+
+        def update(x, eps, x0, k):
+            sa_prev, s1ma_prev = self._fast[k][2:]
+            return torch.add(x0.mul_(sa_prev), eps, alpha=s1ma_prev)
+
+        return integrate(noise, self.num_inference_steps, predict, update,
+                         lambda x0, k, z: self._fast[k][1] * x0 + self._fast[k][0] * z, hooks.mcmc_steps)
 
     # ----------------------------------------------------------------- DPPO entry points
-    def _step_mean(self, net, x, k, cond, eta: float, ctx=None):
+    def _step_mean(self, net, x, k, cond, eta: float):
         """Mean and (unclipped) std of DDIM step(s) k from x. k: int, or LongTensor (N,) matching x's rows."""
         t = self.ddim_t[k]
-        eps = net.denoise(x, ctx) if ctx is not None else net(x, t.expand(x.shape[0]) if t.ndim == 0 else t, cond)
+        return self._ddim_mean(x, net(x, t.expand(x.shape[0]) if t.ndim == 0 else t, cond), k, eta)
+
+    def _ddim_mean(self, x, out, k, eta: float):
+        """DDIM step(s) k from x given the net's output there -> (mean, unclipped std)."""
         shape = (-1, 1, 1) if torch.is_tensor(k) else ()
         sa, s1ma = self.ddim_sqrt_a[k].reshape(shape), self.ddim_sqrt_1ma[k].reshape(shape)
-        eps = self._to_eps(eps, x, sa, s1ma)
+        eps = self._to_eps(out, x, sa, s1ma)
         a_prev, var = self.ddim_a_prev[k].reshape(shape), self.ddim_var[k].reshape(shape)
         x0 = ((x - s1ma * eps) / sa).clamp(-1.0, 1.0)
         sigma = eta * var.sqrt()
@@ -133,21 +139,23 @@ class DiffusionPolicy(BasePolicy):
         action) and logprob (B, K', T_p, D_a), elementwise log N(chain[:, i+1]; mean_i, std_i^2).
         """
         k0 = self._check_ft(n_ft_steps)
-        net_ft = self.net if net is None else net
-        b = cond.shape[0]
-        x = torch.randn(b, self.horizon, self.action_dim, device=cond.device, dtype=cond.dtype)
-        ctx_frozen = step_contexts(self.net, self.ddim_t[:k0], cond) if k0 > 0 else []
-        for k in range(k0):
-            mean, sigma = self._step_mean(self.net, x, k, cond, 0.0 if deterministic else eta, ctx_frozen[k])
-            x = mean if deterministic else mean + sigma * torch.randn_like(x).clamp_(-NOISE_CLAMP, NOISE_CLAMP)
-        chain, logps = [x], []
-        ctx_ft = step_contexts(net_ft, self.ddim_t[k0:], cond) if isinstance(net_ft, Denoiser) else None
-        for i, k in enumerate(range(k0, self.num_inference_steps)):
-            mean, sigma = self._step_mean(net_ft, x, k, cond, eta, None if ctx_ft is None else ctx_ft[i])
-            std = sigma.clamp_min(min_std)
+        x = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device, dtype=cond.dtype)
+        frozen = model_fn(self.net, self.ddim_t[:k0], cond) if k0 else None
+        ft = model_fn(self.net if net is None else net, self.ddim_t[k0:], cond)
+        chain, logps = [], []
+
+        def update(x, out, _, k):
+            if k >= k0 and not chain:
+                chain.append(x)
+            mean, sigma = self._ddim_mean(x, out, k, 0.0 if deterministic and k < k0 else eta)
+            std = sigma.clamp_min(min_std) if k >= k0 else sigma
             x = mean if deterministic else mean + std * torch.randn_like(x).clamp_(-NOISE_CLAMP, NOISE_CLAMP)
-            logps.append(torch.distributions.Normal(mean, std).log_prob(x))
-            chain.append(x)
+            if k >= k0:
+                logps.append(torch.distributions.Normal(mean, std).log_prob(x))
+                chain.append(x)
+            return x
+
+        integrate(x, self.num_inference_steps, lambda x, k: (frozen(x, k) if k < k0 else ft(x, k - k0), None), update)
         return torch.stack(chain, dim=1), torch.stack(logps, dim=1)
 
     def chain_logprob(self, cond: torch.Tensor, chain: torch.Tensor, min_std: float, net=None,

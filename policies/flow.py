@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from .backbones import Denoiser, make_backbone, step_contexts
+from .backbones import make_backbone
 from .base import BasePolicy
 from .config import FlowConfig
+from .sampler import NO_HOOKS, SamplerHooks, guidance_sum, integrate, model_fn
 
 
 class FlowPolicy(BasePolicy):
@@ -41,15 +42,22 @@ class FlowPolicy(BasePolicy):
         u_hat = self.net(x_tau, tau.reshape(b) * self.time_scale, cond)
         return (u_hat - (actions_n - eps)) ** 2, {}
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None) -> torch.Tensor:
-        """Euler ODE from ``noise`` (tau=0) to tau=1: (B, C), (B, T_p, D_a) -> normalised actions, clipped to [-1, 1]."""
-        net = self.net if net is None else net
-        dt = 1.0 / self.num_inference_steps
-        ctxs = step_contexts(net, self.euler_t, cond) if isinstance(net, Denoiser) else None
-        x = noise
-        for k in range(self.num_inference_steps):
-            u = net.denoise(x, ctxs[k]) if ctxs is not None else net(x, self.euler_t[k].expand(x.shape[0]), cond)
-            x = torch.add(x, u, alpha=dt)
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None, hooks: SamplerHooks | None = None) -> torch.Tensor:
+        """Euler ODE from ``noise`` (tau=0) to tau=1: (B, C), (B, T_p, D_a) -> normalised actions, clipped to [-1, 1].
+
+        Hooks (:mod:`.sampler`): guidance adds g to the velocity; the corrector re-noises the clean-chunk estimate
+        x_hat = x + (1 - tau) u to level tau: ``tau x_hat + (1 - tau) z``."""
+        hooks, dt = hooks or NO_HOOKS, 1.0 / self.num_inference_steps
+        model = model_fn(self.net if net is None else net, self.euler_t, cond, hooks.composer)
+
+        def predict(x, k):
+            u = model(x, k)
+            if hooks.guidance:
+                u = u + guidance_sum(hooks.guidance, x, torch.add(x, u, alpha=1 - k * dt), k)
+            return u, torch.add(x, u, alpha=1 - k * dt) if hooks.mcmc_steps else None
+
+        x = integrate(noise, self.num_inference_steps, predict, lambda x, u, _, k: torch.add(x, u, alpha=dt),
+                      lambda x_hat, k, z: k * dt * x_hat + (1 - k * dt) * z, hooks.mcmc_steps)
         return x.clamp(-1.0, 1.0)
 
     def sample_stochastic(self, cond: torch.Tensor, jitter_std: float = 0.0, net=None):

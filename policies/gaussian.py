@@ -13,6 +13,7 @@ from torch import nn
 
 from .base import BasePolicy
 from .config import GaussianConfig
+from .sampler import SamplerHooks
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 
@@ -50,8 +51,10 @@ class GaussianPolicy(BasePolicy):
     def default_noise(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.horizon, self.action_dim, device=self.device)
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None) -> torch.Tensor:
         """mean + std * noise (normalised); noise = 0 gives the deterministic mean used for evaluation."""
+        if hooks is not None and hooks.in_loop:
+            raise ValueError("gaussian policy: guidance, mcmc_steps and composer need a sampling loop (flow, diffusion)")
         return self.mean(cond) + self.std() * noise
 
     def _elementwise_loss(self, cond, actions_n):

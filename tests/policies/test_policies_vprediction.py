@@ -38,7 +38,7 @@ def test_v_prediction_ddim_sampler_matches_diffusers():
         ref = noise
         for t in sched.timesteps:
             ref = sched.step(p.net(ref, torch.full((5,), float(t)), cond), t, ref, eta=0.0).prev_sample
-        fast, generic = p.sample(cond, noise), p._sample_generic(p.net, cond, noise)
+        fast, generic = p.sample(cond, noise), p.sample(cond, noise, net=lambda x, t, c: p.net(x, t, c))  # plain net(x, t, cond)
     assert torch.allclose(fast, ref, atol=2e-5), (fast - ref).abs().max()
     assert torch.allclose(generic, ref, atol=2e-5), (generic - ref).abs().max()
     chain, _ = p.denoise_chain(cond, 3, min_std=0.1, eta=0.0, deterministic=True)  # DPPO's path, no noise

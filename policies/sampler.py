@@ -1,0 +1,105 @@
+"""One sampling loop with hook points (``../shared/design/steering.md``, "One sampler, five hook points").
+
+A policy family runs :func:`integrate` over normalised chunks x (N, T_p, D_a) with three per-level functions:
+``predict(x, k) -> (out, x_hat)`` (the model output at level k, flow velocity or diffusion eps, after the
+composer and guidance; x_hat the one-step estimate of the clean chunk), ``update(x, out, x_hat, k)`` (the
+step to level k + 1: Euler, DDIM) and ``renoise(x_hat, k, z)`` (x_hat pushed back to level k by fresh noise z).
+With no hook set the families run exactly their unhooked arithmetic (golden test), so this is the fast path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .backbones import Denoiser, step_contexts
+
+# (x (N, T_p, D_a), x_hat (N, T_p, D_a), k) -> g (N, T_p, D_a): a direction in normalised action space along
+# which the clean chunk should move (e.g. -w * grad of a distance at x_hat). Both families shift the level's
+# clean estimate by (noise fraction) * g: flow adds g to the velocity (x_hat moves by (1 - tau) g), diffusion
+# subtracts sqrt(a_t) g from eps (x0 moves by sqrt(1 - a_t) g), so one term serves both and fades as t -> data.
+GuidanceTerm = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class ScoreComposer:
+    """Replaces the policy's net by ``sum_i w_i net_i(x, t, cond_i)``: GPC's convex mix of K policies of the
+    same type (same action space and normaliser); CFG's ``v_u + w (v_c - v_u)`` is weights (1 - w, w)."""
+
+    members: Sequence[tuple[nn.Module, torch.Tensor]]  # (net(x, t, cond), its cond (B, C)) per prediction
+    weights: Sequence[float]
+
+    def __post_init__(self) -> None:
+        if not self.members or len(self.members) != len(self.weights):
+            raise ValueError(f"ScoreComposer: {len(self.members)} members and {len(self.weights)} weights; "
+                             "expected the same number, at least one")
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n, out = x.shape[0], 0.0
+        for (net, cond), w in zip(self.members, self.weights):  # conds of B rows serve B * K candidates
+            out = out + w * net(x, t.expand(n), cond.repeat_interleave(n // cond.shape[0], dim=0))
+        return out
+
+
+@dataclass
+class SamplerHooks:
+    """Steering hooks of ``predict_chunk(obs, noise, hooks)``; all off by default."""
+
+    noise: Callable[[torch.Tensor], torch.Tensor] | None = None  # cond (N, C) -> x_0 (N, T_p, D_a) if no noise given
+    guidance: Sequence[GuidanceTerm] = ()  # terms summed into every level's prediction (see GuidanceTerm)
+    mcmc_steps: int = 0  # ITPS stochastic sampling: re-noise x_hat to the level and predict again, M times per level
+    composer: ScoreComposer | None = None  # combined predictions instead of the policy's net
+    # (obs, candidates (B, K, T_p, D_a) robot units) -> index (B,): pick one of K chunks sampled in one batch
+    reranker: Callable[[Mapping, torch.Tensor], torch.Tensor] | None = None
+    n_candidates: int = 1  # K; > 1 needs a reranker
+
+    def __post_init__(self) -> None:
+        if self.mcmc_steps < 0:
+            raise ValueError(f"SamplerHooks: mcmc_steps={self.mcmc_steps} must be >= 0")
+        if self.n_candidates < 1 or (self.n_candidates > 1) != (self.reranker is not None):
+            raise ValueError(f"SamplerHooks: n_candidates={self.n_candidates} with reranker={self.reranker!r}; "
+                             "a reranker needs n_candidates > 1 and n_candidates > 1 needs a reranker")
+        self.guidance = tuple(self.guidance)
+
+    @property
+    def in_loop(self) -> bool:
+        """Whether any hook acts inside the integration loop (the Gaussian policy has none)."""
+        return bool(self.guidance) or self.mcmc_steps > 0 or self.composer is not None
+
+
+NO_HOOKS = SamplerHooks()
+
+
+def model_fn(net: nn.Module, t_steps: torch.Tensor, cond: torch.Tensor,
+             composer: ScoreComposer | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """(x, k) -> the net's output at level k (net time ``t_steps[k]``): the composer if given, else FiLM hoisted
+    out of the loop for :class:`Denoiser` nets (:func:`step_contexts`), else a plain ``net(x, t, cond)``."""
+    if composer is not None:
+        return lambda x, k: composer(x, t_steps[k])
+    if isinstance(net, Denoiser):
+        ctxs = step_contexts(net, t_steps, cond)
+        return lambda x, k: net.denoise(x, ctxs[k])
+    return lambda x, k: net(x, t_steps[k].expand(x.shape[0]), cond)
+
+
+def guidance_sum(terms: Sequence[GuidanceTerm], x: torch.Tensor, x_hat: torch.Tensor, k: int) -> torch.Tensor:
+    """Sum of the guidance terms, each run with gradients on (also under ``inference_mode``) on leaf copies of
+    x and x_hat that require grad; the result is detached, so only the terms ever build a graph."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x, x_hat = x.detach().clone().requires_grad_(True), x_hat.detach().clone().requires_grad_(True)
+        g = sum(term(x, x_hat, k) for term in terms)
+    return g.detach()
+
+
+def integrate(x: torch.Tensor, n_levels: int, predict, update, renoise=None, mcmc_steps: int = 0) -> torch.Tensor:
+    """The one loop: for each level k, 1. predict, 2. MCMC corrector (not on the first level, where x is the
+    initial noise the corrector would discard), 3. step to level k + 1."""
+    for k in range(n_levels):
+        out, x_hat = predict(x, k)
+        for _ in range(mcmc_steps if k > 0 else 0):
+            x = renoise(x_hat, k, torch.randn_like(x))
+            out, x_hat = predict(x, k)
+        x = update(x, out, x_hat, k)
+    return x
