@@ -1,7 +1,8 @@
 """armflow.sim: MuJoCo tasks, the robosuite adapter, vector envs and scripted experts.
 
 Public names: ``make_env``, ``ENVS`` (explicit registry), ``make_vec_env``,
-``SyncVectorEnv``, ``SubprocVectorEnv``, ``WorkerError``, ``make_expert``.
+``SyncVectorEnv``, ``SubprocVectorEnv``, ``WorkerError``, ``make_expert``, ``gym_id``.
+Importing this package registers every ``ENVS`` name with gymnasium (``gym_registration``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 from armflow.sim.registry import ENVS, make_env  # noqa: E402 - after the GL default above
 from armflow.sim.vector import SubprocVectorEnv, SyncVectorEnv, WorkerError, make_vec_env  # noqa: E402
+from armflow.sim.gym_registration import gym_id, register_gym_envs  # noqa: E402
+
+register_gym_envs()  # gymnasium's convention: importing the package makes gym.make("armflow/<name>-v0") work
 
 
 def make_expert(env: Any, noise_std: float = 0.0, seed: int | None = None):
@@ -24,4 +28,4 @@ def make_expert(env: Any, noise_std: float = 0.0, seed: int | None = None):
 
 
 __all__ = ["ENVS", "make_env", "make_vec_env", "make_expert", "SyncVectorEnv", "SubprocVectorEnv",
-           "WorkerError"]
+           "WorkerError", "gym_id", "register_gym_envs"]

@@ -35,12 +35,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from armflow.sim.registry import RENDER_MODES, check_render_mode
+
 # MuJoCo picks its GL backend when first imported: default to OSMesa (EGL does not work on CPU boxes)
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 STATE_KEY = "observation.state"
 _PROPRIO = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+_NO_HORIZON = 2**31 - 1  # robosuite needs an int horizon; with ignore_done=True it never ends an episode
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class RobosuiteConfig:
 
     env_name: str  # robosuite environment class name
     task_name: str  # armflow registry name
-    max_episode_steps: int = 200
+    max_episode_steps: int | None = 200  # None: no own limit (gym.make's TimeLimit owns it)
     robot: str = "Panda"
     control_freq_hz: float = 20.0
     cameras: tuple[str, ...] = ()  # robosuite camera names -> observation.images.<cam>
@@ -82,12 +85,17 @@ def _xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
     return np.concatenate([q[3:4], q[:3]])
 
 
-class RobosuiteEnv:
-    """One robosuite task with armflow's Gymnasium API (see module docstring)."""
+class RobosuiteEnv(gym.Env):
+    """One robosuite task as a ``gymnasium.Env`` with armflow's obs/action layout (see module docstring)."""
 
-    def __init__(self, config: RobosuiteConfig):
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 20.0}
+
+    def __init__(self, config: RobosuiteConfig, render_mode: str | None = None):
         import mujoco
 
+        self.render_mode = check_render_mode(render_mode, config.task_name)
+        if config.max_episode_steps is not None and config.max_episode_steps < 1:
+            raise ValueError(f"{config.task_name}: need max_episode_steps >= 1 (or None), got {config.max_episode_steps}")
         suite = _import_robosuite()
         self.config = config
         self.task_name = config.task_name
@@ -99,11 +107,13 @@ class RobosuiteEnv:
             config.env_name, robots=config.robot, controller_configs=controller,
             has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, use_object_obs=True,
             reward_shaping=config.reward_shaping, control_freq=config.control_freq_hz,
-            horizon=config.max_episode_steps, ignore_done=True, hard_reset=config.hard_reset,
+            horizon=config.max_episode_steps or _NO_HORIZON, ignore_done=True, hard_reset=config.hard_reset,
             seed=config.model_seed)
         self.ctrl_dt = 1.0 / float(config.control_freq_hz)
         self.sim_dt = float(self.raw.model_timestep)
-        self.max_episode_steps = int(config.max_episode_steps)
+        self.metadata = {**RobosuiteEnv.metadata, "render_fps": float(config.control_freq_hz)}
+        self.max_episode_steps = None if config.max_episode_steps is None else int(config.max_episode_steps)
+        self._closed = False
         self._mj_model, self._mj_data = self.raw.sim.model._model, self.raw.sim.data._data
         self._mj_model.vis.quality.shadowsize = 0  # see module docstring (render speed)
         self._mj_model.vis.quality.offsamples = 0
@@ -136,6 +146,7 @@ class RobosuiteEnv:
     # -- Gymnasium API -------------------------------------------------------------
     def reset(self, seed: int | None = None, options: dict | None = None):
         """Start an episode; ``seed`` re-seeds robosuite's RNG in place (None continues it)."""
+        super().reset(seed=seed)  # gymnasium's np_random (unused by robosuite; the env checker expects it)
         if seed is not None:
             # placement samplers and robots hold references to raw.rng, so set its state, not the object
             self.raw.rng.bit_generator.state = np.random.default_rng(int(seed)).bit_generator.state
@@ -155,17 +166,21 @@ class RobosuiteEnv:
         raw_obs, reward, _, _ = self.raw.step(np.clip(a, -1.0, 1.0))
         self._t += 1
         success = bool(self.raw._check_success())
-        truncated = (not success) and self._t >= self.max_episode_steps
+        truncated = (not success) and self.max_episode_steps is not None and self._t >= self.max_episode_steps
         self._needs_reset = success or truncated
         info = {"success": success, "reward_terms": {"task": float(reward)}}
         return self._obs(raw_obs), float(reward), success, truncated, info
 
     def render(self, camera: str | None = None) -> np.ndarray:
-        """Frame uint8 (render_size, render_size, 3) from ``camera`` (default ``config.render_camera``)."""
+        """Frame uint8 (render_size, render_size, 3) from ``camera`` (default ``config.render_camera``), whatever
+        ``render_mode`` is."""
         return self._render(camera or self.config.render_camera, self.config.render_size)
 
     def close(self) -> None:
-        """Free the renderers and robosuite's sim."""
+        """Free the renderers and robosuite's sim (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         for renderer in self._renderers.values():
             renderer.close()
         self._renderers = {}
@@ -191,7 +206,17 @@ class RobosuiteEnv:
         return obs
 
 
-def _make(env_name: str, task_name: str, max_episode_steps: int, overrides: dict[str, Any]) -> RobosuiteEnv:
+# armflow name -> (robosuite environment class, default time limit [control steps])
+_TASKS = {
+    "robosuite/Lift": ("Lift", 200),  # lift a cube 4 cm
+    "robosuite/Can": ("PickPlaceCan", 400),  # move a can into its bin
+    "robosuite/Square": ("NutAssemblySquare", 400),  # square nut onto its peg
+}
+DEFAULT_MAX_EPISODE_STEPS = {name: limit for name, (_, limit) in _TASKS.items()}
+
+
+def _make(task_name: str, overrides: dict[str, Any], render_mode: str | None) -> RobosuiteEnv:
+    env_name, max_episode_steps = _TASKS[task_name]
     fixed = {"env_name", "task_name"}
     valid = {f.name for f in dataclasses.fields(RobosuiteConfig)} - fixed
     unknown = sorted(set(overrides) - valid)
@@ -200,22 +225,22 @@ def _make(env_name: str, task_name: str, max_episode_steps: int, overrides: dict
     if "cameras" in overrides:
         overrides = {**overrides, "cameras": tuple(overrides["cameras"])}
     config = RobosuiteConfig(env_name=env_name, task_name=task_name, max_episode_steps=max_episode_steps)
-    return RobosuiteEnv(dataclasses.replace(config, **overrides))
+    return RobosuiteEnv(dataclasses.replace(config, **overrides), render_mode=render_mode)
 
 
-def make_robosuite_lift(**overrides: Any) -> RobosuiteEnv:
+def make_robosuite_lift(render_mode: str | None = None, **overrides: Any) -> RobosuiteEnv:
     """robosuite Lift (lift a cube 4 cm); ``overrides`` are ``RobosuiteConfig`` fields."""
-    return _make("Lift", "robosuite/Lift", 200, overrides)
+    return _make("robosuite/Lift", overrides, render_mode)
 
 
-def make_robosuite_can(**overrides: Any) -> RobosuiteEnv:
+def make_robosuite_can(render_mode: str | None = None, **overrides: Any) -> RobosuiteEnv:
     """robosuite PickPlaceCan (move a can into its bin); ``overrides`` are ``RobosuiteConfig`` fields."""
-    return _make("PickPlaceCan", "robosuite/Can", 400, overrides)
+    return _make("robosuite/Can", overrides, render_mode)
 
 
-def make_robosuite_square(**overrides: Any) -> RobosuiteEnv:
+def make_robosuite_square(render_mode: str | None = None, **overrides: Any) -> RobosuiteEnv:
     """robosuite NutAssemblySquare (square nut onto its peg); ``overrides`` are ``RobosuiteConfig`` fields."""
-    return _make("NutAssemblySquare", "robosuite/Square", 400, overrides)
+    return _make("robosuite/Square", overrides, render_mode)
 
 
 class RobosuiteLiftExpert:

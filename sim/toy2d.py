@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from armflow.sim.registry import RENDER_MODES, check_render_mode
+
 STATE_KEY = "observation.state"
 
 
@@ -36,7 +38,7 @@ class Toy2DConfig:
     start_noise_m: float = 0.05  # start position ~ U[-noise, noise]^2
     max_speed_m_s: float = 2.0  # |velocity| per axis at action = 1
     ctrl_dt: float = 0.05  # control period [s]; no physics, so sim_dt == ctrl_dt
-    max_episode_steps: int = 30
+    max_episode_steps: int | None = 30  # None: no own limit (gym.make's TimeLimit owns it)
     success_radius_m: float = 0.1
     goal_rewards: tuple[float, float] = (1.0, 1.0)  # success bonus for (left, right)
     progress_weight: float = 1.0
@@ -44,21 +46,25 @@ class Toy2DConfig:
     render_size: int = 64  # render() returns (render_size, render_size, 3) uint8
 
 
-class Toy2DEnv:
-    """Gymnasium-API bimodal point-reaching env (see module docstring)."""
+class Toy2DEnv(gym.Env):
+    """Bimodal point-reaching ``gymnasium.Env`` (see module docstring)."""
 
     task_name = "toy2d"
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 20.0}
 
-    def __init__(self, config: Toy2DConfig = Toy2DConfig()):
-        if config.max_episode_steps < 1 or config.ctrl_dt <= 0 or config.success_radius_m <= 0:
-            raise ValueError(f"toy2d: invalid config {config}: need max_episode_steps >= 1, ctrl_dt > 0, "
+    def __init__(self, config: Toy2DConfig = Toy2DConfig(), render_mode: str | None = None):
+        limit = config.max_episode_steps
+        if (limit is not None and limit < 1) or config.ctrl_dt <= 0 or config.success_radius_m <= 0:
+            raise ValueError(f"toy2d: invalid config {config}: need max_episode_steps >= 1 (or None), ctrl_dt > 0, "
                              "success_radius_m > 0")
         if len(config.goal_rewards) != 2:
             raise ValueError(f"toy2d: goal_rewards must have 2 entries (left, right), got {config.goal_rewards!r}")
         self.config = config
+        self.render_mode = check_render_mode(render_mode, self.task_name)
         self.ctrl_dt = float(config.ctrl_dt)
         self.sim_dt = float(config.ctrl_dt)
-        self.max_episode_steps = int(config.max_episode_steps)
+        self.metadata = {**Toy2DEnv.metadata, "render_fps": 1.0 / self.ctrl_dt}
+        self.max_episode_steps = None if limit is None else int(limit)
         d = float(config.goal_distance_m)
         self.goals = np.array([[-d, 0.0], [d, 0.0]], dtype=np.float64)  # (2 goals, xy) [m]
         self.arena_half_m = 2.0 * d + 1.0  # the agent is kept inside this square (a wall)
@@ -66,18 +72,16 @@ class Toy2DEnv:
         self.observation_space = gym.spaces.Dict(
             {STATE_KEY: gym.spaces.Box(-bound, bound, shape=(2,), dtype=np.float32)})
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
-        self._rng = np.random.default_rng()
         self._pos = np.zeros(2)
         self._t = 0
         self._needs_reset = True
 
     # -- Gymnasium API -------------------------------------------------------------
     def reset(self, seed: int | None = None, options: dict | None = None):
-        """Start an episode; ``seed`` re-seeds the env's RNG (None continues it)."""
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
+        """Start an episode; ``seed`` re-seeds ``np_random`` (None continues it)."""
+        super().reset(seed=seed)
         noise = self.config.start_noise_m
-        self._pos = self._rng.uniform(-noise, noise, size=2)
+        self._pos = self.np_random.uniform(-noise, noise, size=2)
         self._t = 0
         self._needs_reset = False
         return self._obs(), {"success": False}
@@ -104,7 +108,7 @@ class Toy2DEnv:
             "action_cost": float(-self.config.action_cost_weight * np.dot(a, a)),
             "success": bonus,
         }
-        truncated = (not success) and self._t >= self.max_episode_steps
+        truncated = (not success) and self.max_episode_steps is not None and self._t >= self.max_episode_steps
         self._needs_reset = success or truncated
         info = {"success": success, "reward_terms": terms,
                 "goal_index": int(np.argmin(dists)) if success else -1,
@@ -112,7 +116,8 @@ class Toy2DEnv:
         return self._obs(), float(sum(terms.values())), success, truncated, info
 
     def render(self, camera: str | None = None) -> np.ndarray:
-        """Top-down picture: goals green, agent red. Returns uint8 (H, W, 3); ``camera`` is ignored."""
+        """Top-down picture: goals green, agent red. Returns uint8 (H, W, 3) whatever ``render_mode`` is;
+        ``camera`` is ignored."""
         size = self.config.render_size
         img = np.full((size, size, 3), 255, dtype=np.uint8)
         extent = 1.5 * self.config.goal_distance_m  # half-width of the view [m]
@@ -137,7 +142,10 @@ class Toy2DEnv:
         return {STATE_KEY: self._pos.astype(np.float32)}
 
 
-def make_toy2d(**overrides) -> Toy2DEnv:
+DEFAULT_MAX_EPISODE_STEPS = {"toy2d": Toy2DConfig.max_episode_steps}
+
+
+def make_toy2d(render_mode: str | None = None, **overrides) -> Toy2DEnv:
     """Build toy2d; ``overrides`` are ``Toy2DConfig`` fields (an unknown key raises, listing valid ones)."""
     valid = {f.name for f in dataclasses.fields(Toy2DConfig)}
     unknown = sorted(set(overrides) - valid)
@@ -145,7 +153,7 @@ def make_toy2d(**overrides) -> Toy2DEnv:
         raise TypeError(f"toy2d: unknown config keys {unknown}; valid keys: {sorted(valid)}")
     if "goal_rewards" in overrides:
         overrides["goal_rewards"] = tuple(float(r) for r in overrides["goal_rewards"])
-    return Toy2DEnv(Toy2DConfig(**overrides))
+    return Toy2DEnv(Toy2DConfig(**overrides), render_mode=render_mode)
 
 
 class Toy2DExpert:

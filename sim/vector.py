@@ -1,4 +1,4 @@
-"""Vector envs: N copies of a registered env behind a Gymnasium-VectorEnv-like API.
+"""Vector envs: N copies of a registered env as ``gymnasium.vector.VectorEnv`` subclasses (same-step autoreset).
 
 - ``SubprocVectorEnv``: worker processes (multiprocessing "forkserver" or "spawn"),
   each hosting a contiguous block of envs; one pipe message per worker per step
@@ -7,11 +7,18 @@
   (their pipe closes) and ignore Ctrl-C (the parent handles it and closes them).
 - ``SyncVectorEnv``: the same API in-process (``n_workers=0``), for debugging/tests.
 
-Both: ``reset(seed=None | int | list[int]) -> (obs, info)``;
+Both: ``reset(seed=None | int | list[int], options=None) -> (obs, info)`` (``options`` go to every
+env's reset; gymnasium's ``options["reset_mask"]`` (N,) bool resets only those envs);
 ``step(actions (N, D_a)) -> (obs, reward (N,), terminated (N,), truncated (N,), info)``
 with same-step autoreset and the info keys documented in ``armflow.sim.wrappers``;
-``call(name, *args, **kwargs) -> list`` (one result per env), ``call_at(i, name, ...)``,
-``render(env_index=0, camera=None)``, ``close()`` (also via ``with`` and ``__del__``).
+``call(name, *args, **kwargs) -> list`` (one result per env), ``get_attr(name) -> tuple``,
+``call_at(i, name, ...)``, ``render(env_index=None, camera=None)``, ``close()`` (also via ``with``
+and ``__del__``). ``metadata["autoreset_mode"]`` is ``AutoresetMode.SAME_STEP``, so gymnasium's
+vector wrappers (``RecordEpisodeStatistics``, ...) count episodes right.
+
+Why not gymnasium's own Sync/AsyncVectorEnv: ``AsyncVectorEnv`` runs one process per env, so 32 envs
+on 2 cores are 32 processes and 32 pipe round trips per step; here a worker steps a block of envs
+and answers with one message (see the README's "Measured" table for the speed).
 """
 from __future__ import annotations
 
@@ -35,12 +42,14 @@ class WorkerError(RuntimeError):
     """An env raised inside a vector-env worker; the message carries the worker's traceback."""
 
 
-class _VectorEnvBase:
-    """Shared API of the vector envs; subclasses implement ``_reset/_step/_call_at/_call_all/close``."""
+class _VectorEnvBase(gym.vector.VectorEnv):
+    """Shared API of the vector envs; subclasses implement ``_reset/_step/_call_at/_call_all/close_extras``."""
 
     num_envs: int
 
     def _init_spec(self, spec: dict[str, Any]) -> None:
+        self.metadata = {**spec["metadata"], "autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+        self.render_mode = spec["render_mode"]
         self.single_observation_space = spec["observation_space"]
         self.single_action_space = spec["action_space"]
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
@@ -65,9 +74,23 @@ class _VectorEnvBase:
             raise ValueError(f"step(actions): expected shape {expected} (N, D_a), got {actions.shape}")
         return actions
 
-    def reset(self, seed: int | Sequence[int] | None = None):
-        """Reset all envs; an int seed gives env i ``seed + i``; a list gives one seed per env."""
-        return self._reset(self._seeds(seed))
+    def _reset_mask(self, options: dict) -> np.ndarray | None:
+        """Pop and check gymnasium's ``options["reset_mask"]`` (bool (N,), at least one True)."""
+        mask = options.pop("reset_mask", None)
+        if mask is None:
+            return None
+        mask = np.asarray(mask)
+        if mask.shape != (self.num_envs,) or mask.dtype != np.bool_ or not mask.any():
+            raise ValueError(f"reset(options={{'reset_mask': ...}}): expected a bool array of shape ({self.num_envs},) "
+                             f"with at least one True, got {mask.dtype} {mask.shape} {mask}")
+        return mask
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
+        """Reset all envs (or those in ``options["reset_mask"]``); an int seed gives env i ``seed + i``,
+        a list one seed per env; the other ``options`` go to every env's ``reset``."""
+        options = dict(options or {})
+        mask = self._reset_mask(options)
+        return self._reset(self._seeds(seed), options or None, mask)
 
     def step(self, actions):
         """Step all envs with ``actions (N, D_a)``; finished envs autoreset in the same step."""
@@ -77,14 +100,21 @@ class _VectorEnvBase:
         """Call method (or read attribute) ``name`` on every env; one result per env."""
         return self._call_all(name, args, kwargs)
 
+    def get_attr(self, name: str) -> tuple:
+        """Attribute ``name`` of every env (gymnasium's ``VectorEnv.get_attr``)."""
+        return tuple(self._call_all(name, (), {}))
+
     def call_at(self, index: int, name: str, *args, **kwargs) -> Any:
         """Call method (or read attribute) ``name`` on env ``index``."""
         if not 0 <= index < self.num_envs:
             raise IndexError(f"env index {index} out of range for {self.num_envs} envs")
         return self._call_at(index, name, args, kwargs)
 
-    def render(self, env_index: int = 0, camera: str | None = None) -> np.ndarray:
-        """Frame uint8 (H, W, 3) of env ``env_index`` (for videos)."""
+    def render(self, env_index: int | None = None, camera: str | None = None):
+        """Frame uint8 (H, W, 3) of env ``env_index`` (for videos); with no index, gymnasium's tuple of
+        every env's frame."""
+        if env_index is None:
+            return tuple(self.call("render", camera=camera))
         return self.call_at(env_index, "render", camera=camera)
 
     def __enter__(self):
@@ -108,8 +138,8 @@ class SyncVectorEnv(_VectorEnvBase):
         self._group = EnvGroup([functools.partial(make_env, name, **(overrides or {}))] * self.num_envs)
         self._init_spec(self._group.spec())
 
-    def _reset(self, seeds):
-        return self._group.reset(seeds)
+    def _reset(self, seeds, options, mask):
+        return self._group.reset(seeds, options, mask)
 
     def _step(self, actions):
         return self._group.step(actions)
@@ -120,8 +150,8 @@ class SyncVectorEnv(_VectorEnvBase):
     def _call_at(self, index, name, args, kwargs):
         return self._group.call(index, name, args, kwargs)[0]
 
-    def close(self) -> None:
-        """Close every env (idempotent)."""
+    def close_extras(self, **kwargs) -> None:
+        """Close every env (``close()`` calls this once)."""
         if getattr(self, "_group", None) is not None:
             group, self._group = self._group, None
             group.close()
@@ -139,7 +169,7 @@ def _worker_main(conn, name: str, overrides: dict[str, Any], n_local: int) -> No
     except Exception:  # noqa: BLE001 - reported to the parent, which raises WorkerError
         conn.send(("error", traceback.format_exc()))
     handlers = {
-        "reset": lambda seeds: group.reset(seeds),
+        "reset": lambda p: group.reset(*p),
         "step": lambda actions: group.step(actions),
         "call": lambda p: group.call(*p),
     }
@@ -174,7 +204,6 @@ class SubprocVectorEnv(_VectorEnvBase):
         self._offsets = np.cumsum([0] + sizes)  # env i lives in worker w with offsets[w] <= i < offsets[w+1]
         ctx = mp.get_context(context)
         self._conns, self.processes = [], []
-        self._closed = False
         for size in sizes:
             parent_conn, child_conn = ctx.Pipe()
             proc = ctx.Process(target=_worker_main, args=(child_conn, name, dict(overrides or {}), size),
@@ -211,7 +240,7 @@ class SubprocVectorEnv(_VectorEnvBase):
         return results
 
     def _send(self, w: int, message: tuple) -> None:
-        if self._closed:
+        if self.closed:
             raise RuntimeError("vector env is closed")
         try:
             self._conns[w].send(message)
@@ -219,9 +248,10 @@ class SubprocVectorEnv(_VectorEnvBase):
             proc = self.processes[w]
             raise WorkerError(f"worker {w} (pid {proc.pid}) is gone, exit code {proc.exitcode}") from exc
 
-    def _reset(self, seeds):
+    def _reset(self, seeds, options, mask):
         for w in range(len(self._conns)):
-            self._send(w, ("reset", seeds[self._offsets[w]:self._offsets[w + 1]]))
+            block = slice(self._offsets[w], self._offsets[w + 1])
+            self._send(w, ("reset", (seeds[block], options, None if mask is None else mask[block])))
         return concat_tree(self._gather())
 
     def _step(self, actions):
@@ -239,17 +269,16 @@ class SubprocVectorEnv(_VectorEnvBase):
         self._send(w, ("call", (index - int(self._offsets[w]), name, args, kwargs)))
         return self._gather([self._conns[w]])[0][0]
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Ask workers to close their envs, then join them (terminating any that hang); idempotent."""
-        if getattr(self, "_closed", True):
-            return
-        self._closed = True
-        for conn in self._conns:
+    def close_extras(self, timeout_s: float = 5.0) -> None:
+        """Ask workers to close their envs, then join them (terminating any that hang); ``close()`` calls
+        this once."""
+        conns, processes = getattr(self, "_conns", []), getattr(self, "processes", [])  # [] if __init__ failed early
+        for conn in conns:
             try:
                 conn.send(("close", None))
             except (BrokenPipeError, OSError):
                 pass  # that worker is already gone
-        for conn, proc in zip(self._conns, self.processes):
+        for conn, proc in zip(conns, processes):
             if conn.poll(timeout_s):
                 try:
                     conn.recv()

@@ -10,7 +10,8 @@ first obs), ``reward`` float32 (k,), ``terminated``/``truncated`` bool (k,), and
 (terminated | truncated), ``final_obs`` dict of (k, ...) arrays = the obs returned
 by this step before any autoreset (equal to ``obs`` where not done),
 ``episode_return`` float64 (k,) (NaN where not done), ``episode_length`` int64
-(k,) (0 where not done), ``reward_terms`` dict name -> float32 (k,).
+(k,) (0 where not done), ``reward_terms`` dict name -> float32 (k,), and gymnasium's mask
+``_final_obs`` bool (k,) (= ``done_mask``: the rows of ``final_obs`` that end an episode).
 """
 from __future__ import annotations
 
@@ -43,25 +44,35 @@ class EnvGroup:
         self.envs = [fn() for fn in env_fns]
         self._returns = np.zeros(len(self.envs), dtype=np.float64)
         self._lengths = np.zeros(len(self.envs), dtype=np.int64)
+        self._obs: list[dict[str, np.ndarray] | None] = [None] * len(self.envs)  # each env's latest obs
         self._term_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.envs)
 
     def spec(self) -> dict[str, Any]:
-        """Attributes shared by the group's envs (spaces, timing, task name)."""
+        """Attributes shared by the group's envs (spaces, timing, task name, render mode, metadata)."""
         env = self.envs[0]
         return {name: getattr(env, name) for name in (
-            "observation_space", "action_space", "ctrl_dt", "sim_dt", "max_episode_steps", "task_name")}
+            "observation_space", "action_space", "ctrl_dt", "sim_dt", "max_episode_steps", "task_name",
+            "render_mode", "metadata")}
 
-    def reset(self, seeds: Sequence[int | None]):
-        """Reset every env (``seeds[i]`` for env i) -> (obs dict (k, ...), info)."""
-        if len(seeds) != len(self.envs):
-            raise ValueError(f"EnvGroup.reset: got {len(seeds)} seeds for {len(self.envs)} envs")
-        obs_list = [env.reset(seed=None if s is None else int(s))[0] for env, s in zip(self.envs, seeds)]
-        self._returns[:] = 0.0
-        self._lengths[:] = 0
-        return stack_obs(obs_list), {"success": np.zeros(len(self.envs), dtype=bool)}
+    def reset(self, seeds: Sequence[int | None], options: dict | None = None, mask: np.ndarray | None = None):
+        """Reset env i with ``seeds[i]`` and ``options`` where ``mask[i]`` (default: all) -> (obs dict (k, ...), info).
+
+        Envs outside ``mask`` keep their episode (gymnasium's ``reset_mask``): their rows repeat their latest obs."""
+        k = len(self.envs)
+        if len(seeds) != k:
+            raise ValueError(f"EnvGroup.reset: got {len(seeds)} seeds for {k} envs")
+        mask = np.ones(k, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        for i in np.flatnonzero(mask):
+            seed = None if seeds[i] is None else int(seeds[i])
+            self._obs[i] = self.envs[i].reset(seed=seed, options=options)[0]
+        if any(obs is None for obs in self._obs):
+            raise RuntimeError("reset(options={'reset_mask': ...}) before every env was reset once")
+        self._returns[mask] = 0.0
+        self._lengths[mask] = 0
+        return stack_obs(self._obs), {"success": np.zeros(k, dtype=bool)}
 
     def step(self, actions: np.ndarray):
         """Step env i with ``actions[i]``; finished envs reset at once (see module docstring)."""
@@ -90,12 +101,15 @@ class EnvGroup:
                 self._returns[i], self._lengths[i] = 0.0, 0
                 obs = env.reset()[0]
             obs_list.append(obs)
+        self._obs = obs_list
         if self._term_names is None:
             self._term_names = sorted(terms_list[0])
         reward_terms = {name: np.array([t.get(name, 0.0) for t in terms_list], dtype=np.float32)
                         for name in self._term_names}
-        info = {"success": success, "mode": mode, "done_mask": terminated | truncated, "final_obs": stack_obs(final_list),
-                "episode_return": ep_return, "episode_length": ep_length, "reward_terms": reward_terms}
+        done = terminated | truncated
+        info = {"success": success, "mode": mode, "done_mask": done, "final_obs": stack_obs(final_list),
+                "_final_obs": done.copy(), "episode_return": ep_return, "episode_length": ep_length,
+                "reward_terms": reward_terms}
         return stack_obs(obs_list), reward, terminated, truncated, info
 
     def call(self, index: int | None, name: str, args: tuple = (), kwargs: dict | None = None) -> list:

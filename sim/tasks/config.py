@@ -12,7 +12,7 @@ C = TypeVar("C")
 class CubeTaskConfig:
     """Everything a native Panda cube task reads; each task file ships its own defaults."""
 
-    max_episode_steps: int = 100  # time limit [control steps] -> ``truncated``
+    max_episode_steps: int | None = 100  # time limit [control steps] -> ``truncated``; None: none (gym.make's TimeLimit)
     ctrl_hz: float = 20.0  # control rate [Hz]; ctrl_dt = 1 / ctrl_hz
     sim_dt_s: float = 0.01  # physics timestep [s]; ctrl_dt must be a multiple of it (5 substeps at 20 Hz)
     cube_half_m: float = 0.02  # cube half edge [m]
@@ -60,5 +60,6 @@ def _validate(cfg: CubeTaskConfig, where: str) -> None:
         raise ValueError(f"{where}: cube_centers_xy_m must be a non-empty list of (x, y); got {cfg.cube_centers_xy_m}")
     if len(cfg.cube_xy_range_m) != 2:
         raise ValueError(f"{where}: cube_xy_range_m must be (x, y); got {cfg.cube_xy_range_m}")
-    if cfg.max_episode_steps < 1 or cfg.image_size < 8:
-        raise ValueError(f"{where}: need max_episode_steps >= 1 and image_size >= 8")
+    if (cfg.max_episode_steps is not None and cfg.max_episode_steps < 1) or cfg.image_size < 8:
+        raise ValueError(f"{where}: need max_episode_steps >= 1 (or None) and image_size >= 8; got "
+                         f"{cfg.max_episode_steps}, {cfg.image_size}")

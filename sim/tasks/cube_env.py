@@ -26,6 +26,7 @@ import numpy as np
 
 from armflow.sim.arm import ArmControlConfig, PandaArm, quat_canonical
 from armflow.sim.arm_mjcf import HOME_EE_QUAT, load_model
+from armflow.sim.registry import RENDER_MODES, check_render_mode
 from armflow.sim.tasks.config import CubeTaskConfig
 
 CAMERAS = ("agentview", "wrist", "topview", "video")
@@ -37,10 +38,11 @@ _CUBE_REF = np.array((1.0, 0.0, 0.0, 0.0))
 class CubeEnv(gym.Env):
     """Panda on a table with ``len(cfg.cube_centers_xy_m)`` cubes; lifting any one of them succeeds."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 20.0}
 
-    def __init__(self, cfg: CubeTaskConfig, task_name: str):
+    def __init__(self, cfg: CubeTaskConfig, task_name: str, render_mode: str | None = None):
         self.cfg, self.task_name = cfg, task_name
+        self.render_mode = check_render_mode(render_mode, task_name)
         self.n_cubes = len(cfg.cube_centers_xy_m)
         self.model = load_model(self.n_cubes, cfg.cube_half_m, cfg.sim_dt_s)
         self.data = mujoco.MjData(self.model)
@@ -49,7 +51,8 @@ class CubeEnv(gym.Env):
         self.sim_dt = float(self.model.opt.timestep)
         self.n_substeps = int(round((1.0 / cfg.ctrl_hz) / self.sim_dt))
         self.ctrl_dt = self.n_substeps * self.sim_dt
-        self.max_episode_steps = int(cfg.max_episode_steps)
+        self.metadata = {**CubeEnv.metadata, "render_fps": 1.0 / self.ctrl_dt}
+        self.max_episode_steps = None if cfg.max_episode_steps is None else int(cfg.max_episode_steps)
         self.rest_height_m = float(cfg.cube_half_m)  # cube centre z when resting on the table
         bad = [c for c in cfg.cameras if c not in CAMERAS]
         if bad:
@@ -147,7 +150,7 @@ class CubeEnv(gym.Env):
         mujoco.mj_forward(self.model, self.data)  # positions/contacts consistent with the new qpos
         self._steps += 1
         terms, success, mode = self._reward_terms()
-        truncated = (not success) and self._steps >= self.max_episode_steps
+        truncated = (not success) and self.max_episode_steps is not None and self._steps >= self.max_episode_steps
         info = {"success": success, "reward_terms": terms, "mode": mode}
         return self._obs(), float(sum(terms.values())), success, truncated, info
 
@@ -196,7 +199,9 @@ class CubeEnv(gym.Env):
         return obs
 
     def render(self, camera: str | None = None) -> np.ndarray:
-        """uint8 (image_size, image_size, 3) offscreen frame from ``camera`` (default: first obs camera or agentview)."""
+        """uint8 (image_size, image_size, 3) offscreen frame from ``camera`` (default: first obs camera or agentview).
+
+        Returns a frame whatever ``render_mode`` is (armflow's callers record videos from envs made without one)."""
         name = camera or (self.cfg.cameras[0] if self.cfg.cameras else "agentview")
         if name not in CAMERAS:
             raise ValueError(f"{self.task_name}: unknown camera {name!r}; valid cameras: {', '.join(CAMERAS)}")

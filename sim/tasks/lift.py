@@ -33,11 +33,15 @@ class LiftHardConfig(CubeTaskConfig):
     cube_yaw_range_rad: float = 0.0
 
 
-def make_lift(**overrides: Any) -> CubeEnv:
+DEFAULT_MAX_EPISODE_STEPS = {"lift": LiftConfig.max_episode_steps, "lift_hard": LiftHardConfig.max_episode_steps}
+
+
+def make_lift(render_mode: str | None = None, **overrides: Any) -> CubeEnv:
     """The ``lift`` env; ``overrides`` are ``LiftConfig`` fields (unknown keys raise TypeError)."""
-    return CubeEnv(build_config(LiftConfig, overrides, "lift"), task_name="lift")
+    return CubeEnv(build_config(LiftConfig, overrides, "lift"), task_name="lift", render_mode=render_mode)
 
 
-def make_lift_hard(**overrides: Any) -> CubeEnv:
+def make_lift_hard(render_mode: str | None = None, **overrides: Any) -> CubeEnv:
     """The ``lift_hard`` env; ``overrides`` are ``LiftHardConfig`` fields (unknown keys raise TypeError)."""
-    return CubeEnv(build_config(LiftHardConfig, overrides, "lift_hard"), task_name="lift_hard")
+    return CubeEnv(build_config(LiftHardConfig, overrides, "lift_hard"), task_name="lift_hard",
+                   render_mode=render_mode)

@@ -21,6 +21,10 @@ class PickEitherConfig(CubeTaskConfig):
     cube_yaw_range_rad: float = 0.0
 
 
-def make_pick_either(**overrides: Any) -> CubeEnv:
+DEFAULT_MAX_EPISODE_STEPS = {"pick_either": PickEitherConfig.max_episode_steps}
+
+
+def make_pick_either(render_mode: str | None = None, **overrides: Any) -> CubeEnv:
     """The ``pick_either`` env; ``overrides`` are ``PickEitherConfig`` fields (unknown keys raise TypeError)."""
-    return CubeEnv(build_config(PickEitherConfig, overrides, "pick_either"), task_name="pick_either")
+    return CubeEnv(build_config(PickEitherConfig, overrides, "pick_either"), task_name="pick_either",
+                   render_mode=render_mode)
