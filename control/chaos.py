@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import zmq
 
+from armflow.control import protocol as P
+
 
 @dataclass(frozen=True)
 class ChaosConfig:
@@ -70,6 +72,7 @@ class ChaosProxy:
     def _run(self) -> None:
         front = self.ctx.socket(zmq.ROUTER)
         front.linger = 0
+        front.maxmsgsize = P.MAX_REQUEST_FRAME_BYTES  # stands in for the server's ROUTER
         front.bind(self.bind)
         self.endpoint = front.last_endpoint.decode()
         backs: dict[bytes, zmq.Socket] = {}
@@ -87,6 +90,7 @@ class ChaosProxy:
                 if ident not in backs:
                     back = self.ctx.socket(zmq.DEALER)
                     back.linger = 0
+                    back.maxmsgsize = P.MAX_PUB_FRAME_BYTES
                     back.connect(self.upstream)
                     backs[ident] = back
                     poller.register(back, zmq.POLLIN)

@@ -96,6 +96,7 @@ class BridgeClient(Driver):
     def _socket(self, kind: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.linger = 0
+        sock.maxmsgsize = P.MAX_PUB_FRAME_BYTES  # replies and states: libzmq drops a bigger frame unread
         if self.curve is not None:
             make_curve_client(sock, self.curve)
         return sock

@@ -33,6 +33,16 @@ MAX_CHUNK_H = 1024
 MAX_ACTION_DIM = 16
 MAX_STR = 256
 INT64_MAX = 2**63 - 1
+#: RESET seeds: the range every simulator seeds from (numpy's legacy ``RandomState``, gymnasium, MuJoCo tasks).
+SEED_MAX = 2**32 - 1
+#: A chunk's waypoint interval [ns]: 0.1 ms (faster than any servo loop) to 1 s.
+MIN_DT_NS, MAX_DT_NS = 100_000, 1_000_000_000
+#: Per-frame ``zmq.MAXMSGSIZE`` of sockets that receive from peers, so libzmq drops an oversize frame
+#: (and disconnects its sender) before reading it: requests (server ROUTER), published state and
+#: replies (client SUB / DEALER), subscriptions (server PUB; CURVE handshake commands pass too).
+MAX_REQUEST_FRAME_BYTES = 4 * 1024 * 1024
+MAX_PUB_FRAME_BYTES = 64 * 1024 * 1024
+MAX_SUBSCRIPTION_BYTES = 64 * 1024
 
 ALLOWED_DTYPES = ("<f4", "<f8", "<i4", "<i8", "|u1", "|b1")
 _ITEMSIZE = {d: np.dtype(d).itemsize for d in ALLOWED_DTYPES}
@@ -78,6 +88,10 @@ MSG_TYPES = tuple(BODY_SCHEMAS)
 #: Sent by clients to the server (everything else is server -> client).
 REQUEST_TYPES = ("HELLO", "ARM", "DISARM", "CHUNK", "HEARTBEAT", "ESTOP", "RESET", "TIME_SYNC", "BYE")
 _HEADER_KEYS = {"v", "type", "seq", "session", "t_send_ns", "frames", "body"}
+#: Integer fields whose valid range is narrower than int64 (inclusive bounds).
+FIELD_RANGES = {"RESET.seed": (0, SEED_MAX)}
+#: String fields a peer may send longer than MAX_STR: free text, truncated on decode instead of refused.
+TRUNCATED_FIELDS = ("reason",)
 
 
 @dataclass
@@ -113,8 +127,28 @@ def encode(msg_type: str, body: dict | None = None, arrays: dict | None = None, 
         buffers.append(memoryview(arr).cast("B") if arr.size else b"")
     header = {"v": list(PROTOCOL_VERSION), "type": msg_type, "seq": int(seq), "session": session,
               "t_send_ns": int(time.monotonic_ns() if t_send_ns is None else t_send_ns),
-              "frames": descs, "body": body or {}}
-    return [msgpack.packb(header, use_bin_type=True)] + buffers
+              "frames": descs, "body": fit_strings(body or {})}
+    raw = msgpack.packb(header, use_bin_type=True)
+    if len(raw) > MAX_HEADER_BYTES:  # the receiver would refuse it: fail here, where the bug is
+        raise ProtocolError("too_large", f"{msg_type} header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
+    return [raw] + buffers
+
+
+def truncate(text: str, limit: int = MAX_STR) -> str:
+    """``text`` cut to ``limit`` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def fit_strings(value):
+    """``value`` with every string (at any depth) cut to MAX_STR, so whatever a peer sends decodes:
+    reasons carry exception texts and user input of any length."""
+    if isinstance(value, str):
+        return truncate(value)
+    if isinstance(value, dict):
+        return {k: fit_strings(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [fit_strings(v) for v in value]
+    return value
 
 
 def _frame_buffer(frame) -> memoryview:
@@ -148,18 +182,23 @@ def _check_version(v) -> tuple[int, int]:
     return int(v[0]), int(v[1])
 
 
-def _check_value(name: str, value, types: tuple[type, ...]) -> None:
+def _check_value(name: str, value, types: tuple[type, ...]):
+    """``value`` checked against ``types`` and its range; returns it (a free-text field truncated)."""
     t = type(value)  # exact types: msgpack yields plain int/float/str/bool/dict/list, and bool is not an int here
     if t not in types:
         raise ProtocolError("bad_field", f"{name} must be {[x.__name__ for x in types]}, got {t.__name__}")
     if t is int:
-        if abs(value) > INT64_MAX:
-            raise ProtocolError("bad_field", f"{name} out of int64 range")
+        lo, hi = FIELD_RANGES.get(name, (-INT64_MAX - 1, INT64_MAX))
+        if not lo <= value <= hi:
+            raise ProtocolError("bad_field", f"{name}={value} outside [{lo}, {hi}]")
     elif t is float:
         if not math.isfinite(value):
             raise ProtocolError("not_finite", f"{name} must be finite, got {value}")
-    elif t is str and len(value) > MAX_STR and name != "reason":
-        raise ProtocolError("bad_field", f"{name} longer than {MAX_STR} characters")
+    elif t is str and len(value) > MAX_STR:
+        if name.rsplit(".", 1)[-1] not in TRUNCATED_FIELDS:
+            raise ProtocolError("bad_field", f"{name} longer than {MAX_STR} characters")
+        return truncate(value)
+    return value
 
 
 def _check_body(msg_type: str, body, minor: int) -> dict:
@@ -174,7 +213,7 @@ def _check_body(msg_type: str, body, minor: int) -> dict:
             if required:
                 raise ProtocolError("bad_body", f"{msg_type}: missing required field {name!r}")
             continue
-        _check_value(f"{msg_type}.{name}", body[name], types)
+        body[name] = _check_value(f"{msg_type}.{name}", body[name], types)
     return {k: v for k, v in body.items() if k in schema}
 
 
@@ -234,6 +273,35 @@ def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[st
     return Message(msg_type, body, arrays, header["seq"], header["session"], header["t_send_ns"], (major, minor))
 
 
+def peek(frames: list) -> tuple[str | None, int]:
+    """Best-effort ``(type, seq)`` of a message ``decode`` refused, read without building the rest of the
+    header (msgpack ``skip``), so the server can still honour an e-stop that is malformed in any other way.
+    ``type`` is upper-cased and stripped; a leading empty frame (REQ-style delimiter) is skipped."""
+    if len(frames) > 1 and not _frame_buffer(frames[0]).nbytes:
+        frames = frames[1:]
+    if not frames:
+        return None, 0
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_REQUEST_BYTES, max_str_len=MAX_HEADER_BYTES,
+                                max_bin_len=MAX_HEADER_BYTES, max_array_len=1024, max_map_len=256, max_ext_len=0)
+    found: dict = {}
+    try:
+        unpacker.feed(bytes(_frame_buffer(frames[0])[:MAX_REQUEST_BYTES]))
+        for _ in range(min(unpacker.read_map_header(), 256)):
+            key = unpacker.unpack()
+            if key in ("type", "seq") and key not in found:
+                found[key] = unpacker.unpack()
+            else:
+                unpacker.skip()
+    except Exception:  # noqa: BLE001  hostile bytes: keep whatever was read before them
+        pass
+    kind = found.get("type")
+    if isinstance(kind, bytes):
+        kind = kind.decode("latin-1")
+    kind = kind.strip(" \t\r\n\x00").upper() if isinstance(kind, str) else None
+    seq = found.get("seq")
+    return kind, seq if _is_int(seq) and 0 <= seq <= INT64_MAX else 0
+
+
 def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple[np.ndarray, np.ndarray | None]:
     """Check a CHUNK's fields and arrays; return ``(actions (H, D) float64, gripper (H,) | None)``."""
     body = msg.body
@@ -242,8 +310,8 @@ def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple[np.ndarra
         raise ProtocolError("bad_mode", f"action_space {space!r} not supported; valid: {sorted(action_dims)}")
     if body.get("merge", "replace") not in MERGE_RULES:
         raise ProtocolError("bad_field", f"merge {body['merge']!r} unknown; valid: {MERGE_RULES}")
-    if body["dt_ns"] <= 0 or body["dt_ns"] > 10**9:
-        raise ProtocolError("bad_field", f"dt_ns must be in (0, 1e9], got {body['dt_ns']}")
+    if not MIN_DT_NS <= body["dt_ns"] <= MAX_DT_NS:
+        raise ProtocolError("bad_field", f"dt_ns must be in [{MIN_DT_NS}, {MAX_DT_NS}], got {body['dt_ns']}")
     if body["t0_ns"] < 0 or body["chunk_id"] < 0:
         raise ProtocolError("bad_field", "t0_ns and chunk_id must be >= 0")
     if set(msg.arrays) - {"actions", "gripper"} or "actions" not in msg.arrays:
@@ -254,6 +322,9 @@ def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple[np.ndarra
             or actions.shape[1] != dim:
         raise ProtocolError("bad_shape", f"actions must be float (H<={MAX_CHUNK_H}, {dim}) for {space}, "
                                          f"got {actions.dtype} {actions.shape}")
+    if body["t0_ns"] + (actions.shape[0] - 1) * body["dt_ns"] > INT64_MAX:
+        raise ProtocolError("bad_field", f"t0_ns={body['t0_ns']} + {actions.shape[0] - 1} * dt_ns={body['dt_ns']} "
+                                         "overflows int64 ns")
     gripper = msg.arrays.get("gripper")
     if gripper is not None:
         if gripper.dtype.kind != "f" or gripper.shape != (actions.shape[0],):

@@ -27,6 +27,26 @@ from armflow.control.safety import quat_normalize, quat_slerp
 
 POSITION_MODES = ("joint_pos", "ee_pose")
 RATE_MODES = ("joint_vel", "ee_delta")
+#: Admission horizon: a chunk's first waypoint may be due at most this far ahead of server now [ns]
+#: (a later one is a clock error and would sit in the buffer), and at most this far behind it.
+MAX_LEAD_NS = 5_000_000_000
+MAX_PAST_NS = 2_000_000_000
+
+
+def admit(t0_ns: int, dt_ns: int, n: int, now_ns: int, exec_latency_ns: int = 0,
+          actuator_latency_ns: int = 0) -> tuple[str, str]:
+    """``(code, reason)`` why a chunk of ``n`` waypoints at ``t0 + i*dt`` cannot run from ``now_ns``, or
+    ``("", "")`` if at least one waypoint will. Decided at receipt, so an ACK means "will run"."""
+    if t0_ns > now_ns + MAX_LEAD_NS:
+        return "too_far", (f"t0_ns is {(t0_ns - now_ns) / 1e9:.3f} s ahead of server now; the horizon is "
+                           f"{MAX_LEAD_NS / 1e9:.0f} s (send times in server time: see clock sync)")
+    if t0_ns < now_ns - MAX_PAST_NS:
+        return "stale", (f"t0_ns is {(now_ns - t0_ns) / 1e9:.3f} s behind server now (tolerance "
+                         f"{MAX_PAST_NS / 1e9:.0f} s)")
+    t_last = t0_ns + (n - 1) * dt_ns - actuator_latency_ns
+    if t_last < now_ns + exec_latency_ns:
+        return "stale", f"all {n} waypoints are due before server now + exec latency: nothing would run"
+    return "", ""
 
 
 @dataclass
@@ -45,6 +65,7 @@ class InsertResult:
     n_stale: int
     n_replaced: int
     first_kept_index: int | None
+    superseded: list = field(default_factory=list)  # chunk ids replaced before any of their waypoints ran
 
 
 @dataclass
@@ -84,10 +105,20 @@ class ChunkScheduler:
         self.last_gripper: float | None = None
         self.current: Waypoint | None = None  # rate modes: the waypoint being held
         self.starved_since_ns: int | None = None
+        self.last_run_chunk: int | None = None  # chunk id of the newest waypoint reached
 
-    def clear(self) -> None:
+    def clear(self) -> list[int]:
+        """Drop every buffered waypoint; return the ids of the chunks that lost waypoints (the caller
+        tells the controller: an ACKed chunk must run or be reported)."""
+        dropped = sorted({wp.chunk_id for wp in self.buffer})
         self.buffer.clear()
         self.anchor, self.current, self.starved_since_ns = None, None, None
+        return dropped
+
+    def _reached(self, wps: list[Waypoint]) -> list[tuple[int, int, int]]:
+        if wps:
+            self.last_run_chunk = wps[-1].chunk_id
+        return [(w.chunk_id, w.index, w.t_ns) for w in wps]
 
     @property
     def remaining(self) -> int:
@@ -101,7 +132,12 @@ class ChunkScheduler:
 
     def insert(self, chunk_id: int, t0_ns: int, dt_ns: int, actions: np.ndarray, gripper: np.ndarray | None,
                now_ns: int, last_setpoint: np.ndarray | None) -> InsertResult:
-        """Schedule ``actions (H, D)``; ``last_setpoint`` is the last commanded setpoint (anchor)."""
+        """Schedule ``actions (H, D)``; ``last_setpoint`` is the last commanded setpoint (anchor).
+
+        Chunk ids must increase with every insert (the server enforces it), so the buffer is ordered by
+        chunk id as well as by time."""
+        if dt_ns <= 0 or not -2**63 <= t0_ns - self.actuator_latency_ns <= t0_ns + (len(actions) - 1) * dt_ns < 2**63:
+            raise ValueError(f"chunk {chunk_id}: t0_ns={t0_ns}, dt_ns={dt_ns}, H={len(actions)} leave int64 ns")
         times = t0_ns + dt_ns * np.arange(len(actions), dtype=np.int64) - self.actuator_latency_ns
         keep = times >= now_ns + self.exec_latency_ns
         if not keep.any():
@@ -109,9 +145,12 @@ class ChunkScheduler:
         first = int(np.argmax(keep))
         t_first = int(times[first])
         n_before = len(self.buffer)
+        removed = set()
         while self.buffer and self.buffer[-1].t_ns >= t_first:
-            self.buffer.pop()
+            removed.add(self.buffer.pop().chunk_id)
         n_replaced = n_before - len(self.buffer)
+        tail = self.buffer[-1].chunk_id if self.buffer else None
+        superseded = sorted(c for c in removed if c != tail and c != self.last_run_chunk)
         for i in range(first, len(actions)):
             g = None if gripper is None else float(gripper[i])
             self.buffer.append(Waypoint(int(times[i]), np.array(actions[i], float), g, chunk_id, i, dt_ns))
@@ -119,7 +158,7 @@ class ChunkScheduler:
                 and not self.lockstep:
             self.anchor = (now_ns, np.array(last_setpoint, float))  # start interpolating from where we are
         self.starved_since_ns = None
-        return InsertResult(len(actions) - first, first, n_replaced, first)
+        return InsertResult(len(actions) - first, first, n_replaced, first, superseded)
 
     def tick(self, now_ns: int, last_setpoint: np.ndarray | None) -> TickResult | None:
         """The setpoint for time ``now_ns``; ``None`` in lockstep when nothing is buffered."""
@@ -128,7 +167,7 @@ class ChunkScheduler:
                 return None
             wp = self.buffer.popleft()
             self.last_gripper = wp.gripper if wp.gripper is not None else self.last_gripper
-            return TickResult(wp.action.copy(), self.last_gripper, [(wp.chunk_id, wp.index, wp.t_ns)])
+            return TickResult(wp.action.copy(), self.last_gripper, self._reached([wp]))
         if self.mode in POSITION_MODES:
             return self._tick_position(now_ns, last_setpoint)
         if self.mode == "ee_delta":
@@ -145,7 +184,7 @@ class ChunkScheduler:
             wp = self.buffer.popleft()
             if wp.gripper is not None:
                 self.last_gripper = wp.gripper
-            return TickResult(wp.action.copy(), self.last_gripper, [(wp.chunk_id, wp.index, wp.t_ns)])
+            return TickResult(wp.action.copy(), self.last_gripper, self._reached([wp]))
         return TickResult(np.zeros(self.dim), self.last_gripper, [], starved=not self.buffer)
 
     def _pop_due(self, now_ns: int) -> list[Waypoint]:
@@ -159,7 +198,7 @@ class ChunkScheduler:
 
     def _tick_position(self, now_ns: int, last_setpoint: np.ndarray | None) -> TickResult:
         due = self._pop_due(now_ns)
-        executed = [(w.chunk_id, w.index, w.t_ns) for w in due]
+        executed = self._reached(due)
         if due:
             self.anchor = (due[-1].t_ns, due[-1].action)
         if self.anchor is None:
@@ -174,7 +213,7 @@ class ChunkScheduler:
 
     def _tick_rate(self, now_ns: int) -> TickResult:
         due = self._pop_due(now_ns)
-        executed = [(w.chunk_id, w.index, w.t_ns) for w in due]
+        executed = self._reached(due)
         if due:
             self.current = due[-1]
         cur = self.current

@@ -19,12 +19,15 @@ import zmq
 
 from armflow.control import channel, protocol as P
 from armflow.control.limits import SafetyLimits, load_limits
+from armflow.control.scheduler import admit
 from armflow.control.security import CurveConfig, check_endpoint, make_curve_server, start_authenticator
 from armflow.control.servo import ServoConfig, servo_main
 from armflow.control.watchdog import MOVING
 
 log = logging.getLogger("armflow.control.server")
 MAX_SESSIONS = 256
+#: Requests queued per peer before libzmq stops reading from it (x MAX_REQUEST_FRAME_BYTES bounds its memory).
+ROUTER_RCVHWM = 64
 
 
 class ServerError(RuntimeError):
@@ -81,9 +84,13 @@ class BridgeServer:
             check_endpoint(ep, cfg.curve)
         self.sessions: dict[bytes, Session] = {}
         self.controller: bytes | None = None
-        self.pending: dict[int, tuple[bytes, int, str]] = {}
+        self.pending: dict[int, tuple[bytes, int, str, str]] = {}  # req -> (ident, seq, session, type)
         self.req_counter = 0
-        self.n_bad = 0
+        self.n_bad = self.n_internal = 0
+        # the servo's view, mirrored from its replies and states, to refuse at receipt what cannot run
+        self.armed_mode: str | None = None
+        self.last_chunk_id = -1  # chunk ids must increase with every ACKed CHUNK of a lease
+        self.servo_t_ns = 0  # lockstep: the newest simulation time the servo published
         self.ctx = self.router = self.pub = self.auth = self.proc = self.conn = None
         self.ready: dict = {}
         self.servo_status = "DISCONNECTED"  # as last reported by the servo (pipe order)
@@ -120,6 +127,10 @@ class BridgeServer:
             if self.cfg.curve is not None:
                 make_curve_server(sock, self.cfg.curve)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # libzmq refuses (and disconnects) an oversize frame before reading it, authenticated or not
+        self.router.maxmsgsize = P.MAX_REQUEST_FRAME_BYTES
+        self.router.rcvhwm = ROUTER_RCVHWM
+        self.pub.maxmsgsize = P.MAX_SUBSCRIPTION_BYTES  # a PUB reads its subscribers' subscriptions
         self.pub.sndhwm = 100
         self.router.bind(self.cfg.endpoint)
         self.pub.bind(self.cfg.pub_endpoint or derive_pub_endpoint(self.cfg.endpoint))
@@ -159,8 +170,8 @@ class BridgeServer:
                 for _ in range(256):  # drain, but keep serving the servo pipe
                     if not self.router.get(zmq.EVENTS) & zmq.POLLIN:
                         break
-                    frames = self.router.recv_multipart()
-                    self.on_request(frames[0], frames[1:])
+                    frames = self.router.recv_multipart(copy=False)
+                    self.on_request(frames[0].bytes, frames[1:])
             while self.conn.poll(0):
                 try:
                     self.on_servo(channel.unpack(self.conn.recv_bytes()))
@@ -173,13 +184,14 @@ class BridgeServer:
         self.router.send_multipart([ident] + P.encode(msg_type, body, seq=seq, session=session))
 
     def nack(self, ident: bytes, ack_seq: int, code: str, reason: str) -> None:
-        self.send(ident, "NACK", {"ack_seq": ack_seq, "code": code, "reason": reason[:1000]})
+        self.send(ident, "NACK", {"ack_seq": ack_seq, "code": code, "reason": reason})  # encode truncates
 
     def to_servo(self, obj: dict) -> None:
         self.conn.send_bytes(channel.pack(obj))
 
     def _set_lease(self, ident: bytes | None, t_cmd_ms: int | None = None) -> None:
         self.controller = ident
+        self.last_chunk_id = -1
         self.to_servo({"cmd": "lease", "held": ident is not None, "t_cmd_ms": t_cmd_ms})
 
     def _expire_lease(self) -> None:
@@ -192,21 +204,46 @@ class BridgeServer:
             self._set_lease(None)
 
     # -- requests -------------------------------------------------------------------------------
+    def estop(self, ident: bytes, seq: int, malformed: str = "") -> None:
+        """Stop the arm and ACK. Nothing but authentication (CURVE, below this layer) can refuse an
+        e-stop: not a missing session, nor any malformed field; the ACK says what was wrong."""
+        self.shared.estop_count.value += 1  # the servo polls it every tick: jumps the pipe queue
+        info = {"applied": True, **({"malformed": malformed} if malformed else {})}
+        self.send(ident, "ACK", {"ack_seq": seq, "info": info})
+
     def on_request(self, ident: bytes, frames: list) -> None:
+        """Handle one request; no message, however hostile, ends the server (bugs are NACKed ``internal``)."""
+        try:
+            self._on_request(ident, frames)
+        except Exception as exc:  # noqa: BLE001
+            self.n_internal += 1
+            log.exception("request from %s failed", ident.hex())
+            if P.peek(frames)[0] == "ESTOP":
+                self.estop(ident, P.peek(frames)[1], f"{type(exc).__name__}: {exc}")
+                return
+            try:
+                self.nack(ident, P.peek(frames)[1], "internal", f"server error: {type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001  the answer itself failed: the request stays unanswered
+                log.exception("could not NACK")
+
+    def _on_request(self, ident: bytes, frames: list) -> None:
         t_recv = time.monotonic_ns()
         try:
             msg = P.decode(frames, expect=P.REQUEST_TYPES)
         except P.ProtocolError as exc:
             self.n_bad += 1
-            self.nack(ident, 0, exc.code, str(exc))
+            kind, seq = P.peek(frames)
+            if kind == "ESTOP":
+                self.estop(ident, seq, str(exc))
+            else:
+                self.nack(ident, seq, exc.code, str(exc))
             return
         if msg.type == "HELLO":
             self.on_hello(ident, msg)
             return
         sess = self.sessions.get(ident)
         if msg.type == "ESTOP" and (sess is None or msg.session != sess.session):
-            self.shared.estop_count.value += 1  # a stop needs no session: any client that can connect may stop
-            self.send(ident, "ACK", {"ack_seq": msg.seq})
+            self.estop(ident, msg.seq)  # a stop needs no session: any client that can connect may stop
             return
         if sess is None or msg.session != sess.session:
             self.nack(ident, msg.seq, "no_session", "send HELLO first (or session id mismatch)")
@@ -216,8 +253,7 @@ class BridgeServer:
         if is_ctrl:
             self.shared.last_cmd_ns.value = t_recv  # watchdog feed: any valid message from the lease holder
         if msg.type == "ESTOP":  # anyone connected may stop the robot; it jumps the queue
-            self.shared.estop_count.value += 1
-            self.send(ident, "ACK", {"ack_seq": msg.seq}, session=sess.session)
+            self.estop(ident, msg.seq)
         elif msg.type == "TIME_SYNC":
             self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"t0_ns": msg.body["t0_ns"], "t1_ns": t_recv,
                                                                   "t2_ns": time.monotonic_ns()}})
@@ -234,20 +270,41 @@ class BridgeServer:
             self.on_chunk(ident, msg)
         else:  # ARM, DISARM, RESET: answered when the servo has applied them
             self.req_counter += 1
-            self.pending[self.req_counter] = (ident, msg.seq, sess.session)
+            self.pending[self.req_counter] = (ident, msg.seq, sess.session, msg.type)
             self.to_servo({"cmd": msg.type.lower(), "req": self.req_counter, **msg.body})
 
+    def servo_now_ns(self) -> int:
+        """The servo's clock: the shared monotonic clock, or the newest published simulation time."""
+        return self.servo_t_ns if self.cfg.lockstep else time.monotonic_ns()
+
+    def chunk_refusal(self, msg: P.Message, n: int) -> tuple[str, str]:
+        """``(code, reason)`` if the chunk cannot run, judged at receipt from the servo's mirrored state."""
+        body = msg.body
+        if self.servo_status not in MOVING:
+            return "not_armed", f"state is {self.servo_status}; ARM first"
+        if body["action_space"] != self.armed_mode:
+            return "wrong_mode", f"chunk action_space {body['action_space']} != armed mode {self.armed_mode}"
+        if body["chunk_id"] <= self.last_chunk_id:
+            return "bad_chunk_id", (f"chunk_id {body['chunk_id']} <= last accepted {self.last_chunk_id} "
+                                    "(ids must increase: duplicate or replay?)")
+        return admit(body["t0_ns"], body["dt_ns"], n, self.servo_now_ns(), int(self.cfg.exec_latency_ms * 1e6),
+                     int(self.cfg.actuator_latency_ms * 1e6))
+
     def on_chunk(self, ident: bytes, msg: P.Message) -> None:
-        if self.servo_status not in MOVING:  # the servo re-checks; this only answers early and clearly
-            self.nack(ident, msg.seq, "not_armed", f"state is {self.servo_status}; ARM first")
-            return
+        """ACK means "will run": every check that can be made here is. What changes before the servo
+        inserts it (a trip, the clock) is reported by the servo as a ``chunk_rejected`` event at once."""
         try:
             actions, gripper = P.validate_chunk(msg, self.ready["dims"])
         except P.ProtocolError as exc:
             self.n_bad += 1
             self.nack(ident, msg.seq, exc.code, str(exc))
             return
-        # ACK first: it means "valid, handed to the servo" and the servo hand-off is off the round-trip path
+        code, reason = self.chunk_refusal(msg, len(actions))
+        if code:
+            self.nack(ident, msg.seq, code, f"chunk {msg.body['chunk_id']}: {reason}")
+            return
+        self.last_chunk_id = msg.body["chunk_id"]
+        # ACK first: the servo hand-off is off the round-trip path
         self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"chunk_id": msg.body["chunk_id"]}})
         self.to_servo({"cmd": "chunk", **msg.body, "actions": actions, "gripper": gripper})
 
@@ -295,6 +352,7 @@ class BridgeServer:
         kind = msg["kind"]
         if kind == "pub":  # state / event frames, already encoded by the servo process
             self.servo_status = msg["status"]
+            self.servo_t_ns = msg.get("t_ns", self.servo_t_ns)
             self.pub.send_multipart(msg["frames"])
             if "event" in msg:
                 log.info("event %s %s", msg["event"], msg["data"])
@@ -302,8 +360,10 @@ class BridgeServer:
             target = self.pending.pop(msg["req"], None)
             if target is None:
                 return
-            ident, seq, session = target
+            ident, seq, session, msg_type = target
             self.servo_status = msg["info"].get("state", self.servo_status)
+            if msg_type == "ARM" and msg["ok"]:
+                self.armed_mode = msg["info"]["mode"]
             if msg["ok"]:
                 self.send(ident, "ACK", {"ack_seq": seq, "info": msg["info"]}, session=session)
             else:

@@ -31,6 +31,11 @@ from armflow.control.timing import (ERR_BINS, period_err_percentiles_us, record_
                                    sleep_until)
 from armflow.hardware.driver import DriverError, RobotState
 
+#: States queued for the I/O process beyond this are dropped (newest-only stream; events never are).
+OUTBOX_STATES = 256
+#: Chunk ids per ``chunk_dropped`` event; STATE's ``executed`` list is capped the same way.
+MAX_IDS_PER_EVENT = 256
+
 @dataclass
 class ServoConfig:
     robot: str
@@ -58,7 +63,8 @@ class ServoLoop:
         self.dims = action_dims(self.info.dof)
         self.rate_hz = float(cfg.servo_rate_hz or self.info.native_rate_hz)
         self.period_ns = int(1e9 / self.rate_hz)
-        self.safety = SafetyLayer(self.limits, self.info)
+        self.safety = SafetyLayer(self.limits, self.info, fk=getattr(self.driver, "forward_position_m", None))
+        self.driver.set_motion_limits(self.safety.q_lo, self.safety.q_hi, self.safety.qd_max)  # its own IK/integration
         self.watchdog = Watchdog(int(cfg.t_cmd_ms * 1e6))
         self.scheduler: ChunkScheduler | None = None
         self.mode: str | None = None
@@ -70,23 +76,23 @@ class ServoLoop:
         self.executed_since_pub: list = []  # [(chunk_id, index, t_ns)] reached since the last state
         self.last_scheduled: dict = {}
         self.starved = False
-        self.last_chunk_id = -1
         self.err_hist = np.zeros(ERR_BINS + 1, np.int64)  # |period error| histogram (timing.ERR_BIN_NS bins)
         self.running = True
         self.spin_ns = cfg.spin_us * 1000
-        self.outbox: queue.Queue = queue.Queue(maxsize=256)
+        self.outbox: queue.Queue = queue.Queue()  # states are dropped past OUTBOX_STATES; events/replies never
         self.n_dropped = 0
         self.writer = threading.Thread(target=self._writer, name="servo-writer", daemon=True)
         self.writer.start()
         self.state: RobotState = self.driver.read_state()
 
     # -- messages ---------------------------------------------------------------------------
-    def send(self, obj: dict) -> None:
-        """Queue a message for the I/O process; never blocks the tick (drops and counts when full)."""
-        try:
-            self.outbox.put_nowait(channel.pack(obj))
-        except queue.Full:
+    def send(self, obj: dict, droppable: bool = False) -> None:
+        """Queue a message for the I/O process; never blocks the tick. A state (``droppable``) is dropped
+        and counted while the I/O process lags; replies and events never are: the controller is owed them."""
+        if droppable and self.outbox.qsize() >= OUTBOX_STATES:
             self.n_dropped += 1
+            return
+        self.outbox.put_nowait(channel.pack(obj))
 
     def _writer(self) -> None:
         # a blocked pipe (I/O process stalled) stalls only this thread, never the servo tick
@@ -102,7 +108,13 @@ class ServoLoop:
 
     def event(self, kind: str, **data) -> None:
         frames = [b"EVENT"] + [bytes(f) for f in P.encode("EVENT", {"kind": kind, "data": data})]
-        self.send({"kind": "pub", "status": self.watchdog.state, "frames": frames, "event": kind, "data": data})
+        self.send({"kind": "pub", "status": self.watchdog.state, "t_ns": self.now_ns(), "frames": frames,
+                   "event": kind, "data": P.fit_strings(data)})
+
+    def chunks_dropped(self, chunk_ids: list, reason: str) -> None:
+        """Tell the controller which ACKed chunks lost waypoints that will never run, and why."""
+        for i in range(0, len(chunk_ids), MAX_IDS_PER_EVENT):
+            self.event("chunk_dropped", chunk_ids=list(chunk_ids[i:i + MAX_IDS_PER_EVENT]), reason=reason)
 
     def reply(self, req: int, ok: bool, code: str = "", info: dict | None = None) -> None:
         self.send({"kind": "reply", "req": req, "ok": ok, "code": code, "info": info or {}})
@@ -117,24 +129,45 @@ class ServoLoop:
                 return
             timeout_s = 0.0
             try:
-                self.handle(channel.unpack(self.conn.recv_bytes()))
+                cmd = channel.unpack(self.conn.recv_bytes())
             except (EOFError, OSError):
                 self.running = False  # the I/O process is gone: stop the arm and exit
                 return
+            self.handle(cmd)
 
     def handle(self, cmd: dict) -> None:
+        """Apply one command. Whatever a controller's command makes the driver raise latches FAULT and is
+        answered (NACK / event); it never ends the servo process."""
+        try:
+            self._handle(cmd)
+        except Exception as exc:  # noqa: BLE001  driver / simulator errors of any type
+            reason = P.truncate(f"{cmd.get('cmd', '?').upper()} failed: {type(exc).__name__}: {exc}")
+            self.fault(reason)
+            if "req" in cmd:
+                self.reply(cmd["req"], False, "driver_error", {"reason": reason, "state": self.watchdog.state})
+            elif cmd.get("cmd") == "chunk":
+                self.event("chunk_rejected", chunk_id=cmd.get("chunk_id"), reason=reason)
+
+    def fault(self, reason: str) -> None:
+        """Latch FAULT, drop the buffer and stop the driver (best effort: it may be what failed)."""
+        self.watchdog.trip("FAULT", reason)
+        self._clear(reason)
+        try:
+            self.driver.stop()
+        except Exception:  # noqa: BLE001  already faulted; the latch stops all commanding
+            pass
+
+    def _handle(self, cmd: dict) -> None:
         kind = cmd["cmd"]
         if kind == "lease":
             if cmd.get("t_cmd_ms"):
                 self.watchdog.t_cmd_ns = int(cmd["t_cmd_ms"] * 1e6)
             self.watchdog.on_lease(cmd["held"])
-            if not cmd["held"]:
-                self.last_chunk_id = -1
         elif kind == "arm":
             self._arm(cmd)
         elif kind == "disarm":
             self.watchdog.on_disarm()
-            self._clear()
+            self._clear("disarmed")
             self.reply(cmd["req"], True, info={"state": self.watchdog.state})
         elif kind == "chunk":
             self._chunk(cmd)
@@ -143,9 +176,11 @@ class ServoLoop:
         elif kind == "stop":
             self.running = False
 
-    def _clear(self) -> None:
+    def _clear(self, reason: str) -> None:
         if self.scheduler is not None:
-            self.scheduler.clear()
+            dropped = self.scheduler.clear()
+            if dropped:
+                self.chunks_dropped(dropped, reason)
 
     def _arm(self, cmd: dict) -> None:
         mode = cmd["mode"]
@@ -163,33 +198,39 @@ class ServoLoop:
             self.reply(cmd["req"], False, "not_leased", {"reason": reason})
             return
         self.state = self.driver.read_state()
+        self._clear(f"re-armed ({mode})")
         self.mode, self.resume_check = mode, True
         self.scheduler = ChunkScheduler(mode, self.dims[mode], int(self.cfg.exec_latency_ms * 1e6),
                                         int(self.cfg.actuator_latency_ms * 1e6), lockstep=self.cfg.lockstep)
         self.safety.reset(mode, self.state)
         self.last_setpoint = self.safety.prev.copy() if mode in ("joint_pos", "ee_pose") else None
-        self.reply(cmd["req"], True, info={"state": self.watchdog.state})
+        self.reply(cmd["req"], True, info={"state": self.watchdog.state, "mode": mode})
 
     def _chunk(self, cmd: dict) -> None:
+        """The I/O process ACKed this chunk after checking what it could (mode, order, times); what changed
+        since (state, mode, time, resume distance) is reported at once as ``chunk_rejected``."""
         reason = self._chunk_refusal(cmd)
         if reason:
             self.event("chunk_rejected", chunk_id=cmd["chunk_id"], reason=reason)
             return
-        self.watchdog.on_chunk()
-        self.last_chunk_id = cmd["chunk_id"]
         res = self.scheduler.insert(cmd["chunk_id"], cmd["t0_ns"], cmd["dt_ns"], cmd["actions"], cmd.get("gripper"),
                                     self.now_ns(), self.last_setpoint)
-        self.resume_check = self.resume_check and res.n_kept == 0
+        if not res.n_kept:
+            self.event("chunk_rejected", chunk_id=cmd["chunk_id"],
+                       reason=f"stale on arrival: all {res.n_stale} waypoints due before servo now + exec latency")
+            return
+        self.watchdog.on_chunk()
+        if res.superseded:
+            self.chunks_dropped(res.superseded, f"replaced by chunk {cmd['chunk_id']} before any waypoint ran")
+        self.resume_check = False
         self.last_scheduled = {"chunk_id": cmd["chunk_id"], **asdict(res)}  # reported in the next state
 
     def _chunk_refusal(self, cmd: dict) -> str:
-        """Why a chunk cannot run now ("" if it can): state, mode, ordering, resume distance."""
+        """Why a chunk cannot run now ("" if it can): state, mode, resume distance."""
         if not self.watchdog.motion_allowed:
             return f"state is {self.watchdog.state}; ARM first"
         if cmd["action_space"] != self.mode:
             return f"chunk action_space {cmd['action_space']} != armed mode {self.mode}"
-        if cmd["chunk_id"] <= self.last_chunk_id:
-            return f"chunk_id {cmd['chunk_id']} <= last {self.last_chunk_id} (stale/duplicate)"
         if self.resume_check:
             first = self.scheduler.first_kept_index(cmd["t0_ns"], cmd["dt_ns"], len(cmd["actions"]), self.now_ns())
             if first is not None:
@@ -202,8 +243,12 @@ class ServoLoop:
         if not (self.info.is_sim and hasattr(self.driver, "reset")):
             self.reply(cmd["req"], False, "not_sim", {"reason": "RESET is simulation-only"})
             return
-        self.driver.reset(int(cmd["seed"]))
-        self._clear()
+        seed = int(cmd["seed"])
+        if not 0 <= seed <= P.SEED_MAX:  # the protocol refuses these already; the driver must never see one
+            self.reply(cmd["req"], False, "bad_field", {"reason": f"RESET.seed={seed} outside [0, {P.SEED_MAX}]"})
+            return
+        self._clear("RESET (new episode)")
+        self.driver.reset(seed)
         self.step, self.episode = 0, self.episode + 1
         self.state = self.driver.read_state()
         if self.mode is not None:
@@ -218,19 +263,19 @@ class ServoLoop:
         if self.shared.estop_count.value != self.estop_seen:
             self.estop_seen = self.shared.estop_count.value
             if self.watchdog.trip("ESTOP", "e-stop requested"):
+                self._clear("e-stop")
                 self.driver.stop()
-                self._clear()
         self.watchdog.on_command(self.shared.last_cmd_ns.value)
         if self.watchdog.check(time.monotonic_ns()) or \
                 (self.watchdog.motion_allowed and self.safety.force_exceeded(self.state)
                  and self.watchdog.trip("HOLD", f"contact force {np.linalg.norm(self.state.ee_force_n):.0f} N "
                                                 f"over the limit {self.safety.limits.force_max_n:.0f} N")):
+            self._clear(self.watchdog.reason)
             self.driver.hold()
-            self._clear()
         for old, new, reason in self.watchdog.drain():
             self.event("state", old=old, new=new, reason=reason, t_ns=time.monotonic_ns())
             if new == "IDLE" or new in LATCHED:
-                self._clear()
+                self._clear(reason)
 
     def move(self) -> bool:
         """Scheduler -> safety -> driver; return True if a setpoint was sent."""
@@ -243,12 +288,7 @@ class ServoLoop:
             sp, grip = self.safety.filter(self.mode, tick.setpoint, tick.gripper, self.state, self.period_ns / 1e9)
             sent = self.driver.command(self.mode, sp, grip)
         except Exception as exc:  # noqa: BLE001  any driver/safety failure must latch FAULT, never kill the loop
-            self.watchdog.trip("FAULT", f"{type(exc).__name__}: {exc}")
-            self._clear()
-            try:
-                self.driver.stop()
-            except DriverError:
-                pass  # already faulted; the latch above stops all commanding
+            self.fault(P.truncate(f"{type(exc).__name__}: {exc}"))
             return False
         self.last_setpoint = np.asarray(sent, float) if self.mode in ("joint_pos", "ee_pose") else None
         self.starved = tick.starved
@@ -262,7 +302,8 @@ class ServoLoop:
         body = {"t_ns": self.now_ns(), "wall_ns": time.monotonic_ns(), "t_capture_ns": self.state.t_capture_ns,
                 "status": self.watchdog.state, "reason": self.watchdog.reason, "mode": self.mode or "",
                 "starved": self.starved, "episode": self.episode, "step": self.step,
-                "exec": list(self.executed_last), "executed": self.executed_since_pub,
+                "exec": list(self.executed_last), "executed": self.executed_since_pub[-MAX_IDS_PER_EVENT:],
+                "executed_omitted": max(0, len(self.executed_since_pub) - MAX_IDS_PER_EVENT),
                 "scheduled": self.last_scheduled, "buffered": self.scheduler.remaining if self.scheduler else 0,
                 "clamps": dict(self.safety.clamps), "gripper": float(self.state.gripper),
                 "period_err_p50_us": p50_us, "period_err_p99_us": p99_us, "ticks": int(self.err_hist.sum()),
@@ -270,7 +311,8 @@ class ServoLoop:
         self.executed_since_pub = []
         # encoded here, so the I/O process only forwards bytes (its time belongs to the command path)
         frames = [b"STATE"] + [bytes(f) for f in P.encode("STATE", {"state": body}, state_arrays(self.state))]
-        self.send({"kind": "pub", "status": self.watchdog.state, "frames": frames})
+        self.send({"kind": "pub", "status": self.watchdog.state, "t_ns": body["t_ns"], "frames": frames},
+                  droppable=True)
 
     def run(self) -> None:
         self.send({"kind": "ready", "info": asdict(self.info), "servo_rate_hz": self.rate_hz,
@@ -295,39 +337,51 @@ class ServoLoop:
             next_ns += self.period_ns
             if t - next_ns > 10 * self.period_ns:
                 next_ns = t + self.period_ns  # overrun (machine stalled): re-phase instead of bursting
-            self.guard()
-            self.drain()
-            self.state = self.driver.read_state()
-            if self.move():
-                self.step += 1  # commands sent to the driver (= env steps for a sim task)
             k += 1
-            if k % state_every == 0:
-                self.publish_state()
+            self.safely(self._tick_realtime, k % state_every == 0)
+
+    def safely(self, tick, *args) -> None:
+        """Run one tick; an exception from the driver (or a bug) latches FAULT instead of ending the process."""
+        try:
+            tick(*args)
+        except Exception as exc:  # noqa: BLE001
+            self.fault(P.truncate(f"servo tick: {type(exc).__name__}: {exc}"))
+
+    def _tick_realtime(self, publish: bool) -> None:
+        self.guard()
+        self.drain()
+        self.state = self.driver.read_state()
+        if self.move():
+            self.step += 1  # commands sent to the driver (= env steps for a sim task)
+        if publish:
+            self.publish_state()
 
     def _run_lockstep(self) -> None:
         idle_every_ns = int(1e9 / self.cfg.state_rate_hz)
-        last_pub = 0
+        self.last_pub = 0
         while self.running:
-            self.guard()
-            moved = self.move()
-            if moved:
-                self.step += 1
-                self.state = self.driver.read_state()
-                self._end_episode_if_done()
-                self.publish_state()
-                last_pub = time.monotonic_ns()
-                self.drain()
-                continue
-            self.drain(timeout_s=0.002)
-            if time.monotonic_ns() - last_pub > idle_every_ns:
-                self.publish_state()
-                last_pub = time.monotonic_ns()
+            self.safely(self._tick_lockstep, idle_every_ns)
+
+    def _tick_lockstep(self, idle_every_ns: int) -> None:
+        self.guard()
+        if self.move():
+            self.step += 1
+            self.state = self.driver.read_state()
+            self._end_episode_if_done()
+            self.publish_state()
+            self.last_pub = time.monotonic_ns()
+            self.drain()
+            return
+        self.drain(timeout_s=0.002)
+        if time.monotonic_ns() - self.last_pub > idle_every_ns:
+            self.publish_state()
+            self.last_pub = time.monotonic_ns()
 
     def _end_episode_if_done(self) -> None:
         """Lockstep: a finished episode (success / terminated / truncated) executes nothing more until RESET."""
         extras = self.state.extras
         if any(bool(extras.get(k, False)) for k in ("success", "terminated", "truncated")):
-            self._clear()
+            self._clear("episode finished (success / terminated / truncated): RESET for the next")
 
 
 def servo_main(cfg: ServoConfig, conn, shared: channel.SharedWords) -> None:

@@ -6,7 +6,22 @@ Both expose: ``collect(n_steps, reseed) -> (batch, stats)``, ``update(batch) -> 
 """
 from __future__ import annotations
 
+import os
+
 from armflow.workflows.finetune_rollout import EnvSpec, LearnerHost, LearnerSpec, RolloutWorker
+
+LOOPBACK = "127.0.0.1"
+
+
+def ray_init_kwargs(num_cpus: int, address: str | None = None) -> dict:
+    """``ray.init`` arguments: join the cluster the user names (``address`` or ``RAY_ADDRESS``), else start a
+    private one-machine Ray bound to loopback. Ray moves cloudpickled objects over unauthenticated ports, so
+    a Ray that nobody asked to share must not listen on the network."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        return {"address": address, "log_to_driver": False}
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False,
+            "_node_ip_address": LOOPBACK}
 
 
 class LocalBackend:
@@ -43,16 +58,18 @@ class LocalBackend:
 class RayBackend:
     """Ray Core actors: one LearnerHost, one training RolloutWorker, one evaluation RolloutWorker.
 
+    Ray binds to 127.0.0.1 unless ``address`` (or ``RAY_ADDRESS``) names a cluster to join.
     Workers hold their own acting copy of the learner (built from the same checkpoint) and receive
     the learner's acting weights before every collection / evaluation.
     """
 
-    def __init__(self, spec: LearnerSpec, train_env: EnvSpec, eval_env: EnvSpec, window: dict, num_cpus: int = 2):
+    def __init__(self, spec: LearnerSpec, train_env: EnvSpec, eval_env: EnvSpec, window: dict, num_cpus: int = 2,
+                 address: str | None = None):
         import ray
 
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(**ray_init_kwargs(num_cpus, address))
         host_cls = ray.remote(num_cpus=0)(LearnerHost)
         worker_cls = ray.remote(num_cpus=0)(RolloutWorker)
         self.host = host_cls.remote(spec)

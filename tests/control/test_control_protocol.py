@@ -10,7 +10,7 @@ DIMS = {"joint_pos": 7, "joint_vel": 7, "ee_pose": 7, "ee_delta": 6}
 
 
 def _chunk(actions, **body):
-    b = {"chunk_id": 1, "obs_seq": 0, "t0_ns": 10, "dt_ns": 1000, "action_space": "joint_pos"}
+    b = {"chunk_id": 1, "obs_seq": 0, "t0_ns": 10, "dt_ns": 10_000_000, "action_space": "joint_pos"}
     b.update(body)
     return P.encode("CHUNK", b, {"actions": actions}, seq=3, session="s")
 
