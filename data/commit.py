@@ -36,13 +36,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_HOOK_HITS: dict[str, int] = {}  # test hook only: how often each stage was reached in this process
+
+
 def kill_hook(stage: str) -> None:
-    """Test hook: `ARMFLOW_TEST_KILL_AT=<stage>` SIGKILLs this process there (kill-at-random tests).
+    """Test hook: `ARMFLOW_TEST_KILL_AT=<stage>[:<n>]` SIGKILLs this process the n-th time (default 1st)
+    it reaches `stage`, for kill-at-random tests of a real `armflow collect`.
 
     Stages: "staged" (every file of a save staged, no journal yet) and "renaming" (journal
     written, half of the renames done: the window this module's recovery exists for).
     """
-    if os.environ.get("ARMFLOW_TEST_KILL_AT") == stage:
+    name, _, nth = os.environ.get("ARMFLOW_TEST_KILL_AT", "").partition(":")
+    if name != stage:
+        return
+    _HOOK_HITS[stage] = _HOOK_HITS.get(stage, 0) + 1
+    if _HOOK_HITS[stage] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
