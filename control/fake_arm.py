@@ -21,6 +21,7 @@ _HOME = (0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785)
 #: log row: [t_ns, mode index, gripper, setpoint padded to 7]
 LOG_WIDTH = 10
 EE_DELTA_SCALE_M = 0.05  # metres per unit ee_delta action per step (the OSC convention)
+EE_DELTA_SCALE_RAD = 0.5  # radians per unit (declared like the OSC's; the fake keeps its orientation)
 
 
 def _fk(q: np.ndarray) -> np.ndarray:
@@ -38,7 +39,8 @@ class FakeArm(Driver):
     def __init__(self, rate_hz: float = 500.0, is_sim: bool = True, wall_z_m: float = -1.0,
                  wall_k_n_m: float = 2000.0, log_path: str | None = None, fault_after: int | None = None):
         self._info = RobotInfo("fake_arm", 7, tuple(f"joint{i + 1}" for i in range(7)), _PANDA_LO, _PANDA_HI,
-                               _PANDA_VEL, float(rate_hz), MODES, bool(is_sim))
+                               _PANDA_VEL, float(rate_hz), MODES, bool(is_sim),
+                               ee_delta_m_per_unit=EE_DELTA_SCALE_M, ee_delta_rad_per_unit=EE_DELTA_SCALE_RAD)
         self.dt_s = 1.0 / rate_hz
         self.wall_z_m, self.wall_k_n_m = wall_z_m, wall_k_n_m
         self.log_path, self._log = log_path, None
@@ -56,6 +58,10 @@ class FakeArm(Driver):
 
     def info(self) -> RobotInfo:
         return self._info
+
+    def forward_pose(self, q_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The toy forward kinematics (orientation fixed), so the safety layer can check joint modes too."""
+        return _fk(np.asarray(q_rad, float)), self.ee_quat.copy()
 
     def connect(self) -> None:
         if self.log_path:

@@ -15,7 +15,7 @@ import yaml
 
 from armflow.control.protocol import ACTION_SPACES
 
-LIMITS_VERSION = 1
+LIMITS_VERSION = 2  # 2: the box and speed limits hold in every mode (ee_delta via RobotInfo.ee_delta_*)
 _LIMITS_DIR = Path(__file__).resolve().parent.parent / "configs" / "safety_limits"
 
 

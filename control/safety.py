@@ -4,16 +4,27 @@ Order (bridge.md): 1. validation (done by ``protocol`` + ``check_finite`` here);
 box and joint limits with margins; 3. per-tick delta / velocity / acceleration limits;
 4. force threshold -> HOLD (``force_exceeded``); 5. mode gating (``check_mode``); 6. e-stop
 (the watchdog). Each clamp increments a named counter that the server publishes.
-Position limits are applied last again so a rate clamp can never push through them.
+Every limit holds on what the driver is commanded, in every mode (issue 10):
+
+- positions: the *predicted* next pose (last commanded target + this step) must stay in the box and
+  inside the joint limits minus margins; a start outside may only move inward. Joint modes check the
+  box through the driver's forward kinematics when it offers one (``fk``); joint_vel integrates its
+  own commanded target (the driver's), never the measured q.
+- speeds: ee_delta is converted to a Cartesian velocity with the driver's declared scale
+  (``RobotInfo.ee_delta_*``) and limited like ee_pose (speed, acceleration, rotation speed).
+- walls are approached on a braking curve (``stop_speed``), so stopping at a limit never needs more
+  than the acceleration limit. Position limits are applied last again so a rate clamp can never push
+  through them.
 """
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 
 import numpy as np
 
 from armflow.control.limits import SafetyLimits
-from armflow.hardware.driver import RobotInfo, RobotState
+from armflow.hardware.driver import MotionLimits, RobotInfo, RobotState
 
 
 class SafetyViolation(RuntimeError):
@@ -62,42 +73,83 @@ def _track_velocity_vec(prev: np.ndarray, target: np.ndarray, prev_target: np.nd
     return (target - prev_target) / dt + catch_up
 
 
+def stop_speed(dist: np.ndarray, a_max: float, dt: float) -> np.ndarray:
+    """Largest speed [unit/s] from which braking by ``a_max * dt`` per tick stops within ``dist`` (>= 0),
+    and never more than ``dist`` in one tick. From n ticks of braking covering a dt^2 n (n + 1) / 2."""
+    d = np.maximum(np.asarray(dist, float), 0.0)
+    adt = a_max * dt
+    v = adt * (np.sqrt(0.25 + 2.0 * d / max(adt * dt, 1e-12)) - 0.5)
+    return np.minimum(v, d / dt)
+
+
+def stop_distance(v: np.ndarray, a_max: float) -> np.ndarray:
+    """Signed distance covered while braking from velocity ``v`` at ``a_max`` (v^2 / 2a, a bound)."""
+    v = np.asarray(v, float)
+    return np.sign(v) * v * v / (2.0 * max(a_max, 1e-12))
+
+
+def box_excess(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Distance [m] of ``p`` outside the box (0 inside)."""
+    return float(np.linalg.norm(p - np.clip(p, lo, hi)))
+
+
 class SafetyLayer:
     """Clamp setpoints to the limits; ``filter`` is called once per servo tick.
 
-    ``prev`` is the last commanded setpoint in the same mode and ``prev_vel`` its rate, both
-    kept here so rate limits apply across ticks; ``reset(mode, state)`` seeds them from the
-    measured state when a mode starts.
+    Kept across ticks, seeded from the measured state by ``reset(mode, state)`` when a mode starts:
+    ``prev``, the last safe setpoint (ee_delta: the last action) and ``prev_vel`` its rate (ee_pose and
+    ee_delta: the commanded Cartesian velocity [m/s]); ``q_cmd``, the joint target a joint_vel driver
+    integrates; ``ee_target``, the EE position [m] a "target"-anchored ee_delta accumulates onto.
+    ``fk(q_rad) -> (ee position [m], quaternion (w, x, y, z))`` in the base frame, the driver's forward
+    kinematics when it has one (``forward_pose``), adds the box and the EE speed limits to the joint modes.
     """
 
-    def __init__(self, limits: SafetyLimits, info: RobotInfo):
+    def __init__(self, limits: SafetyLimits, info: RobotInfo,
+                 fk: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None):
         self.limits = limits
         self.info = info
+        self.fk = fk
         m = limits.joint_margin_rad
         self.q_lo = np.asarray(info.joint_pos_min_rad, float) + m
         self.q_hi = np.asarray(info.joint_pos_max_rad, float) - m
         self.qd_max = np.asarray(info.joint_vel_max_rad_s, float) * limits.joint_vel_scale
         self.box_lo = np.asarray(limits.workspace_min_m, float)
         self.box_hi = np.asarray(limits.workspace_max_m, float)
+        if info.ee_delta_anchor not in ("target", "measured"):
+            raise ValueError(f"{info.name}: RobotInfo.ee_delta_anchor {info.ee_delta_anchor!r}; "
+                             "expected 'target' or 'measured'")
+        scales = (info.ee_delta_m_per_unit, info.ee_delta_rad_per_unit, *info.ee_delta_tracking)
+        if not all(np.isfinite(x) and x > 0 for x in scales):
+            raise ValueError(f"{info.name}: RobotInfo ee_delta_m_per_unit / ee_delta_rad_per_unit / "
+                             f"ee_delta_tracking must be finite and > 0, got {scales}")
         self.clamps: Counter = Counter()
         self.prev: np.ndarray | None = None  # last safe setpoint
         self.prev_vel: np.ndarray | None = None  # its rate
         self.prev_target: np.ndarray | None = None  # last requested (pre-rate-limit) position
+        self.q_cmd: np.ndarray | None = None  # joint_vel: the integrated joint target [rad]
+        self.ee_target: np.ndarray | None = None  # ee_delta ("target" anchor): the EE position target [m]
+
+    def motion_limits(self) -> MotionLimits:
+        """The limits a driver's own IK / integration must keep (``Driver.set_motion_limits``)."""
+        lim = self.limits
+        return MotionLimits(self.q_lo.copy(), self.q_hi.copy(), self.qd_max.copy(), self.box_lo.copy(),
+                            self.box_hi.copy(), lim.ee_vel_max_m_s, lim.ee_rot_vel_max_rad_s)
 
     # -- bookkeeping -------------------------------------------------------------------------
     def reset(self, mode: str, state: RobotState) -> None:
         """Start rate limiting from the measured state (on ARM / mode change / after HOLD)."""
         self.prev_target = None
+        q = np.asarray(state.joint_pos_rad, float).copy()
         if mode == "joint_pos":
-            self.prev, self.prev_vel = state.joint_pos_rad.astype(float).copy(), np.zeros(self.info.dof)
-            self.prev_target = self.prev.copy()
+            self.prev, self.prev_vel, self.prev_target = q, np.zeros(self.info.dof), q.copy()
         elif mode == "ee_pose":
             self.prev = np.concatenate([state.ee_pos_m, quat_normalize(np.asarray(state.ee_quat_wxyz, float))])
             self.prev_vel = np.zeros(3)
         elif mode == "joint_vel":
-            self.prev, self.prev_vel = np.zeros(self.info.dof), None
+            self.prev, self.prev_vel, self.q_cmd = np.zeros(self.info.dof), None, q
         else:  # ee_delta
-            self.prev, self.prev_vel = np.zeros(6), None
+            self.prev, self.prev_vel = np.zeros(6), np.zeros(3)
+            self.ee_target = np.asarray(state.ee_pos_m, float).copy()
 
     def _clip(self, name: str, x: np.ndarray, lo, hi) -> np.ndarray:
         y = np.clip(x, lo, hi)
@@ -140,13 +192,45 @@ class SafetyLayer:
                "ee_delta": self._ee_delta}[mode](setpoint, state, dt_s)
         return out, gripper
 
+    # -- joint modes ----------------------------------------------------------------------------
+    def _joint_step(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float) -> np.ndarray:
+        """Safe joint velocity [rad/s] for one tick from the commanded ``q_from``: speed, acceleration,
+        braking before the joint limits minus margins, then the box on the predicted EE (``fk``)."""
+        a = self.limits.joint_acc_max_rad_s2
+        v = self._clip("joint_vel", v, -self.qd_max, self.qd_max)
+        v = self._clip("joint_acc", v, v_prev - a * dt, v_prev + a * dt)
+        # outside a margin stop_speed is 0 on that side: only motion back inward
+        lo, hi = stop_speed(q_from - self.q_lo, a, dt), stop_speed(self.q_hi - q_from, a, dt)
+        v = self._clip("joint_limit", v, -lo, hi)
+        if self.fk is not None:
+            v = self._fk_limits(q_from, v, v_prev, lo, hi, a, dt)
+        return v
+
+    def _fk_limits(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   a: float, dt: float) -> np.ndarray:
+        """EE speed limits on the joint step (scaled down as a whole), then the box: the next commanded
+        joints and the point where braking from there ends must keep the EE in the box (from outside:
+        no farther out than now), else brake along the path already checked."""
+        p0, quat0 = self.fk(q_from)
+        p1, quat1 = self.fk(q_from + v * dt)
+        lin, ang = float(np.linalg.norm(p1 - p0)) / dt, quat_angle(quat0, quat1) / dt
+        s = min(1.0, self.limits.ee_vel_max_m_s / max(lin, 1e-12), self.limits.ee_rot_vel_max_rad_s / max(ang, 1e-12))
+        if s < 1.0:
+            self.clamps["ee_vel" if lin / self.limits.ee_vel_max_m_s >= ang / self.limits.ee_rot_vel_max_rad_s
+                        else "ee_rot_vel"] += 1
+            v = v * s
+        q_next = q_from + v * dt
+        q_stop = np.clip(q_next + stop_distance(v, a), np.minimum(self.q_lo, q_next), np.maximum(self.q_hi, q_next))
+        out_now = box_excess(p0, self.box_lo, self.box_hi)
+        if all(box_excess(self.fk(q)[0], self.box_lo, self.box_hi) <= out_now + 1e-9 for q in (q_next, q_stop)):
+            return v
+        self.clamps["workspace"] += 1
+        return np.clip(v_prev - np.clip(v_prev, -a * dt, a * dt), -lo, hi)
+
     def _joint_pos(self, q: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         q = self._clip("joint_limit", q, self.q_lo, self.q_hi)
         v = _track_velocity(self.prev, q, self.prev_target, dt, self.limits.joint_acc_max_rad_s2)
-        v = self._clip("joint_vel", v, -self.qd_max, self.qd_max)
-        a_max = self.limits.joint_acc_max_rad_s2 * dt
-        v = self._clip("joint_acc", v, self.prev_vel - a_max, self.prev_vel + a_max)
-        v = np.clip(v, -self.qd_max, self.qd_max)
+        v = self._joint_step(self.prev, v, self.prev_vel, dt)
         q_out = self.prev + v * dt
         # position limits win over the acceleration limit; a start outside the margins may only move inward
         q_out = np.clip(q_out, np.minimum(self.q_lo, self.prev), np.maximum(self.q_hi, self.prev))
@@ -154,16 +238,36 @@ class SafetyLayer:
         return q_out
 
     def _joint_vel(self, qd: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
-        qd = self._clip("joint_vel", qd, -self.qd_max, self.qd_max)
-        a_max = self.limits.joint_acc_max_rad_s2 * dt
-        qd = self._clip("joint_acc", qd, self.prev - a_max, self.prev + a_max)
-        q_next = state.joint_pos_rad + qd * dt
-        blocked = ((q_next > self.q_hi) & (qd > 0)) | ((q_next < self.q_lo) & (qd < 0))
-        if blocked.any():
-            self.clamps["joint_limit"] += 1
-            qd = np.where(blocked, 0.0, qd)
+        """The limits act on the joint target the driver integrates (``q_cmd``), not on the measured q
+        (which lags it: checking the measured q let the target run into the hard limit, issue 10)."""
+        qd = self._joint_step(self.q_cmd, qd, self.prev, dt)
+        self.q_cmd = self.q_cmd + qd * dt
         self.prev = qd
         return qd
+
+    # -- Cartesian modes ------------------------------------------------------------------------
+    def _cart_velocity(self, v: np.ndarray, pos: np.ndarray, dt: float) -> np.ndarray:
+        """Cartesian velocity [m/s] from ``pos``: speed, acceleration (from ``prev_vel``), braking before
+        the box walls (from outside: only inward)."""
+        v_max, a_max = self.limits.ee_vel_max_m_s, self.limits.ee_acc_max_m_s2
+        if np.linalg.norm(v) > v_max:
+            self.clamps["ee_vel"] += 1
+            v = v * (v_max / np.linalg.norm(v))
+        dv = v - self.prev_vel
+        if np.linalg.norm(dv) > a_max * dt:
+            self.clamps["ee_acc"] += 1
+            v = self.prev_vel + dv * (a_max * dt / np.linalg.norm(dv))
+            v = v * min(1.0, v_max / max(np.linalg.norm(v), 1e-12))
+        lo, hi = stop_speed(pos - self.box_lo, a_max, dt), stop_speed(self.box_hi - pos, a_max, dt)
+        return self._clip("workspace", v, -lo, hi)
+
+    def _rot_limit(self, angle_rad: float, dt: float) -> float:
+        """Fraction of a rotation of ``angle_rad`` in one tick allowed by ``ee_rot_vel_max_rad_s``."""
+        rot_max = self.limits.ee_rot_vel_max_rad_s * dt
+        if angle_rad <= rot_max:
+            return 1.0
+        self.clamps["ee_rot_vel"] += 1
+        return rot_max / angle_rad
 
     def _ee_pose(self, pose: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         pos = self._clip("workspace", pose[:3], self.box_lo, self.box_hi)
@@ -171,34 +275,37 @@ class SafetyLayer:
         prev_pos, prev_quat = self.prev[:3], self.prev[3:7]
         target_prev = prev_pos if self.prev_target is None else self.prev_target
         v = _track_velocity_vec(prev_pos, pos, target_prev, dt, self.limits.ee_acc_max_m_s2)
-        v_max = self.limits.ee_vel_max_m_s
-        if np.linalg.norm(v) > v_max:
-            self.clamps["ee_vel"] += 1
-            v = v * (v_max / np.linalg.norm(v))
-        dv, a_max = v - self.prev_vel, self.limits.ee_acc_max_m_s2 * dt
-        if np.linalg.norm(dv) > a_max:
-            self.clamps["ee_acc"] += 1
-            v = self.prev_vel + dv * (a_max / np.linalg.norm(dv))
-            v = v * min(1.0, v_max / max(np.linalg.norm(v), 1e-12))
+        v = self._cart_velocity(v, prev_pos, dt)
         pos_out = np.clip(prev_pos + v * dt, np.minimum(self.box_lo, prev_pos), np.maximum(self.box_hi, prev_pos))
-        angle, rot_max = quat_angle(prev_quat, quat), self.limits.ee_rot_vel_max_rad_s * dt
-        if angle > rot_max:
-            self.clamps["ee_rot_vel"] += 1
-            quat = quat_slerp(prev_quat, quat, rot_max / angle)
+        angle = quat_angle(prev_quat, quat)
+        s = self._rot_limit(angle, dt)
+        if s < 1.0:
+            quat = quat_slerp(prev_quat, quat, s)
         self.prev_vel, self.prev_target = (pos_out - prev_pos) / dt, pos
         self.prev = np.concatenate([pos_out, quat_normalize(quat)])
         return self.prev.copy()
 
     def _ee_delta(self, delta: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
-        lim = self.limits.ee_delta_max
+        """An ee_delta action -> the Cartesian step and velocity it commands (``RobotInfo.ee_delta_*``),
+        limited like ee_pose; the predicted pose (anchor + full step) must stay in the box. An action the
+        limits leave alone is returned bit-identical (lockstep runs equal direct evaluation)."""
+        info, n_clamps = self.info, sum(self.clamps.values())
+        lim, rate = self.limits.ee_delta_max, self.limits.ee_delta_rate_max
         delta = self._clip("ee_delta_max", delta, -lim, lim)
-        rate = self.limits.ee_delta_rate_max
         delta = self._clip("ee_delta_rate", delta, self.prev - rate, self.prev + rate)
-        pos = np.asarray(state.ee_pos_m, float)
-        outward = ((pos >= self.box_hi) & (delta[:3] > 0)) | ((pos <= self.box_lo) & (delta[:3] < 0))
-        if outward.any():
-            self.clamps["workspace"] += 1
-            delta = delta.copy()
-            delta[:3] = np.where(outward, 0.0, delta[:3])
+        measured = info.ee_delta_anchor == "measured"
+        anchor = np.asarray(state.ee_pos_m, float) if measured else self.ee_target
+        track_pos, track_rot = info.ee_delta_tracking
+        vel_per_unit = info.ee_delta_m_per_unit * track_pos / dt  # [m/s] per unit action
+        rot_per_unit = info.ee_delta_rad_per_unit * track_rot / dt  # [rad/s] per unit action
+        v = self._cart_velocity(delta[:3] * vel_per_unit, anchor, dt)
+        step = v / vel_per_unit * info.ee_delta_m_per_unit  # the full commanded step [m]
+        step = np.clip(anchor + step, np.minimum(self.box_lo, anchor), np.maximum(self.box_hi, anchor)) - anchor
+        rot = delta[3:] * self._rot_limit(float(np.linalg.norm(delta[3:])) * rot_per_unit * dt, dt)
+        if sum(self.clamps.values()) > n_clamps:
+            delta = np.concatenate([step / info.ee_delta_m_per_unit, rot])
+        self.prev_vel = delta[:3] * vel_per_unit
+        if not measured:
+            self.ee_target = anchor + delta[:3] * info.ee_delta_m_per_unit
         self.prev = delta
         return delta

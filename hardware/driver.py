@@ -31,6 +31,29 @@ class RobotInfo:
     modes: tuple[str, ...]
     is_sim: bool
     has_gripper: bool = True
+    # What one ee_delta command means, so the safety layer can turn it into a Cartesian velocity
+    # (bridge.md: every limit holds on what the driver is commanded):
+    ee_delta_m_per_unit: float = 1.0  # EE translation [m] one command of ee_delta[:3] = 1 asks for
+    ee_delta_rad_per_unit: float = 1.0  # EE rotation [rad] one command of ee_delta[3:] = 1 asks for
+    # "target": the step is added to the last commanded EE target (the sim arm, the real adapters);
+    # "measured": to the measured pose, re-anchored every command (robosuite-style OSC, the sim task env)
+    ee_delta_anchor: str = "target"
+    # (translation, rotation): fraction of a "measured"-anchored step the arm realises per command
+    # (servo lag), an upper bound; (1, 1) for "target"
+    ee_delta_tracking: tuple[float, float] = (1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MotionLimits:
+    """The safety layer's limits, for drivers that make joint targets themselves (their own IK)."""
+
+    q_min_rad: np.ndarray  # joint limits minus margins (dof,)
+    q_max_rad: np.ndarray
+    qd_max_rad_s: np.ndarray  # scaled joint speeds (dof,)
+    box_min_m: np.ndarray  # EE workspace box in the base frame (3,)
+    box_max_m: np.ndarray
+    ee_vel_max_m_s: float
+    ee_rot_vel_max_rad_s: float
 
 
 @dataclass
@@ -77,6 +100,12 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def recover(self) -> None:
         """Clear a recoverable fault so the arm can be armed again."""
+
+    def set_motion_limits(self, limits: MotionLimits) -> None:
+        """Called once by the servo with the safety layer's limits (``SafetyLayer.motion_limits``). A driver
+        that turns setpoints into joint targets itself (its own IK, its own integration) must keep those
+        targets, and the EE pose they put the arm in, inside them; a real arm whose vendor controller does
+        the IK and enforces its own limits may ignore them (the default)."""
 
     def __enter__(self) -> "Driver":
         self.connect()

@@ -6,7 +6,13 @@ Modes and setpoints (one ``command`` = one servo tick of ``1 / rate_hz`` seconds
 - ``joint_vel`` (dof,) [rad/s]: clipped to the velocity limits, integrated into the servo target.
 - ``ee_pose`` (7,) position [m] + quaternion (w, x, y, z) in the base frame: differential IK.
 - ``ee_delta`` (6,) position step [m] + rotation-vector step [rad], applied to the last EE target;
-  clipped per tick to ``ee_delta_max_m`` / ``ee_delta_max_rad``.
+  clipped per tick to ``ee_delta_max_m`` / ``ee_delta_max_rad`` (RobotInfo: 1 m / 1 rad per unit,
+  anchored on the target).
+- ``set_motion_limits`` (the servo passes the safety layer's limits) bounds every joint target this
+  driver makes itself: the integrated joint_vel target, and the IK steps of the Cartesian modes (joint
+  margins and speeds, EE speed, the box on the EE pose of the new targets; an IK chasing an unreachable
+  or lagging target must not swing the arm faster, or out of the box, issue 10). ``forward_pose`` gives
+  the safety layer the EE pose of a q.
 - gripper: 0 open .. 1 closed.
 
 ``realtime=False`` (lockstep): each ``command`` advances sim time by exactly one tick, deterministic.
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from armflow.hardware.driver import Driver, DriverError, RobotInfo, RobotState
+from armflow.hardware.driver import Driver, DriverError, MotionLimits, RobotInfo, RobotState
 from armflow.hardware.kinematics import SiteIK, mat_to_quat, quat_mul, quat_normalize, rotvec_to_quat
 from armflow.hardware.link import CommandLink, LinkConfig
 from armflow.hardware.real_common import clip_velocity
@@ -65,6 +71,8 @@ class SimArmDriver(Driver):
         self._vmax = np.asarray(self._spec.joint_vel_max_rad_s)
         self._qmin = self.model.jnt_range[: self.dof, 0].copy()
         self._qmax = self.model.jnt_range[: self.dof, 1].copy()
+        self._q_lo, self._q_hi, self._qd_lim = self._qmin.copy(), self._qmax.copy(), self._vmax.copy()
+        self._motion: MotionLimits | None = None
         self._ik = SiteIK(self.model, EE_SITE, self.dof, np.asarray(self._spec.home_rad))
         self._site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)
         self._ee_bodies = subtree_body_ids(self.model, HAND_BODY)
@@ -86,6 +94,16 @@ class SimArmDriver(Driver):
             joint_vel_max_rad_s=tuple(self._vmax), native_rate_hz=1.0 / self.tick_s,
             modes=SIM_MODES, is_sim=True, has_gripper=True,
         )
+
+    def set_motion_limits(self, limits: MotionLimits) -> None:
+        self._motion = limits
+        self._q_lo = np.maximum(self._qmin, limits.q_min_rad)
+        self._q_hi = np.minimum(self._qmax, limits.q_max_rad)
+        self._qd_lim = np.minimum(self._vmax, limits.qd_max_rad_s)
+
+    def forward_pose(self, q_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """EE site position [m] and quaternion (w, x, y, z) in the base frame at ``q_rad`` (for the safety layer)."""
+        return self._ik.forward(np.asarray(q_rad, float))
 
     def connect(self) -> None:
         self._connected = True
@@ -177,9 +195,9 @@ class SimArmDriver(Driver):
 
     def _clip(self, mode: str, x: np.ndarray) -> np.ndarray:
         if mode == "joint_pos":
-            return np.clip(x, self._qmin, self._qmax)
+            return self._inside(x)
         if mode == "joint_vel":
-            return clip_velocity(x, self._q_cmd, self._qmin, self._qmax, self._vmax, self.tick_s)
+            return clip_velocity(x, self._q_cmd, self._q_lo, self._q_hi, self._qd_lim, self.tick_s)
         if mode == "ee_pose":
             return np.concatenate([x[:3], quat_normalize(x[3:])])
         dp, dr = x[:3], x[3:]
@@ -193,7 +211,7 @@ class SimArmDriver(Driver):
         if mode in ("joint_pos", "joint_vel"):
             self._ee_target = None
             q = x if mode == "joint_pos" else self._q_cmd + x * self.tick_s
-            self._q_cmd = np.clip(q, self._qmin, self._qmax)
+            self._q_cmd = self._inside(q)
             return
         if self._ee_target is None:
             self._ee_target = self._ik.forward(self._q_cmd)
@@ -203,7 +221,26 @@ class SimArmDriver(Driver):
             pos = self._ee_target[0] + x[:3]
             quat = quat_normalize(quat_mul(rotvec_to_quat(x[3:]), self._ee_target[1]))
         self._ee_target = (pos, quat)
-        self._q_cmd = self._ik.solve(self._q_cmd, pos, quat, self._vmax * self.tick_s)
+        q_new = self._inside(self._ik.solve(self._q_cmd, pos, quat, self._qd_lim * self.tick_s))
+        self._q_cmd = self._q_cmd + self._ik_step_scale(q_new) * (q_new - self._q_cmd)
+
+    def _ik_step_scale(self, q_new: np.ndarray) -> float:
+        """Fraction of the IK step from ``_q_cmd`` to ``q_new`` the motion limits allow: EE speed and
+        rotation speed over one tick, and no EE motion farther out of the box (0 then)."""
+        m = self._motion
+        if m is None:
+            return 1.0
+        (p0, quat0), (p1, quat1) = self._ik.forward(self._q_cmd), self._ik.forward(q_new)
+        lin = float(np.linalg.norm(p1 - p0))
+        ang = 2.0 * float(np.arccos(np.clip(abs(float(np.dot(quat0, quat1))), 0.0, 1.0)))
+        s = min(1.0, m.ee_vel_max_m_s * self.tick_s / max(lin, 1e-12), m.ee_rot_vel_max_rad_s * self.tick_s / max(ang, 1e-12))
+        p_s = self._ik.forward(self._q_cmd + s * (q_new - self._q_cmd))[0]
+        excess = lambda p: float(np.linalg.norm(p - np.clip(p, m.box_min_m, m.box_max_m)))  # noqa: E731
+        return s if excess(p_s) <= excess(p0) + 1e-9 else 0.0
+
+    def _inside(self, q: np.ndarray) -> np.ndarray:
+        """``q`` clipped to the motion limits; a target already outside them may only move back inward."""
+        return np.clip(q, np.minimum(self._q_lo, self._q_cmd), np.maximum(self._q_hi, self._q_cmd))
 
     def _write_ctrl(self) -> None:
         self.data.ctrl[: self.dof] = self._q_cmd

@@ -15,13 +15,18 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from armflow.hardware.driver import Driver, DriverError, RobotInfo, RobotState
+from armflow.hardware.driver import Driver, DriverError, MotionLimits, RobotInfo, RobotState
 from armflow.hardware.sim_contact import body_ids_matching, ee_contact_force_n
 from armflow.hardware.sim_scene import subtree_body_ids
 
 TASK_MODES = ("ee_delta",)
 PANDA_VEL_MAX_RAD_S = (2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61)
 FINGER_OPENING_MAX_M = 0.08  # the native Panda's finger opening when fully open [m]
+# The env's OSC re-anchors its goal at the measured pose every step and its servos realise about half
+# of the step per control period (sim/arm.py). Measured on lift (steps of +-1 and reversals): 0.50-0.55
+# of max_dpos_m per step in translation, 0.54-0.68 of max_drot_rad in rotation. These bounds make the
+# Cartesian speed the safety layer predicts an upper bound on the speed the arm reaches.
+OSC_TRACKING = (0.6, 0.7)  # (translation, rotation)
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,17 @@ class SimTaskDriver(Driver):
             joint_pos_min_rad=self._qmin, joint_pos_max_rad=self._qmax,
             joint_vel_max_rad_s=PANDA_VEL_MAX_RAD_S[: self._dof], native_rate_hz=1.0 / self.env.ctrl_dt,
             modes=TASK_MODES, is_sim=True, has_gripper=True,
+            ee_delta_m_per_unit=float(self.env.cfg.max_dpos_m), ee_delta_rad_per_unit=float(self.env.cfg.max_drot_rad),
+            ee_delta_anchor="measured", ee_delta_tracking=OSC_TRACKING,
         )
+
+    def set_motion_limits(self, limits: MotionLimits) -> None:
+        """The env's IK clips its joint targets to the margins instead of the hard limits. Its per-step
+        joint target change stays the env's own (``ArmControlConfig.max_dq_rad``): changing it would change
+        the dynamics a policy was trained and evaluated on; the box and the EE speeds are enforced by the
+        safety layer on the ee_delta it sends (``RobotInfo.ee_delta_*``)."""
+        self.env.arm.q_low = np.maximum(self.env.arm.q_low, limits.q_min_rad)
+        self.env.arm.q_high = np.minimum(self.env.arm.q_high, limits.q_max_rad)
 
     def connect(self) -> None:
         if not self._connected:
