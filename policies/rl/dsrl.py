@@ -13,6 +13,7 @@ The buffer is warm-started with base-policy rollouts (w ~ N(0, I), clipped to th
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from armflow.policies.rl.common import load_module_state, module_state, obs_to_t
 from armflow.policies.rl.nets import TanhGaussianActor, TwinQ, polyak_update
 from armflow.policies.rl.onpolicy import TIME_LIMITS, feature_dim, frozen_copy
 from armflow.policies.rl.replay import ReplayBuffer
+from armflow.policies.sampler import SamplerHooks
 
 VARIANTS = ("na", "sac")
 
@@ -237,8 +239,14 @@ def obs_to_torch_t(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class DSRLPolicy(torch.nn.Module):
-    """A frozen base policy steered by a DSRL noise actor: ``predict_chunk(obs)`` feeds the actor's
-    deterministic noise w = b tanh(mu(s)) to the base sampler. Other attributes delegate to the base."""
+    """A frozen base policy steered by a DSRL noise actor, which is the base sampler's noise provider
+    (:class:`~armflow.policies.sampler.SamplerHooks`). Other attributes delegate to the base.
+
+    ``predict_chunk(obs)``: the actor's deterministic noise w = b tanh(mu(s)). ``predict_chunk(obs, noise)``:
+    ``noise`` (B, T_p, D_a) is the standard-normal draw of the actor's Gaussian, w = b tanh(mu + sigma noise)
+    (with ``shared_noise`` its first D_a entries per row), so the call is deterministic given noise, zero noise
+    is the deterministic w, and a N(0, I) noise samples the actor's own distribution (the Gaussian policy's
+    convention). Given noise steers; it never bypasses the actor."""
 
     def __init__(self, base, actor: TanhGaussianActor):
         super().__init__()
@@ -251,12 +259,21 @@ class DSRLPolicy(torch.nn.Module):
             return getattr(super().__getattr__("base"), name)
 
     @torch.no_grad()
-    def predict_chunk(self, obs, noise=None) -> torch.Tensor:
-        """Obs window {key: (B, T_o, ...)} -> action chunk (B, T_p, D_a) in robot units; ``noise`` is ignored."""
-        cond = self.base.encode_obs(obs)
-        w, _ = self.actor(cond, deterministic=True)
-        action = self.base.sample(cond, expand_noise(w, self.base.horizon, self.base.action_dim))
-        return to_env_action(self.base, action)
+    def predict_chunk(self, obs, noise=None, hooks: SamplerHooks | None = None) -> torch.Tensor:
+        """Obs window {key: (B, T_o, ...)} -> action chunk (B, T_p, D_a) in robot units (see the class)."""
+        hooks = hooks or SamplerHooks()
+        if hooks.noise is not None:
+            raise ValueError("DSRLPolicy.predict_chunk: hooks.noise must be None (the noise actor provides it)")
+        w_dim, horizon, action_dim = self.actor.net[-1].out_features // 2, self.base.horizon, self.base.action_dim
+
+        def actor_noise(cond: torch.Tensor) -> torch.Tensor:
+            eps = None if noise is None else torch.as_tensor(noise, dtype=cond.dtype, device=cond.device)
+            eps = None if eps is None else eps.reshape(len(cond), -1)[:, :w_dim]
+            # No noise: the deterministic w, except for K > 1 reranked candidates, which need K different draws.
+            w, _ = self.actor(cond, deterministic=eps is None and hooks.n_candidates == 1, eps=eps)
+            return expand_noise(w, horizon, action_dim)
+
+        return self.base.predict_chunk(obs, hooks=dataclasses.replace(hooks, noise=actor_noise))
 
 
 def load_dsrl_policy(directory) -> DSRLPolicy:

@@ -59,10 +59,12 @@ class TanhGaussianActor(nn.Module):
         self.bound = float(bound)
         self.net = mlp(feat_dim, 2 * out_dim, hidden, n_layers)
 
-    def forward(self, feat: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feat: torch.Tensor, deterministic: bool = False,
+                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``eps`` (B, out_dim): the standard-normal draw to use (reparametrised, deterministic given eps)."""
         mu, log_std = self.net(feat).chunk(2, dim=-1)
         log_std = self.LOG_STD_MIN + 0.5 * (self.LOG_STD_MAX - self.LOG_STD_MIN) * (torch.tanh(log_std) + 1)
-        u = mu if deterministic else mu + log_std.exp() * torch.randn_like(mu)
+        u = mu if deterministic else mu + log_std.exp() * (torch.randn_like(mu) if eps is None else eps)
         gauss_lp = (-0.5 * ((u - mu) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         # log |d x / d u| = log bound + log(1 - tanh(u)^2), the latter in a stable softplus form.
         log_det = (math.log(self.bound) + 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))).sum(-1)

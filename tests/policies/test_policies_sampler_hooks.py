@@ -137,3 +137,25 @@ def test_gaussian_policy_refuses_loop_hooks_but_takes_noise_and_reranker():
     first = policy.predict_chunk(obs, hooks=SamplerHooks(reranker=lambda o, c: torch.zeros(3, dtype=torch.long),
                                                          n_candidates=2))
     assert torch.allclose(first, policy.predict_chunk(obs), atol=1e-6)  # zero noise: every candidate is the mean
+
+
+def test_dsrl_policy_keeps_the_contract_noise_is_the_actors_standard_normal_draw():
+    from armflow.policies.rl.dsrl import DSRLPolicy, expand_noise
+    from armflow.policies.rl.nets import TanhGaussianActor
+
+    base, obs, noise = golden.make_case("flow_mlp")
+    torch.manual_seed(2)
+    actor = TanhGaussianActor(base.cond_dim, golden.T_P * golden.D_A, 1.5, hidden=16)
+    steered = DSRLPolicy(base, actor)
+    with torch.no_grad():
+        mu, _ = actor(base.encode_obs(obs), deterministic=True)
+        drawn, _ = actor(base.encode_obs(obs), eps=noise.reshape(3, -1))
+    mean_chunk = steered.predict_chunk(obs)
+    assert torch.equal(mean_chunk, base.predict_chunk(obs, expand_noise(mu, golden.T_P, golden.D_A)))
+    assert torch.equal(steered.predict_chunk(obs, torch.zeros_like(noise)), mean_chunk)
+    given = steered.predict_chunk(obs, noise)
+    assert torch.equal(given, steered.predict_chunk(obs, noise)), "deterministic given noise"
+    assert torch.equal(given, base.predict_chunk(obs, expand_noise(drawn, golden.T_P, golden.D_A)))
+    assert (given - mean_chunk).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="hooks.noise"):
+        steered.predict_chunk(obs, hooks=SamplerHooks(noise=lambda c: noise))
