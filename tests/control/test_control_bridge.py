@@ -256,3 +256,133 @@ def test_contact_force_holds(tmp_path):
                     break
                 time.sleep(0.02)
             assert "force" in c.status["reason"] and c.status["clamps"]["force_hold"] >= 1
+
+
+# -- issue 10: e-stops are never refused, no message kills the server, an ACKed chunk runs or is reported ---------
+
+def _dealer(endpoint):
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(endpoint)
+    return s
+
+
+_HDR = {"v": list(P.PROTOCOL_VERSION), "type": "ESTOP", "seq": 7, "session": "", "t_send_ns": 0, "frames": [],
+        "body": {}}
+
+
+@pytest.mark.parametrize("frames", [
+    [msgpack.packb({**_HDR, "body": {"reason": "r" * 300}})],  # the audit's case: NACKed bad_field, arm kept moving
+    [msgpack.packb({**_HDR, "body": {"reason": "r" * 50_000}})],  # header over 16 kB
+    [msgpack.packb({**_HDR, "body": {"reason": 3.5, "extra": [1, 2]}})],
+    [msgpack.packb({**_HDR, "v": [P.PROTOCOL_VERSION[0] + 1, 0], "seq": -1})],
+    [msgpack.packb({**_HDR, "frames": [["x", "<f8", [4]]]}), b"\x00" * 3],
+    [msgpack.packb({"type": "estop"})],
+    [b"", msgpack.packb(_HDR)],
+], ids=["reason300", "reason50k", "types", "major", "frames", "bare", "delimiter"])
+def test_every_malformed_estop_still_stops(server, frames):
+    with BridgeClient(server.endpoint) as c:
+        c.arm("joint_pos")
+        button = _dealer(server.endpoint)
+        button.send_multipart(frames)
+        assert button.poll(2000)
+        reply = P.decode(button.recv_multipart(), max_bytes=P.MAX_PUB_BYTES)
+        button.close()
+        assert reply.type == "ACK" and reply.body["info"]["applied"] is True
+        c.wait_state(lambda s: s["status"] == "ESTOP", timeout_s=0.5)
+        c.arm("joint_pos")
+        c.disarm()
+
+
+def test_reset_with_a_bad_seed_is_refused_and_the_server_keeps_serving(server):
+    with BridgeClient(server.endpoint) as c:
+        for seed in (-1, 2**32, 2**63 - 1):  # seed -1 made the fake arm's numpy raise and the servo exit
+            with pytest.raises(BridgeError, match="RESET.seed") as err:
+                c.reset(seed)
+            assert err.value.code == "bad_field"
+        c.reset(5)
+        assert server.proc.is_alive() and c.status["status"] == "IDLE"
+
+
+def test_a_driver_exception_from_a_command_faults_instead_of_killing_the_servo(tmp_path):
+    """Whatever the driver raises for a controller's command: FAULT latched, NACK with the reason, loop lives."""
+    from armflow.control import channel
+    from armflow.control.servo import ServoConfig, ServoLoop
+
+    mp = channel.get_context("spawn")
+    here, there = mp.Pipe(duplex=True)
+    loop = ServoLoop(ServoConfig("fake_arm", {}, load_limits("sim_panda").to_dict()), there,
+                     channel.SharedWords.create(mp))
+
+    def broken_reset(seed):  # a vendor/simulator error of any type (gymnasium raises its own Error class)
+        raise KeyError(f"simulator refused seed {seed}")
+
+    loop.driver.reset = broken_reset
+    loop.handle({"cmd": "reset", "req": 1, "seed": 3})
+    try:
+        replies = []
+        while here.poll(2.0) and not replies:
+            msg = channel.unpack(here.recv_bytes())
+            replies += [msg] if msg["kind"] == "reply" else []
+        assert replies and replies[0]["ok"] is False and replies[0]["code"] == "driver_error"
+        assert "simulator refused seed 3" in replies[0]["info"]["reason"]
+        assert loop.watchdog.state == "FAULT" and loop.running
+    finally:
+        loop.outbox.put(None)
+        loop.writer.join(1.0)
+
+
+def _events(c, kind, timeout_s=0.5):
+    deadline, out = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline and not out:
+        c.heartbeat()
+        out = [d for k, d in c.drain_events() if k == kind]
+        time.sleep(0.01)
+    return out
+
+
+def test_a_chunk_is_acked_only_if_it_will_run_or_the_controller_hears_why(server):
+    with BridgeClient(server.endpoint) as c:
+        c.arm("joint_pos")
+        q = c.read_state().joint_pos_rad
+        now = c.server_now_ns()
+        c.send_chunk(q[None], now + 20 * MS, 10 * MS, "joint_pos")
+        refused = {  # each was ACKed before, and then never ran
+            "bad_chunk_id": lambda: c.request("CHUNK", {"chunk_id": c.chunk_id, "obs_seq": 0, "t0_ns": now + 30 * MS,
+                                                        "dt_ns": 10 * MS, "action_space": "joint_pos"},
+                                              {"actions": q[None]}),  # a replayed id
+            "stale": lambda: c.send_chunk(np.repeat(q[None], 3, 0), c.server_now_ns() - 500 * MS, 10 * MS,
+                                          "joint_pos"),
+            "too_far": lambda: c.send_chunk(q[None], c.server_now_ns() + 60 * 10**9, 10 * MS, "joint_pos"),
+            "bad_field": lambda: c.send_chunk(np.repeat(q[None], 2, 0), 2**63 - 5 * MS, 10 * MS, "joint_pos"),
+        }
+        for code, send in refused.items():
+            with pytest.raises(BridgeError) as err:
+                send()
+            assert err.value.code == code, err.value
+        c.drain_events()
+        late = c.send_chunk(q[None], c.server_now_ns() + 1500 * MS, 10 * MS, "joint_pos")
+        early = c.send_chunk(np.repeat(q[None], 200, 0), c.server_now_ns() + 20 * MS, 10 * MS, "joint_pos")
+        dropped = _events(c, "chunk_dropped")  # replaced before any waypoint ran: said at once
+        assert dropped and dropped[0]["chunk_ids"] == [late] and "replaced" in dropped[0]["reason"]
+        c.disarm()
+        dropped = _events(c, "chunk_dropped")  # the rest of the running chunk: dropped by DISARM, said at once
+        assert dropped and dropped[0]["chunk_ids"] == [early] and "disarm" in dropped[0]["reason"]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def test_an_oversize_frame_is_dropped_unread(server):
+    """No MAXMSGSIZE: a 96 MB frame from a peer without a session was read whole before the 4 MiB check."""
+    before = _peak_rss_mb(server.proc.pid)
+    peer = _dealer(server.endpoint)
+    peer.send_multipart([msgpack.packb(_HDR | {"type": "HEARTBEAT"}), b"\x00" * (96 * 1024 * 1024)])
+    time.sleep(1.0)
+    peer.close()
+    grew = _peak_rss_mb(server.proc.pid) - before
+    assert grew < 24, f"I/O process peak RSS grew {grew:.0f} MB"
+    with BridgeClient(server.endpoint, role="observer") as obs:
+        obs.heartbeat()

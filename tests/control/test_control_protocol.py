@@ -130,3 +130,62 @@ def test_hello_with_other_major_decodes_so_server_can_reject_it():
     hdr = {**GOOD, "v": [P.PROTOCOL_VERSION[0] + 1, 0], "type": "HELLO",
            "body": {"client_version": "x", "role": "controller"}}
     assert P.decode(_raw(hdr)).version[0] == P.PROTOCOL_VERSION[0] + 1
+
+
+# -- issue 10: free text never breaks decoding, seeds in range, chunk times cannot overflow ---------------------
+
+@pytest.mark.parametrize("msg_type,body", [
+    ("NACK", {"ack_seq": 1, "code": "bad_field", "reason": "x" * 5000}),
+    ("REJECT", {"code": "lease_held", "reason": "y" * 300}),
+    ("EVENT", {"kind": "chunk_rejected", "data": {"chunk_id": 3, "reason": "z" * 2000}}),
+])
+def test_long_reasons_are_truncated_by_the_encoder_and_decode(msg_type, body):
+    msg = P.decode([bytes(f) for f in P.encode(msg_type, body)], max_bytes=P.MAX_PUB_BYTES)
+    reason = msg.body["reason"] if "reason" in msg.body else msg.body["data"]["reason"]
+    assert len(reason) == P.MAX_STR and reason.endswith("\u2026") and reason[0] in "xyz"
+
+
+def test_a_peer_sent_long_reason_is_truncated_on_decode_not_refused():
+    raw = _raw({**GOOD, "type": "ESTOP", "body": {"reason": "r" * 300}})
+    assert len(P.decode(raw, expect=P.REQUEST_TYPES).body["reason"]) == P.MAX_STR
+    with pytest.raises(P.ProtocolError, match="longer than"):  # other strings stay strict
+        P.decode(_raw({**GOOD, "type": "ARM", "body": {"mode": "m" * 300}}), expect=P.REQUEST_TYPES)
+
+
+@pytest.mark.parametrize("seed,ok", [(0, True), (P.SEED_MAX, True), (-1, False), (P.SEED_MAX + 1, False),
+                                     (-2**63, False), (2**63 - 1, False)])
+def test_reset_seed_must_fit_every_simulator(seed, ok):
+    raw = _raw({**GOOD, "type": "RESET", "body": {"seed": seed}})
+    if ok:
+        assert P.decode(raw, expect=P.REQUEST_TYPES).body["seed"] == seed
+    else:
+        with pytest.raises(P.ProtocolError, match="RESET.seed") as err:
+            P.decode(raw, expect=P.REQUEST_TYPES)
+        assert err.value.code == "bad_field"
+
+
+@pytest.mark.parametrize("body", [{"t0_ns": 2**63 - 5}, {"t0_ns": 2**63 - 10**9, "dt_ns": 10**9},
+                                  {"dt_ns": P.MIN_DT_NS - 1}, {"dt_ns": P.MAX_DT_NS + 1}])
+def test_chunk_times_out_of_range_refused(body):
+    with pytest.raises(P.ProtocolError) as err:
+        P.validate_chunk(P.decode(_chunk(np.zeros((4, 7)), **body)), DIMS)
+    assert err.value.code == "bad_field"
+
+
+@pytest.mark.parametrize("frames", [
+    _raw({**GOOD, "type": "ESTOP", "body": {"reason": 42}}),
+    _raw({**GOOD, "type": "ESTOP", "body": {"reason": "r" * 100_000}}),  # header over MAX_HEADER_BYTES
+    _raw({**GOOD, "type": "ESTOP", "seq": -3, "body": {"why": 1}}),
+    _raw({"type": "estop ", "seq": 9}),
+    [msgpack.packb({"junk": list(range(500)), "type": b"ESTOP", "v": "x"})],
+    [b"", msgpack.packb({**GOOD, "type": "ESTOP"})],  # a REQ-style empty delimiter first
+])
+def test_peek_recognises_malformed_estops(frames):
+    with pytest.raises(P.ProtocolError):
+        P.decode(frames, expect=P.REQUEST_TYPES)
+    assert P.peek(frames)[0] == "ESTOP"
+
+
+@pytest.mark.parametrize("frames", [[b"\xc1"], [b""], [msgpack.packb([1, "ESTOP"])], _raw(GOOD)])
+def test_peek_is_safe_on_garbage(frames):
+    assert P.peek(frames)[0] in (None, "HEARTBEAT")

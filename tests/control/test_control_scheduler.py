@@ -137,3 +137,42 @@ def test_ee_delta_waypoints_apply_exactly_once_whatever_the_tick_phase():
     nonzero = [a for a in applied if a != 0.0]
     assert nonzero == [1.0, 2.0, 3.0, 4.0, 5.0]  # each once, in order
     assert applied[0] == 0.0 and res.starved  # nothing due yet at t=0; dry at the end
+
+
+# -- issue 10: an ACK must mean "will run, or you hear why" ------------------------------------------------------
+
+def test_admit_decides_at_receipt_what_cannot_run():
+    from armflow.control.scheduler import MAX_LEAD_NS, MAX_PAST_NS, admit
+    now = 10**12
+    assert admit(now + 5 * MS, 10 * MS, 4, now) == ("", "")
+    assert admit(now - 25 * MS, 10 * MS, 4, now) == ("", "")  # the tail is still ahead: it runs
+    assert admit(now - 40 * MS, 10 * MS, 4, now)[0] == "stale"  # every waypoint already due
+    assert admit(now + 5 * MS, 10 * MS, 4, now, exec_latency_ns=50 * MS)[0] == "stale"
+    assert admit(now + MAX_LEAD_NS + 1, 10 * MS, 4, now)[0] == "too_far"
+    assert admit(now - MAX_PAST_NS - 1, 10**9, 1000, now)[0] == "stale"  # tail ahead, but a clock error
+
+
+def test_t0_near_int64_max_cannot_wedge_the_scheduler():
+    """t0 + i*dt overflowed to negative times: the huge first waypoint sat at the head forever and every
+    later chunk was buffered behind it, never to run until a new ARM."""
+    s = ChunkScheduler("joint_pos", 1)
+    with pytest.raises(ValueError, match="int64"):
+        s.insert(0, t0_ns=2**63 - 15 * MS, dt_ns=10 * MS, actions=np.ones((4, 1)), gripper=None, now_ns=0,
+                 last_setpoint=np.zeros(1))
+    s.insert(1, t0_ns=10 * MS, dt_ns=10 * MS, actions=np.ones((2, 1)), gripper=None, now_ns=0,
+             last_setpoint=np.zeros(1))
+    ran = [e[:2] for t in range(0, 40 * MS, MS) for e in s.tick(t, np.zeros(1)).executed]
+    assert ran == [(1, 0), (1, 1)]
+
+
+def test_clear_and_merge_report_the_chunks_that_lose_waypoints():
+    s = ChunkScheduler("joint_pos", 1)
+    kw = {"gripper": None, "last_setpoint": np.zeros(1)}
+    s.insert(0, t0_ns=10 * MS, dt_ns=10 * MS, actions=np.ones((3, 1)), now_ns=0, **kw)  # 10, 20, 30 ms
+    s.insert(1, t0_ns=40 * MS, dt_ns=10 * MS, actions=np.ones((3, 1)), now_ns=0, **kw)  # 40, 50, 60 ms
+    res = s.insert(2, t0_ns=5 * MS, dt_ns=10 * MS, actions=np.ones((2, 1)), now_ns=0, **kw)
+    assert res.superseded == [0, 1]  # neither ran a waypoint: the controller must hear it
+    s.tick(5 * MS, np.zeros(1))  # chunk 2 starts running
+    res = s.insert(3, t0_ns=15 * MS, dt_ns=10 * MS, actions=np.ones((4, 1)), now_ns=6 * MS, **kw)
+    assert res.n_replaced == 1 and res.superseded == []  # chunk 2 ran: only its tail was replaced
+    assert s.clear() == [3] and s.clear() == []

@@ -57,3 +57,32 @@ def test_curve_allow_list(tmp_path):
                 intruder.connect()
             assert err.value.code == "timeout"
             intruder.close()
+
+
+def test_generated_secret_keys_are_private_and_loading_a_readable_one_is_refused(tmp_path):
+    import os
+    import stat
+
+    import zmq
+
+    from armflow.control.security import load_secret_key, make_curve_server
+
+    public, secret = generate_keys(tmp_path / "keys", "server")  # was 0644: world-readable secret
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(public).st_mode) == 0o644
+    assert not os.stat(tmp_path / "keys").st_mode & stat.S_IWOTH
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["server.key", "server.key_secret"]
+    assert load_secret_key(secret)[1] is not None
+    os.chmod(secret, 0o644)
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    with pytest.raises(SecurityError, match="chmod 600"):
+        make_curve_server(sock, CurveConfig(secret, str(tmp_path / "keys")))
+    sock.close()
+    os.chmod(public, 0o600)
+    with pytest.raises(SecurityError, match="holds no secret key"):
+        load_secret_key(public)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(SecurityError, match="world-writable"):
+        generate_keys(shared, "alice")
