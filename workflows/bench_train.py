@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.num_threads))
     torch.manual_seed(int(cfg.seed))
     g = torch.Generator().manual_seed(int(cfg.seed))
-    policy = make_policy(str(cfg.policy), {"observation.state": (int(cfg.state_dim),)}, int(cfg.action_dim),
+    policy = make_policy(str(cfg.policy_type), {"observation.state": (int(cfg.state_dim),)}, int(cfg.action_dim),
                          synthetic_stats(int(cfg.state_dim), int(cfg.action_dim)),
                          n_obs_steps=int(cfg.n_obs_steps), horizon=int(cfg.horizon)).train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=float(cfg.lr))
@@ -49,11 +49,11 @@ def main(cfg: DictConfig) -> dict:
     for i in range(int(cfg.steps)):
         last_loss = step(i)
     elapsed_s = time.perf_counter() - t0
-    results = {"policy": str(cfg.policy), "batch_size": int(cfg.batch_size), "num_threads": torch.get_num_threads(),
+    results = {"policy": str(cfg.policy_type), "batch_size": int(cfg.batch_size), "num_threads": torch.get_num_threads(),
                "params": int(sum(p.numel() for p in policy.parameters())),
                "train_steps_per_s": int(cfg.steps) / elapsed_s,
                "train_samples_per_s": int(cfg.steps) * int(cfg.batch_size) / elapsed_s, "last_loss": last_loss}
-    print(f"{cfg.policy}: {results['train_samples_per_s']:.0f} samples/s "
+    print(f"{cfg.policy_type}: {results['train_samples_per_s']:.0f} samples/s "
           f"({results['train_steps_per_s']:.2f} steps/s, batch {cfg.batch_size})", flush=True)
     if cfg.get("out"):
         write_json(f"{cfg.out}/results.json", results)

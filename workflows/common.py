@@ -1,4 +1,4 @@
-"""Shared workflow plumbing: config composition, run directories, metric logging."""
+"""Shared workflow plumbing: run directories, metric logging (config composition: ``workflows/config.py``)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -6,33 +6,29 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-
-def compose_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with Hydra overrides; unknown keys fail loudly."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import ConfigCompositionException
-
-    try:
-        with initialize_config_module(config_module="armflow.configs", version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides))
-    except ConfigCompositionException as exc:
-        cause = exc.__cause__ or exc
-        raise SystemExit(f"armflow {config_name}: bad override: {cause}") from None
-    return cfg
+from armflow.workflows.config import ConfigError, compose_config  # noqa: F401 - re-exported for the workflows
 
 
-def prepare_run_dir(cfg: DictConfig, command: str) -> Path:
-    """Resolve ``cfg.out`` (default ``runs/<command>/<timestamp>``), create it, save the resolved config."""
+def default_run_dir(command: str) -> Path:
+    """``runs/<command>/<timestamp>``: where a run without ``out=`` writes."""
+    return Path("runs") / command / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(cfg: DictConfig, command: str, overrides: Sequence[str] = ()) -> Path:
+    """Resolve ``cfg.out`` (default ``runs/<command>/<timestamp>``), create it and save the config there:
+    ``config.yaml`` (resolved) and, as Hydra lays them out, ``.hydra/config.yaml`` and ``.hydra/overrides.yaml``."""
     with open_dict(cfg):
         if not cfg.get("out"):
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            cfg.out = str(Path("runs") / command / stamp)
+            cfg.out = str(default_run_dir(command))
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (out / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     return out
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from armflow.workflows.cli import COMMANDS, main, split_command
-from armflow.workflows.common import compose_config
+from armflow.workflows.common import ConfigError, compose_config
 
 
 def test_unknown_command_lists_valid_names():
-    with pytest.raises(SystemExit, match="valid: collect"):
+    with pytest.raises(ConfigError, match="Did you mean 'collect'.*Valid: collect"):
         split_command(["colect"])
-    with pytest.raises(SystemExit, match="valid: sim, inference"):
+    with pytest.raises(ConfigError, match="valid: sim, inference"):
         split_command(["bench", "gpu"])
 
 
@@ -27,7 +27,7 @@ def test_every_command_config_composes_with_out_key(name):
 
 
 def test_unknown_override_key_fails_loudly():
-    with pytest.raises(SystemExit, match="episodez"):
+    with pytest.raises(ConfigError, match="episodez"):
         compose_config("collect", ["episodez=3"])
 
 
@@ -35,11 +35,11 @@ def test_unknown_override_key_fails_loudly():
 def tiny_pipeline(tmp_path_factory):
     """collect 3 lift demos -> train 30 steps -> evaluate 2 episodes, through the real CLI."""
     root = tmp_path_factory.mktemp("pipeline")
-    main(["collect", "task=lift", "episodes=3", f"out={root / 'collect'}"])
-    main(["train", f"dataset={root / 'collect' / 'dataset'}", "steps=30", "log_every=10", "save_every=15",
-          "batch_size=32", f"out={root / 'train'}"])
-    main(["evaluate", f"checkpoint={root / 'train' / 'checkpoint'}", "task=lift", "episodes=2", "n_envs=2",
-          "n_workers=0", "video_episodes=1", f"out={root / 'eval'}"])
+    assert main(["collect", "task=lift", "episodes=3", f"out={root / 'collect'}"]) == 0
+    assert main(["train", f"dataset={root / 'collect' / 'dataset'}", "steps=30", "log_every=10", "save_every=15",
+                 "batch_size=32", f"out={root / 'train'}"]) == 0
+    assert main(["evaluate", f"checkpoint={root / 'train' / 'checkpoint'}", "task=lift", "episodes=2", "n_envs=2",
+                 "n_workers=0", "video_episodes=1", f"out={root / 'eval'}"]) == 0
     return root
 
 
@@ -80,10 +80,11 @@ def test_evaluate_writes_results_video_and_plots(tiny_pipeline):
     assert all(Path(p).exists() for p in result["plots"])
 
 
-def test_evaluate_rejects_mismatched_checkpoint(tiny_pipeline):
-    with pytest.raises(SystemExit, match="action_dim|observation"):
-        main(["evaluate", f"checkpoint={tiny_pipeline / 'train' / 'checkpoint'}", "task=toy2d", "episodes=1",
-              "n_workers=0", "video_episodes=0", f"out={tiny_pipeline / 'bad'}"])
+def test_evaluate_rejects_mismatched_checkpoint(tiny_pipeline, capsys):
+    code = main(["evaluate", f"checkpoint={tiny_pipeline / 'train' / 'checkpoint'}", "task=toy2d", "episodes=1",
+                 "n_workers=0", "video_episodes=0", f"out={tiny_pipeline / 'bad'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "action_dim" in err and "Traceback" not in err
 
 
 def test_collect_sigkill_leaves_finished_episodes_readable(tmp_path):
@@ -113,8 +114,8 @@ def test_collect_sigkill_leaves_finished_episodes_readable(tmp_path):
 def test_quickstart_end_to_end_writes_summary_and_report(tmp_path):
     """The main job at toy scale: every stage runs for real (serve is a separate process)."""
     out = tmp_path / "qs"
-    main(["quickstart", "demos=3", "train_steps=20", "eval_episodes=2", "eval_n_envs=2", "video_episodes=1",
-          "finetune_budget_s=3", "deploy_episodes=2", f"out={out}"])
+    assert main(["quickstart", "demos=3", "train_steps=20", "eval_episodes=2", "eval_n_envs=2", "video_episodes=1",
+          "finetune_budget_s=3", "deploy_episodes=2", f"out={out}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rates = summary["success_rate"]
     assert set(rates) == {"demos", "pretrained", "finetuned", "deployed"}
