@@ -10,15 +10,13 @@ Outputs under ``out``: ``metrics.jsonl`` + ``tb/`` (MetricLogger), ``curves.png`
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from armflow.workflows.common import MetricLogger, read_jsonl, write_json
+from armflow.workflows.common import MetricLogger, write_json
 from armflow.workflows.finetune_backends import BACKENDS
 from armflow.workflows.finetune_rollout import EnvSpec, LearnerSpec
 
@@ -74,28 +72,25 @@ def _build(cfg: DictConfig):
 
 
 def _save_state(backend, out: Path, counters: dict) -> None:
-    """Write state.tmp, then swap it in, so a SIGKILL at any point leaves one complete state dir."""
-    tmp, cur, old = out / "state.tmp", out / "state", out / "state.old"
+    """Write state.tmp, then swap it in (commit_state_dir): every kill window leaves a complete state."""
+    from armflow.workflows.train_state import commit_state_dir
+
+    tmp = out / "state.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     backend.save(str(tmp), counters["env_steps"], {"counters": counters})
-    shutil.rmtree(old, ignore_errors=True)
-    if cur.exists():
-        os.replace(cur, old)
-    os.replace(tmp, cur)
-    shutil.rmtree(old, ignore_errors=True)
+    commit_state_dir(tmp, out / "state", counters["env_steps"])
 
 
 def _resume(backend, out: Path) -> dict | None:
-    for name in ("state", "state.old"):
-        if (out / name / "training_state.json").is_file():
-            _, extra = backend.load(str(out / name))
-            counters = extra["counters"]
-            metrics = out / "metrics.jsonl"   # drop rows logged after the state we resume from
-            if metrics.is_file():
-                rows = [r for r in read_jsonl(metrics) if r["step"] <= counters["env_steps"]]
-                metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            return counters
-    return None
+    from armflow.workflows.train_state import newest_state_dir, truncate_metrics
+
+    state = newest_state_dir(out / "state")
+    if state is None:
+        return None
+    _, extra = backend.load(str(state))
+    counters = extra["counters"]
+    truncate_metrics(out / "metrics.jsonl", counters["env_steps"])  # rows logged after this state
+    return counters
 
 
 def _evaluate(backend, cfg, counters: dict, logger: MetricLogger, out: Path) -> dict:

@@ -38,8 +38,8 @@ def infinite_batches(windows, batch_size: int, seed: int):
 
 
 def save_checkpoint(out: Path, policy, ema, optimizer, scheduler, step: int) -> None:
-    """Atomically replace ``<out>/checkpoints/last`` with the current model, EMA and training state."""
-    from armflow.workflows.train_state import save_training_state
+    """Replace ``<out>/checkpoints/last`` with the current model, EMA and training state (kill-safe)."""
+    from armflow.workflows.train_state import commit_state_dir, save_training_state
 
     ckpt_root = out / "checkpoints"
     tmp, last = ckpt_root / "last.tmp", ckpt_root / "last"
@@ -47,24 +47,21 @@ def save_checkpoint(out: Path, policy, ema, optimizer, scheduler, step: int) -> 
     policy.save_pretrained(tmp / "model")
     ema.model.save_pretrained(tmp / "ema")
     save_training_state(tmp, step, {"policy": optimizer}, {"policy": scheduler})
-    old = ckpt_root / "last.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if last.exists():
-        last.rename(old)
-    tmp.rename(last)
-    shutil.rmtree(old, ignore_errors=True)
+    commit_state_dir(tmp, last, step)
 
 
 def resume_checkpoint(out: Path, policy, ema, optimizer, scheduler) -> int:
+    """Load the newest complete checkpoint (whatever a kill mid-save left) and trim metrics.jsonl to it."""
     from armflow.policies import load_policy
-    from armflow.workflows.train_state import load_training_state
+    from armflow.workflows.train_state import load_training_state, newest_state_dir, truncate_metrics
 
-    last = out / "checkpoints" / "last"
-    if not last.exists():
-        raise SystemExit(f"armflow train: resume=true but no checkpoint at {last}")
+    last = newest_state_dir(out / "checkpoints" / "last")
+    if last is None:
+        raise SystemExit(f"armflow train: resume=true but no complete checkpoint at {out / 'checkpoints' / 'last'}")
     policy.load_state_dict(load_policy(last / "model").state_dict())
     ema.model.load_state_dict(load_policy(last / "ema").state_dict())
     step, _, _ = load_training_state(last, {"policy": optimizer}, {"policy": scheduler})
+    truncate_metrics(out / "metrics.jsonl", step)
     return step
 
 
