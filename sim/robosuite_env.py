@@ -95,7 +95,8 @@ class RobosuiteEnv(gym.Env):
 
         self.render_mode = check_render_mode(render_mode, config.task_name)
         if config.max_episode_steps is not None and config.max_episode_steps < 1:
-            raise ValueError(f"{config.task_name}: need max_episode_steps >= 1 (or None), got {config.max_episode_steps}")
+            raise ValueError(f"{config.task_name}: need max_episode_steps >= 1 (or None), "
+                             f"got {config.max_episode_steps}")
         suite = _import_robosuite()
         self.config = config
         self.task_name = config.task_name

@@ -16,9 +16,10 @@ with same-step autoreset and the info keys documented in ``armflow.sim.wrappers`
 and ``__del__``). ``metadata["autoreset_mode"]`` is ``AutoresetMode.SAME_STEP``, so gymnasium's
 vector wrappers (``RecordEpisodeStatistics``, ...) count episodes right.
 
-Why not gymnasium's own Sync/AsyncVectorEnv: ``AsyncVectorEnv`` runs one process per env, so 32 envs
-on 2 cores are 32 processes and 32 pipe round trips per step; here a worker steps a block of envs
-and answers with one message (see the README's "Measured" table for the speed).
+Next to gymnasium's own Sync/AsyncVectorEnv (``gym.make_vec(..., vectorization_mode="sync"/"async")`` on
+the same ids): ``AsyncVectorEnv`` runs one process per env, here a worker steps a block of envs and
+answers with one message, and ``info`` carries armflow's stacked keys. Whether that block layout is
+faster than ``AsyncVectorEnv`` has not been measured on an idle machine yet.
 """
 from __future__ import annotations
 

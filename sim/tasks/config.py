@@ -12,7 +12,7 @@ C = TypeVar("C")
 class CubeTaskConfig:
     """Everything a native Panda cube task reads; each task file ships its own defaults."""
 
-    max_episode_steps: int | None = 100  # time limit [control steps] -> ``truncated``; None: none (gym.make's TimeLimit)
+    max_episode_steps: int | None = 100  # time limit [control steps] -> ``truncated``; None: gym.make's TimeLimit
     ctrl_hz: float = 20.0  # control rate [Hz]; ctrl_dt = 1 / ctrl_hz
     sim_dt_s: float = 0.01  # physics timestep [s]; ctrl_dt must be a multiple of it (5 substeps at 20 Hz)
     cube_half_m: float = 0.02  # cube half edge [m]

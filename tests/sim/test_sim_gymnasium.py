@@ -115,7 +115,8 @@ def _hand_count(rewards, dones):
 
 def test_record_episode_statistics_matches_a_hand_count():
     venv = make_vec_env("toy2d", 3, n_workers=0, max_episode_steps=7)
-    assert isinstance(venv, gym.vector.VectorEnv) and venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    assert isinstance(venv, gym.vector.VectorEnv)
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
     assert venv.single_observation_space == make_env("toy2d").observation_space
     env = RecordEpisodeStatistics(venv)
     obs, _ = env.reset(seed=[1, 2, 3])
