@@ -73,7 +73,10 @@ def resolve_limits_path(name_or_path: str) -> Path:
 def load_limits(name_or_path: str) -> SafetyLimits:
     """Load and validate a limits YAML (see ``configs/safety_limits/sim_panda.yaml``)."""
     path = resolve_limits_path(name_or_path)
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LimitsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise LimitsError(f"{path}: expected a mapping, got {type(raw).__name__}")
     return limits_from_dict(raw, source=str(path))

@@ -67,6 +67,9 @@ def collect_scripted(task: str, root: str | Path, episodes: int, noise_std: floa
     from armflow.data import LeRobotWriter
     from armflow.sim import make_env, make_expert
 
+    if episodes < 1 or max_attempts_factor < 1:
+        raise ValueError(f"collect {task}: episodes={episodes} must be >= 1 and max_attempts_factor="
+                         f"{max_attempts_factor} >= 1")
     env = make_env(task, **({"cameras": list(cameras)} if cameras else {}))
     expert = make_expert(env, noise_std=noise_std, seed=seed)
     fps = int(round(1.0 / env.ctrl_dt))

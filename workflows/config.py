@@ -88,7 +88,7 @@ _REWARDS = _names("armflow.workflows.finetune_envs:REWARD_MODES")
 # after envs, workers or a dataset were started. Lists (``algos``) are checked item by item; null is allowed.
 CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
     **{(c, "task"): _TASKS for c in ("collect", "evaluate", "finetune", "quickstart", "bench_finetune",
-                                     "bench_multimodal")},
+                                     "bench_multimodal", "serve")},
     ("collect", "device"): _names("armflow.workflows.collect:DEVICES"),
     ("teleop", "device"): _names("armflow.hardware.teleop:DEVICES"),
     ("serve", "robot"): _names("armflow.hardware:DRIVERS", "armflow.control.drivers:LOCAL_DRIVERS"),

@@ -86,8 +86,11 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
     """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes."""
     from armflow.sim import make_vec_env
 
+    if episodes < 1 or n_envs < 1:
+        raise ValueError(f"evaluate {task}: episodes={episodes} and n_envs={n_envs} must be >= 1 "
+                         "(a success rate over no episodes is undefined)")
     env_overrides = dict(env_overrides or {})
-    n_envs = max(1, min(n_envs, episodes))
+    n_envs = min(n_envs, episodes)
     venv = make_vec_env(task, n_envs, n_workers=n_workers, **env_overrides)
     try:
         check_compatible(policy, venv.single_observation_space, int(venv.single_action_space.shape[0]),

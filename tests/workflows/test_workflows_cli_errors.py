@@ -212,3 +212,35 @@ def test_out_names_the_sweep_dir_under_multirun(capsys, tmp_path):
     assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["0", "1"]
     code, out, err = run_cli(capsys, "collect", "-m", "seed=3,4", f"hydra.run.dir={tmp_path}")
     assert code == 2 and "hydra.sweep.dir" in err
+
+
+def test_library_entry_points_refuse_empty_counts(tmp_path):
+    """quickstart and the benches call these directly (no CLI validation in between): no NaN, no ZeroDivision."""
+    from armflow.workflows.collect import collect_scripted
+    from armflow.workflows.evaluate import evaluate_policy
+
+    with pytest.raises(ValueError, match="episodes=-3"):
+        evaluate_policy(None, "toy2d", -3)
+    with pytest.raises(ValueError, match="episodes=0"):
+        collect_scripted("toy2d", tmp_path / "ds", 0)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_limits_file_that_is_not_yaml_names_the_file(capsys, tmp_path):
+    bad = tmp_path / "limits.yaml"
+    bad.write_text("joint_margin_rad: [\n")
+    code, _, err = run_cli(capsys, "serve", f"limits={bad}", f"out={tmp_path / 's'}")
+    assert code == 1 and str(bad) in err and "YAML" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("config_name", ["collect", "serve"])
+def test_camera_examples_in_the_config_comments_exist(config_name):
+    """The comments once suggested `[front]`, which no task renders."""
+    import re
+
+    from armflow.sim.tasks import CAMERAS
+    from armflow.workflows.config import config_text
+
+    line = next(l for l in config_text(config_name).splitlines() if l.startswith("cameras:"))
+    examples = re.findall(r"\[([a-z_]+)\]", line.partition("#")[2])
+    assert examples and all(cam in CAMERAS for cam in examples), line
