@@ -138,19 +138,17 @@ class BasePolicy(nn.Module):
         """
         cond = self.encode_obs(obs)
         b, k = cond.shape[0], hooks.n_candidates if hooks is not None else 1
-        if k > 1:
-            cond = cond.repeat_interleave(k, dim=0)
+        cond = cond.repeat_interleave(k, dim=0) if k > 1 else cond
         if noise is None:
-            noise = hooks.noise(cond) if hooks is not None and hooks.noise else self.default_noise(cond.shape[0])
-            noise = noise.reshape(b, k, self.horizon, self.action_dim) if k > 1 else noise
+            noise = hooks.noise(cond) if hooks is not None and hooks.noise else self.default_noise(len(cond))
         noise = torch.as_tensor(noise, device=cond.device, dtype=cond.dtype)
-        shape = (b, k, self.horizon, self.action_dim) if k > 1 else (b, self.horizon, self.action_dim)
-        if tuple(noise.shape) != shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {shape}")
-        actions_n = self.sample(cond, noise.reshape(cond.shape[0], *shape[-2:]), hooks=hooks).clamp(-1.0, 1.0)
-        actions = self.normalizer.unnormalize(ACTION_KEY, actions_n)
+        if noise.shape[:-2].numel() != len(cond) or tuple(noise.shape[-2:]) != (self.horizon, self.action_dim):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (B={b}, {f'K={k}, ' * (k > 1)}"
+                             f"T_p={self.horizon}, D_a={self.action_dim})")
+        actions_n = self.sample(cond, noise.reshape(len(cond), self.horizon, self.action_dim), hooks=hooks)
+        actions = self.normalizer.unnormalize(ACTION_KEY, actions_n.clamp(-1.0, 1.0))
         if k > 1:
-            actions = actions.reshape(shape)
+            actions = actions.reshape(b, k, self.horizon, self.action_dim)
             actions = actions[torch.arange(b, device=actions.device), hooks.reranker(obs, actions)]
         return actions
 

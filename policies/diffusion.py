@@ -81,22 +81,23 @@ class DiffusionPolicy(BasePolicy):
         return sqrt_a * out + sqrt_1ma * x if self.v_prediction else out
 
     # ----------------------------------------------------------------- deterministic sampler (DDIM eta=0)
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None, hooks: SamplerHooks | None = None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None,
+               hooks: SamplerHooks | None = None) -> torch.Tensor:
         """cond (B, C), initial noise (B, T_p, D_a) -> normalised actions (B, T_p, D_a), DDIM eta=0.
 
         The final step lands on a' = 1, so the result is the clamped x0 prediction: inside [-1, 1]. Hooks
-        (:mod:`.sampler`): guidance shifts the x0 estimate by sqrt(1 - a_t) g (eps - sqrt(a_t) g); the corrector re-noises the
-        x0 estimate to level t: ``sqrt(a_t) x0 + sqrt(1 - a_t) z``."""
+        (:mod:`.sampler`): guidance moves the x0 estimate by sqrt(1 - a_t) g (eps - sqrt(a_t) g); the corrector
+        re-noises the x0 estimate to level t: ``sqrt(a_t) x0 + sqrt(1 - a_t) z``."""
         hooks = hooks or NO_HOOKS
         model = model_fn(self.net if net is None else net, self.ddim_t, cond, hooks.composer)
 
         def predict(x, k):
             s1ma, sa = self._fast[k][:2]
             eps = self._to_eps(model(x, k), x, sa, s1ma)
+            x0 = lambda e: torch.add(x, e, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
             if hooks.guidance:
-                x0 = torch.add(x, eps, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
-                eps = eps - sa * guidance_sum(hooks.guidance, x, x0, k)  # moves x0 by s1ma * g
-            return eps, torch.add(x, eps, alpha=-s1ma).div_(sa).clamp_(-1.0, 1.0)
+                eps = eps - sa * guidance_sum(hooks.guidance, x, x0(eps), k)  # moves x0 by s1ma * g
+            return eps, x0(eps)
 
         def update(x, eps, x0, k):
             sa_prev, s1ma_prev = self._fast[k][2:]

@@ -42,7 +42,8 @@ class FlowPolicy(BasePolicy):
         u_hat = self.net(x_tau, tau.reshape(b) * self.time_scale, cond)
         return (u_hat - (actions_n - eps)) ** 2, {}
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None, hooks: SamplerHooks | None = None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None,
+               hooks: SamplerHooks | None = None) -> torch.Tensor:
         """Euler ODE from ``noise`` (tau=0) to tau=1: (B, C), (B, T_p, D_a) -> normalised actions, clipped to [-1, 1].
 
         Hooks (:mod:`.sampler`): guidance adds g to the velocity; the corrector re-noises the clean-chunk estimate
@@ -59,15 +60,6 @@ class FlowPolicy(BasePolicy):
         x = integrate(noise, self.num_inference_steps, predict, lambda x, u, _, k: torch.add(x, u, alpha=dt),
                       lambda x_hat, k, z: k * dt * x_hat + (1 - k * dt) * z, hooks.mcmc_steps)
         return x.clamp(-1.0, 1.0)
-
-    def sample_stochastic(self, cond: torch.Tensor, jitter_std: float = 0.0, net=None):
-        """Exploration: fresh initial noise (the sampler's only randomness) + optional Gaussian jitter on the
-        final normalised action. Returns (actions (B, T_p, D_a), noise (B, T_p, D_a))."""
-        noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device, dtype=cond.dtype)
-        actions = self.sample(cond, noise, net=net)
-        if jitter_std > 0:
-            actions = actions + jitter_std * torch.randn_like(actions)
-        return actions, noise
 
     def pair_velocity(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,
                       net=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,9 @@
 """One sampling loop with hook points (``../shared/design/steering.md``, "One sampler, five hook points").
 
-A policy family runs :func:`integrate` over normalised chunks x (N, T_p, D_a) with three per-level functions:
-``predict(x, k) -> (out, x_hat)`` (the model output at level k, flow velocity or diffusion eps, after the
-composer and guidance; x_hat the one-step estimate of the clean chunk), ``update(x, out, x_hat, k)`` (the
-step to level k + 1: Euler, DDIM) and ``renoise(x_hat, k, z)`` (x_hat pushed back to level k by fresh noise z).
-With no hook set the families run exactly their unhooked arithmetic (golden test), so this is the fast path.
+A policy family runs :func:`integrate` over normalised chunks x (N, T_p, D_a) with per-level functions
+``predict(x, k) -> (out, x_hat)`` (flow velocity / diffusion eps after composer and guidance; x_hat the clean-chunk
+estimate), ``update(x, out, x_hat, k)`` (Euler, DDIM) and ``renoise(x_hat, k, z)`` (x_hat back to level k).
+With no hook set this is the fast path: the same arithmetic as the unhooked samplers (golden test).
 """
 from __future__ import annotations
 
@@ -21,26 +20,21 @@ from .backbones import Denoiser, step_contexts
 # clean estimate by (noise fraction) * g: flow adds g to the velocity (x_hat moves by (1 - tau) g), diffusion
 # subtracts sqrt(a_t) g from eps (x0 moves by sqrt(1 - a_t) g), so one term serves both and fades as t -> data.
 GuidanceTerm = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+Composer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (N, T_p, D_a), net time t) -> prediction
 
 
-@dataclass
-class ScoreComposer:
-    """Replaces the policy's net by ``sum_i w_i net_i(x, t, cond_i)``: GPC's convex mix of K policies of the
-    same type (same action space and normaliser); CFG's ``v_u + w (v_c - v_u)`` is weights (1 - w, w)."""
+def weighted_composer(members: Sequence[tuple[nn.Module, torch.Tensor]], weights: Sequence[float]) -> Composer:
+    """``sum_i w_i net_i(x, t, cond_i)`` over (net, cond (B, C)) members of the policy's type: GPC's convex mix of
+    K policies (same action space and normaliser); CFG's ``v_u + w (v_c - v_u)`` is weights (1 - w, w)."""
+    if not members or len(members) != len(weights):
+        raise ValueError(f"weighted_composer: {len(members)} members, {len(weights)} weights; need equal, >= 1")
 
-    members: Sequence[tuple[nn.Module, torch.Tensor]]  # (net(x, t, cond), its cond (B, C)) per prediction
-    weights: Sequence[float]
+    def compose(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # conds of B rows serve B * K candidates
+        n = x.shape[0]
+        return sum(w * net(x, t.expand(n), c.repeat_interleave(n // len(c), dim=0))
+                   for (net, c), w in zip(members, weights))
 
-    def __post_init__(self) -> None:
-        if not self.members or len(self.members) != len(self.weights):
-            raise ValueError(f"ScoreComposer: {len(self.members)} members and {len(self.weights)} weights; "
-                             "expected the same number, at least one")
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        n, out = x.shape[0], 0.0
-        for (net, cond), w in zip(self.members, self.weights):  # conds of B rows serve B * K candidates
-            out = out + w * net(x, t.expand(n), cond.repeat_interleave(n // cond.shape[0], dim=0))
-        return out
+    return compose
 
 
 @dataclass
@@ -50,7 +44,7 @@ class SamplerHooks:
     noise: Callable[[torch.Tensor], torch.Tensor] | None = None  # cond (N, C) -> x_0 (N, T_p, D_a) if no noise given
     guidance: Sequence[GuidanceTerm] = ()  # terms summed into every level's prediction (see GuidanceTerm)
     mcmc_steps: int = 0  # ITPS stochastic sampling: re-noise x_hat to the level and predict again, M times per level
-    composer: ScoreComposer | None = None  # combined predictions instead of the policy's net
+    composer: Composer | None = None  # a combination of predictions instead of the policy's net
     # (obs, candidates (B, K, T_p, D_a) robot units) -> index (B,): pick one of K chunks sampled in one batch
     reranker: Callable[[Mapping, torch.Tensor], torch.Tensor] | None = None
     n_candidates: int = 1  # K; > 1 needs a reranker
@@ -59,8 +53,8 @@ class SamplerHooks:
         if self.mcmc_steps < 0:
             raise ValueError(f"SamplerHooks: mcmc_steps={self.mcmc_steps} must be >= 0")
         if self.n_candidates < 1 or (self.n_candidates > 1) != (self.reranker is not None):
-            raise ValueError(f"SamplerHooks: n_candidates={self.n_candidates} with reranker={self.reranker!r}; "
-                             "a reranker needs n_candidates > 1 and n_candidates > 1 needs a reranker")
+            raise ValueError(f"SamplerHooks: n_candidates={self.n_candidates}, reranker={self.reranker!r}; a reranker "
+                             "goes with n_candidates > 1")
         self.guidance = tuple(self.guidance)
 
     @property
@@ -73,7 +67,7 @@ NO_HOOKS = SamplerHooks()
 
 
 def model_fn(net: nn.Module, t_steps: torch.Tensor, cond: torch.Tensor,
-             composer: ScoreComposer | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+             composer: Composer | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """(x, k) -> the net's output at level k (net time ``t_steps[k]``): the composer if given, else FiLM hoisted
     out of the loop for :class:`Denoiser` nets (:func:`step_contexts`), else a plain ``net(x, t, cond)``."""
     if composer is not None:

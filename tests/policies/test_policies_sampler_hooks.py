@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from armflow.policies.sampler import SamplerHooks, ScoreComposer
+from armflow.policies.sampler import SamplerHooks, weighted_composer
 
-_spec = importlib.util.spec_from_file_location("make_sampler_golden", Path(__file__).with_name("make_sampler_golden.py"))
+_spec = importlib.util.spec_from_file_location("golden", Path(__file__).with_name("make_sampler_golden.py"))
 golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 FAMILIES = ("flow_mlp", "diffusion_mlp")
@@ -79,13 +79,13 @@ def test_score_composer_weights_select_and_mix_policies(case):
     with torch.no_grad():
         c1, c2 = p1.encode_obs(obs), p2.encode_obs(obs)
         members = [(p1.net, c1), (p2.net, c2)]
-        mixed = {w: p1.sample(c1, noise, hooks=SamplerHooks(composer=ScoreComposer(members, w)))
+        mixed = {w: p1.sample(c1, noise, hooks=SamplerHooks(composer=weighted_composer(members, w)))
                  for w in ((1.0, 0.0), (0.0, 1.0), (0.5, 0.5))}
         assert torch.allclose(mixed[(1.0, 0.0)], p1.sample(c1, noise), atol=1e-5)
         assert torch.allclose(mixed[(0.0, 1.0)], p2.sample(c2, noise), atol=1e-5)
         assert (mixed[(0.5, 0.5)] - mixed[(1.0, 0.0)]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="weights"):
-        ScoreComposer(members, (1.0,))
+        weighted_composer(members, (1.0,))
 
 
 @pytest.mark.parametrize("case", FAMILIES)

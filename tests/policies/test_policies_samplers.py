@@ -153,9 +153,6 @@ def test_flow_sample_is_euler_with_given_noise():
         for k in range(5):
             x = x + 0.2 * p.net(x, torch.full((5,), k / 5 * p.time_scale), cond)
         assert torch.allclose(p.sample(cond, noise), x.clamp(-1, 1), atol=1e-5)
-    actions, used_noise = p.sample_stochastic(cond)
-    with torch.no_grad():
-        assert torch.allclose(actions, p.sample(cond, used_noise))
 
 
 def test_step_contexts_match_forward():
