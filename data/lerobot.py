@@ -175,8 +175,8 @@ class LeRobotWriter:
         commit = Commit(self.root)
         data = self._data_path(self._data_pos)
         if pq.ParquetFile(data).metadata.num_rows != self._data_pos.count:
-            write_parquet(commit.stage(self._rel(data)), committed_row_groups(data, self._data_pos.count),
-                          data_schema(self._info["features"]))
+            rows = committed_row_groups(data, self._data_pos.count, self._digests.get(self._rel(data)))
+            write_parquet(commit.stage(self._rel(data)), rows, data_schema(self._info["features"]))
         for key, pos in self._video_pos.items():
             path = self._video_path(key, pos)
             if probe_video(path)[0] != pos.count:
