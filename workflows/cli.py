@@ -18,6 +18,10 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 # command -> (module, config name). Bench sub-commands are "bench <what>".
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,8 +60,9 @@ def describe(config_name: str) -> str:
         if not line.startswith("#"):
             break
         header.append(line.lstrip("# ").strip())
-    text = " ".join(header).split(": ", 1)[-1]
-    return text.split(". ")[0].rstrip(".")
+    text = " ".join(header).split(": ", 1)[-1].split(". ")[0].rstrip(".")
+    cut = text.rfind(", ", 0, 90)  # a long first sentence keeps its first clause
+    return text[:cut] if len(text) > 100 and cut > 0 else text
 
 
 def usage() -> str:
@@ -144,7 +149,7 @@ def command_help(name: str, overrides: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def plan_jobs(config_name: str, flags: Flags) -> list[tuple[list[str], "object"]]:
+def plan_jobs(config_name: str, flags: Flags) -> list[tuple[list[str], DictConfig]]:
     """Every job's overrides and composed config, all validated before any job runs.
 
     Without ``-m`` one job; with it the cartesian product of the comma sweeps, each job's ``out`` set to
@@ -184,7 +189,7 @@ def plan_jobs(config_name: str, flags: Flags) -> list[tuple[list[str], "object"]
     return jobs
 
 
-def compose_job(config_name: str, overrides: list[str], flags: Flags):
+def compose_job(config_name: str, overrides: list[str], flags: Flags) -> DictConfig:
     """One job's validated config (``--cfg job`` may print a config that still lacks a required key)."""
     from armflow.workflows.config import check_required, compose_config
 
