@@ -9,6 +9,7 @@ from armflow.data.lerobot import LeRobotWriter
 from armflow.data.padding import pad_window
 from armflow.data.reader import LeRobotDataset
 from armflow.data.stats import aggregate_stats, compute_image_stats, compute_stats
+from armflow.data.validate import validate_lerobot_v3
 
 _LAZY = {  # name -> module that defines it (imports torch or h5py)
     "WindowDataset": "armflow.data.window",
@@ -17,7 +18,8 @@ _LAZY = {  # name -> module that defines it (imports torch or h5py)
 }
 
 __all__ = ["DatasetError", "LeRobotDataset", "LeRobotWriter", "WindowDataset", "aggregate_stats",
-           "compute_image_stats", "compute_stats", "export_robomimic", "import_robomimic", "pad_window"]
+           "compute_image_stats", "compute_stats", "export_robomimic", "import_robomimic", "pad_window",
+           "validate_lerobot_v3"]
 
 
 def __getattr__(name: str):

@@ -91,11 +91,12 @@ def _roll_forward(root: Path, order: list[str], hook: bool = False) -> list[str]
     """Rename the staged files still present into place; returns those moved by this call."""
     stage = root / COMMIT_DIR
     moved = []
+    for folder in {(root / rel).parent for rel in order}:  # before the burst: it holds renames only
+        folder.mkdir(parents=True, exist_ok=True)
     for i, rel in enumerate(order):
         if hook and i == len(order) // 2:
             kill_hook("renaming")
         src, dst = stage / rel, root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(src, dst)
         except FileNotFoundError:
