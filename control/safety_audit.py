@@ -81,7 +81,12 @@ def limit_ratios(trace: Trace, layer: SafetyLayer, dt_s: float) -> dict[str, flo
         out["target_joint_range"] = _range_ratio(qt, layer.q_lo, layer.q_hi)
         out["target_joint_vel"] = _speed_ratio(qt, dt_s, layer.qd_max)
         if layer.fk is not None:
-            out["target_workspace"] = _range_ratio(np.array([layer.fk(x)[0] for x in qt]), layer.box_lo, layer.box_hi)
+            poses = [layer.fk(x) for x in qt]
+            pos = np.array([p for p, _ in poses])
+            ang = [quat_angle(a, b) for (_, a), (_, b) in zip(poses[:-1], poses[1:])]
+            out["target_workspace"] = _range_ratio(pos, layer.box_lo, layer.box_hi)
+            out["target_ee_vel"] = _speed_ratio(pos, dt_s, lim.ee_vel_max_m_s)
+            out["target_ee_rot_vel"] = float(max(ang, default=0.0) / dt_s / lim.ee_rot_vel_max_rad_s)
     return out
 
 

@@ -1,5 +1,7 @@
 """Safety layer properties (hypothesis): any chunk -> every setpoint within workspace/joint limits and
 rate bounds; plus limits-file validation, force -> HOLD, mode gating and the resume check."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -45,7 +47,7 @@ def test_any_chunks_give_setpoints_within_limits(chunk_list, tick_ms):
     sched = ChunkScheduler(mode, DIMS[mode])
     dt = tick_ms / 1e3
     prev = safety.prev.copy()
-    prev_vel = np.zeros(3) if mode == "ee_pose" else (np.zeros(7) if mode in ("joint_pos", "joint_vel") else None)
+    prev_vel = np.zeros(3) if mode in ("ee_pose", "ee_delta") else np.zeros(7)
     now, k = 0, 0
     for cid, (m, acts, grip, dt_ns, t0_ns) in enumerate(chunk_list):
         if m != mode:
@@ -76,27 +78,84 @@ def test_any_chunks_give_setpoints_within_limits(chunk_list, tick_ms):
                 prev_vel = v
             else:
                 assert np.all(np.abs(sp) <= LIM.ee_delta_max + 1e-12)
+                v = sp[:3] * INFO.ee_delta_m_per_unit / dt  # the fake arm's units: metres per tick per unit
+                assert np.linalg.norm(v) <= LIM.ee_vel_max_m_s + 1e-6
+                assert np.linalg.norm(v - prev_vel) <= LIM.ee_acc_max_m_s2 * dt + 1e-6
+                prev_vel = v
             prev = sp
             now += tick_ms * MS
             k += 1
 
 
+TASK_INFO = replace(INFO, ee_delta_m_per_unit=0.05, ee_delta_rad_per_unit=0.5, ee_delta_anchor="measured",
+                    ee_delta_tracking=(0.6, 0.7))  # the lift env's OSC, as SimTaskDriver declares it
+
+
 def test_ee_delta_cannot_push_out_of_the_workspace():
-    safety = SafetyLayer(LIM, INFO)
+    """The predicted pose (anchor + this step) is checked, not the measured pose before it (which let the
+    arm overshoot the box by 5 cm): at the wall, outward components are zeroed, the rest passes."""
+    safety = SafetyLayer(LIM, TASK_INFO)
     at_wall = _state(ee=(LIM.workspace_max_m[0], 0.0, LIM.workspace_min_m[2]))
     safety.reset("ee_delta", at_wall)
-    sp, _ = safety.filter("ee_delta", np.array([1.0, 0.3, -1.0, 0, 0, 0]), None, at_wall, 0.05)
-    np.testing.assert_allclose(sp[:3], [0.0, 0.3, 0.0])
+    sp, _ = safety.filter("ee_delta", np.array([0.3, 0.3, -0.3, 0, 0, 0]), None, at_wall, 0.05)
+    np.testing.assert_allclose(sp[:3], [0.0, 0.3, 0.0], atol=1e-12)
     assert safety.clamps["workspace"] == 1
+    near = _state(ee=(0.5, 0.0, LIM.workspace_min_m[2] + 0.01))  # a full -1 step would end 4 cm below z_min
+    safety.reset("ee_delta", near)
+    sp, _ = safety.filter("ee_delta", np.array([0, 0, -0.5, 0, 0, 0]), None, near, 0.05)
+    assert near.ee_pos_m[2] + sp[2] * 0.05 >= LIM.workspace_min_m[2] - 1e-12
+
+
+def test_ee_delta_from_outside_the_box_may_only_move_inward():
+    safety = SafetyLayer(LIM, TASK_INFO)
+    below = _state(ee=(0.5, 0.0, LIM.workspace_min_m[2] - 0.05))
+    safety.reset("ee_delta", below)
+    down, _ = safety.filter("ee_delta", np.array([0, 0, -0.3, 0, 0, 0]), None, below, 0.05)
+    assert down[2] == 0.0
+    up, _ = safety.filter("ee_delta", np.array([0, 0, 0.3, 0, 0, 0]), None, below, 0.05)
+    assert up[2] > 0
+
+
+def test_ee_delta_is_speed_limited_in_driver_units():
+    """Issue 10: ee_delta was only clipped to |a| <= 1, whatever a unit means to the driver. With the sim
+    arm's metres-per-tick units an action of 0.1 at 500 Hz asks for 50 m/s; it must come out <= 0.5 m/s,
+    ramped at <= ee_acc_max, and rotation <= ee_rot_vel_max."""
+    info = replace(INFO, ee_delta_m_per_unit=1.0, ee_delta_rad_per_unit=1.0)
+    safety, state, dt = SafetyLayer(LIM, info), _state(), 0.002
+    safety.reset("ee_delta", state)
+    v_prev = np.zeros(3)
+    for _ in range(200):
+        sp, _ = safety.filter("ee_delta", np.array([0.1, 0, 0, 0, 0, 0.1]), None, state, dt)
+        v = sp[:3] / dt
+        assert np.linalg.norm(v) <= LIM.ee_vel_max_m_s + 1e-9
+        assert np.linalg.norm(v - v_prev) <= LIM.ee_acc_max_m_s2 * dt + 1e-9
+        assert np.linalg.norm(sp[3:]) / dt <= LIM.ee_rot_vel_max_rad_s + 1e-9
+        v_prev = v
+    assert np.linalg.norm(v) == pytest.approx(LIM.ee_vel_max_m_s)
+
+
+def test_joint_vel_limits_the_integrated_target_not_the_measured_q():
+    """Issue 10: the margin was checked on the measured q while the driver integrated its own target, so a
+    lagging arm let the target reach the hard limit. Here the measured q never moves."""
+    safety, state, dt = SafetyLayer(LIM, INFO), _state(), 0.002
+    safety.reset("joint_vel", state)
+    q_cmd = state.joint_pos_rad.copy()
+    for _ in range(3000):
+        qd, _ = safety.filter("joint_vel", np.full(7, 5.0), None, state, dt)
+        q_cmd = q_cmd + qd * dt
+    assert np.all(q_cmd <= safety.q_hi + 1e-9)
+    assert np.any(q_cmd >= safety.q_hi - 1e-3)  # it did run to the margin
 
 
 def test_in_range_ee_delta_passes_unchanged():
-    """Lockstep equivalence needs the normal action range untouched."""
-    safety, state = SafetyLayer(LIM, INFO), _state()
+    """Lockstep equivalence needs actions within the limits untouched (bit-identical): the lift env's
+    OSC units (0.05 m, 0.5 rad per unit per 50 ms step), |a_xyz| <= 0.7 and |a_rot| <= 0.2 like its expert."""
+    safety, state = SafetyLayer(LIM, TASK_INFO), _state()
     safety.reset("ee_delta", state)
     rng = np.random.default_rng(0)
+    a = np.zeros(6)
     for _ in range(50):
-        a = rng.uniform(-1, 1, 6)
+        a = np.clip(a + rng.uniform(-0.1, 0.1, 6), [-0.4] * 3 + [-0.1] * 3, [0.4] * 3 + [0.1] * 3)
         sp, _ = safety.filter("ee_delta", a, 0.5, state, 0.05)
         np.testing.assert_array_equal(sp, a)
     assert sum(safety.clamps.values()) == 0
