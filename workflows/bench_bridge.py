@@ -8,8 +8,13 @@
   loop right before each bridge round trip (the floor);
 * ``<t>_hb_rtt_p50_us``: HEARTBEAT round trip (no servo hand-off), timed right after the pair (warm);
 * ``<t>_estop_latency_*``: ESTOP sent -> servo latched (e-stop jumps the command queue);
-* ``servo_period_err_*``: |actual - nominal| servo tick period at ``servo_rate_hz`` while serving.
-Goals (bridge.md): p50 within 3x of the floor; servo p99 error <= 1 ms.
+* ``servo_period_err_*``: |actual - nominal| servo tick period at ``servo_rate_hz`` while serving;
+* ``safety_max_ratio``: ``{arm: {mode: {limit: ratio}}}``, the largest ratio to each limit of the limits
+  file over ``safety_sequences`` random wild setpoint sequences per mode through ``SafetyLayer.filter``
+  and the real driver (the fake arm and the lockstep sim Panda; ``target_*``: the joint targets sent to
+  the sim arm's servos), see ``armflow.control.safety_audit``.
+Goals (bridge.md): p50 within 3x of the floor; servo p99 error <= 1 ms; safety ratios <= 1.0 (measured
+sim states: servo tracking may add up to ~20 %).
 """
 from __future__ import annotations
 
@@ -149,6 +154,48 @@ def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
     return res, status
 
 
+def _wild_setpoints(mode: str, q0: np.ndarray, rng: np.random.Generator, n_ticks: int) -> np.ndarray:
+    """Held setpoints far beyond every limit (as the property tests draw them)."""
+    out = []
+    while len(out) < n_ticks:
+        u = rng.uniform(-1, 1, 7)
+        sp = {"joint_pos": lambda: q0 + 3.0 * u[: len(q0)], "joint_vel": lambda: 5.0 * u[: len(q0)],
+              "ee_pose": lambda: np.concatenate([[0.3, 0, 0.45] + np.array([1.5, 1.5, 1.1]) * u[:3], u[3:] + [1e-3, 0, 0, 0]]),
+              "ee_delta": lambda: 1.5 * u[:6]}[mode]()
+        out += [sp] * int(rng.integers(5, 200))
+    return np.array(out[:n_ticks])
+
+
+def bench_safety(cfg: DictConfig, limits_name: str = "sim_panda") -> dict:
+    """``{arm: {mode: {limit: max ratio}}}`` over random sequences (see the module docstring)."""
+    from armflow.control.fake_arm import FakeArm
+    from armflow.control.limits import load_limits
+    from armflow.control.safety import SafetyLayer
+    from armflow.control.safety_audit import drive, limit_ratios, merge_max
+    from armflow.hardware.sim_arm import SimArmConfig, SimArmDriver
+
+    lim, dt_s, rng = load_limits(limits_name), 1.0 / float(cfg.servo_rate_hz), np.random.default_rng(0)
+    sim = SimArmDriver(SimArmConfig(rate_hz=float(cfg.servo_rate_hz)))
+    sim.connect()
+    arms = {"fake_arm": (FakeArm(rate_hz=float(cfg.servo_rate_hz)), None),
+            "sim_panda": (sim, lambda: sim.data.ctrl[: sim.dof].copy())}
+    out: dict = {}
+    for arm, (driver, targets) in arms.items():
+        layer = SafetyLayer(lim, driver.info(), fk=driver.forward_pose)
+        driver.set_motion_limits(layer.motion_limits())
+        for mode in ("joint_pos", "joint_vel", "ee_pose", "ee_delta"):
+            worst: dict = {}
+            for _ in range(int(cfg.safety_sequences)):
+                driver.reset(0)
+                sps = _wild_setpoints(mode, driver.read_state().joint_pos_rad, rng, int(cfg.safety_ticks))
+                worst = merge_max(worst, limit_ratios(drive(driver, layer, mode, sps, dt_s, targets), layer, dt_s))
+            out.setdefault(arm, {})[mode] = {k: round(v, 4) for k, v in worst.items()}
+            print(f"[bench bridge] safety {arm} {mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()),
+                  flush=True)
+    sim.close()
+    return out
+
+
 def main(cfg: DictConfig) -> dict:
     from armflow.workflows.common import bench_line, write_json
 
@@ -168,6 +215,8 @@ def main(cfg: DictConfig) -> dict:
     results.update(servo_rate_hz=float(cfg.servo_rate_hz), servo_ticks=int(first["ticks"]),
                    servo_period_err_p50_us=float(first["period_err_p50_us"]),
                    servo_period_err_p99_us=float(first["period_err_p99_us"]))
+    if int(cfg.safety_sequences) > 0:
+        results["safety_max_ratio"] = bench_safety(cfg)
     write_json(Path(cfg.out) / "bench_bridge.json", results)
     print(bench_line(results))
     return results
