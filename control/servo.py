@@ -63,8 +63,8 @@ class ServoLoop:
         self.dims = action_dims(self.info.dof)
         self.rate_hz = float(cfg.servo_rate_hz or self.info.native_rate_hz)
         self.period_ns = int(1e9 / self.rate_hz)
-        self.safety = SafetyLayer(self.limits, self.info, fk=getattr(self.driver, "forward_position_m", None))
-        self.driver.set_motion_limits(self.safety.q_lo, self.safety.q_hi, self.safety.qd_max)  # its own IK/integration
+        self.safety = SafetyLayer(self.limits, self.info, fk=getattr(self.driver, "forward_pose", None))
+        self.driver.set_motion_limits(self.safety.motion_limits())  # for a driver's own IK/integration
         self.watchdog = Watchdog(int(cfg.t_cmd_ms * 1e6))
         self.scheduler: ChunkScheduler | None = None
         self.mode: str | None = None

@@ -71,7 +71,9 @@ def _tiny_policy():
     torch.manual_seed(0)
     d_s, d_a = 18, 7
     unit = lambda d: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa: E731
-    stats = {"observation.state": unit(d_s), "action": unit(d_a)}
+    # actions within +-0.1: inside the sim Panda's speed limits, so the safety layer leaves them bit-identical
+    # (an untrained policy's full-range rotations ask for ~7 rad/s, which the layer clamps to 1.5)
+    stats = {"observation.state": unit(d_s), "action": {k: 0.1 * v for k, v in unit(d_a).items()}}
     return make_policy("flow", {"observation.state": (d_s,)}, d_a, stats, horizon=8, n_action_steps=4,
                        mlp_width=64, mlp_blocks=1, state_hidden_dim=32, state_feature_dim=16, time_dim=16,
                        num_inference_steps=2).eval()
