@@ -12,17 +12,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 
-def build_policy(dataset, policy_cfg: dict):
-    """Make the policy named by ``policy_cfg["type"]`` for this dataset's features and stats."""
+def select_obs_keys(dataset, obs_keys=None) -> list[str]:
+    """The observation features a policy trains on.
+
+    ``obs_keys`` as given (each must be a dataset feature), else what a policy can use on a real arm:
+    ``observation.state`` and every camera. Privileged or extra features (``observation.environment_state``
+    from lerobot's writer or a robomimic import, extra cameras by name) are used only when named.
+    """
+    from armflow.workflows.config import ConfigError
+
+    if obs_keys is None:
+        keys = [k for k in ("observation.state",) if k in dataset.features] + list(dataset.video_keys)
+    else:
+        keys = [str(k) for k in obs_keys]
+        missing = [k for k in keys if k not in dataset.features or not k.startswith("observation.")]
+        if missing:
+            offered = sorted(k for k in dataset.features if k.startswith("observation."))
+            raise ConfigError(f"obs_keys: {missing} not observation features of {dataset.root}; it offers {offered}")
+    if not keys:
+        raise ConfigError(f"{dataset.root}: no observation features to train on (set obs_keys=[...]); "
+                          f"features: {sorted(dataset.features)}")
+    return keys
+
+
+def build_policy(dataset, policy_cfg: dict, obs_keys=None):
+    """Make the policy named by ``policy_cfg["type"]`` for ``obs_keys`` (``select_obs_keys``) of this dataset."""
     from armflow.policies import make_policy
 
     cfg = dict(policy_cfg)
     policy_type = cfg.pop("type")
-    obs_spec = {k: tuple(v["shape"]) for k, v in dataset.features.items() if k.startswith("observation.")}
+    obs_spec = {k: tuple(dataset.features[k]["shape"]) for k in select_obs_keys(dataset, obs_keys)}
     action_dim = int(dataset.features["action"]["shape"][0])
     return make_policy(policy_type, obs_spec=obs_spec, action_dim=action_dim, stats=dataset.stats, **cfg)
 
@@ -78,8 +101,12 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     dataset = LeRobotDataset(cfg.dataset)
-    policy = build_policy(dataset, OmegaConf.to_container(cfg.policy, resolve=True)).to(cfg.device)
-    windows = WindowDataset(dataset, policy.n_obs_steps, policy.horizon)
+    obs_keys = select_obs_keys(dataset, cfg.get("obs_keys"))
+    with open_dict(cfg):
+        cfg.obs_keys = obs_keys  # the run's config states what the policy reads
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    policy = build_policy(dataset, OmegaConf.to_container(cfg.policy, resolve=True), obs_keys).to(cfg.device)
+    windows = WindowDataset(dataset, policy.n_obs_steps, policy.horizon, keys=obs_keys)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
     scheduler = cosine_with_warmup(optimizer, int(cfg.warmup_steps), int(cfg.steps))
     ema = EMA(policy, decay=float(cfg.ema_decay))
