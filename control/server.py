@@ -271,7 +271,9 @@ class BridgeServer:
         else:  # ARM, DISARM, RESET: answered when the servo has applied them
             self.req_counter += 1
             self.pending[self.req_counter] = (ident, msg.seq, sess.session, msg.type)
-            self.to_servo({"cmd": msg.type.lower(), "req": self.req_counter, **msg.body})
+            # the e-stop count when sent: an ARM from before an e-stop must not re-arm after it (pipe order)
+            self.to_servo({"cmd": msg.type.lower(), "req": self.req_counter, **msg.body,
+                           "estop_epoch": self.shared.estop_count.value})
 
     def servo_now_ns(self) -> int:
         """The servo's clock: the shared monotonic clock, or the newest published simulation time."""

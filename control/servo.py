@@ -184,6 +184,10 @@ class ServoLoop:
 
     def _arm(self, cmd: dict) -> None:
         mode = cmd["mode"]
+        if cmd.get("estop_epoch", self.shared.estop_count.value) != self.shared.estop_count.value:
+            self.reply(cmd["req"], False, "estopped", {"reason": "an e-stop arrived after this ARM was sent; "
+                                                                 "ARM again to resume", "state": "ESTOP"})
+            return
         if not self.safety.check_mode(mode):
             self.reply(cmd["req"], False, "mode_gated", {"reason": f"mode {mode} not allowed"})
             return
