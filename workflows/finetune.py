@@ -113,6 +113,12 @@ def _evaluate(backend, cfg, counters: dict, logger: MetricLogger, out: Path) -> 
     return res
 
 
+def budget_percent(env_steps: int, wall_s: float, env_steps_budget: int, budget_s: float) -> float:
+    """Percent of the run done, by whichever budget (env steps or wall clock) ends it first, so the
+    progress bar's total and its ETA are the budget that actually stops the run."""
+    return 100.0 * min(1.0, max(env_steps / max(env_steps_budget, 1), wall_s / max(budget_s, 1e-9)))
+
+
 def run_finetune(cfg: DictConfig) -> dict:
     """Run fine-tuning as configured; returns the summary dict (also written to ``<out>/summary.json``)."""
     import torch
@@ -132,7 +138,10 @@ def run_finetune(cfg: DictConfig) -> dict:
     logger = MetricLogger(out)
     n_steps = int(cfg.n_steps or cfg.algo.n_steps)
     t0, wall0 = time.monotonic(), counters["wall_time_s"]
-    bar = tqdm(total=int(cfg.env_steps), initial=counters["env_steps"], disable=not cfg.progress, desc=cfg.algo.name)
+    bar = tqdm(total=100.0, disable=not cfg.progress, desc=cfg.algo.name, unit="%",
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    budget = (int(cfg.env_steps), float(cfg.budget_s))
+    bar.update(budget_percent(counters["env_steps"], counters["wall_time_s"], *budget))
     try:
         if counters["start"] is None:
             _evaluate(backend, cfg, counters, logger, out)
@@ -144,7 +153,8 @@ def run_finetune(cfg: DictConfig) -> dict:
             counters["iteration"] += 1
             counters["env_steps"] += stats["env_steps"]
             counters["wall_time_s"] = wall0 + time.monotonic() - t0
-            bar.update(stats["env_steps"])
+            bar.update(budget_percent(counters["env_steps"], counters["wall_time_s"], *budget) - bar.n)
+            bar.set_description(f"{cfg.algo.name} {counters['env_steps']} env steps", refresh=False)
             eps = stats["episodes"]
             if eps:
                 metrics["charts/episode_return"] = sum(e["return"] for e in eps) / len(eps)
