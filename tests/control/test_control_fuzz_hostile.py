@@ -16,6 +16,7 @@ Default suite: ~400 messages (< 15 s). Slow suite: >= 10,000 messages. Figures p
 import json
 import os
 import random
+import re
 import time
 
 import msgpack
@@ -130,7 +131,7 @@ class Fuzzer:
             data = msg.body.get("data", {})
             if msg.body["kind"] in ("chunk_rejected", "chunk_dropped"):
                 ids = data.get("chunk_ids", [data.get("chunk_id")])
-                why = f"{msg.body['kind']}: {str(data.get('reason'))[:40]}"
+                why = re.sub(r"\d+", "N", f"{msg.body['kind']}: {str(data.get('reason'))[:40]}")
                 self.event_reasons[why] = self.event_reasons.get(why, 0) + 1
                 self._resolve(ids, "chunks_reported")
             if msg.body["kind"] == "state":
