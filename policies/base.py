@@ -116,11 +116,13 @@ class BasePolicy(nn.Module):
         return loss, metrics
 
     # ----------------------------------------------------------------- inference
-    def default_noise(self, batch: int) -> torch.Tensor:
-        """Initial noise when the caller gives none: ``cfg.noise_scale`` x standard normal (zeros for the
-        Gaussian mean, and for ``noise_scale=0``)."""
-        noise = torch.randn(batch, self.horizon, self.action_dim, device=self.device)
-        return noise * float(getattr(self.cfg, "noise_scale", 1.0))
+    def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The policy's own initial noise: ``cfg.noise_scale`` x standard normal (zeros for the Gaussian
+        mean and for ``noise_scale=0``). Seeded rollouts (evaluate, deploy) draw it from ``generator``, so
+        what is evaluated is what is deployed, with the exported noise scale."""
+        device = self.device if generator is None else generator.device
+        noise = torch.randn(batch, self.horizon, self.action_dim, generator=generator, device=device)
+        return noise.to(self.device) * float(getattr(self.cfg, "noise_scale", 1.0))
 
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None) -> torch.Tensor:
         """Deterministic map (cond (B, C), noise (B, T_p, D_a)) -> normalised actions (B, T_p, D_a)."""

@@ -48,7 +48,7 @@ class GaussianPolicy(BasePolicy):
         """Elementwise log-prob (B, T_p, D_a) of normalised ``actions`` given the raw obs window."""
         return self.action_dist(self.encode_obs(obs)).log_prob(actions)
 
-    def default_noise(self, batch: int) -> torch.Tensor:
+    def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.horizon, self.action_dim, device=self.device)
 
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None) -> torch.Tensor:

@@ -28,12 +28,10 @@ GRIPPER_DIM = 6  # the policy's 7-D action = ee delta (6) + gripper (-1 open .. 
 
 
 def make_noise_fn(policy, seed: int):
-    """Seeded initial sampler noise, one ``(n, T_p, D_a)`` draw per chunk (the rollout is reproducible);
-    None for the Gaussian baseline, which acts with its mean (as in ``armflow evaluate``)."""
-    if policy.policy_type == "gaussian":
-        return None
+    """Seeded initial sampler noise, one ``policy.default_noise`` draw ``(n, T_p, D_a)`` per chunk, as
+    ``armflow evaluate`` draws it (the rollout is reproducible; the Gaussian baseline acts with its mean)."""
     gen = torch.Generator().manual_seed(int(seed))
-    return lambda n: torch.randn((n, policy.horizon, policy.action_dim), generator=gen)
+    return lambda n: policy.default_noise(n, generator=gen)
 
 
 class ChunkAgent:

@@ -56,9 +56,11 @@ class BatchedChunkRunner:
     def reset(self, obs: dict[str, np.ndarray], seeds: list[int] | None = None) -> None:
         """Start new episodes. With ``seeds``, env i's sampler noise comes from a generator seeded with
         ``seeds[i]`` (one draw per chunk), exactly as ``armflow deploy`` draws it: the same seed gives
-        the same rollout in evaluation and through the bridge. The Gaussian baseline acts with its mean."""
+        the same rollout in evaluation and through the bridge. Each draw is ``policy.default_noise``, so the
+        policy's own noise scale holds: the Gaussian baseline and DSRL act with their means, an export with
+        ``noise_scale=0`` (FPO's zero-sampling) is evaluated as it deploys."""
         self._generators = None
-        if seeds is not None and self.policy.policy_type != "gaussian":
+        if seeds is not None:
             self._generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         keys = policy_obs_keys(self.policy)
         first = {k: obs[k] for k in keys}
@@ -72,8 +74,7 @@ class BatchedChunkRunner:
 
     def _initial_noise(self) -> torch.Tensor | None:
         if getattr(self, "_generators", None):
-            shape = (self.policy.horizon, self.policy.action_dim)
-            return torch.stack([torch.randn(shape, generator=g) for g in self._generators]).to(self.device)
+            return torch.cat([self.policy.default_noise(1, generator=g) for g in self._generators]).to(self.device)
         return self.noise_fn(self.n_envs) if self.noise_fn is not None else None
 
     @torch.inference_mode()

@@ -258,6 +258,10 @@ class DSRLPolicy(torch.nn.Module):
         except AttributeError:
             return getattr(super().__getattr__("base"), name)
 
+    def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Zeros: evaluated and deployed, a DSRL policy acts with its actor's deterministic noise."""
+        return torch.zeros(batch, self.base.horizon, self.base.action_dim, device=self.base.device)
+
     @torch.no_grad()
     def predict_chunk(self, obs, noise=None, hooks: SamplerHooks | None = None) -> torch.Tensor:
         """Obs window {key: (B, T_o, ...)} -> action chunk (B, T_p, D_a) in robot units (see the class)."""

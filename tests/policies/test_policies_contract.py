@@ -160,3 +160,26 @@ def test_load_errors(tmp_path):
     (tmp_path / "mm" / "config.json").write_text("{not json")
     with pytest.raises(PolicyLoadError, match="corrupt JSON"):
         load_policy(tmp_path / "mm")
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.0])
+def test_seeded_rollout_noise_is_the_policy_default_noise_with_its_exported_scale(scale):
+    """evaluate/deploy draw each chunk's noise through policy.default_noise: an export with
+    noise_scale=0 (FPO's zero-sampling) is evaluated and deployed zero-sampled, not with N(0, I)."""
+    from armflow.workflows.deploy import make_noise_fn
+    from armflow.workflows.rollout import BatchedChunkRunner
+
+    policy = build("flow", "state", noise_scale=scale)
+    want = scale * torch.randn((1, T_P, D_A), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(make_noise_fn(policy, 7)(1), want)
+    runner = BatchedChunkRunner(policy, 2)
+    obs = {"observation.state": np.zeros((2, D_S), np.float32)}
+    runner.reset(obs, seeds=[7, 8])
+    noise = runner._initial_noise()
+    assert torch.equal(noise[0:1], want) and (scale == 0) == bool((noise == 0).all())
+
+
+def test_gaussian_seeded_noise_is_its_mean():
+    from armflow.workflows.deploy import make_noise_fn
+
+    assert not make_noise_fn(build("gaussian", "state"), 3)(2).any()

@@ -153,6 +153,9 @@ def test_dsrl_policy_keeps_the_contract_noise_is_the_actors_standard_normal_draw
     mean_chunk = steered.predict_chunk(obs)
     assert torch.equal(mean_chunk, base.predict_chunk(obs, expand_noise(mu, golden.T_P, golden.D_A)))
     assert torch.equal(steered.predict_chunk(obs, torch.zeros_like(noise)), mean_chunk)
+    # seeded evaluate/deploy draw policy.default_noise: a DSRL export acts with the actor's mean
+    seeded = steered.default_noise(3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(steered.predict_chunk(obs, seeded), mean_chunk)
     given = steered.predict_chunk(obs, noise)
     assert torch.equal(given, steered.predict_chunk(obs, noise)), "deterministic given noise"
     assert torch.equal(given, base.predict_chunk(obs, expand_noise(drawn, golden.T_P, golden.D_A)))
