@@ -367,7 +367,8 @@ def test_a_chunk_is_acked_only_if_it_will_run_or_the_controller_hears_why(server
         assert dropped and dropped[0]["chunk_ids"] == [late] and "replaced" in dropped[0]["reason"]
         c.disarm()
         dropped = _events(c, "chunk_dropped")  # the rest of the running chunk: dropped by DISARM, said at once
-        assert dropped and dropped[0]["chunk_ids"] == [early]  # "disarmed" (or a HOLD on a loaded box)
+        # "disarmed" (or a HOLD on a loaded box); chunk 0 too if its single waypoint (20 ms out) was not yet due
+        assert dropped and early in dropped[0]["chunk_ids"] and set(dropped[0]["chunk_ids"]) <= {0, early}
 
 
 def _peak_rss_mb(pid: int) -> float:
