@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("armflow.workflows.serve", "serve"),
     "deploy": ("armflow.workflows.deploy", "deploy"),
     "teleop": ("armflow.workflows.teleop", "teleop"),
+    "convert": ("armflow.workflows.convert", "convert"),
     "bench sim": ("armflow.workflows.bench_sim", "bench_sim"),
     "bench inference": ("armflow.workflows.bench_inference", "bench_inference"),
     "bench train": ("armflow.workflows.bench_train", "bench_train"),
