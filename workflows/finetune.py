@@ -23,6 +23,8 @@ from armflow.workflows.finetune_rollout import EnvSpec, LearnerSpec
 
 def check_compat(policy, algo: str, task: str, overrides: dict) -> None:
     """Checkpoint vs task: action dim, observation keys/shapes, chunk length vs episode length."""
+    from armflow.policies.base import image_chw
+    from armflow.policies.encoders import IMAGE_PREFIX
     from armflow.policies.rl import ALGOS
     from armflow.sim import make_env
 
@@ -38,8 +40,9 @@ def check_compat(policy, algo: str, task: str, overrides: dict) -> None:
             if key not in spaces:
                 raise ValueError(f"checkpoint needs observation {key!r} but task {task!r} provides {sorted(spaces)}")
             env_shape = tuple(spaces[key].shape)
-            if key.startswith("observation.images.") and len(env_shape) == 3:
-                env_shape = (env_shape[2], env_shape[0], env_shape[1])
+            # Images compare per-frame as (3, H, W): a checkpoint may state (H, W, 3) (env/LeRobot) or (3, H, W).
+            if key.startswith(IMAGE_PREFIX) and image_chw(key, env_shape) == policy.input_shapes[key]:
+                continue
             if env_shape != tuple(shape):
                 raise ValueError(f"checkpoint observation {key!r} shape {tuple(shape)} does not match task "
                                  f"{task!r} shape {env_shape}")
