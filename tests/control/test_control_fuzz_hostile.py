@@ -121,6 +121,8 @@ class Fuzzer:
                 cid, t0, dt = chunk
                 assert msg.body["info"]["chunk_id"] == cid
                 self.stats["chunks_acked"] += 1
+                if cid in self.acked:  # the same id ACKed again (a lease change this fuzzer did not see)
+                    self.stats["ids_reacked"] = self.stats.get("ids_reacked", 0) + 1
                 self.acked[cid] = (max(time.monotonic_ns(), t0) + dt + GRACE_NS, msg.body["ack_seq"])
                 self.next_id = max(self.next_id, cid + 1)
         elif msg.type == "NACK":
