@@ -10,18 +10,24 @@ import os
 
 from armflow.workflows.finetune_rollout import EnvSpec, LearnerHost, LearnerSpec, RolloutWorker
 
-LOOPBACK = "127.0.0.1"
-
-
 def ray_init_kwargs(num_cpus: int, address: str | None = None) -> dict:
     """``ray.init`` arguments: join the cluster the user names (``address`` or ``RAY_ADDRESS``), else start a
-    private one-machine Ray bound to loopback. Ray moves cloudpickled objects over unauthenticated ports, so
-    a Ray that nobody asked to share must not listen on the network."""
+    private one-machine Ray with Ray's token authentication.
+
+    Ray moves cloudpickled objects between its processes: whoever reaches its ports can run code. Ray cannot
+    be bound to loopback (2.60 measured: ``ray.init`` resolves a loopback node address to the routable one,
+    and the GCS and raylet listen on every interface), so token authentication, Ray's default for a new
+    cluster, is what keeps other hosts out; a private Ray with ``RAY_AUTH_MODE=disabled`` is refused.
+    Securing a named cluster is its owner's job."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         return {"address": address, "log_to_driver": False}
-    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False,
-            "_node_ip_address": LOOPBACK}
+    mode = os.environ.get("RAY_AUTH_MODE", "token")  # unset: Ray turns token auth on for a new cluster
+    if mode.lower() != "token":
+        raise RuntimeError(f"backend=ray: RAY_AUTH_MODE={mode!r} would start Ray without authentication on ports "
+                           "that listen on every interface; unset it (Ray then uses token authentication) or name "
+                           "a cluster you secured with RAY_ADDRESS")
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False}
 
 
 class LocalBackend:
@@ -58,7 +64,7 @@ class LocalBackend:
 class RayBackend:
     """Ray Core actors: one LearnerHost, one training RolloutWorker, one evaluation RolloutWorker.
 
-    Ray binds to 127.0.0.1 unless ``address`` (or ``RAY_ADDRESS``) names a cluster to join.
+    A private Ray with token authentication unless ``address`` (or ``RAY_ADDRESS``) names a cluster to join.
     Workers hold their own acting copy of the learner (built from the same checkpoint) and receive
     the learner's acting weights before every collection / evaluation.
     """
