@@ -19,14 +19,15 @@ from tqdm import tqdm
 def select_obs_keys(dataset, obs_keys=None) -> list[str]:
     """The observation features a policy trains on.
 
-    ``obs_keys`` as given (each must be a dataset feature), else what a policy can use on a real arm:
-    ``observation.state`` and every camera. Privileged or extra features (``observation.environment_state``
-    from lerobot's writer or a robomimic import, extra cameras by name) are used only when named.
+    ``obs_keys`` as given (each must be a dataset feature), else every ``observation.*`` feature, as LeRobot
+    builds a policy's inputs from a dataset's features (``observation.environment_state`` included: name the
+    keys, e.g. ``[observation.state,observation.images.agentview]``, for a policy that must not read
+    privileged object state).
     """
     from armflow.workflows.config import ConfigError
 
     if obs_keys is None:
-        keys = [k for k in ("observation.state",) if k in dataset.features] + list(dataset.video_keys)
+        keys = [k for k in dataset.features if k.startswith("observation.")]
     else:
         keys = [str(k) for k in obs_keys]
         missing = [k for k in keys if k not in dataset.features or not k.startswith("observation.")]

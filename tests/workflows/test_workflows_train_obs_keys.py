@@ -32,21 +32,19 @@ def _train(dataset, out, *extra):
                  "policy.n_obs_steps=2", f"out={out}", *extra])
 
 
-def test_default_obs_keys_skip_privileged_state_and_are_stated_in_the_config(extra_feature_dataset, tmp_path):
+def test_default_obs_keys_are_every_observation_feature_stated_in_the_config(extra_feature_dataset, tmp_path):
     assert _train(extra_feature_dataset, tmp_path / "run") == 0
     policy = load_policy(tmp_path / "run" / "checkpoint")
-    assert set(policy.obs_spec) == {"observation.state"}
-    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert cfg["obs_keys"] == ["observation.state"]
-
-
-def test_named_obs_keys_include_environment_state(extra_feature_dataset, tmp_path):
-    keys = "obs_keys=[observation.state,observation.environment_state]"
-    assert _train(extra_feature_dataset, tmp_path / "run", keys) == 0
-    policy = load_policy(tmp_path / "run" / "checkpoint")
     assert policy.obs_spec == {"observation.state": (9,), "observation.environment_state": (5,)}
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["obs_keys"] == ["observation.state", "observation.environment_state"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
+
+
+def test_named_obs_keys_leave_out_privileged_state(extra_feature_dataset, tmp_path):
+    assert _train(extra_feature_dataset, tmp_path / "run", "obs_keys=[observation.state]") == 0
+    assert set(load_policy(tmp_path / "run" / "checkpoint").obs_spec) == {"observation.state"}
 
 
 def test_unknown_obs_key_is_a_clear_error(extra_feature_dataset, tmp_path, capsys):
