@@ -77,22 +77,15 @@ class FlowPolicy(BasePolicy):
         return x_tau, u_hat
 
     def cfm_loss_pairs(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,
-                       net=None, n_steps: int | None = None, velocity: torch.Tensor | None = None,
-                       weighting: str = "eps") -> torch.Tensor:
+                       net=None, velocity: torch.Tensor | None = None) -> torch.Tensor:
         """Per-pair eps-MSE (B, N) for normalised ``actions`` (B, T_p, D_a) at ``tau`` (B, N), ``eps`` (B, N, T_p, D_a).
 
-        x_tau = tau a + (1 - tau) eps; u_hat = net(x_tau); eps_hat = x_tau - tau u_hat;
-        loss = mean over (T_p, D_a) of (eps - eps_hat)^2 (over the first ``n_steps`` chunk steps only when
-        given, e.g. the executed T_a). Exactly 0 when u_hat = a - eps. ``velocity``: u_hat already computed
-        by :meth:`pair_velocity` for the same pairs (skips the forward pass). ``weighting="velocity"``: the
-        plain velocity error |u_hat - (a - eps)|^2 instead (FPO++), i.e. without the tau^2 factor.
+        x_tau = tau a + (1 - tau) eps; u_hat = net(x_tau); eps_hat = x_tau - tau u_hat; loss = mean over (T_p, D_a)
+        of (eps - eps_hat)^2. Exactly 0 when u_hat = a - eps. ``velocity``: u_hat already computed by
+        :meth:`pair_velocity` for the same pairs (skips the forward pass).
         """
         if velocity is None:
             _, velocity = self.pair_velocity(cond, actions, tau, eps, net=net)
         # eps - eps_hat = eps - x_tau + tau u_hat = tau (u_hat - (a - eps))
-        err = velocity - (actions.unsqueeze(1) - eps)
-        if weighting == "eps":
-            err = tau.reshape(*tau.shape, 1, 1) * err
-        elif weighting != "velocity":
-            raise ValueError(f"weighting={weighting!r}; valid: eps, velocity")
-        return (err[:, :, :n_steps] ** 2).mean(dim=(-2, -1))
+        err = tau.reshape(*tau.shape, 1, 1) * (velocity - (actions.unsqueeze(1) - eps))
+        return err.pow(2).mean(dim=(-2, -1))

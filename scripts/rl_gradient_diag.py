@@ -16,7 +16,7 @@ import sys
 import torch
 
 from armflow.policies import load_policy
-from armflow.policies.rl import make_learner
+from armflow.policies.rl import make_learner, normalize
 from armflow.workflows.finetune_rollout import EnvSpec, RolloutWorker
 
 
@@ -30,6 +30,7 @@ def main(ckpt: str, algo: str, task: str = "lift", extra: str = "{}") -> dict:
     params.update(json.loads(extra))
     policy = load_policy(ckpt)
     learner = make_learner(algo, policy, params, 32)
+    policy = learner.policy                                                # the learner's own (trained) copy
     worker = RolloutWorker(EnvSpec(task, 32, 0, {}, seed=0, reward_mode="shaped"), policy.n_obs_steps,
                            tuple(policy.obs_spec), policy.n_action_steps, learner=learner)
     for _ in range(4):                                                     # fit the critic
@@ -40,7 +41,7 @@ def main(ckpt: str, algo: str, task: str = "lift", extra: str = "{}") -> dict:
 
     def grad(idx, d):
         mb = {k: ({kk: vv[idx] for kk, vv in x.items()} if isinstance(x, dict) else x[idx]) for k, x in d.items()}
-        loss, _ = learner.actor_loss(mb, adv[idx])
+        loss, _ = learner.actor_loss(mb, normalize(adv[idx]))   # per-minibatch normalised, as in update()
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params_, allow_unused=True)
                           if g is not None])
 
@@ -56,10 +57,10 @@ def main(ckpt: str, algo: str, task: str = "lift", extra: str = "{}") -> dict:
         with torch.no_grad():
             cond = policy.encode_obs(data["obs"])
             fresh = dict(data, action=policy.sample(cond, torch.randn_like(data["action"])))
-            fresh["loss_old"] = learner._cfm(cond, fresh["action"], data["tau"], data["eps"])
+            fresh["loss_old"] = policy.cfm_loss_pairs(cond, fresh["action"], data["tau"], data["eps"])
             if "action_ref" in fresh:                                  # a fresh baseline sample too
                 fresh["action_ref"] = policy.sample(cond, torch.randn_like(data["action"]))
-                fresh["loss_old_ref"] = learner._cfm(cond, fresh["action_ref"], data["tau"], data["eps"])
+                fresh["loss_old_ref"] = policy.cfm_loss_pairs(cond, fresh["action_ref"], data["tau"], data["eps"])
         full = torch.arange(n)
         out["unexecuted"] = cos(grad(full, data), grad(full, fresh))
     print(json.dumps(out))

@@ -11,17 +11,9 @@ ACTION = "action"
 
 
 def obs_to_torch(obs: dict[str, np.ndarray], device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Raw obs windows -> policy inputs: state (B, T_o, D) float32; images uint8 (B, T_o, H, W, 3)
-    -> float (B, T_o, 3, H, W) in [0, 1] (the same conversion as ``armflow.workflows.rollout``)."""
-    out = {}
-    for key, value in obs.items():
-        t = torch.as_tensor(np.asarray(value))
-        if key.startswith("observation.images."):
-            t = t.permute(0, 1, 4, 2, 3).float().div_(255.0)
-        else:
-            t = t.float()
-        out[key] = t.to(device)
-    return out
+    """Raw obs windows (numpy) -> tensors as they are (images stay uint8 (B, T_o, H, W, 3): 4x smaller in a
+    rollout batch); ``BasePolicy.encode_obs`` does the one conversion to policy inputs."""
+    return {key: torch.as_tensor(np.asarray(value)).to(device) for key, value in obs.items()}
 
 
 def to_env_action(policy, action_norm: torch.Tensor) -> torch.Tensor:

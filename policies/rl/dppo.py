@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from armflow.policies.rl.common import obs_to_torch, require_methods, to_env_action
+from armflow.policies.rl.common import require_methods, to_env_action
 from armflow.policies.rl.onpolicy import OnPolicyConfig, OnPolicyLearner, frozen_copy
 from armflow.policies.rl.ppo_math import denoise_discount, dppo_clip_schedule, ppo_clip_loss
 
@@ -24,12 +24,12 @@ class DPPOConfig(OnPolicyConfig):
     eta: float = 1.0                  # DDIM eta during fine-tuning (1 = stochastic)
     clip_eps_base: float = 0.001      # clip eps of the noisiest fine-tuned step
     clip_eps: float = 0.01            # clip eps of the final denoising step
-    clip_rate: float = 3.0            # exponential growth rate of the per-step clip schedule
-    gamma_denoise: float = 0.99       # advantage discount per denoising step before the last
-    logprob_min: float = -5.0         # per-element log-prob clamp
-    logprob_max: float = 2.0
     gamma: float = 0.999              # manipulation default (per chunk)
-    critic_warmup_iters: int = 2
+
+
+# The paper's fixed constants: per-step clip growth e^{3t}, advantage discount per denoising step before the
+# last, per-element log-prob clamp.
+CLIP_RATE, GAMMA_DENOISE, LOGPROB_MIN, LOGPROB_MAX = 3.0, 0.99, -5.0, 2.0
 
 
 class DPPOLearner(OnPolicyLearner):
@@ -47,8 +47,8 @@ class DPPOLearner(OnPolicyLearner):
         for p in self.actor_ft.parameters():
             p.requires_grad_(True)
         self.actor_opt = torch.optim.Adam(self.actor_ft.parameters(), lr=cfg.actor_lr)
-        self.clip_eps = dppo_clip_schedule(self.n_ft, cfg.clip_eps_base, cfg.clip_eps, cfg.clip_rate)
-        self.discount = denoise_discount(self.n_ft, cfg.gamma_denoise)
+        self.clip_eps = dppo_clip_schedule(self.n_ft, cfg.clip_eps_base, cfg.clip_eps, CLIP_RATE)
+        self.discount = denoise_discount(self.n_ft, GAMMA_DENOISE)
         self.n_exec = int(policy.n_action_steps)
 
     def actor_modules(self):
@@ -57,7 +57,7 @@ class DPPOLearner(OnPolicyLearner):
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
         """Env action chunk (N, T_p, D_a) + record {chain (N, K'+1, T_p, D_a), logprob (N, K', T_p, D_a)}."""
-        cond = self.policy.encode_obs(obs_to_torch(obs))
+        cond = self.policy.encode_obs(obs)
         # Evaluation: DDIM eta=0 means, i.e. the exported checkpoint's own deterministic sampler.
         eta = self.cfg.eta if explore else 0.0
         chain, logprob = self.policy.denoise_chain(
@@ -67,7 +67,7 @@ class DPPOLearner(OnPolicyLearner):
 
     def _chunk_logprob(self, lp: torch.Tensor) -> torch.Tensor:
         """(B, K', T_p, D_a) -> (B, K'): clamp, then mean over the executed chunk elements."""
-        lp = lp[:, :, : self.n_exec].clamp(self.cfg.logprob_min, self.cfg.logprob_max)
+        lp = lp[:, :, : self.n_exec].clamp(LOGPROB_MIN, LOGPROB_MAX)
         return lp.mean(dim=(-1, -2))
 
     def actor_loss(self, mb: dict, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -79,8 +79,8 @@ class DPPOLearner(OnPolicyLearner):
             cond, mb["chain"], self.cfg.min_std, net=self.actor_ft, eta=self.cfg.eta))
         old_lp = self._chunk_logprob(mb["logprob"])
         ratio = torch.exp(new_lp - old_lp)                                   # (B, K')
-        # 3. Same chunk advantage for every denoising step, normalised, discounted toward early steps.
-        adv_steps = self.norm_adv(adv)[:, None] * self.discount[None, :]
+        # 3. Same (normalised) chunk advantage for every denoising step, discounted toward early steps.
+        adv_steps = adv[:, None] * self.discount[None, :]
         loss, info = ppo_clip_loss(ratio, adv_steps, self.clip_eps[None, :])
         info["ratio_mean"] = ratio.mean().item()
         return loss, info

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from armflow.policies.rl.common import load_module_state, module_state, obs_to_torch, to_env_action
+from armflow.policies.rl.common import load_module_state, module_state, to_env_action
 from armflow.policies.rl.nets import TanhGaussianActor, TwinQ, polyak_update
 from armflow.policies.rl.onpolicy import TIME_LIMITS, feature_dim, frozen_copy
 from armflow.policies.rl.replay import ReplayBuffer
@@ -30,6 +30,8 @@ VARIANTS = ("na", "sac")
 
 @dataclass
 class DSRLConfig:
+    """Defaults mirror ``configs/algo/dsrl.yaml`` (what ``armflow finetune`` users see); a test keeps them equal."""
+
     variant: str = "na"               # "na" (noise-aliased) or "sac"
     noise_bound: float = 1.5          # |w| bound of the noise actor
     gamma: float = 0.99               # discount per chunk
@@ -40,16 +42,16 @@ class DSRLConfig:
     hidden: int = 256                 # critic / actor width
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
-    alpha_lr: float = 3e-4
     init_alpha: float = 0.1           # initial entropy temperature
-    target_entropy: float = 0.0       # total entropy target of the noise actor
-    tau: float = 0.005                # Polyak rate of the target critics
-    reward_scale: float = 1.0         # multiply chunk rewards
-    distill_actor_frac: float = 0.5   # NA: share of Q^W distillation noise drawn from the actor (rest N(0, I))
-    time_limit: str = "bootstrap"     # bootstrap through truncation | terminal (see OnPolicyConfig)
-    critic_time: bool = False         # critics also see the elapsed episode fraction (the actor does not)
+    time_limit: str = "terminal"      # terminal (the limit is part of the task) | bootstrap (see OnPolicyConfig)
+    critic_time: bool = True          # critics also see the elapsed episode fraction (the actor does not)
     shared_noise: bool = False        # one D_a noise vector repeated over the T_p chunk steps: a D_a-dim
                                       # RL action instead of T_p * D_a (the paper saw this break some policies)
+
+
+# Never varied: temperature lr, total entropy target of the noise actor (0, the paper's), Polyak rate of the
+# target critics (the paper's); NA: the share of Q^W distillation noise drawn from the actor (the rest N(0, I)).
+ALPHA_LR, TARGET_ENTROPY, POLYAK, DISTILL_ACTOR_FRAC = 3e-4, 0.0, 0.005, 0.5
 
 
 class DSRLLearner:
@@ -77,7 +79,7 @@ class DSRLLearner:
         critics = list(self.q_w.parameters()) + (list(self.q_a.parameters()) if self.q_a else [])
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam(critics, lr=cfg.critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=ALPHA_LR)
         self.buffer = ReplayBuffer(cfg.buffer_size)
         self.rng = np.random.default_rng(0)
         self.warm = torch.tensor(1.0)  # 1 while the buffer is warm-started with base-policy noise
@@ -91,7 +93,7 @@ class DSRLLearner:
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
         """Env action chunk (N, T_p, D_a) + record {w (N, T_p*D_a), action (N, T_a*D_a) normalised}."""
-        cond = self.base.encode_obs(obs_to_torch(obs))
+        cond = self.base.encode_obs(obs)
         if explore and self.warm.item() > 0:
             w = torch.randn(cond.shape[0], self.w_dim).clamp(-self.cfg.noise_bound, self.cfg.noise_bound)
         else:
@@ -110,7 +112,7 @@ class DSRLLearner:
             ends = np.logical_or(ends, batch["truncated"])
         self.buffer.add({"obs": flat(batch["obs"]), "next_obs": flat(batch["next_obs"]),
                          "w": batch["w"].reshape(S * N, -1), "action": batch["action"].reshape(S * N, -1),
-                         "reward": batch["reward"].reshape(-1).astype(np.float32) * self.cfg.reward_scale,
+                         "reward": batch["reward"].reshape(-1).astype(np.float32),
                          "terminated": ends.reshape(-1).astype(np.float32),
                          "time": batch["time"].reshape(-1).astype(np.float32),
                          "next_time": batch["next_time"].reshape(-1).astype(np.float32)})
@@ -132,7 +134,7 @@ class DSRLLearner:
     def gradient_step(self, mb: dict) -> dict[str, float]:
         cfg, alpha = self.cfg, self.log_alpha.exp().detach()
         with torch.no_grad():
-            f, f_next = self.base.encode_obs(obs_to_torch_t(mb["obs"])), self.base.encode_obs(obs_to_torch_t(mb["next_obs"]))
+            f, f_next = self.base.encode_obs(mb["obs"]), self.base.encode_obs(mb["next_obs"])
             w_next, lp_next = self.actor(f_next)
             fq, fq_next = self._q_in(f, mb["time"]), self._q_in(f_next, mb["next_time"])
             not_term = 1.0 - mb["terminated"]
@@ -146,7 +148,7 @@ class DSRLLearner:
             # 2. Distil Q^W(s, w) from Q^A(s, pi(s, w)) on w ~ N(0, I).
             with torch.no_grad():
                 w_d = torch.randn(len(y), self.w_dim)
-                n_act = int(cfg.distill_actor_frac * len(y))   # also cover where the actor looks
+                n_act = int(DISTILL_ACTOR_FRAC * len(y))   # also cover where the actor looks
                 if n_act:
                     w_d[:n_act] = self.actor(f[:n_act])[0]
                 a_d = self.base.sample(f, self.chunk_noise(w_d))[:, : self.T_a].flatten(1)
@@ -166,11 +168,11 @@ class DSRLLearner:
         self.actor_opt.zero_grad()
         actor_loss.backward()
         self.actor_opt.step()
-        alpha_loss = -(self.log_alpha * (lp.detach() + cfg.target_entropy)).mean()
+        alpha_loss = -(self.log_alpha * (lp.detach() + TARGET_ENTROPY)).mean()
         self.alpha_opt.zero_grad()
         alpha_loss.backward()
         self.alpha_opt.step()
-        polyak_update(self.q_target, self.q_a if cfg.variant == "na" else self.q_w, cfg.tau)
+        polyak_update(self.q_target, self.q_a if cfg.variant == "na" else self.q_w, POLYAK)
         self.n_updates += 1
         return {"losses/td_loss": td.item(), "losses/distill_loss": distill.item(), "losses/actor_loss": actor_loss.item(),
                 "losses/alpha": alpha.item(), "charts/q_mean": q1.mean().item(), "charts/entropy": -lp.mean().item()}
@@ -231,11 +233,6 @@ def expand_noise(w: torch.Tensor, horizon: int, action_dim: int) -> torch.Tensor
     if w.shape[-1] == action_dim and horizon > 1:
         return w.view(-1, 1, action_dim).expand(-1, horizon, action_dim)
     return w.view(-1, horizon, action_dim)
-
-
-def obs_to_torch_t(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replay obs tensors (B, T_o, ...) -> policy inputs (images uint8 HWC -> float CHW in [0, 1])."""
-    return obs_to_torch({k: v.numpy() for k, v in obs.items()})
 
 
 class DSRLPolicy(torch.nn.Module):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from armflow.policies.rl.common import obs_to_torch, require_methods, to_env_action
+from armflow.policies.rl.common import require_methods, to_env_action
 from armflow.policies.rl.onpolicy import OnPolicyConfig, OnPolicyLearner
 from armflow.policies.rl.ppo_math import ppo_clip_loss
 
@@ -19,8 +19,6 @@ from armflow.policies.rl.ppo_math import ppo_clip_loss
 class PPOConfig(OnPolicyConfig):
     clip_eps: float = 0.2             # PPO clip
     min_std: float = 0.1              # exploration std floor (normalised action units)
-    ent_coef: float = 0.0             # entropy bonus
-    logprob_reduce: str = "sum"       # "sum" or "mean" over executed chunk elements
 
 
 class GaussianPPOLearner(OnPolicyLearner):
@@ -29,12 +27,8 @@ class GaussianPPOLearner(OnPolicyLearner):
 
     def __init__(self, policy, cfg: PPOConfig, n_envs: int):
         require_methods(policy, "ppo", "gaussian", ("encode_obs", "mean", "std", "net"))
-        if cfg.logprob_reduce not in ("sum", "mean"):
-            raise ValueError(f"ppo: logprob_reduce={cfg.logprob_reduce!r}; valid: ('sum', 'mean')")
         super().__init__(policy, cfg, n_envs)
-        for p in policy.parameters():
-            p.requires_grad_(True)
-        self.actor_opt = torch.optim.Adam(policy.parameters(), lr=cfg.actor_lr)
+        self.actor_opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.actor_lr)
         self.n_exec = int(policy.n_action_steps)
 
     def actor_modules(self):
@@ -45,13 +39,12 @@ class GaussianPPOLearner(OnPolicyLearner):
         return torch.distributions.Normal(mean, self.policy.std().clamp_min(self.cfg.min_std).expand_as(mean))
 
     def _logprob(self, dist: torch.distributions.Normal, action: torch.Tensor) -> torch.Tensor:
-        lp = dist.log_prob(action)[:, : self.n_exec]
-        return lp.sum(dim=(-1, -2)) if self.cfg.logprob_reduce == "sum" else lp.mean(dim=(-1, -2))
+        return dist.log_prob(action)[:, : self.n_exec].sum(dim=(-1, -2))
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], explore: bool = True) -> tuple[np.ndarray, dict]:
         """Env action chunk (N, T_p, D_a) + record {action (normalised), logprob (N,)}; eval = the mean."""
-        dist = self._dist(self.policy.encode_obs(obs_to_torch(obs)))
+        dist = self._dist(self.policy.encode_obs(obs))
         action = dist.sample() if explore else dist.mean
         record = {"action": action.numpy(), "logprob": self._logprob(dist, action).numpy()}
         return to_env_action(self.policy, action).numpy(), record
@@ -59,10 +52,10 @@ class GaussianPPOLearner(OnPolicyLearner):
     def actor_loss(self, mb: dict, adv: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         dist = self._dist(self.policy.encode_obs(mb["obs"]))
         ratio = torch.exp(self._logprob(dist, mb["action"]) - mb["logprob"])
-        loss, info = ppo_clip_loss(ratio, self.norm_adv(adv), self.cfg.clip_eps)
-        entropy = dist.entropy()[:, : self.n_exec].mean()
-        info.update(entropy=entropy.item(), std_mean=self.policy.std().mean().item(), ratio_mean=ratio.mean().item())
-        return loss - self.cfg.ent_coef * entropy, info
+        loss, info = ppo_clip_loss(ratio, adv, self.cfg.clip_eps)
+        info.update(entropy=dist.entropy()[:, : self.n_exec].mean().item(), std_mean=self.policy.std().mean().item(),
+                    ratio_mean=ratio.mean().item())
+        return loss, info
 
     def export(self, out_dir) -> None:
         self.policy.save_pretrained(out_dir)

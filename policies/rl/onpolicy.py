@@ -22,6 +22,8 @@ from armflow.policies.rl.ppo_math import RewardScaler, gae, normalize
 
 @dataclass
 class OnPolicyConfig:
+    """Defaults mirror ``configs/algo/<algo>.yaml`` (what ``armflow finetune`` users see); a test keeps them equal."""
+
     gamma: float = 0.99               # discount per chunk (RL step)
     gae_lambda: float = 0.95          # GAE lambda
     actor_lr: float = 1e-4            # actor Adam lr
@@ -29,22 +31,18 @@ class OnPolicyConfig:
     lr_anneal_iters: int = 0          # > 0: anneal the actor lr from actor_lr to actor_lr_final over this many
                                       # actor-training iterations, constant after (0: constant actor_lr)
     critic_lr: float = 1e-3           # critic Adam lr
-    critic_hidden: int = 256          # critic MLP width
     update_epochs: int = 5            # passes over each rollout
     minibatch_size: int = 256         # samples (chunks) per minibatch
-    max_grad_norm: float = 1.0        # gradient clipping (both nets)
     reward_scale: bool = True         # divide rewards by running std of discounted return
-    critic_warmup_iters: int = 0      # first iterations update only the critic
-    target_kl: float = 1.0            # stop an update's epochs early above this approx KL
-    value_clip: float = 0.0           # > 0: PPO value clipping around the rollout values (scaled-reward units)
-    time_limit: str = "bootstrap"     # bootstrap: V(final obs) through truncation (the limit is only a reset);
-                                      # terminal: the limit is part of the task (success within the episode)
-    neg_adv_scale: float = 1.0        # weight of below-average chunks after normalisation (1 = plain PPO;
-                                      # < 1 learns mostly from better-than-expected chunks, see README)
-    critic_time: bool = False         # feed the critic the elapsed episode fraction (Pardo et al. 2018); needed
+    critic_warmup_iters: int = 2      # first iterations update only the critic
+    time_limit: str = "terminal"      # terminal: the limit is part of the task (success within the episode);
+                                      # bootstrap: V(final obs) through truncation (the limit is only a reset)
+    critic_time: bool = True          # feed the critic the elapsed episode fraction (Pardo et al. 2018); needed
                                       # for a Markov V(s, t) when time_limit=terminal
 
 
+MAX_GRAD_NORM = 1.0   # gradient clipping (actor and critic)
+TARGET_KL = 1.0       # an update stops its epochs early above this mean approx KL
 TIME_LIMITS = ("bootstrap", "terminal")
 
 
@@ -79,11 +77,12 @@ class OnPolicyLearner:
     algo = "onpolicy"
 
     def __init__(self, policy, cfg: OnPolicyConfig, n_envs: int):
-        self.policy, self.cfg = policy.eval(), cfg
+        # The learner trains its own copy: the caller's policy (weights, cfg, flags) is never touched.
+        self.policy, self.cfg = copy.deepcopy(policy).eval().requires_grad_(True), cfg
         self.base = frozen_copy(policy)  # critic features + frozen pretrained denoising steps
         if cfg.time_limit not in TIME_LIMITS:
             raise ValueError(f"time_limit={cfg.time_limit!r}; valid: {', '.join(TIME_LIMITS)}")
-        self.critic = ValueCritic(feature_dim(policy) + int(cfg.critic_time), cfg.critic_hidden)
+        self.critic = ValueCritic(feature_dim(policy) + int(cfg.critic_time))
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.reward_scaler = RewardScaler(n_envs, cfg.gamma)
         self.iteration = 0
@@ -108,20 +107,13 @@ class OnPolicyLearner:
             raise ValueError("critic_time=true needs the rollout's 'time'/'next_time' (elapsed episode fraction)")
         return torch.cat([feats, torch.as_tensor(time, dtype=feats.dtype).reshape(-1, 1)], dim=-1)
 
-    def norm_adv(self, adv: torch.Tensor) -> torch.Tensor:
-        """Per-minibatch normalised advantages, negatives scaled by ``neg_adv_scale``."""
-        adv = normalize(adv)
-        if self.cfg.neg_adv_scale != 1.0:
-            adv = torch.where(adv < 0, adv * self.cfg.neg_adv_scale, adv)
-        return adv
-
     def _values(self, feats: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([self.critic(f) for f in feats.split(4096)])
 
     def prepare(self, batch: dict) -> tuple[dict, dict]:
         """Steps 1-3 of an update on a rollout (S, N): (minibatch-ready tensors flat over S*N: the record keys,
-        ``obs``, ``feats``, ``adv``, ``ret``, ``v_old``; and (S, N) ``values``/``returns``/``adv``/``rewards`` for
+        ``obs``, ``feats``, ``adv``, ``ret``; and (S, N) ``values``/``returns``/``adv``/``rewards`` for
         logging). Advances the running reward scaler."""
         S, N = batch["reward"].shape
         # 1. Frozen features and values of s_t and of the state each chunk reached (final obs if done).
@@ -137,8 +129,7 @@ class OnPolicyLearner:
                            torch.as_tensor(terminated), torch.as_tensor(batch["truncated"]),
                            self.cfg.gamma, self.cfg.gae_lambda)
         data = {k: torch.as_tensor(flat(v)) for k, v in batch.items() if k in self.record_keys}
-        data.update(obs=obs_to_torch(flat(batch["obs"])), feats=feats, adv=adv.reshape(-1), ret=returns.reshape(-1),
-                    v_old=values.reshape(-1))
+        data.update(obs=obs_to_torch(flat(batch["obs"])), feats=feats, adv=adv.reshape(-1), ret=returns.reshape(-1))
         return data, {"values": values, "returns": returns, "adv": adv, "rewards": rewards}
 
     def update(self, batch: dict) -> dict[str, float]:
@@ -156,24 +147,24 @@ class OnPolicyLearner:
             for idx in minibatches(len(data["adv"]), self.cfg.minibatch_size):
                 mb = {k: ({kk: vv[idx] for kk, vv in v.items()} if isinstance(v, dict) else v[idx])
                       for k, v in data.items()}
-                v_loss = self._value_loss(self.critic(mb["feats"]), mb["v_old"], mb["ret"])
+                v_loss = 0.5 * (self.critic(mb["feats"]) - mb["ret"]).pow(2).mean()
                 self.critic_opt.zero_grad()
                 v_loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), MAX_GRAD_NORM)
                 self.critic_opt.step()
                 logs.setdefault("losses/value_loss", []).append(v_loss.item())
                 if train_actor:
-                    loss, info = self.actor_loss(mb, mb["adv"])
+                    loss, info = self.actor_loss(mb, normalize(mb["adv"]))
                     self.actor_opt.zero_grad()
                     loss.backward()
                     params = [p for m in self.actor_modules() for p in m.parameters()]
-                    torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
                     self.actor_opt.step()
                     kls.append(info.get("approx_kl", 0.0))
                     logs.setdefault("losses/policy_loss", []).append(loss.item())
                     for k, v in info.items():
                         logs.setdefault(f"losses/{k}", []).append(v)
-            if kls and float(np.mean(kls)) > self.cfg.target_kl:
+            if kls and float(np.mean(kls)) > TARGET_KL:
                 break
         self.iteration += 1
         out = {k: float(np.mean(v)) for k, v in logs.items()}
@@ -182,14 +173,6 @@ class OnPolicyLearner:
                     "charts/reward_scaled_mean": float(np.mean(rewards)), "charts/actor_trained": float(train_actor),
                     "charts/actor_lr": lr})
         return out
-
-    def _value_loss(self, v: torch.Tensor, v_old: torch.Tensor, ret: torch.Tensor) -> torch.Tensor:
-        """0.5 MSE; with ``value_clip`` the pessimistic max over the clipped and unclipped errors, which
-        bounds how far V moves per iteration (bootstrapping through time limits can otherwise run away)."""
-        if self.cfg.value_clip <= 0:
-            return 0.5 * (v - ret).pow(2).mean()
-        v_clipped = v_old + (v - v_old).clamp(-self.cfg.value_clip, self.cfg.value_clip)
-        return 0.5 * torch.max((v - ret).pow(2), (v_clipped - ret).pow(2)).mean()
 
     # -- state for rollout workers and for resume ----------------------------------------------------
     def acting_state(self) -> dict[str, torch.Tensor]:
