@@ -72,7 +72,7 @@ def feature_dim(policy) -> int:
 
 class OnPolicyLearner:
     """Base for PPO-family learners; subclasses set ``self.actor_opt`` and implement
-    ``act(obs, explore)``, ``actor_loss(mb, adv)``, ``actor_modules()``."""
+    ``act(obs, explore)``, ``actor_loss(mb, adv)`` (``adv`` normalised per minibatch), ``actor_modules()``."""
 
     algo = "onpolicy"
 
