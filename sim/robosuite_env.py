@@ -4,11 +4,13 @@
   delta eef position (3; 1.0 = 5 cm), delta axis-angle (3; 1.0 = 0.5 rad), gripper (1; -1 open,
   +1 closed)), 20 Hz control (25 physics substeps of 2 ms), ``reward_shaping=True``,
   ``hard_reset=False``, no robosuite renderer.
-- ``observation.state`` float32 (D_s,) = ``[eef_pos (3) [m], eef_quat (4, w x y z), gripper_qpos (2) [m],
-  object observables in robosuite's order]`` (object quaternions also converted to w x y z);
-  ``env.state_layout`` lists ``(name, dim)`` in order and ``env.state_slices[name]`` indexes it.
-  Lift D_s = 19 (cube_pos, cube_quat, gripper_to_cube_pos = cube - eef); Can and Square D_s = 23
-  (<obj>_to_robot0_eef_pos/quat, <obj>_pos, <obj>_quat).
+- LeRobot's split (``sim/obs_layout.py``): ``observation.state`` float32 (9,) = robot proprioception
+  ``[eef_pos (3) [m], eef_quat (4, w x y z), gripper_qpos (2) [m]]``; ``observation.environment_state`` float32 =
+  robosuite's object observables in its order (quaternions also converted to w x y z): Lift (10,) (cube_pos,
+  cube_quat, gripper_to_cube_pos = cube - eef); Can and Square (14,) (<obj>_to_robot0_eef_pos/quat, <obj>_pos,
+  <obj>_quat). ``env.obs_fields[key]`` lists ``(name, dim)`` in order, ``env.field(obs, name)`` reads one.
+  ``state_layout="combined"``: one ``observation.state`` = proprioception then objects (the layout before
+  the split; Lift 19, Can and Square 23).
 - Images (``cameras=("agentview", ...)``) and ``render()`` come from ``mujoco.Renderer`` on robosuite's
   own model, collision geoms hidden (as robosuite does), shadows, multisampling and reflections off
   (OSMesa renders the ~350k-vertex Panda meshes in ~17 ms per 84x84 frame that way, vs ~100 ms with
@@ -35,13 +37,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from armflow.sim.obs_layout import ENV_STATE_KEY, STATE_KEY, check_state_layout
 from armflow.sim.registry import RENDER_MODES, check_render_mode
 
 # MuJoCo picks its GL backend when first imported: default to OSMesa (EGL does not work on CPU boxes)
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
-STATE_KEY = "observation.state"
 _PROPRIO = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 _NO_HORIZON = 2**31 - 1  # robosuite needs an int horizon; with ignore_done=True it never ends an episode
 
@@ -62,6 +64,7 @@ class RobosuiteConfig:
     reward_shaping: bool = True
     hard_reset: bool = False
     model_seed: int = 0  # seeds robosuite's model-build randomness (e.g. Lift cube size), see module doc
+    state_layout: str = "split"  # split | combined (proprio and objects in one observation.state, as before)
 
 
 class _QuietRobosuite(logging.Filter):
@@ -94,6 +97,7 @@ class RobosuiteEnv(gym.Env):
         import mujoco
 
         self.render_mode = check_render_mode(render_mode, config.task_name)
+        check_state_layout(config.state_layout, config.task_name)
         if config.max_episode_steps is not None and config.max_episode_steps < 1:
             raise ValueError(f"{config.task_name}: need max_episode_steps >= 1 (or None), "
                              f"got {config.max_episode_steps}")
@@ -132,10 +136,18 @@ class RobosuiteEnv(gym.Env):
         for name in list(self.raw._observables):  # skip unused observables (computed every substep)
             if name not in _PROPRIO and name not in self._object_keys:
                 self.raw.modify_observable(name, "enabled", False)
-        self.state_layout = [(k, int(np.size(raw_obs[k]))) for k in (*_PROPRIO, *self._object_keys)]
-        ends = np.cumsum([d for _, d in self.state_layout])
-        self.state_slices = {k: slice(int(e - d), int(e)) for (k, d), e in zip(self.state_layout, ends)}
-        spaces = {STATE_KEY: gym.spaces.Box(-np.inf, np.inf, shape=(int(ends[-1]),), dtype=np.float32)}
+        proprio = [(k, int(np.size(raw_obs[k]))) for k in _PROPRIO]
+        objects = [(k, int(np.size(raw_obs[k]))) for k in self._object_keys]
+        self.obs_fields = ({STATE_KEY: proprio + objects} if config.state_layout == "combined"
+                           else {STATE_KEY: proprio, ENV_STATE_KEY: objects})
+        self._field_at: dict[str, tuple[str, slice]] = {}  # field name -> (obs key, columns)
+        spaces = {}
+        for key, fields in self.obs_fields.items():
+            start = 0
+            for name, dim in fields:
+                self._field_at[name] = (key, slice(start, start + dim))
+                start += dim
+            spaces[key] = gym.spaces.Box(-np.inf, np.inf, shape=(start,), dtype=np.float32)
         for cam in config.cameras:
             spaces[f"observation.images.{cam}"] = gym.spaces.Box(
                 0, 255, shape=(config.image_size, config.image_size, 3), dtype=np.uint8)
@@ -198,10 +210,18 @@ class RobosuiteEnv(gym.Env):
         renderer.update_scene(self._mj_data, camera=camera, scene_option=self._scene_option)
         return renderer.render().copy()
 
+    def field(self, obs: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """One named robosuite observable (e.g. ``cube_pos``) out of an armflow obs dict, whatever the layout."""
+        if name not in self._field_at:
+            raise KeyError(f"{self.task_name}: no observable {name!r}; valid: {', '.join(self._field_at)}")
+        key, cols = self._field_at[name]
+        return np.asarray(obs[key])[..., cols]
+
     def _obs(self, raw_obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        parts = [_xyzw_to_wxyz(raw_obs[k]) if k.endswith("quat") else raw_obs[k]
-                 for k, _ in self.state_layout]
-        obs = {STATE_KEY: np.concatenate(parts).astype(np.float32)}
+        obs = {}
+        for key, fields in self.obs_fields.items():
+            parts = [_xyzw_to_wxyz(raw_obs[k]) if k.endswith("quat") else raw_obs[k] for k, _ in fields]
+            obs[key] = np.concatenate(parts).astype(np.float32)
         for cam in self.config.cameras:
             obs[f"observation.images.{cam}"] = self._render(cam, self.config.image_size)
         return obs
@@ -247,7 +267,8 @@ def make_robosuite_square(render_mode: str | None = None, **overrides: Any) -> R
 class RobosuiteLiftExpert:
     """Scripted robosuite Lift expert: approach above the cube, descend, grasp, lift.
 
-    Reads the privileged cube and end-effector positions from the state (``env.state_slices``);
+    Reads the end-effector and the privileged cube position from the obs (``env.field``: observation.state and
+    observation.environment_state, or the combined observation.state);
     the cube fits the open Panda gripper at any yaw, so orientation is held (zero rotation).
     ``noise_std``: std of Gaussian noise added to the 6 arm action dims (before clipping).
     """
@@ -268,8 +289,6 @@ class RobosuiteLiftExpert:
         self.env = base
         self.noise_std = float(noise_std)
         self._rng = np.random.default_rng(seed)
-        self._eef = base.state_slices["robot0_eef_pos"]
-        self._cube = base.state_slices["cube_pos"]
         self.reset()
 
     def reset(self) -> None:
@@ -280,8 +299,8 @@ class RobosuiteLiftExpert:
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Action float32 (7,) for the current state."""
-        state = np.asarray(obs[STATE_KEY], dtype=np.float64)
-        eef, cube = state[self._eef], state[self._cube]
+        eef = self.env.field(obs, "robot0_eef_pos").astype(np.float64)
+        cube = self.env.field(obs, "cube_pos").astype(np.float64)
         target, gripper = self._target(eef, cube)
         action = np.zeros(7)
         action[:3] = self.gain * (target - eef) / 0.05

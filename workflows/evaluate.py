@@ -10,17 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from armflow.workflows.rollout import BatchedChunkRunner
 
 
 def check_compatible(policy, env_obs_space, env_action_dim: int, source: str, task: str) -> None:
-    """Fail clearly when a checkpoint's observation/action spec does not fit the task."""
+    """Fail clearly when a checkpoint's observation/action spec does not fit the task (``source`` names the
+    checkpoint); a checkpoint of the layout before the state split gets the message saying what to do."""
+    from armflow.sim.obs_layout import combined_layout_problem
+
     if policy.action_dim != env_action_dim:
         raise SystemExit(f"{source}: policy action_dim {policy.action_dim} does not match task {task!r} "
                          f"action dim {env_action_dim}")
+    env_shapes = {k: tuple(space.shape) for k, space in env_obs_space.spaces.items()}
+    problem = combined_layout_problem(policy.obs_spec, env_shapes, source, task)
+    if problem:
+        raise SystemExit(problem)
     for key, shape in policy.obs_spec.items():
         if key not in env_obs_space.spaces:
             raise SystemExit(f"{source}: policy needs observation {key!r} which task {task!r} does not provide "
@@ -82,8 +89,9 @@ def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_over
 
 def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_envs: int = 8,
                     n_workers: int | None = None, env_overrides: dict | None = None,
-                    progress: bool = True) -> dict:
-    """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes."""
+                    progress: bool = True, source: str = "evaluate") -> dict:
+    """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes (``source`` names the policy in
+    errors)."""
     from armflow.sim import make_vec_env
 
     if episodes < 1 or n_envs < 1:
@@ -94,7 +102,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
     venv = make_vec_env(task, n_envs, n_workers=n_workers, **env_overrides)
     try:
         check_compatible(policy, venv.single_observation_space, int(venv.single_action_space.shape[0]),
-                         "evaluate", task)
+                         source, task)
         policy.eval()
         runner = BatchedChunkRunner(policy, n_envs)
         results: list[dict] = []
@@ -136,9 +144,12 @@ def main(cfg: DictConfig) -> dict:
     out = Path(cfg.out)
     t0 = time.monotonic()
     policy = load_checkpoint(cfg.checkpoint)
-    result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers)
+    overrides = dict(OmegaConf.to_container(cfg.task_overrides, resolve=True) or {})
+    result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
+                             overrides, source=f"armflow evaluate: checkpoint {cfg.checkpoint}")
     result["videos"] = record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
-                                     out / "videos", {}) if int(cfg.video_episodes) > 0 else []
+                                     out / "videos", overrides) if int(cfg.video_episodes) > 0 else []
+    result["task_overrides"] = overrides
     result["plots"] = [str(p) for p in plot_eval(out, result)]
     result["checkpoint"], result["wall_time_s"] = str(cfg.checkpoint), time.monotonic() - t0
     write_json(out / "eval.json", result)

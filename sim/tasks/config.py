@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from armflow.sim.obs_layout import check_state_layout
+
 C = TypeVar("C")
 
 
@@ -29,6 +31,8 @@ class CubeTaskConfig:
     max_drot_rad: float = 0.5  # action scale: rotation delta at |a| = 1 [rad / step]
     cameras: tuple = ()  # camera names to add as observation.images.<cam>: agentview, wrist, topview
     image_size: int = 84  # rendered images are image_size x image_size
+    state_layout: str = "split"  # split: proprio in observation.state, cubes in observation.environment_state;
+    # combined: both in one observation.state, the layout before the split (old checkpoints; sim/obs_layout.py)
 
 
 def build_config(cls: type[C], overrides: dict[str, Any], where: str) -> C:
@@ -53,6 +57,7 @@ def _plain(value: Any) -> Any:
 
 
 def _validate(cfg: CubeTaskConfig, where: str) -> None:
+    check_state_layout(cfg.state_layout, where)
     substeps = (1.0 / cfg.ctrl_hz) / cfg.sim_dt_s
     if abs(substeps - round(substeps)) > 1e-6 or round(substeps) < 1:
         raise ValueError(f"{where}: 1/ctrl_hz={1 / cfg.ctrl_hz} s is not a multiple of sim_dt_s={cfg.sim_dt_s}")

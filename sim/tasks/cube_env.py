@@ -3,18 +3,26 @@
 Success = some cube is held between both finger pads and raised ``lift_height_m`` above its
 resting height; it ends the episode as ``terminated``. The time limit is ``truncated``.
 
-``observation.state`` layout (float32, D_s = 8 + 10 * n_cubes; 18 for lift, 28 for pick_either):
+Observations follow LeRobot's convention (``sim/obs_layout.py``): robot proprioception in
+``observation.state`` (float32, D_s = 8), the cubes' state in ``observation.environment_state``
+(float32, 10 * n_cubes; 10 for lift, 20 for pick_either), privileged: a real arm does not measure it.
 
-====================  =====  ==================================================================
-slice                 size   content
-====================  =====  ==================================================================
-[0:3]                 3      grip-site position [m], world frame
-[3:7]                 4      grip-site quaternion wxyz, sign on the hemisphere of (0, 1, 0, 0)
-[7]                   1      gripper opening [m] (0 closed, ~0.08 open)
-[8+10i : 11+10i]      3      cube i position [m]
-[11+10i : 15+10i]     4      cube i quaternion wxyz, sign with w >= 0
-[15+10i : 18+10i]     3      cube i position - grip-site position [m]
-====================  =====  ==================================================================
+==========================================  =====  ==========================================================
+slice                                       size   content
+==========================================  =====  ==========================================================
+observation.state[0:3]                      3      grip-site position [m], world frame
+observation.state[3:7]                      4      grip-site quaternion wxyz, sign on the hemisphere of (0, 1, 0, 0)
+observation.state[7]                        1      gripper opening [m] (0 closed, ~0.08 open)
+observation.environment_state[10i:10i+3]    3      cube i position [m]
+observation.environment_state[10i+3:10i+7]  4      cube i quaternion wxyz, sign with w >= 0
+observation.environment_state[10i+7:10i+10] 3      cube i position - grip-site position [m]
+==========================================  =====  ==========================================================
+
+Joint angles are not in the state: actions are end-effector deltas, so the ee pose is the controlled
+quantity; the joints follow from it through the env's IK (up to a null space it holds near home), and an
+ee-space state is the same on every arm the bridge drives (Panda, UR5e, xArm7), joint vectors are not.
+They stay available as ``env.joint_pos()``. ``state_layout="combined"`` gives the layout before the split:
+one ``observation.state`` (D_s = 8 + 10 * n_cubes) = the state above followed by the environment state.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ import numpy as np
 
 from armflow.sim.arm import ArmControlConfig, PandaArm, quat_canonical
 from armflow.sim.arm_mjcf import HOME_EE_QUAT, load_model
+from armflow.sim.obs_layout import ENV_STATE_KEY, STATE_KEY, layout_obs
 from armflow.sim.registry import RENDER_MODES, check_render_mode
 from armflow.sim.tasks.config import CubeTaskConfig
 
@@ -61,20 +70,26 @@ class CubeEnv(gym.Env):
         self._cube_dof = [self.model.jnt_dofadr[self._id("joint", f"cube{i}_joint")] for i in range(self.n_cubes)]
         self._cube_ids = [self._id("geom", f"cube{i}") for i in range(self.n_cubes)]
         self._pad_ids = (self._id("geom", "left_pad"), self._id("geom", "right_pad"))
-        self.state_dim = 8 + 10 * self.n_cubes
+        self.proprio_dim, self.object_dim = 8, 10 * self.n_cubes
+        combined = cfg.state_layout == "combined"
+        self.state_dim = self.proprio_dim + self.object_dim if combined else self.proprio_dim
+        self.env_state_dim = 0 if combined else self.object_dim  # observation.environment_state (absent when 0)
         self.observation_space = gym.spaces.Dict(self._obs_spaces())
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
         self._renderer = None
         self._video_renderer = None
         self._steps = 0
-        self._state_buf = np.zeros(self.state_dim)
+        self._proprio_buf = np.zeros(self.proprio_dim)
+        self._object_buf = np.zeros(self.object_dim)
         self._quat_buf = np.zeros(4)
 
     def _id(self, kind: str, name: str) -> int:
         return mujoco.mj_name2id(self.model, getattr(mujoco.mjtObj, f"mjOBJ_{kind.upper()}"), name)
 
     def _obs_spaces(self) -> dict:
-        spaces = {"observation.state": gym.spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)}
+        spaces = {STATE_KEY: gym.spaces.Box(-np.inf, np.inf, (self.state_dim,), np.float32)}
+        if self.env_state_dim:
+            spaces[ENV_STATE_KEY] = gym.spaces.Box(-np.inf, np.inf, (self.env_state_dim,), np.float32)
         side = self.cfg.image_size
         for cam in self.cfg.cameras:
             spaces[f"observation.images.{cam}"] = gym.spaces.Box(0, 255, (side, side, 3), np.uint8)
@@ -180,20 +195,20 @@ class CubeEnv(gym.Env):
         return best, success, mode
 
     def _obs(self) -> dict[str, np.ndarray]:
-        state = self._state_buf
+        proprio, objects = self._proprio_buf, self._object_buf
         site = self.arm.site_id
         ee_pos = self.data.site_xpos[site]
-        state[0:3] = ee_pos
+        proprio[0:3] = ee_pos
         mujoco.mju_mat2Quat(self._quat_buf, self.data.site_xmat[site])
-        state[3:7] = self._quat_buf if self._quat_buf @ _EE_REF >= 0.0 else -self._quat_buf
-        state[7] = self.arm.gripper_opening_m()
+        proprio[3:7] = self._quat_buf if self._quat_buf @ _EE_REF >= 0.0 else -self._quat_buf
+        proprio[7] = self.arm.gripper_opening_m()
         for i, a in enumerate(self._cube_qpos):
-            base = 8 + 10 * i
+            base = 10 * i
             cube = self.data.qpos[a : a + 7]
-            state[base : base + 3] = cube[:3]
-            state[base + 3 : base + 7] = cube[3:] if cube[3] >= 0.0 else -cube[3:]
-            state[base + 7 : base + 10] = cube[:3] - ee_pos
-        obs = {"observation.state": state.astype(np.float32)}
+            objects[base : base + 3] = cube[:3]
+            objects[base + 3 : base + 7] = cube[3:] if cube[3] >= 0.0 else -cube[3:]
+            objects[base + 7 : base + 10] = cube[:3] - ee_pos
+        obs = layout_obs(proprio, objects, self.cfg.state_layout)
         for cam in self.cfg.cameras:
             obs[f"observation.images.{cam}"] = self.render(cam)
         return obs
