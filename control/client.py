@@ -4,6 +4,10 @@ Single-threaded on purpose: heartbeats come from the caller's loop (the loop tha
 actions), so if that loop hangs the server's watchdog holds the arm. Every request waits for
 its ACK/NACK with a timeout, so a dead server surfaces as a ``BridgeError`` within
 ``reply_timeout_s`` (0.5 s default) instead of a hang.
+
+``estop_epoch`` is the newest e-stop this client has heard of (WELCOME, STATE, state EVENTs,
+the ACK of its own ESTOP); ``arm`` sends it, so an ARM that crossed another client's e-stop
+is refused (``BridgeError`` code ``estopped``) until this client has received that e-stop.
 """
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ class BridgeClient(Driver):
         self.session = ""
         self.seq = 0
         self.chunk_id = -1
+        self.estop_epoch = 0  # the newest e-stop epoch received from the server (what ARM acknowledges)
         self.clock = ClockSync()
         self.status: dict = {}
         self._state: RobotState | None = None
@@ -84,6 +89,7 @@ class BridgeClient(Driver):
             self.close()
             raise BridgeError(f"bridge rejected HELLO: {reply.body['reason']}", reply.body["code"])
         self.welcome, self.session = reply.body, reply.body["session"]
+        self.saw_estop(reply.body.get("estop_epoch", 0))
         if self.sub is None:
             self.sub = self._socket(zmq.SUB)
             self.sub.rcvhwm = 1000
@@ -176,6 +182,8 @@ class BridgeClient(Driver):
             if reply.type not in expect:
                 raise BridgeError(f"unexpected reply {reply.type} to {msg_type}", "protocol")
             self.rtt_ns.append(time.monotonic_ns() - t_send)
+            if reply.type == "ACK":
+                self.saw_estop(reply.body.get("info", {}).get("estop_epoch", 0))
             return reply
 
     def sync_clock(self, n: int = 8) -> ClockSync:
@@ -198,8 +206,15 @@ class BridgeClient(Driver):
     def heartbeat(self) -> None:
         self.request("HEARTBEAT", {})
 
+    def saw_estop(self, epoch) -> None:
+        """Record an e-stop epoch received from the server (it only grows)."""
+        if type(epoch) is int:
+            self.estop_epoch = max(self.estop_epoch, epoch)
+
     def arm(self, mode: str) -> None:
-        self.request("ARM", {"mode": mode}, timeout_s=max(self.reply_timeout_s, 2.0))
+        """ARM ``mode``, acknowledging the newest e-stop received; refused (``estopped``) if the server has
+        counted one since (read the state to see it, then ARM again)."""
+        self.request("ARM", {"mode": mode, "estop_epoch": self.estop_epoch}, timeout_s=max(self.reply_timeout_s, 2.0))
 
     def disarm(self) -> None:
         self.request("DISARM", {}, timeout_s=max(self.reply_timeout_s, 2.0))
@@ -228,9 +243,13 @@ class BridgeClient(Driver):
     def _on_pub(self, frames: list) -> dict | None:
         msg = P.decode(frames[1:], max_bytes=P.MAX_PUB_BYTES, expect=("STATE", "EVENT"))
         if msg.type == "EVENT":
-            self.events.append((msg.body["kind"], msg.body.get("data", {})))
+            data = msg.body.get("data", {})
+            self.events.append((msg.body["kind"], data))
+            if msg.body["kind"] == "state":
+                self.saw_estop(data.get("estop_epoch", 0))
             return None
         body, a = msg.body["state"], msg.arrays
+        self.saw_estop(body.get("estop_epoch", 0))
         extras = dict(body.get("extras", {}))
         extras.update({k: v for k, v in a.items() if k.startswith("observation.")})
         self._state = RobotState(body["t_ns"], a["joint_pos"], a["joint_vel"], a["ee_pos"], a["ee_quat"],

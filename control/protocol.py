@@ -11,6 +11,13 @@ long chunks cost no serialisation. Never pickle: msgpack decodes only plain data
 field is checked against the schema below before anything acts on it (``ProtocolError``).
 A newer *minor* version may add optional body fields (ignored by older peers); a different
 *major* version is rejected at the handshake.
+
+E-stop epochs (1.1): the server counts e-stops (``estop_epoch``, 0 at start) and publishes the count in
+WELCOME, in every STATE and state EVENT, and in the ACK of an ESTOP. An ARM names the epoch its sender
+has seen (``ARM.estop_epoch``); the server refuses (NACK ``estopped``) an ARM older than the current
+epoch, so only a controller that has heard of the latest e-stop can re-enable motion (libfranka's and
+UR's explicit recovery). An ARM without the field (a 1.0 client) counts as naming the epoch of its
+session's WELCOME: it is refused once any e-stop happened since that client connected.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (1, 1)
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_FRAMES = 16
@@ -68,9 +75,10 @@ BODY_SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "WELCOME": {"session": (_STR, True), "robot": (_DICT, True), "limits": (_DICT, True),
                 "limits_hash": (_STR, True), "servo_rate_hz": (_FLOAT, True), "state_rate_hz": (_FLOAT, True),
                 "server_time_ns": (_INT, True), "timing": (_STR, True), "t_cmd_ms": (_INT, True),
-                "role": (_STR, True), "action_dims": (_DICT, True), "pub_endpoint": (_STR, True)},
+                "role": (_STR, True), "action_dims": (_DICT, True), "pub_endpoint": (_STR, True),
+                "estop_epoch": (_INT, False)},
     "REJECT": {"reason": (_STR, True), "code": (_STR, True)},
-    "ARM": {"mode": (_STR, True)},
+    "ARM": {"mode": (_STR, True), "estop_epoch": (_INT, False)},
     "DISARM": {},
     "CHUNK": {"chunk_id": (_INT, True), "obs_seq": (_INT, True), "t0_ns": (_INT, True), "dt_ns": (_INT, True),
               "action_space": (_STR, True), "merge": (_STR, False)},
@@ -89,7 +97,7 @@ MSG_TYPES = tuple(BODY_SCHEMAS)
 REQUEST_TYPES = ("HELLO", "ARM", "DISARM", "CHUNK", "HEARTBEAT", "ESTOP", "RESET", "TIME_SYNC", "BYE")
 _HEADER_KEYS = {"v", "type", "seq", "session", "t_send_ns", "frames", "body"}
 #: Integer fields whose valid range is narrower than int64 (inclusive bounds).
-FIELD_RANGES = {"RESET.seed": (0, SEED_MAX)}
+FIELD_RANGES = {"RESET.seed": (0, SEED_MAX), "ARM.estop_epoch": (0, INT64_MAX), "WELCOME.estop_epoch": (0, INT64_MAX)}
 #: String fields a peer may send longer than MAX_STR: free text, truncated on decode instead of refused.
 TRUNCATED_FIELDS = ("reason",)
 

@@ -6,6 +6,11 @@ requests -> servo over a pipe (+ shared-memory watchdog/e-stop words), servo sta
 -> PUB, servo replies -> ACK/NACK. CHUNK and HEARTBEAT are acknowledged here right after
 validation (the fast path the round-trip benchmark measures); ARM/DISARM/RESET are
 acknowledged when the servo has applied them.
+
+E-stops are counted (the shared ``estop_count``, published as ``estop_epoch``). An ARM must name the
+newest epoch (``ARM.estop_epoch``; without it, its session's WELCOME epoch): one that does not is NACKed
+``estopped`` here, at receipt, so an ARM that raced another client's e-stop (sent before its sender heard
+of it) never re-arms the arm; the servo repeats the check for ARMs already in its pipe.
 """
 from __future__ import annotations
 
@@ -66,6 +71,7 @@ class Session:
     session: str
     role: str
     last_seen_ns: int
+    estop_epoch: int = 0  # the e-stop epoch in its WELCOME: what an ARM without ``estop_epoch`` acknowledges
 
 
 class BridgeServer:
@@ -94,6 +100,7 @@ class BridgeServer:
         self.ctx = self.router = self.pub = self.auth = self.proc = self.conn = None
         self.ready: dict = {}
         self.servo_status = "DISCONNECTED"  # as last reported by the servo (pipe order)
+        self.estop_reason = ""  # why the newest e-stop was sent (named when an ARM is refused for it)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -204,12 +211,34 @@ class BridgeServer:
             self._set_lease(None)
 
     # -- requests -------------------------------------------------------------------------------
-    def estop(self, ident: bytes, seq: int, malformed: str = "") -> None:
+    def estop(self, ident: bytes, seq: int, malformed: str = "", reason: str = "") -> None:
         """Stop the arm and ACK. Nothing but authentication (CURVE, below this layer) can refuse an
         e-stop: not a missing session, nor any malformed field; the ACK says what was wrong."""
         self.shared.estop_count.value += 1  # the servo polls it every tick: jumps the pipe queue
-        info = {"applied": True, **({"malformed": malformed} if malformed else {})}
+        epoch = self.shared.estop_count.value
+        sess = self.sessions.get(ident)
+        who = sess.role if sess is not None else "a client without a session"
+        self.estop_reason = P.truncate(f"{reason or ('malformed' if malformed else 'no reason')!r} from {who}", 96)
+        log.warning("e-stop %d: %s", epoch, self.estop_reason)
+        info = {"applied": True, "estop_epoch": epoch, **({"malformed": malformed} if malformed else {})}
         self.send(ident, "ACK", {"ack_seq": seq, "info": info})
+
+    def arm_refusal(self, sess: Session, msg: P.Message) -> tuple[str, str]:
+        """``(code, reason)`` if this ARM does not acknowledge the newest e-stop (``("", "")`` if it does).
+        An ARM without ``estop_epoch`` (protocol 1.0) acknowledges its WELCOME's epoch: fail safe, it cannot
+        clear an e-stop its sender may never have heard of."""
+        named = msg.body.get("estop_epoch")
+        seen, current = (sess.estop_epoch if named is None else named), self.shared.estop_count.value
+        if seen > current:
+            return "bad_field", f"ARM.estop_epoch={seen} > the server's e-stop epoch {current}"
+        if seen == current:
+            return "", ""
+        how = ("this ARM names no estop_epoch (protocol 1.0 client): reconnect (HELLO) or upgrade" if named is None
+               else f"see the e-stop (STATE estop_epoch) and ARM with estop_epoch={current}")
+        return "estopped", self.estopped_reason(seen, current, how)
+
+    def estopped_reason(self, seen: int, current: int, how: str) -> str:
+        return f"e-stop {current} ({self.estop_reason}) not acknowledged: ARM names epoch {seen}; {how}"
 
     def on_request(self, ident: bytes, frames: list) -> None:
         """Handle one request; no message, however hostile, ends the server (bugs are NACKed ``internal``)."""
@@ -243,7 +272,8 @@ class BridgeServer:
             return
         sess = self.sessions.get(ident)
         if msg.type == "ESTOP" and (sess is None or msg.session != sess.session):
-            self.estop(ident, msg.seq)  # a stop needs no session: any client that can connect may stop
+            # a stop needs no session: any client that can connect may stop
+            self.estop(ident, msg.seq, reason=msg.body.get("reason", ""))
             return
         if sess is None or msg.session != sess.session:
             self.nack(ident, msg.seq, "no_session", "send HELLO first (or session id mismatch)")
@@ -253,7 +283,7 @@ class BridgeServer:
         if is_ctrl:
             self.shared.last_cmd_ns.value = t_recv  # watchdog feed: any valid message from the lease holder
         if msg.type == "ESTOP":  # anyone connected may stop the robot; it jumps the queue
-            self.estop(ident, msg.seq)
+            self.estop(ident, msg.seq, reason=msg.body.get("reason", ""))
         elif msg.type == "TIME_SYNC":
             self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"t0_ns": msg.body["t0_ns"], "t1_ns": t_recv,
                                                                   "t2_ns": time.monotonic_ns()}})
@@ -268,6 +298,8 @@ class BridgeServer:
             self.nack(ident, msg.seq, "not_controller", f"{msg.type} needs the controller lease")
         elif msg.type == "CHUNK":
             self.on_chunk(ident, msg)
+        elif msg.type == "ARM" and (refused := self.arm_refusal(sess, msg))[0]:
+            self.nack(ident, msg.seq, *refused)
         else:  # ARM, DISARM, RESET: answered when the servo has applied them
             self.req_counter += 1
             self.pending[self.req_counter] = (ident, msg.seq, sess.session, msg.type)
@@ -338,7 +370,8 @@ class BridgeServer:
             others = [i for i in self.sessions if i != self.controller]
             oldest = min(others, key=lambda i: self.sessions[i].last_seen_ns)
             del self.sessions[oldest]
-        self.sessions[ident] = Session(session, role, time.monotonic_ns())
+        epoch = self.shared.estop_count.value
+        self.sessions[ident] = Session(session, role, time.monotonic_ns(), epoch)
         if role == "controller":
             self.shared.last_cmd_ns.value = time.monotonic_ns()
             self._set_lease(ident, t_cmd)
@@ -347,7 +380,7 @@ class BridgeServer:
             "servo_rate_hz": self.ready["servo_rate_hz"], "state_rate_hz": self.cfg.state_rate_hz,
             "server_time_ns": time.monotonic_ns(), "timing": "lockstep" if self.cfg.lockstep else "realtime",
             "t_cmd_ms": int(t_cmd), "role": role, "action_dims": self.ready["dims"],
-            "pub_endpoint": self.pub_endpoint}, seq=msg.seq, session=session)
+            "pub_endpoint": self.pub_endpoint, "estop_epoch": epoch}, seq=msg.seq, session=session)
 
     # -- servo -> clients -------------------------------------------------------------------------
     def on_servo(self, msg: dict) -> None:
@@ -368,6 +401,10 @@ class BridgeServer:
                 self.armed_mode = msg["info"]["mode"]
             if msg["ok"]:
                 self.send(ident, "ACK", {"ack_seq": seq, "info": msg["info"]}, session=session)
+            elif msg["code"] == "estopped":  # an e-stop overtook this ARM in the servo pipe
+                info = msg["info"]
+                self.nack(ident, seq, "estopped", self.estopped_reason(
+                    info["acknowledged"], info["estop_epoch"], "it arrived after this ARM; see it and ARM again"))
             else:
                 self.nack(ident, seq, msg["code"], str(msg["info"].get("reason", msg["code"])))
         elif kind == "fatal":

@@ -183,10 +183,15 @@ class ServoLoop:
                 self.chunks_dropped(dropped, reason)
 
     def _arm(self, cmd: dict) -> None:
+        """ARM (or re-ARM after a latch). The I/O process checked that it acknowledges the newest e-stop
+        epoch; an e-stop that overtook it in the pipe refuses it here. A pending e-stop latches first, so an
+        ARM that acknowledges it clears it now rather than being undone a tick later."""
         mode = cmd["mode"]
-        if cmd.get("estop_epoch", self.shared.estop_count.value) != self.shared.estop_count.value:
-            self.reply(cmd["req"], False, "estopped", {"reason": "an e-stop arrived after this ARM was sent; "
-                                                                 "ARM again to resume", "state": "ESTOP"})
+        self.poll_estop()
+        acknowledged = cmd.get("estop_epoch", self.estop_seen)
+        if acknowledged != self.estop_seen:
+            self.reply(cmd["req"], False, "estopped", {"acknowledged": acknowledged, "estop_epoch": self.estop_seen,
+                                                       "state": self.watchdog.state})
             return
         if not self.safety.check_mode(mode):
             self.reply(cmd["req"], False, "mode_gated", {"reason": f"mode {mode} not allowed"})
@@ -262,13 +267,21 @@ class ServoLoop:
         self.reply(cmd["req"], True, info={"episode": self.episode})
 
     # -- one tick -----------------------------------------------------------------------------
-    def guard(self) -> None:
-        """E-stop, watchdog and force checks; latch and stop motion on any trip."""
-        if self.shared.estop_count.value != self.estop_seen:
-            self.estop_seen = self.shared.estop_count.value
-            if self.watchdog.trip("ESTOP", "e-stop requested"):
+    def poll_estop(self) -> None:
+        """Latch ESTOP if the I/O process counted a new e-stop (the shared word jumps the pipe queue)."""
+        count = self.shared.estop_count.value
+        if count != self.estop_seen:
+            self.emit_transitions()  # earlier transitions are published with the epoch they happened in
+            self.estop_seen = count
+            if self.watchdog.trip("ESTOP", f"e-stop {count} requested"):
                 self._clear("e-stop")
                 self.driver.stop()
+            else:  # already latched: the reason names the newest epoch, the one the next ARM must acknowledge
+                self.watchdog.reason = f"e-stop {count} requested"
+
+    def guard(self) -> None:
+        """E-stop, watchdog and force checks; latch and stop motion on any trip."""
+        self.poll_estop()
         self.watchdog.on_command(self.shared.last_cmd_ns.value)
         if self.watchdog.check(time.monotonic_ns()) or \
                 (self.watchdog.motion_allowed and self.safety.force_exceeded(self.state)
@@ -276,8 +289,13 @@ class ServoLoop:
                                                 f"over the limit {self.safety.limits.force_max_n:.0f} N")):
             self._clear(self.watchdog.reason)
             self.driver.hold()
+        self.emit_transitions()
+
+    def emit_transitions(self) -> None:
+        """Publish the watchdog's transitions as ``state`` events, each with the e-stop epoch."""
         for old, new, reason in self.watchdog.drain():
-            self.event("state", old=old, new=new, reason=reason, t_ns=time.monotonic_ns())
+            self.event("state", old=old, new=new, reason=reason, t_ns=time.monotonic_ns(),
+                       estop_epoch=self.estop_seen)
             if new == "IDLE" or new in LATCHED:
                 self._clear(reason)
 
@@ -305,6 +323,7 @@ class ServoLoop:
         p50_us, p99_us = period_err_percentiles_us(self.err_hist)
         body = {"t_ns": self.now_ns(), "wall_ns": time.monotonic_ns(), "t_capture_ns": self.state.t_capture_ns,
                 "status": self.watchdog.state, "reason": self.watchdog.reason, "mode": self.mode or "",
+                "estop_epoch": self.estop_seen,
                 "starved": self.starved, "episode": self.episode, "step": self.step,
                 "exec": list(self.executed_last), "executed": self.executed_since_pub[-MAX_IDS_PER_EVENT:],
                 "executed_omitted": max(0, len(self.executed_since_pub) - MAX_IDS_PER_EVENT),

@@ -8,8 +8,10 @@
     any moving state --(T_cmd silence | force | fault | e-stop)--> HOLD | FAULT | ESTOP
 
 HOLD, FAULT and ESTOP latch: only an explicit ARM from the lease holder leaves them (the
-first waypoint after it is checked against ``max_resume_delta`` by the safety layer). A
-stronger latch replaces a weaker one (ESTOP > FAULT > HOLD), never the reverse.
+first waypoint after it is checked against ``max_resume_delta`` by the safety layer); an
+ARM leaves ESTOP only if it acknowledges the newest e-stop epoch (checked before ``on_arm``
+by the server and the servo, see ``control/server.py``). A stronger latch replaces a
+weaker one (ESTOP > FAULT > HOLD), never the reverse.
 """
 from __future__ import annotations
 

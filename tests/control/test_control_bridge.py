@@ -387,3 +387,106 @@ def test_an_oversize_frame_is_dropped_unread(server):
     assert grew < 24, f"I/O process peak RSS grew {grew:.0f} MB"
     with BridgeClient(server.endpoint, role="observer") as obs:
         obs.heartbeat()
+
+
+# -- e-stop re-arm race: an ARM must acknowledge the newest e-stop epoch ----------------------------------------
+
+def _estop_from(button, seq: int, reason: str) -> int:
+    """Press a session-less stop button and wait for its ACK; return the e-stop epoch it names."""
+    button.send_multipart(P.encode("ESTOP", {"reason": reason}, seq=seq))
+    assert button.poll(2000), "the e-stop was not answered"
+    reply = P.decode(button.recv_multipart(), max_bytes=P.MAX_PUB_BYTES)
+    assert reply.type == "ACK" and reply.body["info"]["applied"] is True
+    return reply.body["info"].get("estop_epoch")
+
+
+def test_an_arm_that_raced_another_clients_estop_is_refused_until_the_controller_has_seen_it(server):
+    """Before epochs: the controller's ARM, sent before it heard of another client's e-stop but arriving after
+    it, re-armed the arm ~2 ms after the e-stop latched. Now it is NACKed ``estopped`` (naming the e-stop's
+    epoch and reason) and the arm stays in ESTOP; once the controller has received the e-stop, ARM works."""
+    with BridgeClient(server.endpoint) as ctrl, BridgeClient(server.endpoint, role="observer") as button:
+        ctrl.arm("joint_pos")
+        ctrl.wait_state(lambda s: s["status"] == "ARMED", timeout_s=2.0)
+        ctrl.drain_events()
+        button.estop("operator pressed stop")  # a second client's e-stop, ACKed: counted by the server
+        with pytest.raises(BridgeError, match="operator pressed stop") as err:
+            ctrl.arm("joint_pos")  # the controller has read nothing since: sent with the pre-e-stop epoch
+        seen, epoch = ctrl.estop_epoch, button.estop_epoch
+        assert epoch == seen + 1 and err.value.code == "estopped" and f"e-stop {epoch}" in str(err.value)
+        t_refused = time.monotonic_ns()
+        st = ctrl.wait_state(lambda s: s["wall_ns"] > t_refused + 50 * MS, timeout_s=2.0)
+        assert ctrl.status["status"] == "ESTOP" and ctrl.status["estop_epoch"] == epoch, ctrl.status
+        assert not any(d["new"] in ("ARMED", "RUNNING") for k, d in ctrl.drain_events() if k == "state")
+        assert st is not None and ctrl.estop_epoch == epoch  # now it has seen the e-stop (in STATE)
+        assert ctrl.welcome["estop_epoch"] <= seen and "estop_epoch" in button.welcome
+        ctrl.arm("joint_pos")  # an explicit ARM after seeing it re-arms
+        ctrl.wait_state(lambda s: s["status"] == "ARMED", timeout_s=2.0)
+        ctrl.disarm()
+
+
+def test_arm_and_estop_sent_at_once_from_two_connections_always_end_estopped(server):
+    """The real race, repeated: a stop button and the controller's ARM (pre-e-stop epoch) leave together over
+    two sockets. Whichever reaches the server first, the arm ends in ESTOP: the ARM is refused, or it ran
+    before the e-stop and the e-stop then latched. It never leaves that ESTOP without a later ARM."""
+    with BridgeClient(server.endpoint) as ctrl:
+        button, outcomes = _dealer(server.endpoint), {"refused": 0, "armed_first": 0}
+        try:
+            for i in range(12):
+                ctrl.latest_state()
+                ctrl.arm("joint_pos")
+                button.send_multipart(P.encode("ESTOP", {"reason": f"race {i}"}, seq=i + 1))
+                try:
+                    ctrl.arm("ee_delta")
+                    outcomes["armed_first"] += 1
+                except BridgeError as err:
+                    assert err.code == "estopped", err
+                    outcomes["refused"] += 1
+                assert button.poll(2000)
+                epoch = P.decode(button.recv_multipart(), max_bytes=P.MAX_PUB_BYTES).body["info"].get("estop_epoch")
+                t_ack = time.monotonic_ns()
+                ctrl.wait_state(lambda s: s["wall_ns"] > t_ack + 30 * MS, timeout_s=2.0)
+                assert ctrl.status["status"] == "ESTOP" and ctrl.status.get("estop_epoch") == epoch, (i, ctrl.status)
+        finally:
+            button.close()
+        print("ARM/ESTOP race outcomes:", outcomes)
+        assert outcomes["refused"] > 0
+
+
+def test_a_protocol_1_0_arm_without_an_epoch_is_refused_after_any_estop_since_it_connected(server):
+    """Fail safe for old clients: an ARM without ``estop_epoch`` acknowledges its WELCOME's epoch only."""
+    def hello(sock, seq):
+        sock.send_multipart([msgpack.packb({"v": [1, 0], "type": "HELLO", "seq": seq, "session": "",
+                                            "t_send_ns": 0, "frames": [], "body": {"client_version": "old",
+                                                                                   "role": "controller"}})])
+        assert sock.poll(2000)
+        return P.decode(sock.recv_multipart(), max_bytes=P.MAX_PUB_BYTES).body["session"]
+
+    def arm(sock, session, seq):
+        sock.send_multipart([msgpack.packb({"v": [1, 0], "type": "ARM", "seq": seq, "session": session,
+                                            "t_send_ns": 0, "frames": [], "body": {"mode": "joint_pos"}})])
+        assert sock.poll(3000)
+        return P.decode(sock.recv_multipart(), max_bytes=P.MAX_PUB_BYTES)
+
+    old, button = _dealer(server.endpoint), _dealer(server.endpoint)
+    try:
+        session = hello(old, 1)
+        assert arm(old, session, 2).type == "ACK"  # no e-stop since it connected: as in protocol 1.0
+        epoch = _estop_from(button, 1, "stop for the old client")
+        reply = arm(old, session, 3)
+        assert reply.type == "NACK" and reply.body["code"] == "estopped", reply.body
+        assert f"e-stop {epoch}" in reply.body["reason"] and "reconnect" in reply.body["reason"]
+        session = hello(old, 4)  # reconnecting shows it the ESTOP state: its new WELCOME acknowledges it
+        assert arm(old, session, 5).type == "ACK"
+        old.send_multipart(P.encode("BYE", {}, seq=6, session=session))
+        assert old.poll(2000)
+    finally:
+        old.close()
+        button.close()
+
+
+def test_an_arm_naming_a_future_estop_epoch_is_refused(server):
+    with BridgeClient(server.endpoint) as c:
+        with pytest.raises(BridgeError, match="estop_epoch") as err:
+            c.request("ARM", {"mode": "joint_pos", "estop_epoch": c.estop_epoch + 1})
+        assert err.value.code == "bad_field"
+        assert c.read_state() is not None and c.status["status"] != "ARMED"
