@@ -38,10 +38,11 @@ def layout_obs(proprio: np.ndarray, objects: np.ndarray, layout: str) -> dict[st
 
 
 def combined_layout_problem(obs_spec: Mapping[str, tuple], env_shapes: Mapping[str, tuple], source: str,
-                            task: str) -> str | None:
+                            env_name: str) -> str | None:
     """The message for a policy trained on the pre-split layout meeting a split env, else None.
 
-    ``obs_spec``: the policy's keys -> shapes; ``env_shapes``: the env's keys -> shapes. The combined layout is
+    ``obs_spec``: the policy's keys -> shapes; ``env_shapes``: the env's keys -> shapes; ``source`` names the
+    checkpoint, ``env_name`` the env (``task 'lift'``, ``the served robot``). The combined layout is
     recognised by its size: the policy's ``observation.state`` dim equals the env's state + environment_state
     dims and the policy has no ``environment_state`` of its own.
     """
@@ -51,10 +52,10 @@ def combined_layout_problem(obs_spec: Mapping[str, tuple], env_shapes: Mapping[s
     d_state, d_env = int(np.prod(env_shapes[STATE_KEY])), int(np.prod(env_shapes[ENV_STATE_KEY]))
     if d_policy != d_state + d_env:
         return None
-    return (f"{source}: the checkpoint's observation.state has {d_policy} dims, the combined layout recorded before "
-            f"the state split (robot proprioception ({d_state}) then object state ({d_env}) in one vector); task "
-            f"{task!r} now publishes robot proprioception as observation.state ({d_state},) and object state as "
+    return (f"{source}: its observation.state has {d_policy} dims, the combined layout recorded before "
+            f"the state split (robot proprioception ({d_state}) then object state ({d_env}) in one vector); "
+            f"{env_name} now publishes robot proprioception as observation.state ({d_state},) and object state as "
             f"observation.environment_state ({d_env},). Retrain on a dataset collected now (armflow collect, "
             f"armflow train), or run the old checkpoint on the old layout with the task option {LAYOUT_OVERRIDE} "
-            f"(armflow evaluate / finetune: task_overrides.{LAYOUT_OVERRIDE}; armflow serve: "
+            f"(armflow evaluate / finetune: +task_overrides.{LAYOUT_OVERRIDE}; armflow serve: "
             f"+robot_options.env.{LAYOUT_OVERRIDE})")

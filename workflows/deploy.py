@@ -51,6 +51,12 @@ class ChunkAgent:
         return {k: np.asarray(state.extras[k])[None] for k in self.policy.obs_spec}
 
     def reset(self, state) -> None:
+        from armflow.sim.obs_layout import combined_layout_problem
+
+        problem = combined_layout_problem(self.policy.obs_spec, {k: np.shape(v) for k, v in state.extras.items()},
+                                          "armflow deploy: the checkpoint", "the served robot")
+        if problem:
+            raise SystemExit(problem)
         self.history.clear()
         self.history.extend([self.obs_from(state)] * self.policy.n_obs_steps)
 

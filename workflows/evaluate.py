@@ -25,7 +25,7 @@ def check_compatible(policy, env_obs_space, env_action_dim: int, source: str, ta
         raise SystemExit(f"{source}: policy action_dim {policy.action_dim} does not match task {task!r} "
                          f"action dim {env_action_dim}")
     env_shapes = {k: tuple(space.shape) for k, space in env_obs_space.spaces.items()}
-    problem = combined_layout_problem(policy.obs_spec, env_shapes, source, task)
+    problem = combined_layout_problem(policy.obs_spec, env_shapes, source, f"task {task!r}")
     if problem:
         raise SystemExit(problem)
     for key, shape in policy.obs_spec.items():
@@ -146,7 +146,7 @@ def main(cfg: DictConfig) -> dict:
     policy = load_checkpoint(cfg.checkpoint)
     overrides = dict(OmegaConf.to_container(cfg.task_overrides, resolve=True) or {})
     result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
-                             overrides, source=f"armflow evaluate: checkpoint {cfg.checkpoint}")
+                             overrides, source=f"checkpoint {cfg.checkpoint}")
     result["videos"] = record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
                                      out / "videos", overrides) if int(cfg.video_episodes) > 0 else []
     result["task_overrides"] = overrides

@@ -65,16 +65,20 @@ def test_lockstep_bridge_rollout_equals_direct_and_completes_lift(lift_bridge):
         c.disarm()
 
 
-def _tiny_policy():
+def _tiny_policy(obs_spec=(("observation.state", 8), ("observation.environment_state", 10))):
+    """An untrained flow policy reading lift's proprioception (8) and cube state (10), as `armflow train`'s
+    default obs_keys build it; ``obs_spec=(("observation.state", 18),)`` is a checkpoint of the combined layout
+    before the state split."""
     from armflow.policies import make_policy
 
     torch.manual_seed(0)
-    d_s, d_a = 18, 7
+    d_a = 7
     unit = lambda d: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa: E731
     # actions within +-0.1: inside the sim Panda's speed limits, so the safety layer leaves them bit-identical
     # (an untrained policy's full-range rotations ask for ~7 rad/s, which the layer clamps to 1.5)
-    stats = {"observation.state": unit(d_s), "action": {k: 0.1 * v for k, v in unit(d_a).items()}}
-    return make_policy("flow", {"observation.state": (d_s,)}, d_a, stats, horizon=8, n_action_steps=4,
+    stats = {key: unit(d) for key, d in obs_spec}
+    stats["action"] = {k: 0.1 * v for k, v in unit(d_a).items()}
+    return make_policy("flow", {key: (d,) for key, d in obs_spec}, d_a, stats, horizon=8, n_action_steps=4,
                        mlp_width=64, mlp_blocks=1, state_hidden_dim=32, state_feature_dim=16, time_dim=16,
                        num_inference_steps=2).eval()
 
@@ -107,6 +111,17 @@ def test_deploy_lockstep_matches_direct_rollout(lift_bridge):
     assert ep["return"] == pytest.approx(direct_ret, abs=1e-9)
     np.testing.assert_array_equal(final, obs["observation.state"])
     assert summary["rtt_p50_us"] > 0 and summary["timing"] == "lockstep"
+
+
+def test_deploy_explains_an_old_combined_layout_checkpoint(lift_bridge):
+    from armflow.workflows.deploy import deploy
+
+    with BridgeClient(lift_bridge.endpoint) as c:
+        with pytest.raises(SystemExit) as exc:
+            deploy(c, _tiny_policy((("observation.state", 18),)), episodes=1, seed=SEED, max_steps=4)
+    message = str(exc.value)
+    assert "observation.state has 18 dims, the combined layout" in message
+    assert "observation.environment_state (10,)" in message and "+robot_options.env.state_layout=combined" in message
 
 
 def test_deploy_cli_writes_summary(lift_bridge, tmp_path):

@@ -52,6 +52,55 @@ def test_collect_writes_dataset_and_summary(tiny_pipeline):
     ep = ds.episode(0)
     assert ep["action"].shape[1] == 7 and ep["next.success"][-1].item() is True
     assert (tiny_pipeline / "collect" / "config.yaml").exists()
+    # LeRobot's split: proprioception and the cube's (privileged) state are separate features
+    assert ds.features["observation.state"]["shape"] == (8,)
+    assert ds.features["observation.environment_state"]["shape"] == (10,)
+    assert ep["observation.state"].shape[1] == 8 and ep["observation.environment_state"].shape[1] == 10
+    assert set(ds.stats) >= {"observation.state", "observation.environment_state"}
+
+
+def test_train_and_evaluate_read_both_state_features(tiny_pipeline):
+    """The default obs_keys take proprioception and environment state; evaluate feeds the policy both."""
+    from armflow.policies import load_policy
+
+    policy = load_policy(tiny_pipeline / "train" / "checkpoint")
+    assert policy.obs_spec == {"observation.state": (8,), "observation.environment_state": (10,)}
+    result = json.loads((tiny_pipeline / "eval" / "eval.json").read_text())
+    assert result["task_overrides"] == {} and all(r["length"] > 0 for r in result["per_episode"])
+
+
+@pytest.fixture(scope="module")
+def combined_layout_checkpoint(tmp_path_factory):
+    """A flow checkpoint with the layout recorded before the state split: one observation.state (18,) on lift."""
+    import numpy as np
+
+    from armflow.policies import make_policy
+
+    stats = {"observation.state": {"min": -np.ones(18), "max": np.ones(18)},
+             "action": {"min": -np.ones(7), "max": np.ones(7)}}
+    path = tmp_path_factory.mktemp("old") / "checkpoint"
+    make_policy("flow", {"observation.state": (18,)}, 7, stats, n_obs_steps=2, horizon=8,
+                n_action_steps=4).save_pretrained(path)
+    return path
+
+
+def test_evaluate_explains_an_old_combined_layout_checkpoint(combined_layout_checkpoint, tmp_path, capsys):
+    code = main(["evaluate", f"checkpoint={combined_layout_checkpoint}", "task=lift", "episodes=1", "n_workers=0",
+                 "video_episodes=0", f"out={tmp_path / 'eval'}"])
+    err = " ".join(capsys.readouterr().err.split())  # the message is one paragraph, whatever the line wrapping
+    assert code == 2 and "Traceback" not in err
+    assert f"checkpoint {combined_layout_checkpoint}: its observation.state has 18 dims, the combined layout" in err
+    assert "observation.state (8,)" in err and "observation.environment_state (10,)" in err
+    assert "Retrain" in err and "+task_overrides.state_layout=combined" in err
+
+
+def test_evaluate_runs_an_old_checkpoint_with_the_combined_layout(combined_layout_checkpoint, tmp_path):
+    assert main(["evaluate", f"checkpoint={combined_layout_checkpoint}", "task=lift", "episodes=1", "n_envs=1",
+                 "n_workers=0", "video_episodes=1", "+task_overrides.state_layout=combined",
+                 f"out={tmp_path / 'eval'}"]) == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["episodes"] == 1 and result["task_overrides"] == {"state_layout": "combined"}
+    assert len(result["videos"]) == 1
 
 
 def test_train_writes_checkpoint_metrics_and_resumes(tiny_pipeline):
