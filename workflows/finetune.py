@@ -27,6 +27,7 @@ def check_compat(policy, algo: str, task: str, overrides: dict) -> None:
     from armflow.policies.encoders import IMAGE_PREFIX
     from armflow.policies.rl import ALGOS
     from armflow.sim import make_env
+    from armflow.sim.obs_layout import combined_layout_problem
 
     if algo not in ALGOS:
         raise KeyError(f"unknown algo {algo!r}; valid algos: {', '.join(ALGOS)}")
@@ -36,6 +37,10 @@ def check_compat(policy, algo: str, task: str, overrides: dict) -> None:
         if policy.action_dim != d_a:
             raise ValueError(f"checkpoint action_dim={policy.action_dim} does not match task {task!r} action dim {d_a}")
         spaces = env.observation_space.spaces
+        problem = combined_layout_problem(policy.obs_spec, {k: tuple(v.shape) for k, v in spaces.items()},
+                                          "checkpoint", f"task {task!r}")
+        if problem:
+            raise ValueError(problem)
         for key, shape in policy.obs_spec.items():
             if key not in spaces:
                 raise ValueError(f"checkpoint needs observation {key!r} but task {task!r} provides {sorted(spaces)}")
