@@ -1,6 +1,8 @@
 """``armflow collect``: record demonstrations (scripted expert or a human device) into a LeRobot v3 dataset.
 
 Each finished episode is saved atomically, so killing the process loses at most the episode in progress.
+Every key of the env's observation space becomes a feature: on the arm tasks ``observation.state`` (robot
+proprioception) and ``observation.environment_state`` (object state, privileged), plus any cameras.
 """
 from __future__ import annotations
 
