@@ -140,6 +140,7 @@ class ServoLoop:
         answered (NACK / event); it never ends the servo process."""
         try:
             self._handle(cmd)
+            self.emit_transitions()  # at once: a state event's t_ns is when the command changed the state
         except Exception as exc:  # noqa: BLE001  driver / simulator errors of any type
             reason = P.truncate(f"{cmd.get('cmd', '?').upper()} failed: {type(exc).__name__}: {exc}")
             self.fault(reason)

@@ -6,7 +6,10 @@ field, huge ints, NaN/inf, negative counts and shapes, oversize frames, every me
 overflowing chunk times, bad RESET seeds, rival controllers and session-less stop buttons. It asserts:
 
 * 0 server deaths (I/O and servo processes alive, still serving at the end);
-* 0 refused e-stops: every e-stop, malformed or not, is ACKed and the arm is in ESTOP within 0.5 s;
+* 0 refused e-stops: every e-stop, malformed or not, is ACKed and the arm is in ESTOP within 0.5 s, and it
+  stays there until an ARM that acknowledges that e-stop's epoch: every exit from ESTOP must follow an ARM
+  this fuzzer sent naming an epoch >= every e-stop ACKed before the exit (ARMs here name the epoch seen,
+  a stale one, a future one or none, and race a stop button's e-stop on purpose);
 * 0 ACKed-but-silently-dropped chunks: each ACKed chunk executes (its id in a STATE's ``executed``) or an
   event naming it (``chunk_rejected`` / ``chunk_dropped``) arrives before ``max(ACK, t0) + dt + 1 s``;
 * every reply and published message decodes in the client; server RSS stays bounded.
@@ -31,6 +34,9 @@ from armflow.control.server import ServerConfig
 MS = 1_000_000
 GRACE_NS = 1_000_000_000  # an ACKed chunk's fate must be visible this long after its first waypoint is due
 ESTOP_WAIT_S = 0.5
+#: An e-stop counts as "before" an exit from ESTOP if its ACK was received this long before the exit was published
+#: (the exit's time stamp trails the transition by microseconds; the margin rules out false alarms).
+EXIT_MARGIN_NS = 1_000_000
 
 
 def _rss_mb(pid: int) -> float:
@@ -70,9 +76,13 @@ class Fuzzer:
         self.event_reasons: dict[str, int] = {}
         self.transitions: list = []
         self.lost_session = False  # a hostile BYE (or a lease expiry) ended the controller's session
+        self.epoch_seen = self.welcome_epoch = 0  # newest e-stop epoch received; the session's WELCOME epoch
+        self.estop_acks: list[tuple[int, int]] = []  # (t_received_ns, epoch) of every ACKed e-stop
+        self.arms: list[tuple[int, int]] = []  # (t_sent_ns, epoch acknowledged) of ARMs that may leave ESTOP
         self.stats = {"sent": 0, "replies": 0, "acks": 0, "nacks": 0, "undecodable": 0, "chunks_acked": 0,
                       "chunks_executed": 0, "chunks_reported": 0, "silent_drops": 0, "estops": 0,
-                      "estops_refused": 0, "estop_latency_max_ms": 0.0, "deaths": 0, "states_seen": set()}
+                      "estops_refused": 0, "estop_latency_max_ms": 0.0, "deaths": 0, "states_seen": set(),
+                      "estop_exits": 0, "estop_exits_unacknowledged": 0, "arms_estopped": 0, "race_arms": 0}
         self.rss_base = [_rss_mb(p) for p in self.pids]
         self.rss_max = list(self.rss_base)
         self.hello()
@@ -109,13 +119,42 @@ class Fuzzer:
         self.wait(lambda: self.welcome.get("_seq") == seq, 5.0)
         assert self.session, "the fuzzer's controller got no WELCOME"
 
+    def arm(self, mode: str, claim: str = "") -> int:
+        """Send ARM naming an e-stop epoch: the one seen (mostly), a stale one, a future one, or none."""
+        claim = claim or self.rng.choice(["seen"] * 6 + ["stale", "future", "none"])
+        epoch = {"seen": self.epoch_seen, "stale": max(0, self.epoch_seen - self.rng.randrange(1, 3)),
+                 "future": self.epoch_seen + 1, "none": self.welcome_epoch}[claim]
+        if claim != "future":  # a future epoch must be refused: it can never be the ARM that leaves ESTOP
+            self.arms.append((time.monotonic_ns(), epoch))
+        return self.request("ARM", {"mode": mode} if claim == "none" else {"mode": mode, "estop_epoch": epoch})
+
+    def saw_epoch(self, epoch) -> None:
+        if type(epoch) is int:
+            self.epoch_seen = max(self.epoch_seen, epoch)
+
+    def on_estop_exit(self, t_exit: int, new: str) -> None:
+        """The arm left ESTOP: some ARM sent before it must acknowledge every e-stop ACKed before it."""
+        self.stats["estop_exits"] += 1
+        required = max([e for t, e in self.estop_acks if t < t_exit - EXIT_MARGIN_NS], default=0)
+        if not any(t <= t_exit and e >= required for t, e in self.arms):
+            self.stats["estop_exits_unacknowledged"] += 1
+            self.stats["estops_refused"] += 1  # that e-stop did not stay applied
+            self.stats.setdefault("refused_detail", []).append(
+                ["re-armed", new, required, [(round((t - t_exit) / 1e6, 2), e) for t, e in self.arms[-4:]]])
+
     def on_reply(self, msg: P.Message, sock=None) -> None:
         self.stats["replies"] += 1
         if msg.type == "WELCOME":
             self.session, self.welcome = msg.body["session"], {**msg.body, "_seq": msg.seq}
             self.next_id = 0  # a new lease restarts chunk ids
+            self.welcome_epoch = msg.body.get("estop_epoch", 0)
+            self.saw_epoch(self.welcome_epoch)
         elif msg.type == "ACK":
             self.stats["acks"] += 1
+            info = msg.body.get("info", {})
+            if info.get("applied"):  # an e-stop's ACK (a server without epochs: count them here)
+                self.estop_acks.append((time.monotonic_ns(), info.get("estop_epoch", len(self.estop_acks) + 1)))
+            self.saw_epoch(info.get("estop_epoch"))
             chunk = self.sent_chunks.pop(msg.body["ack_seq"], None)
             if chunk is not None:
                 cid, t0, dt = chunk
@@ -128,6 +167,7 @@ class Fuzzer:
         elif msg.type == "NACK":
             self.stats["nacks"] += 1
             self.nack_codes[msg.body["code"]] = self.nack_codes.get(msg.body["code"], 0) + 1
+            self.stats["arms_estopped"] += msg.body["code"] == "estopped"
             self.lost_session |= msg.body["code"] == "no_session" and sock is self.ctrl
             self.sent_chunks.pop(msg.body["ack_seq"], None)
 
@@ -141,11 +181,15 @@ class Fuzzer:
                 self.event_reasons[why] = self.event_reasons.get(why, 0) + 1
                 self._resolve(ids, "chunks_reported")
             if msg.body["kind"] == "state":
+                self.saw_epoch(data.get("estop_epoch"))
+                if data["old"] == "ESTOP":
+                    self.on_estop_exit(data["t_ns"], data["new"])
                 self.transitions = (self.transitions + [(data["new"], data["reason"][:30], data["t_ns"])])[-8:]
                 self.status = data["new"]
                 self.stats["states_seen"].add(data["new"])
             return
         body = msg.body["state"]
+        self.saw_epoch(body.get("estop_epoch"))
         self.status, self.mode, self.state = body["status"], body["mode"], msg.arrays
         self.stats["states_seen"].add(body["status"])
         self.state_wall_ns = body["wall_ns"]
@@ -280,8 +324,9 @@ class Fuzzer:
 
     # -- the e-stop trial -------------------------------------------------------------------------------------
     def estop_trial(self) -> None:
-        """ARM, then one e-stop variant; it must be ACKed and ESTOP seen within ESTOP_WAIT_S."""
-        self.request("ARM", {"mode": self.rng.choice(sorted(self.welcome["action_dims"]))})
+        """ARM, then one e-stop variant; it must be ACKed and ESTOP seen within ESTOP_WAIT_S. Half the time the
+        controller's ARM (pre-e-stop epoch) races a stop button's e-stop: it must not re-arm the arm."""
+        self.arm(self.rng.choice(sorted(self.welcome["action_dims"])), "seen")
         if not self.wait(lambda: self.status in ("ARMED", "RUNNING"), 1.0):
             return  # (ARM refused: mode gated, lease lost) nothing to stop from
         r, seq = self.rng, self.next_seq()
@@ -305,12 +350,18 @@ class Fuzzer:
         sock.send_multipart(frames)
         self.stats["sent"] += 1
         self.stats["estops"] += 1
+        if r.random() < 0.5:  # the race: an ARM that left before its sender could hear of this e-stop
+            self.stats["race_arms"] += 1
+            self.arms.append((time.monotonic_ns(), self.epoch_seen))
+            self.ctrl.send_multipart([bytes(f) for f in P.encode("ARM", {"mode": self.mode or "joint_pos",
+                                      "estop_epoch": self.epoch_seen}, seq=self.next_seq(), session=self.session)])
+            self.stats["sent"] += 1
         acked = []
         while not acked and sock.poll(int(ESTOP_WAIT_S * 1000)):  # this socket's reply to the e-stop
             m = P.decode(sock.recv_multipart(), max_bytes=P.MAX_PUB_BYTES)
-            self.on_reply(m, sock)
+            self.on_reply(m, sock)  # (the ESTOP's ACK is time-stamped here, as it arrives)
             acked += [m.type == "ACK"] if m.type in ("ACK", "NACK") and m.body["ack_seq"] == seq else []
-        # ESTOP latched after the send (an ARM from another connection that arrives later may re-arm it)
+        # ESTOP latched after the send; that it stays latched until an acknowledging ARM is on_estop_exit's check
         stopped = self.wait(lambda: any(s == "ESTOP" and t >= t_send for s, _, t in self.transitions), ESTOP_WAIT_S)
         t_stopped = time.monotonic_ns()
         if not (stopped and acked == [True]):
@@ -319,8 +370,8 @@ class Fuzzer:
                 [acked, self.status, [(a, b, (t - t_send) / 1e6) for a, b, t in self.transitions]])
         else:
             self.stats["estop_latency_max_ms"] = max(self.stats["estop_latency_max_ms"], (t_stopped - t_send) / 1e6)
-        if r.random() < 0.7:  # usually back to work, so chunks keep running between trials
-            self.request("ARM", {"mode": self.mode or "joint_pos"})
+        if r.random() < 0.7:  # usually back to work (having seen the e-stop), so chunks keep running between trials
+            self.arm(self.mode or "joint_pos", "seen")
 
     # -- the campaign ----------------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -330,7 +381,7 @@ class Fuzzer:
             self.hello()
         x = r.random()
         if self.status not in ("ARMED", "RUNNING") and r.random() < 0.2:  # mostly armed, so chunks run
-            self.request("ARM", {"mode": self.mode or r.choice(sorted(self.welcome["action_dims"]))})
+            self.arm(self.mode or r.choice(sorted(self.welcome["action_dims"])))
         elif x < 0.02:
             self.estop_trial()
         elif x < 0.30:
@@ -342,7 +393,7 @@ class Fuzzer:
         elif x < 0.58 and self.history:  # replay an earlier message verbatim
             self.send(r.choice(self.history))
         elif x < 0.61:
-            self.request("ARM", {"mode": r.choice(sorted(self.welcome["action_dims"]) + ["warp"])})
+            self.arm(r.choice(sorted(self.welcome["action_dims"]) + ["warp"]))
         elif x < 0.62:
             self.request("DISARM", {})
         elif x < 0.64:
@@ -405,6 +456,7 @@ def run_campaign(tmp_path, n_messages: int, seed: int) -> dict:
     (tmp_path / "fuzz_hostile.json").write_text(json.dumps(figures, indent=1))
     assert figures["deaths"] == 0
     assert figures["estops"] >= n_messages // 200 and figures["estops_refused"] == 0, figures
+    assert figures["estop_exits"] > 0 and figures["estop_exits_unacknowledged"] == 0, figures
     assert figures["silent_drops"] == 0, figures
     assert figures["undecodable"] == 0, figures
     assert figures["chunks_executed"] > 0 and figures["chunks_reported"] > 0 and figures["nacks"] > n_messages // 4

@@ -189,3 +189,25 @@ def test_peek_recognises_malformed_estops(frames):
 @pytest.mark.parametrize("frames", [[b"\xc1"], [b""], [msgpack.packb([1, "ESTOP"])], _raw(GOOD)])
 def test_peek_is_safe_on_garbage(frames):
     assert P.peek(frames)[0] in (None, "HEARTBEAT")
+
+
+# -- protocol 1.1: ARM names the e-stop epoch it acknowledges ---------------------------------------------------
+
+def test_protocol_1_1_arm_carries_an_estop_epoch_and_1_0_messages_still_decode():
+    assert P.PROTOCOL_VERSION == (1, 1)
+    arm = P.decode(P.encode("ARM", {"mode": "joint_pos", "estop_epoch": 3}), expect=P.REQUEST_TYPES)
+    assert arm.body == {"mode": "joint_pos", "estop_epoch": 3}
+    old_arm = P.decode(_raw({**GOOD, "v": [1, 0], "type": "ARM", "body": {"mode": "joint_pos"}}))
+    assert old_arm.version == (1, 0) and "estop_epoch" not in old_arm.body  # the server applies its fallback
+    welcome = {"session": "s", "robot": {}, "limits": {}, "limits_hash": "h", "servo_rate_hz": 1.0,
+               "state_rate_hz": 1.0, "server_time_ns": 0, "timing": "realtime", "t_cmd_ms": 1, "role": "observer",
+               "action_dims": {}, "pub_endpoint": "ipc://x"}
+    assert "estop_epoch" not in P.decode(_raw({**GOOD, "v": [1, 0], "type": "WELCOME", "body": welcome})).body
+    assert P.decode(P.encode("WELCOME", {**welcome, "estop_epoch": 2})).body["estop_epoch"] == 2
+
+
+@pytest.mark.parametrize("epoch", [-1, True, 1.0, "3", None, -2**63])
+def test_arm_estop_epoch_must_be_a_non_negative_int(epoch):
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(_raw({**GOOD, "type": "ARM", "body": {"mode": "joint_pos", "estop_epoch": epoch}}))
+    assert err.value.code == "bad_field"
