@@ -490,3 +490,17 @@ def test_an_arm_naming_a_future_estop_epoch_is_refused(server):
             c.request("ARM", {"mode": "joint_pos", "estop_epoch": c.estop_epoch + 1})
         assert err.value.code == "bad_field"
         assert c.read_state() is not None and c.status["status"] != "ARMED"
+
+
+def test_the_controller_that_sent_the_estop_may_re_arm_at_once_and_stays_armed(server):
+    """Its own ESTOP's ACK names the epoch, so an immediate ARM acknowledges it; the servo latches a pending
+    e-stop before judging the ARM, so the ARM is not undone by that e-stop a tick later."""
+    with BridgeClient(server.endpoint) as c:
+        for _ in range(5):
+            c.arm("joint_pos")
+            c.estop("operator")
+            c.arm("joint_pos")  # no state read in between
+            t_armed = time.monotonic_ns()
+            c.wait_state(lambda s: s["wall_ns"] > t_armed + 30 * MS, timeout_s=2.0)
+            assert c.status["status"] == "ARMED" and c.status["estop_epoch"] == c.estop_epoch, c.status
+        c.disarm()
