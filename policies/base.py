@@ -51,9 +51,12 @@ class BasePolicy(nn.Module):
         self.input_shapes = {k: image_chw(k, v) if k.startswith(IMAGE_PREFIX) else v for k, v in self.obs_spec.items()}
         shapes = {**self.input_shapes, ACTION_KEY: (self.action_dim,)}
         self.normalizer = Normalizer(shapes, stats)
+        # Pretrained trunk weights load only for a new policy: stats=None is a placeholder that load_state_dict
+        # overwrites (load_policy), where the weights file need not exist any more.
         self.obs_encoder = ObsEncoder(self.input_shapes, cfg.n_obs_steps, cfg.state_hidden_dim, cfg.state_feature_dim,
-                                      cfg.image_channels, cfg.image_keypoints, cfg.image_feature_dim,
-                                      cfg.image_crop_ratio)
+                                      cfg.image_encoder, cfg.image_channels, cfg.image_keypoints,
+                                      cfg.image_feature_dim, cfg.image_crop_ratio,
+                                      cfg.image_weights if stats is not None else None, cfg.image_obs_steps)
         self.cond_dim = self.obs_encoder.cond_dim
 
     # ----------------------------------------------------------------- contract attributes
@@ -67,27 +70,38 @@ class BasePolicy(nn.Module):
 
     # ----------------------------------------------------------------- observations
     def _obs_tensor(self, key: str, value) -> torch.Tensor:
-        """One obs entry -> float tensor (B, T_o, *input_shapes[key]); images (3, H, W): uint8 [0,255] or float [0,1],
-        channels first or last."""
+        """One obs entry -> tensor (B, T_o, *input_shapes[key]): vectors float; images (3, H, W) keep their dtype
+        (uint8 [0,255] or float [0,1]), channels first or last on input, first on output."""
         x = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value, device=self.device)
         spec = self.input_shapes[key]
         if key.startswith(IMAGE_PREFIX):
-            if x.dtype == torch.uint8:
-                x = x.float() / 255.0
             c, h, w = spec
             if x.shape[-3:] != (c, h, w) and x.shape[-3:] == (h, w, c):
                 x = x.movedim(-1, -3)
-        x = x.float()
+            x = x if x.dtype == torch.uint8 else x.float()
+        else:
+            x = x.float()
         if x.ndim != len(spec) + 2 or tuple(x.shape[1:]) != (self.n_obs_steps, *spec):
             raise ValueError(f"obs[{key!r}] has shape {tuple(x.shape)}; expected (B, T_o={self.n_obs_steps}, "
                              f"*{spec})")
         return x
 
+    def _image_input(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """(B, T_o, 3, H, W) uint8 or float [0, 1] -> normalised crops (B, image_obs_steps, 3, h, w) of the latest
+        frames: cropped first (random in train mode), so only the crop's pixels are converted and normalised."""
+        x = x[:, x.shape[1] - self.obs_encoder.image_obs_steps:]
+        b, t = x.shape[:2]
+        frames = self.obs_encoder.image_encoder(key).crop(x.reshape(b * t, *x.shape[2:]))
+        frames = frames.float().div_(255.0) if frames.dtype == torch.uint8 else frames.float()
+        return self.normalizer.normalize(key, frames).reshape(b, t, *frames.shape[1:])
+
     def normalize_obs(self, obs: Mapping) -> dict[str, torch.Tensor]:
+        """Raw obs window -> the encoder's inputs: normalised vectors, normalised (cropped) images."""
         missing = [k for k in self.obs_spec if k not in obs]
         if missing:
             raise KeyError(f"obs lacks {missing}; the policy needs {sorted(self.obs_spec)}, got {sorted(obs)}")
-        return {k: self.normalizer.normalize(k, self._obs_tensor(k, obs[k])) for k in self.obs_spec}
+        return {k: self._image_input(k, self._obs_tensor(k, obs[k])) if k.startswith(IMAGE_PREFIX) else
+                self.normalizer.normalize(k, self._obs_tensor(k, obs[k])) for k in self.obs_spec}
 
     def encode_obs(self, obs: Mapping) -> torch.Tensor:
         """Raw obs window ``{key: (B, T_o, ...)}`` -> cond (B, C); normalises inside."""

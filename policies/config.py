@@ -13,6 +13,11 @@ import math
 from dataclasses import dataclass, fields
 
 from .backbones import BACKBONES
+from .encoders import IMAGE_ENCODERS
+
+# Config keys added after checkpoints were first written, with the value that rebuilds those checkpoints:
+# a config.json without the key was written with this setting (``upgrade_config``).
+LEGACY_VALUES = {"image_encoder": "resnet", "image_obs_steps": None}
 
 
 @dataclass
@@ -24,19 +29,33 @@ class ObsConfig:
     n_action_steps: int = 8  # T_a: steps executed per chunk (receding horizon)
     state_hidden_dim: int = 256  # state MLP hidden width
     state_feature_dim: int = 128  # state features in cond
-    image_channels: tuple[int, ...] = (32, 64, 128)  # ResNet stage widths (each stage after the first halves H, W)
+    # Image trunk per camera (encoders.IMAGE_ENCODERS): "conv" (CPU-sized, default), "resnet" (the first armflow
+    # encoder), "resnet18" (GPU-sized; ignores image_channels)
+    image_encoder: str = "conv"
+    image_channels: tuple[int, ...] = (16, 32, 64)  # conv: layer widths (8x8/4 stem, 3x3/2, then 3x3/1); resnet: stages
     image_keypoints: int = 32  # spatial-softmax keypoints per camera
     image_feature_dim: int = 64  # features per camera per frame
     image_crop_ratio: float = 0.9  # train: random crops of this size fraction; eval: centre crop (1.0: off)
+    image_weights: str | None = None  # local trunk weights (.safetensors or torch state dict) loaded at construction
+    # Camera frames per decision, the latest of the T_o (null: all T_o). One frame halves the image cost of a
+    # training step; the motion the second frame would show is in the state history (T_o frames)
+    image_obs_steps: int | None = 1
 
     def __post_init__(self) -> None:
         self.image_channels = tuple(int(c) for c in self.image_channels)
         if not 1 <= self.n_action_steps <= self.horizon:
             raise ValueError(f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]")
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise ValueError(f"image_encoder={self.image_encoder!r}; valid: {IMAGE_ENCODERS}")
+        if not self.image_channels or min(self.image_channels) < 1:
+            raise ValueError(f"image_channels={self.image_channels} must be one or more positive widths")
         if not 0.0 < self.image_crop_ratio <= 1.0:
             raise ValueError(f"image_crop_ratio={self.image_crop_ratio} must be in (0, 1]")
         if self.n_obs_steps < 1:
             raise ValueError(f"n_obs_steps={self.n_obs_steps} must be >= 1")
+        if self.image_obs_steps is not None and not 1 <= self.image_obs_steps <= self.n_obs_steps:
+            raise ValueError(f"image_obs_steps={self.image_obs_steps} must be in [1, n_obs_steps={self.n_obs_steps}] "
+                             "(or null: all of them)")
 
 
 @dataclass
@@ -115,3 +134,8 @@ def build_config(config_cls: type, cfg: dict, policy_type: str):
     if unknown:
         raise ValueError(f"policy {policy_type!r}: unknown config keys {unknown}; valid: {valid}")
     return config_cls(**cfg)
+
+
+def upgrade_config(cfg: dict) -> dict:
+    """A checkpoint's ``config`` dict with keys that postdate it set to the values it was built with."""
+    return {**{k: v for k, v in LEGACY_VALUES.items() if k not in cfg}, **cfg}

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 
 from .base import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, BasePolicy
-from .config import build_config
+from .config import build_config, upgrade_config
 from .diffusion import DiffusionPolicy
 from .flow import FlowPolicy
 from .gaussian import GaussianPolicy
@@ -88,7 +88,8 @@ def load_policy(directory: str | os.PathLike, device: str | torch.device = "cpu"
     meta = _read_config(directory)
     try:
         obs_spec = {k: tuple(v) for k, v in meta["obs_spec"].items()}
-        policy = make_policy(meta["policy_type"], obs_spec, meta["action_dim"], None, **meta["config"])
+        policy = make_policy(meta["policy_type"], obs_spec, meta["action_dim"], None,
+                             **upgrade_config(meta["config"]))
     except (ValueError, TypeError, KeyError) as exc:
         raise PolicyLoadError(directory / CONFIG_FILE, f"invalid policy config: {exc}") from None
     weights = _read_weights(directory)
