@@ -51,7 +51,8 @@ def test_task_driver_state_extras_and_contact_force():
     driver = make_driver("sim_panda", task="lift")
     driver.connect()
     s = driver.reset(seed=1)
-    assert s.extras["observation.state"].shape == (18,) and s.extras["success"] is False
+    assert s.extras["observation.state"].shape == (8,) and s.extras["success"] is False
+    assert s.extras["observation.environment_state"].shape == (10,)  # every env obs key reaches the bridge
     for _ in range(40):  # push down into the table
         s = driver.command("ee_delta", np.array([0, 0, -1.0, 0, 0, 0]), gripper=1.0) is not None and driver.read_state()
     assert s.ee_force_n[2] > 5.0  # the table pushes back up on the fingers
