@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from armflow.control.limits import SafetyLimits
-from armflow.hardware.driver import MotionLimits, RobotInfo, RobotState
+from armflow.hardware.driver import (MotionLimits, RobotInfo, RobotState, box_excess, ee_points,
+                                    limit_joint_step, quat_angle, quat_to_mat, rotvec_quat_mul, stop_speed)
 
 
 class SafetyViolation(RuntimeError):
@@ -34,11 +35,6 @@ class SafetyViolation(RuntimeError):
 def quat_normalize(q: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(q)
     return np.array([1.0, 0, 0, 0]) if n < 1e-9 else q / n
-
-
-def quat_angle(q1: np.ndarray, q2: np.ndarray) -> float:
-    """Rotation angle between unit quaternions (w, x, y, z) [rad]."""
-    return float(2.0 * np.arccos(np.clip(abs(float(np.dot(q1, q2))), 0.0, 1.0)))
 
 
 def quat_slerp(q1: np.ndarray, q2: np.ndarray, s: float) -> np.ndarray:
@@ -73,26 +69,6 @@ def _track_velocity_vec(prev: np.ndarray, target: np.ndarray, prev_target: np.nd
     return (target - prev_target) / dt + catch_up
 
 
-def stop_speed(dist: np.ndarray, a_max: float, dt: float) -> np.ndarray:
-    """Largest speed [unit/s] from which braking by ``a_max * dt`` per tick stops within ``dist`` (>= 0),
-    and never more than ``dist`` in one tick. From n ticks of braking covering a dt^2 n (n + 1) / 2."""
-    d = np.maximum(np.asarray(dist, float), 0.0)
-    adt = a_max * dt
-    v = adt * (np.sqrt(0.25 + 2.0 * d / max(adt * dt, 1e-12)) - 0.5)
-    return np.minimum(v, d / dt)
-
-
-def stop_distance(v: np.ndarray, a_max: float) -> np.ndarray:
-    """Signed distance covered while braking from velocity ``v`` at ``a_max`` (v^2 / 2a, a bound)."""
-    v = np.asarray(v, float)
-    return np.sign(v) * v * v / (2.0 * max(a_max, 1e-12))
-
-
-def box_excess(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
-    """Distance [m] of ``p`` outside the box (0 inside)."""
-    return float(np.linalg.norm(p - np.clip(p, lo, hi)))
-
-
 class SafetyLayer:
     """Clamp setpoints to the limits; ``filter`` is called once per servo tick.
 
@@ -115,6 +91,7 @@ class SafetyLayer:
         self.qd_max = np.asarray(info.joint_vel_max_rad_s, float) * limits.joint_vel_scale
         self.box_lo = np.asarray(limits.workspace_min_m, float)
         self.box_hi = np.asarray(limits.workspace_max_m, float)
+        self.points = np.asarray(info.ee_points_m, float).reshape(-1, 3)  # gripper points in the EE frame [m]
         if info.ee_delta_anchor not in ("target", "measured"):
             raise ValueError(f"{info.name}: RobotInfo.ee_delta_anchor {info.ee_delta_anchor!r}; "
                              "expected 'target' or 'measured'")
@@ -123,6 +100,7 @@ class SafetyLayer:
             raise ValueError(f"{info.name}: RobotInfo ee_delta_m_per_unit / ee_delta_rad_per_unit / "
                              f"ee_delta_tracking must be finite and > 0, got {scales}")
         self.clamps: Counter = Counter()
+        self._motion = self.motion_limits()
         self.prev: np.ndarray | None = None  # last safe setpoint
         self.prev_vel: np.ndarray | None = None  # its rate
         self.prev_target: np.ndarray | None = None  # last requested (pre-rate-limit) position
@@ -133,7 +111,8 @@ class SafetyLayer:
         """The limits a driver's own IK / integration must keep (``Driver.set_motion_limits``)."""
         lim = self.limits
         return MotionLimits(self.q_lo.copy(), self.q_hi.copy(), self.qd_max.copy(), self.box_lo.copy(),
-                            self.box_hi.copy(), lim.ee_vel_max_m_s, lim.ee_rot_vel_max_rad_s)
+                            self.box_hi.copy(), lim.ee_vel_max_m_s, lim.ee_rot_vel_max_rad_s,
+                            lim.joint_acc_max_rad_s2, self.points.copy())
 
     # -- bookkeeping -------------------------------------------------------------------------
     def reset(self, mode: str, state: RobotState) -> None:
@@ -193,44 +172,17 @@ class SafetyLayer:
         return out, gripper
 
     # -- joint modes ----------------------------------------------------------------------------
-    def _joint_step(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float) -> np.ndarray:
-        """Safe joint velocity [rad/s] for one tick from the commanded ``q_from``: speed, acceleration,
-        braking before the joint limits minus margins, then the box on the predicted EE (``fk``)."""
-        a = self.limits.joint_acc_max_rad_s2
-        v = self._clip("joint_vel", v, -self.qd_max, self.qd_max)
-        v = self._clip("joint_acc", v, v_prev - a * dt, v_prev + a * dt)
-        # outside a margin stop_speed is 0 on that side: only motion back inward
-        lo, hi = stop_speed(q_from - self.q_lo, a, dt), stop_speed(self.q_hi - q_from, a, dt)
-        v = self._clip("joint_limit", v, -lo, hi)
-        if self.fk is not None:
-            v = self._fk_limits(q_from, v, v_prev, lo, hi, a, dt)
-        return v
-
-    def _fk_limits(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                   a: float, dt: float) -> np.ndarray:
-        """EE speed limits on the joint step (scaled down as a whole), then the box: the next commanded
-        joints and the point where braking from there ends must keep the EE in the box (from outside:
-        no farther out than now), else brake along the path already checked."""
-        p0, quat0 = self.fk(q_from)
-        p1, quat1 = self.fk(q_from + v * dt)
-        lin, ang = float(np.linalg.norm(p1 - p0)) / dt, quat_angle(quat0, quat1) / dt
-        s = min(1.0, self.limits.ee_vel_max_m_s / max(lin, 1e-12), self.limits.ee_rot_vel_max_rad_s / max(ang, 1e-12))
-        if s < 1.0:
-            self.clamps["ee_vel" if lin / self.limits.ee_vel_max_m_s >= ang / self.limits.ee_rot_vel_max_rad_s
-                        else "ee_rot_vel"] += 1
-            v = v * s
-        q_next = q_from + v * dt
-        q_stop = np.clip(q_next + stop_distance(v, a), np.minimum(self.q_lo, q_next), np.maximum(self.q_hi, q_next))
-        out_now = box_excess(p0, self.box_lo, self.box_hi)
-        if all(box_excess(self.fk(q)[0], self.box_lo, self.box_hi) <= out_now + 1e-9 for q in (q_next, q_stop)):
-            return v
-        self.clamps["workspace"] += 1
-        return np.clip(v_prev - np.clip(v_prev, -a * dt, a * dt), -lo, hi)
+    def _joint_step(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float,
+                    state: RobotState) -> np.ndarray:
+        """Safe joint velocity [rad/s] for one tick from the commanded ``q_from`` (``limit_joint_step``: speed,
+        acceleration, braking before the joint limits minus margins, the EE speeds and the box through ``fk``)."""
+        return limit_joint_step(self._motion, q_from, v, v_prev, dt, self.fk, self.clamps,
+                                np.asarray(state.joint_pos_rad, float))
 
     def _joint_pos(self, q: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         q = self._clip("joint_limit", q, self.q_lo, self.q_hi)
         v = _track_velocity(self.prev, q, self.prev_target, dt, self.limits.joint_acc_max_rad_s2)
-        v = self._joint_step(self.prev, v, self.prev_vel, dt)
+        v = self._joint_step(self.prev, v, self.prev_vel, dt, state)
         q_out = self.prev + v * dt
         # position limits win over the acceleration limit; a start outside the margins may only move inward
         q_out = np.clip(q_out, np.minimum(self.q_lo, self.prev), np.maximum(self.q_hi, self.prev))
@@ -240,15 +192,16 @@ class SafetyLayer:
     def _joint_vel(self, qd: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         """The limits act on the joint target the driver integrates (``q_cmd``), not on the measured q
         (which lags it: checking the measured q let the target run into the hard limit, issue 10)."""
-        qd = self._joint_step(self.q_cmd, qd, self.prev, dt)
+        qd = self._joint_step(self.q_cmd, qd, self.prev, dt, state)
         self.q_cmd = self.q_cmd + qd * dt
         self.prev = qd
         return qd
 
     # -- Cartesian modes ------------------------------------------------------------------------
-    def _cart_velocity(self, v: np.ndarray, pos: np.ndarray, dt: float) -> np.ndarray:
+    def _cart_velocity(self, v: np.ndarray, pos: np.ndarray, dt: float, box_lo: np.ndarray,
+                       box_hi: np.ndarray) -> np.ndarray:
         """Cartesian velocity [m/s] from ``pos``: speed, acceleration (from ``prev_vel``), braking before
-        the box walls (from outside: only inward)."""
+        the walls of the EE position's box ``box_lo``..``box_hi`` (``_ee_box``; from outside: only inward)."""
         v_max, a_max = self.limits.ee_vel_max_m_s, self.limits.ee_acc_max_m_s2
         if np.linalg.norm(v) > v_max:
             self.clamps["ee_vel"] += 1
@@ -258,8 +211,30 @@ class SafetyLayer:
             self.clamps["ee_acc"] += 1
             v = self.prev_vel + dv * (a_max * dt / np.linalg.norm(dv))
             v = v * min(1.0, v_max / max(np.linalg.norm(v), 1e-12))
-        lo, hi = stop_speed(pos - self.box_lo, a_max, dt), stop_speed(self.box_hi - pos, a_max, dt)
+        lo, hi = stop_speed(pos - box_lo, a_max, dt), stop_speed(box_hi - pos, a_max, dt)
         return self._clip("workspace", v, -lo, hi)
+
+    def _ee_box(self, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The box the EE position must keep so that the gripper points (``RobotInfo.ee_points_m``) at
+        orientation ``quat`` stay in the workspace box too."""
+        if not len(self.points):
+            return self.box_lo, self.box_hi
+        off = self.points @ quat_to_mat(quat).T
+        return self.box_lo - np.minimum(off.min(axis=0), 0.0), self.box_hi - np.maximum(off.max(axis=0), 0.0)
+
+    def _rot_inside(self, pos: np.ndarray, q_from: np.ndarray, q_to: np.ndarray) -> float:
+        """Fraction of the rotation ``q_from`` -> ``q_to`` at ``pos`` that keeps the gripper points no farther
+        out of the box than at ``q_from`` (halved until it does)."""
+        if not len(self.points):
+            return 1.0
+        out = lambda q: box_excess(ee_points(pos, q, self.points), self.box_lo, self.box_hi)  # noqa: E731
+        ref, s = out(q_from), 1.0
+        while s > 1e-3 and out(quat_slerp(q_from, q_to, s)) > ref + 1e-9:
+            s *= 0.5
+        s = s if s > 1e-3 else 0.0
+        if s < 1.0:
+            self.clamps["workspace"] += 1
+        return s
 
     def _rot_limit(self, angle_rad: float, dt: float) -> float:
         """Fraction of a rotation of ``angle_rad`` in one tick allowed by ``ee_rot_vel_max_rad_s``."""
@@ -270,15 +245,16 @@ class SafetyLayer:
         return rot_max / angle_rad
 
     def _ee_pose(self, pose: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
-        pos = self._clip("workspace", pose[:3], self.box_lo, self.box_hi)
-        quat = quat_normalize(pose[3:7])
         prev_pos, prev_quat = self.prev[:3], self.prev[3:7]
+        box_lo, box_hi = self._ee_box(prev_quat)
+        pos = self._clip("workspace", pose[:3], box_lo, box_hi)
+        quat = quat_normalize(pose[3:7])
         target_prev = prev_pos if self.prev_target is None else self.prev_target
         v = _track_velocity_vec(prev_pos, pos, target_prev, dt, self.limits.ee_acc_max_m_s2)
-        v = self._cart_velocity(v, prev_pos, dt)
-        pos_out = np.clip(prev_pos + v * dt, np.minimum(self.box_lo, prev_pos), np.maximum(self.box_hi, prev_pos))
+        v = self._cart_velocity(v, prev_pos, dt, box_lo, box_hi)
+        pos_out = np.clip(prev_pos + v * dt, np.minimum(box_lo, prev_pos), np.maximum(box_hi, prev_pos))
         angle = quat_angle(prev_quat, quat)
-        s = self._rot_limit(angle, dt)
+        s = self._rot_limit(angle, dt) * self._rot_inside(pos_out, prev_quat, quat)
         if s < 1.0:
             quat = quat_slerp(prev_quat, quat, s)
         self.prev_vel, self.prev_target = (pos_out - prev_pos) / dt, pos
@@ -298,10 +274,14 @@ class SafetyLayer:
         track_pos, track_rot = info.ee_delta_tracking
         vel_per_unit = info.ee_delta_m_per_unit * track_pos / dt  # [m/s] per unit action
         rot_per_unit = info.ee_delta_rad_per_unit * track_rot / dt  # [rad/s] per unit action
-        v = self._cart_velocity(delta[:3] * vel_per_unit, anchor, dt)
+        quat = quat_normalize(np.asarray(state.ee_quat_wxyz, float))  # the orientation the gripper points have
+        box_lo, box_hi = self._ee_box(quat)
+        v = self._cart_velocity(delta[:3] * vel_per_unit, anchor, dt, box_lo, box_hi)
         step = v / vel_per_unit * info.ee_delta_m_per_unit  # the full commanded step [m]
-        step = np.clip(anchor + step, np.minimum(self.box_lo, anchor), np.maximum(self.box_hi, anchor)) - anchor
+        step = np.clip(anchor + step, np.minimum(box_lo, anchor), np.maximum(box_hi, anchor)) - anchor
         rot = delta[3:] * self._rot_limit(float(np.linalg.norm(delta[3:])) * rot_per_unit * dt, dt)
+        if len(self.points):
+            rot = rot * self._rot_inside(anchor + step, quat, rotvec_quat_mul(rot * info.ee_delta_rad_per_unit, quat))
         if sum(self.clamps.values()) > n_clamps:
             delta = np.concatenate([step / info.ee_delta_m_per_unit, rot])
         self.prev_vel = delta[:3] * vel_per_unit

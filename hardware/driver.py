@@ -7,7 +7,9 @@ from ``time.monotonic_ns()`` on the host that captured it.
 from __future__ import annotations
 
 import abc
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -41,6 +43,9 @@ class RobotInfo:
     # (translation, rotation): fraction of a "measured"-anchored step the arm realises per command
     # (servo lag), an upper bound; (1, 1) for "target"
     ee_delta_tracking: tuple[float, float] = (1.0, 1.0)
+    # Points of the gripper in the EE frame [m] (its bounding corners) that must stay in the workspace box
+    # too, so the box bounds the whole gripper and a tilted hand cannot strike the table; () = the EE only
+    ee_points_m: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,135 @@ class MotionLimits:
     box_max_m: np.ndarray
     ee_vel_max_m_s: float
     ee_rot_vel_max_rad_s: float
+    qdd_max_rad_s2: float = np.inf  # joint acceleration of the targets [rad/s^2]
+    ee_points_m: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # RobotInfo.ee_points_m (K, 3)
+
+
+#: ``fk(q_rad) -> (EE position [m], quaternion (w, x, y, z))`` in the base frame.
+ForwardPose = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def quat_angle(q1: np.ndarray, q2: np.ndarray) -> float:
+    """Rotation angle between unit quaternions (w, x, y, z) [rad]."""
+    return float(2.0 * np.arccos(np.clip(abs(float(np.dot(q1, q2))), 0.0, 1.0)))
+
+
+def stop_speed(dist: np.ndarray, a_max: float, dt: float) -> np.ndarray:
+    """Largest speed [unit/s] from which braking by ``a_max * dt`` per tick stops within ``dist`` (>= 0),
+    and never more than ``dist`` in one tick. From n ticks of braking covering a dt^2 n (n + 1) / 2."""
+    d = np.maximum(np.asarray(dist, float), 0.0)
+    adt = a_max * dt
+    v = adt * (np.sqrt(0.25 + 2.0 * d / max(adt * dt, 1e-12)) - 0.5)
+    return np.minimum(v, d / dt)
+
+
+def box_excess(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Distance [m] of ``p`` (or the farthest of the points ``p`` (K, 3)) outside the box (0 inside)."""
+    p = np.atleast_2d(p)
+    return float(np.max(np.linalg.norm(p - np.clip(p, lo, hi), axis=1)))
+
+
+def quat_to_mat(q: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a unit quaternion (w, x, y, z)."""
+    w, x, y, z = np.asarray(q, float) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def rotvec_quat_mul(rotvec_rad: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The orientation ``q`` (w, x, y, z) rotated by the base-frame rotation vector ``rotvec_rad``."""
+    angle = float(np.linalg.norm(rotvec_rad))
+    if angle < 1e-12:
+        return np.asarray(q, float).copy()
+    r = np.concatenate([[np.cos(angle / 2)], np.sin(angle / 2) * np.asarray(rotvec_rad, float) / angle])
+    w1, x1, y1, z1 = r
+    w2, x2, y2, z2 = q
+    return np.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
+
+
+def ee_points(pos: np.ndarray, quat: np.ndarray, points_ee: np.ndarray) -> np.ndarray:
+    """The EE position and the gripper points ``points_ee`` (K, 3, EE frame) in the base frame, (K + 1, 3)."""
+    pts = np.asarray(points_ee, float).reshape(-1, 3)
+    return np.vstack([np.asarray(pos, float)[None], pos + pts @ quat_to_mat(quat).T])
+
+
+def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float,
+                     fk: ForwardPose | None = None, clamps: Counter | None = None,
+                     q_measured: np.ndarray | None = None) -> np.ndarray:
+    """The joint velocity [rad/s] for one tick of ``dt`` from the joint target ``q``, after ``v_prev``: speed,
+    acceleration, braking before the joint limits, then (with ``fk``) the EE speeds and the box. One
+    implementation for the safety layer's joint modes and for drivers that make joint targets themselves
+    (their IK), so every target sequence a servo receives is continuous in velocity: a position servo
+    tracks an acceleration-limited target without the overshoot that steps of the target velocity
+    excite (libfranka likewise rejects commands that are not acceleration/jerk limited).
+
+    The EE speed limit moves from ``v_prev`` towards ``v`` only as far as it allows (so it keeps the
+    acceleration limit), and the box is checked on the next target and along the path of braking from it;
+    a step that would leave the box (from outside: go farther out) brakes along the previous velocity (all
+    joints in proportion, so on the path that was checked), and stops if even that would leave it."""
+    count = clamps if clamps is not None else Counter()
+
+    def clip(name: str, x: np.ndarray, lo, hi) -> np.ndarray:
+        y = np.clip(x, lo, hi)
+        if not np.array_equal(y, x):
+            count[name] += 1
+        return y
+
+    a = lim.qdd_max_rad_s2
+    v = clip("joint_vel", v, -lim.qd_max_rad_s, lim.qd_max_rad_s)
+    v = clip("joint_acc", v, v_prev - a * dt, v_prev + a * dt)
+    # outside a margin stop_speed is 0 on that side: only motion back inward
+    lo, hi = stop_speed(q - lim.q_min_rad, a, dt), stop_speed(lim.q_max_rad - q, a, dt)
+    v = clip("joint_limit", v, -lo, hi)
+    if fk is None:
+        return v
+    p0, quat0 = fk(q)
+    poses = [(q, p0, quat0)] + ([] if q_measured is None else [(q_measured, *fk(q_measured))])
+
+    def ee_ratio(x: np.ndarray) -> tuple[float, float]:
+        r_lin = r_rot = 0.0
+        for qa, pa, quat_a in poses:
+            p1, quat1 = fk(qa + x * dt)
+            r_lin = max(r_lin, float(np.linalg.norm(p1 - pa)) / dt / lim.ee_vel_max_m_s)
+            r_rot = max(r_rot, quat_angle(quat_a, quat1) / dt / lim.ee_rot_vel_max_rad_s)
+        return r_lin, r_rot
+
+    r = ee_ratio(v)
+    if max(r) > 1.0:
+        count["ee_vel" if r[0] >= r[1] else "ee_rot_vel"] += 1
+        # move from the previous velocity towards v only as far as the EE speeds allow (bisection: the EE
+        # speed is convex along the segment); at a pose where the previous joint speeds are already too
+        # fast, from them scaled down (the EE limit wins over the acceleration limit, by a tiny step)
+        v_keep = np.clip(v_prev, -lo, hi)
+        v_keep = v_keep / max(1.0, *ee_ratio(v_keep))
+        s_lo, s_hi = 0.0, 1.0
+        for _ in range(12):
+            s = 0.5 * (s_lo + s_hi)
+            s_lo, s_hi = (s, s_hi) if max(ee_ratio(v_keep + s * (v - v_keep))) <= 1.0 else (s_lo, s)
+        v = v_keep + s_lo * (v - v_keep)
+    def excess(x: np.ndarray) -> float:
+        return box_excess(ee_points(*fk(x), lim.ee_points_m), lim.box_min_m, lim.box_max_m)
+
+    out_now = excess(q)
+
+    def leaves_box(x: np.ndarray, braking_path: bool) -> bool:
+        """Does the next target, or (``braking_path``) the path of braking from it, go farther out than now?
+        Braking scales the joint velocity down as a whole (``brake``), so it stays on this line in joint space."""
+        q_next = q + x * dt
+        reach = x * (float(np.max(np.abs(x))) / (2.0 * max(a, 1e-12)))  # braking at a on the fastest joint
+        path = [q_next + f * reach for f in ((0.25, 0.5, 0.75, 1.0) if braking_path else ())]
+        path = [np.clip(y, np.minimum(lim.q_min_rad, q_next), np.maximum(lim.q_max_rad, q_next)) for y in path]
+        return any(excess(y) > out_now + 1e-9 for y in [q_next, *path])
+
+    if not leaves_box(v, True):
+        return v
+    count["workspace"] += 1
+    v_max = float(np.max(np.abs(v_prev)))
+    brake = np.clip(v_prev * max(0.0, 1.0 - a * dt / max(v_max, 1e-12)), -lo, hi)
+    brake = brake / max(1.0, *ee_ratio(brake))  # braking can speed the EE up at some poses: never past its limits
+    return brake if not leaves_box(brake, False) else np.zeros_like(v)  # the box wins over the acceleration limit
 
 
 @dataclass
