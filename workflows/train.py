@@ -51,13 +51,29 @@ def build_policy(dataset, policy_cfg: dict, obs_keys=None):
     return make_policy(policy_type, obs_spec=obs_spec, action_dim=action_dim, stats=dataset.stats, **cfg)
 
 
-def infinite_batches(windows, batch_size: int, seed: int):
-    """Yield shuffled batches forever (epoch after epoch), reproducible from ``seed``."""
-    loader_gen = torch.Generator().manual_seed(seed)
+def resolve_num_workers(num_workers, num_threads) -> int:
+    """DataLoader workers: an int as given; ``auto``: up to 4, leaving a core per torch thread and one for the
+    main process (0 on a 2-core box, where a worker would only take cycles from the training step)."""
+    if num_workers != "auto":
+        return int(num_workers)
+    import os
+
+    return max(0, min(4, (os.cpu_count() or 1) - int(num_threads or 1) - 1))
+
+
+def infinite_batches(windows, batch_size: int, seed: int, num_workers: int = 0):
+    """Yield shuffled batches forever (epoch after epoch), reproducible from ``seed``.
+
+    The shuffle runs in this process, so workers (``num_workers > 0``, persistent across epochs) give the same
+    batches as ``num_workers=0``; they fork after the windows decoded their frames and share them."""
     batch_size = min(batch_size, len(windows))
+    # The sampler owns the shuffle generator; the loader's own (worker seeds) is drawn from differently with
+    # and without persistent workers, so it must not be the one that orders the windows
+    sampler = torch.utils.data.RandomSampler(windows, generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed + 1),
+                                         num_workers=num_workers, persistent_workers=num_workers > 0)
     while True:
-        loader = torch.utils.data.DataLoader(windows, batch_size=batch_size, shuffle=True, drop_last=True,
-                                             generator=loader_gen, num_workers=0)
         yield from loader
 
 
@@ -107,13 +123,15 @@ def train(cfg: DictConfig) -> dict:
         cfg.obs_keys = obs_keys  # the run's config states what the policy reads
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     policy = build_policy(dataset, OmegaConf.to_container(cfg.policy, resolve=True), obs_keys).to(cfg.device)
-    windows = WindowDataset(dataset, policy.n_obs_steps, policy.horizon, keys=obs_keys)
+    windows = WindowDataset(dataset, policy.n_obs_steps, policy.horizon, keys=obs_keys,
+                            cache_mb=float(cfg.get("cache_mb", 4096)), uint8_images=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
     scheduler = cosine_with_warmup(optimizer, int(cfg.warmup_steps), int(cfg.steps))
     ema = EMA(policy, decay=float(cfg.ema_decay))
     step = resume_checkpoint(out, policy, ema, optimizer, scheduler) if cfg.resume else 0
     logger = MetricLogger(out)
-    batches = infinite_batches(windows, int(cfg.batch_size), int(cfg.seed) + step)
+    batches = infinite_batches(windows, int(cfg.batch_size), int(cfg.seed) + step,
+                               resolve_num_workers(cfg.get("num_workers", 0), cfg.get("num_threads")))
     t0, losses = time.monotonic(), []
     bar = tqdm(total=int(cfg.steps), initial=step, desc=f"train {policy.policy_type}", unit="step")
     policy.train()
