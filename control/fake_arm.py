@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from armflow.hardware.driver import MODES, Driver, DriverError, RobotInfo, RobotState
+from armflow.hardware.driver import MODES, Driver, DriverError, RobotInfo, RobotState, rotvec_quat_mul
 
 _PANDA_LO = (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973)
 _PANDA_HI = (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973)
@@ -21,7 +21,7 @@ _HOME = (0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785)
 #: log row: [t_ns, mode index, gripper, setpoint padded to 7]
 LOG_WIDTH = 10
 EE_DELTA_SCALE_M = 0.05  # metres per unit ee_delta action per step (the OSC convention)
-EE_DELTA_SCALE_RAD = 0.5  # radians per unit (declared like the OSC's; the fake keeps its orientation)
+EE_DELTA_SCALE_RAD = 0.5  # radians per unit ee_delta rotation per step (a base-frame rotation vector)
 
 
 def _fk(q: np.ndarray) -> np.ndarray:
@@ -60,7 +60,8 @@ class FakeArm(Driver):
         return self._info
 
     def forward_pose(self, q_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The toy forward kinematics (orientation fixed), so the safety layer can check joint modes too."""
+        """The toy forward kinematics (joints do not change the orientation), so the safety layer can check
+        joint modes too."""
         return _fk(np.asarray(q_rad, float)), self.ee_quat.copy()
 
     def connect(self) -> None:
@@ -102,6 +103,8 @@ class FakeArm(Driver):
             self.ee_pos, self.ee_quat = setpoint[:3].copy(), setpoint[3:7] / np.linalg.norm(setpoint[3:7])
         elif mode == "ee_delta":
             self.ee_pos = self.ee_pos + EE_DELTA_SCALE_M * setpoint[:3]
+            q = rotvec_quat_mul(EE_DELTA_SCALE_RAD * setpoint[3:6], self.ee_quat)
+            self.ee_quat = q / np.linalg.norm(q)
         else:
             raise ValueError(f"FakeArm: unknown mode {mode!r}; valid: {MODES}")
         if gripper is not None:

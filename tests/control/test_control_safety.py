@@ -184,3 +184,37 @@ def test_limits_file_validation_and_hash():
             limits_from_dict(bad)
     with pytest.raises(LimitsError, match="bundled limits"):
         load_limits("no_such_robot")
+
+
+def test_lift_task_keeps_its_own_limits_file_under_the_scripted_expert():
+    """``sim_task_lift.yaml`` states the joint speed the lift env's OSC reaches (the layer cannot enforce joint
+    speeds on that driver without changing the trained dynamics): the scripted expert through the layer
+    succeeds untouched (0 clamps) and every measured joint and EE speed stays within that file; under
+    sim_panda.yaml's 0.5 vmax the same run reaches 1.19x."""
+    from armflow.hardware.sim_task import SimTaskConfig, SimTaskDriver
+    from armflow.sim.experts import make_expert
+
+    lim = load_limits("sim_task_lift")
+    driver = SimTaskDriver(SimTaskConfig(seed=11))
+    driver.connect()
+    layer = SafetyLayer(lim, driver.info())
+    driver.set_motion_limits(layer.motion_limits())
+    dt, state = driver.env.ctrl_dt, driver.reset(11)
+    layer.reset("ee_delta", state)
+    expert = make_expert(driver.env)
+    expert.reset()
+    joint_ratio = ee_ratio = 0.0
+    for _ in range(driver.env.max_episode_steps):
+        a = expert(state.extras)
+        safe, grip = layer.filter("ee_delta", a[:6].astype(float), (a[6] + 1) / 2, state, dt)
+        before = state
+        driver.command("ee_delta", safe, grip)
+        state = driver.read_state()
+        joint_ratio = max(joint_ratio, float(np.max(np.abs(state.joint_pos_rad - before.joint_pos_rad) / dt / layer.qd_max)))
+        ee_ratio = max(ee_ratio, float(np.linalg.norm(state.ee_pos_m - before.ee_pos_m)) / dt / lim.ee_vel_max_m_s)
+        if state.extras["terminated"] or state.extras["truncated"]:
+            break
+    driver.close()
+    assert state.extras["success"] and sum(layer.clamps.values()) == 0
+    assert joint_ratio <= 1.0 and ee_ratio <= 1.0
+    assert joint_ratio * lim.joint_vel_scale > load_limits("sim_panda").joint_vel_scale  # why the file exists
