@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench finetune": ("armflow.workflows.bench_finetune", "bench_finetune"),
     "bench bridge": ("armflow.workflows.bench_bridge", "bench_bridge"),
     "bench multimodal": ("armflow.workflows.bench_multimodal", "bench_multimodal"),
+    "bench vision": ("armflow.workflows.bench_vision", "bench_vision"),
 }
 FLAGS = "-h/--help, --cfg job, --resolve, -m/--multirun"
 
