@@ -121,6 +121,7 @@ def train(cfg: DictConfig) -> dict:
     obs_keys = select_obs_keys(dataset, cfg.get("obs_keys"))
     with open_dict(cfg):
         cfg.obs_keys = obs_keys  # the run's config states what the policy reads
+    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     policy = build_policy(dataset, OmegaConf.to_container(cfg.policy, resolve=True), obs_keys).to(cfg.device)
     windows = WindowDataset(dataset, policy.n_obs_steps, policy.horizon, keys=obs_keys,
