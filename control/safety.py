@@ -172,17 +172,15 @@ class SafetyLayer:
         return out, gripper
 
     # -- joint modes ----------------------------------------------------------------------------
-    def _joint_step(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float,
-                    state: RobotState) -> np.ndarray:
+    def _joint_step(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float) -> np.ndarray:
         """Safe joint velocity [rad/s] for one tick from the commanded ``q_from`` (``limit_joint_step``: speed,
         acceleration, braking before the joint limits minus margins, the EE speeds and the box through ``fk``)."""
-        return limit_joint_step(self._motion, q_from, v, v_prev, dt, self.fk, self.clamps,
-                                np.asarray(state.joint_pos_rad, float))
+        return limit_joint_step(self._motion, q_from, v, v_prev, dt, self.fk, self.clamps)
 
     def _joint_pos(self, q: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         q = self._clip("joint_limit", q, self.q_lo, self.q_hi)
         v = _track_velocity(self.prev, q, self.prev_target, dt, self.limits.joint_acc_max_rad_s2)
-        v = self._joint_step(self.prev, v, self.prev_vel, dt, state)
+        v = self._joint_step(self.prev, v, self.prev_vel, dt)
         q_out = self.prev + v * dt
         # position limits win over the acceleration limit; a start outside the margins may only move inward
         q_out = np.clip(q_out, np.minimum(self.q_lo, self.prev), np.maximum(self.q_hi, self.prev))
@@ -192,7 +190,7 @@ class SafetyLayer:
     def _joint_vel(self, qd: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         """The limits act on the joint target the driver integrates (``q_cmd``), not on the measured q
         (which lags it: checking the measured q let the target run into the hard limit, issue 10)."""
-        qd = self._joint_step(self.q_cmd, qd, self.prev, dt, state)
+        qd = self._joint_step(self.q_cmd, qd, self.prev, dt)
         self.q_cmd = self.q_cmd + qd * dt
         self.prev = qd
         return qd

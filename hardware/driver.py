@@ -114,8 +114,7 @@ def ee_points(pos: np.ndarray, quat: np.ndarray, points_ee: np.ndarray) -> np.nd
 
 
 def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float,
-                     fk: ForwardPose | None = None, clamps: Counter | None = None,
-                     q_measured: np.ndarray | None = None) -> np.ndarray:
+                     fk: ForwardPose | None = None, clamps: Counter | None = None) -> np.ndarray:
     """The joint velocity [rad/s] for one tick of ``dt`` from the joint target ``q``, after ``v_prev``: speed,
     acceleration, braking before the joint limits, then (with ``fk``) the EE speeds and the box. One
     implementation for the safety layer's joint modes and for drivers that make joint targets themselves
@@ -144,15 +143,11 @@ def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np
     if fk is None:
         return v
     p0, quat0 = fk(q)
-    poses = [(q, p0, quat0)] + ([] if q_measured is None else [(q_measured, *fk(q_measured))])
 
     def ee_ratio(x: np.ndarray) -> tuple[float, float]:
-        r_lin = r_rot = 0.0
-        for qa, pa, quat_a in poses:
-            p1, quat1 = fk(qa + x * dt)
-            r_lin = max(r_lin, float(np.linalg.norm(p1 - pa)) / dt / lim.ee_vel_max_m_s)
-            r_rot = max(r_rot, quat_angle(quat_a, quat1) / dt / lim.ee_rot_vel_max_rad_s)
-        return r_lin, r_rot
+        p1, quat1 = fk(q + x * dt)
+        return (float(np.linalg.norm(p1 - p0)) / dt / lim.ee_vel_max_m_s,
+                quat_angle(quat0, quat1) / dt / lim.ee_rot_vel_max_rad_s)
 
     r = ee_ratio(v)
     if max(r) > 1.0:
@@ -163,14 +158,14 @@ def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np
         v_keep = np.clip(v_prev, -lo, hi)
         v_keep = v_keep / max(1.0, *ee_ratio(v_keep))
         s_lo, s_hi = 0.0, 1.0
-        for _ in range(12):
+        for _ in range(10):
             s = 0.5 * (s_lo + s_hi)
             s_lo, s_hi = (s, s_hi) if max(ee_ratio(v_keep + s * (v - v_keep))) <= 1.0 else (s_lo, s)
         v = v_keep + s_lo * (v - v_keep)
-    def excess(x: np.ndarray) -> float:
-        return box_excess(ee_points(*fk(x), lim.ee_points_m), lim.box_min_m, lim.box_max_m)
+    def excess(x: np.ndarray, pose: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+        return box_excess(ee_points(*(pose or fk(x)), lim.ee_points_m), lim.box_min_m, lim.box_max_m)
 
-    out_now = excess(q)
+    out_now = excess(q, (p0, quat0))
 
     def leaves_box(x: np.ndarray, braking_path: bool) -> bool:
         """Does the next target, or (``braking_path``) the path of braking from it, go farther out than now?

@@ -9,10 +9,13 @@ Modes and setpoints (one ``command`` = one servo tick of ``1 / rate_hz`` seconds
   clipped per tick to ``ee_delta_max_m`` / ``ee_delta_max_rad`` (RobotInfo: 1 m / 1 rad per unit,
   anchored on the target).
 - ``set_motion_limits`` (the servo passes the safety layer's limits) bounds every joint target this
-  driver makes itself: the integrated joint_vel target, and the IK steps of the Cartesian modes (joint
-  margins and speeds, EE speed, the box on the EE pose of the new targets; an IK chasing an unreachable
-  or lagging target must not swing the arm faster, or out of the box, issue 10). ``forward_pose`` gives
-  the safety layer the EE pose of a q.
+  driver makes itself: the integrated joint_vel target, and the IK steps of the Cartesian modes, which go
+  through the layer's own joint-step limiter (``driver.limit_joint_step``: joint margins, speeds and
+  acceleration, EE speeds, the box on the EE and the gripper's corners, ``RobotInfo.ee_points_m``); an IK
+  chasing an unreachable or lagging target must not swing the arm faster, or out of the box, issue 10.
+  With them set, the servos also get the targets' feed-forward (``_feed_forward``), so the arm reaches what
+  it is sent: measured states stay within the limits, not only the targets. ``forward_pose`` gives the
+  safety layer the EE pose of a q.
 - gripper: 0 open .. 1 closed.
 
 ``realtime=False`` (lockstep): each ``command`` advances sim time by exactly one tick, deterministic.
@@ -235,8 +238,7 @@ class SimArmDriver(Driver):
         # the IK step as a joint velocity, limited like the safety layer's joint modes (acceleration included:
         # the servo's feed-forward needs continuous target velocities, and a real arm rejects jumps)
         v = (q_new - self._q_cmd) / self.tick_s
-        v = limit_joint_step(self._motion, self._q_cmd, v, self._qd_cmd, self.tick_s, self._ik.forward,
-                             q_measured=self.data.qpos[: self.dof].copy())
+        v = limit_joint_step(self._motion, self._q_cmd, v, self._qd_cmd, self.tick_s, self._ik.forward)
         self._q_cmd = self._inside(self._q_cmd + v * self.tick_s)
 
     def _gripper_corners(self) -> tuple[tuple[float, float, float], ...]:

@@ -78,7 +78,8 @@ class SimTaskDriver(Driver):
         """The env's IK clips its joint targets to the margins instead of the hard limits. Its per-step
         joint target change stays the env's own (``ArmControlConfig.max_dq_rad``): changing it would change
         the dynamics a policy was trained and evaluated on; the box and the EE speeds are enforced by the
-        safety layer on the ee_delta it sends (``RobotInfo.ee_delta_*``)."""
+        safety layer on the ee_delta it sends (``RobotInfo.ee_delta_*``). The joint speeds this env reaches
+        (0.594 vmax under the scripted expert) are stated by ``configs/safety_limits/sim_task_lift.yaml``."""
         self.env.arm.q_low = np.maximum(self.env.arm.q_low, limits.q_min_rad)
         self.env.arm.q_high = np.minimum(self.env.arm.q_high, limits.q_max_rad)
 

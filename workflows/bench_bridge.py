@@ -13,8 +13,8 @@
   file over ``safety_sequences`` random wild setpoint sequences per mode through ``SafetyLayer.filter``
   and the real driver (the fake arm and the lockstep sim Panda; ``target_*``: the joint targets sent to
   the sim arm's servos), see ``armflow.control.safety_audit``.
-Goals (bridge.md): p50 within 3x of the floor; servo p99 error <= 1 ms; safety ratios <= 1.0 (measured
-sim states: servo tracking may add up to ~20 %).
+Goals (bridge.md): p50 within 3x of the floor; servo p99 error <= 1 ms; safety ratios <= 1.0, on the targets
+and on the measured sim states alike (the tests allow 1e-3 of numerics).
 """
 from __future__ import annotations
 

@@ -210,7 +210,8 @@ def test_lift_task_keeps_its_own_limits_file_under_the_scripted_expert():
         before = state
         driver.command("ee_delta", safe, grip)
         state = driver.read_state()
-        joint_ratio = max(joint_ratio, float(np.max(np.abs(state.joint_pos_rad - before.joint_pos_rad) / dt / layer.qd_max)))
+        dq = np.abs(state.joint_pos_rad - before.joint_pos_rad)
+        joint_ratio = max(joint_ratio, float(np.max(dq / dt / layer.qd_max)))
         ee_ratio = max(ee_ratio, float(np.linalg.norm(state.ee_pos_m - before.ee_pos_m)) / dt / lim.ee_vel_max_m_s)
         if state.extras["terminated"] or state.extras["truncated"]:
             break

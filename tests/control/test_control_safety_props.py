@@ -5,7 +5,7 @@ driver. Ratios come from ``armflow.control.safety_audit`` (1.0 = at the limit).
 
 Tolerance: every ratio, on the servo targets and on the measured states, sim arm and fake arm, fast and
 slow suites, is <= 1.0 + 1e-3 (``TOL``). The 1e-3 is numerics, not tracking: the EE speed of a joint step is
-bisected on the FK chord (12 halvings), and the sim servo's residual tracking error (~1e-5 rad per tick with
+bisected on the FK chord (10 halvings), and the sim servo's residual tracking error (~1e-5 rad per tick with
 its feed-forward) shows in one-tick finite differences. Before the sim arm's acceleration-limited IK steps
 and servo feed-forward the measured states reached 1.2-1.3 (per-joint servo lag moving the EE faster than
 its targets), and tilted finger pads struck the table (now kept in the box through
