@@ -56,7 +56,8 @@ class ObsSegment:
 _EEF = (ObsSegment("robot0_eef_pos", 3), ObsSegment("robot0_eef_quat", 4, (0,)))
 _NATIVE = (*_EEF, ObsSegment("robot0_gripper_opening", 1))  # finger separation [m]: not robosuite's 2 joints
 _ROBOSUITE = (*_EEF, ObsSegment("robot0_gripper_qpos", 2))
-# armflow task -> observation.state layout (README "Interfaces": native and robosuite state layouts);
+# armflow task -> layout of observation.state followed by observation.environment_state (the split layout's two
+# vectors, or the combined layout's one; README "Interfaces": native and robosuite state layouts);
 # `object` is robosuite's object-state: per cube pos (3), quat (4), offset (3); Can/Square: to-eef pos, quat,
 # pos, quat.
 STATE_LAYOUTS: dict[str, tuple[ObsSegment, ...]] = {
@@ -112,14 +113,20 @@ def _first_task(ds: LeRobotDataset) -> str:
     return ds.episode_task(0) if ds.num_episodes else ""
 
 
+def _env_state_dim(ds: LeRobotDataset) -> int:
+    feat = ds.features.get("observation.environment_state")
+    return int(np.prod(feat["shape"])) if feat else 0
+
+
 def export_layout(ds: LeRobotDataset) -> tuple[ObsSegment, ...]:
-    """How `observation.state` splits into obs keys: the task's layout, else its `key[i]` names, else whole."""
+    """How `observation.state` (followed by `observation.environment_state` when the task's layout spans both,
+    as the split layout does) splits into obs keys: the task's layout, else its `key[i]` names, else whole."""
     feat = ds.features.get("observation.state")
     if feat is None:
         return ()
     dim = int(np.prod(feat["shape"]))
     layout = STATE_LAYOUTS.get(_first_task(ds), ())
-    if layout and sum(s.size for s in layout) == dim:
+    if layout and sum(s.size for s in layout) in (dim, dim + _env_state_dim(ds)):
         return layout
     matches = [_NAME_RE.match(str(n)) for n in feat.get("names") or []]
     if len(matches) == dim and all(matches):
@@ -185,6 +192,8 @@ def _export_episode(ds: LeRobotDataset, i: int, grp: h5py.Group, layout: Sequenc
     grp.attrs["task"] = ds.episode_task(i)
     if layout:
         state, col = ep["observation.state"].reshape(n, -1), 0
+        if sum(s.size for s in layout) > state.shape[1]:  # the split layout: the object keys come from env state
+            state = np.concatenate([state, ep["observation.environment_state"].reshape(n, -1)], axis=1)
         for seg in layout:
             _write_obs(grp, seg.key, _swap_quats(state[:, col:col + seg.size], seg.quats, to_xyzw=True))
             col += seg.size
@@ -345,7 +354,9 @@ def _write_demo(grp: h5py.Group, layout, feats: dict, video: dict[str, str], wri
     if "observation.state" in feats:
         parts = [_swap_quats(np.asarray(grp[f"obs/{s.key}"], np.float32).reshape(n, -1), s.quats, to_xyzw=False)
                  for s in layout]
-        columns["observation.state"] = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)
+        state = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)
+        # a layout that spans environment_state too (the split layout): that part is imported from `states`
+        columns["observation.state"] = state[:, : int(np.prod(feats["observation.state"]["shape"]))]
     for key, feat in feats.items():
         path = _feature_path(key, video)
         if key == "observation.state" or (path not in grp and key in ("next.reward", "next.done")):

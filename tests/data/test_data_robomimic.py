@@ -94,11 +94,11 @@ def read_like_robomimic(path, obs_keys, dataset_keys=("actions", "rewards", "don
 NATIVE_KEYS = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_opening", "object"]
 
 
-def _write_lerobot(root, task, state_dim, lengths=(7, 5, 6), camera=True):
+def _write_lerobot(root, task, state_dim, lengths=(7, 5, 6), camera=True, env_dim=5):
     """A LeRobot dataset shaped like `armflow collect task=...` (state, camera, success, truncated, env state)."""
     rng = np.random.default_rng(1)
     feats = {"observation.state": {"dtype": "float32", "shape": (state_dim,), "names": None},
-             "observation.environment_state": {"dtype": "float32", "shape": (5,), "names": None},
+             "observation.environment_state": {"dtype": "float32", "shape": (env_dim,), "names": None},
              "action": {"dtype": "float32", "shape": (7,), "names": None},
              "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
              "next.done": {"dtype": "bool", "shape": (1,), "names": None},
@@ -111,7 +111,7 @@ def _write_lerobot(root, task, state_dim, lengths=(7, 5, 6), camera=True):
         for n in lengths:
             for t in range(n):
                 frame = {"observation.state": rng.standard_normal(state_dim).astype(np.float32),
-                         "observation.environment_state": rng.standard_normal(5).astype(np.float32),
+                         "observation.environment_state": rng.standard_normal(env_dim).astype(np.float32),
                          "action": rng.uniform(-1, 1, 7).astype(np.float32),
                          "next.reward": np.float32(t == n - 1), "next.done": t == n - 1,
                          "next.truncated": False, "next.success": t == n - 1}
@@ -235,3 +235,22 @@ def test_real_robomimic_sequence_dataset_reads_export(tmp_path):
         assert frames is None or len(seq) == frames
         item = seq[len(seq) - 1]
         assert item["next_obs"]["object"].shape == (1, 10) and item["actions"].shape == (1, 7)
+
+
+def test_split_layout_exports_named_keys_and_round_trips(tmp_path):
+    """`armflow collect` now writes proprioception (8) and object state (10) apart: the export still names
+    robomimic's keys (object from environment_state), and the import rebuilds both features exactly."""
+    ds = _write_lerobot(tmp_path / "ds", "lift", 8, camera=False, env_dim=10)
+    path = export_robomimic(ds, tmp_path / "out.hdf5")
+    demos, _ = read_like_robomimic(path, NATIVE_KEYS)
+    for i, item in enumerate(demos.values()):
+        ep = ds.episode(i)
+        state, env = ep["observation.state"], ep["observation.environment_state"]
+        np.testing.assert_array_equal(item["obs"]["robot0_eef_quat"], state[:, [4, 5, 6, 3]])
+        np.testing.assert_array_equal(item["obs"]["robot0_gripper_opening"], state[:, 7:8])
+        np.testing.assert_array_equal(item["obs"]["object"], env[:, [0, 1, 2, 4, 5, 6, 3, 7, 8, 9]])
+    back = import_robomimic(path, tmp_path / "back")
+    assert back.features["observation.state"]["shape"] == (8,)
+    for i in range(ds.num_episodes):
+        for key in ("observation.state", "observation.environment_state", "action"):
+            np.testing.assert_array_equal(back.episode(i)[key], ds.episode(i)[key])
