@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from armflow.control.safety import SafetyLayer, quat_angle
-from armflow.hardware.driver import Driver
+from armflow.hardware.driver import Driver, ee_points
 
 
 @dataclass
@@ -66,8 +66,9 @@ def _speed_ratio(x: np.ndarray, dt_s: float, v_max) -> float:
 
 def limit_ratios(trace: Trace, layer: SafetyLayer, dt_s: float) -> dict[str, float]:
     """Max ratio to each limit: ``workspace`` / ``joint_range`` (box and joint limits minus margins,
-    1 = on the boundary), ``joint_vel``, ``ee_vel``, ``ee_rot_vel`` on the reached states; the ``target_``
-    keys on the servo joint targets (their EE position through ``layer.fk`` when it has one)."""
+    1 = on the boundary; ``gripper_workspace``: the box on the gripper's corners when the driver declares
+    them), ``joint_vel``, ``ee_vel``, ``ee_rot_vel`` on the reached states; the ``target_`` keys on the
+    servo joint targets (their EE position through ``layer.fk`` when it has one)."""
     lim = layer.limits
     q, ee, quat = np.array(trace.q), np.array(trace.ee), np.array(trace.quat)
     rot = [quat_angle(a, b) for a, b in zip(quat[:-1], quat[1:])]
@@ -76,6 +77,9 @@ def limit_ratios(trace: Trace, layer: SafetyLayer, dt_s: float) -> dict[str, flo
            "joint_vel": _speed_ratio(q, dt_s, layer.qd_max),
            "ee_vel": _speed_ratio(ee, dt_s, lim.ee_vel_max_m_s),
            "ee_rot_vel": float(max(rot, default=0.0) / dt_s / lim.ee_rot_vel_max_rad_s)}
+    if len(layer.points):  # the gripper's corners (RobotInfo.ee_points_m) must keep the box too
+        pts = np.vstack([ee_points(p, u, layer.points) for p, u in zip(ee, quat)])
+        out["gripper_workspace"] = _range_ratio(pts, layer.box_lo, layer.box_hi)
     if trace.q_target:
         qt = np.array(trace.q_target)
         out["target_joint_range"] = _range_ratio(qt, layer.q_lo, layer.q_hi)
