@@ -170,6 +170,8 @@ def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np
     def leaves_box(x: np.ndarray, braking_path: bool) -> bool:
         """Does the next target, or (``braking_path``) the path of braking from it, go farther out than now?
         Braking scales the joint velocity down as a whole (``brake``), so it stays on this line in joint space."""
+        if not np.any(x):
+            return False  # standing still goes nowhere
         q_next = q + x * dt
         reach = x * (float(np.max(np.abs(x))) / (2.0 * max(a, 1e-12)))  # braking at a on the fastest joint
         path = [q_next + f * reach for f in ((0.25, 0.5, 0.75, 1.0) if braking_path else ())]
