@@ -59,6 +59,17 @@ def limits_hash(data: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def default_limits_name(robot: str, robot_options: dict | None = None) -> str:
+    """The bundled limits a server uses when none is named: the sim task's own file when the robot wraps a task
+    that has one (``sim_task_lift``: its OSC sets the joint targets, see that file), else the robot's file,
+    else ``sim_panda``."""
+    task = (robot_options or {}).get("task")
+    for name in ([f"sim_task_{task}"] if task else []) + [robot]:
+        if (_LIMITS_DIR / f"{name}.yaml").is_file():
+            return name
+    return "sim_panda"
+
+
 def resolve_limits_path(name_or_path: str) -> Path:
     """``sim_panda`` -> ``configs/safety_limits/sim_panda.yaml``; a path is used as is."""
     path = Path(name_or_path)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from armflow.control import channel, protocol as P
-from armflow.control.limits import SafetyLimits, load_limits
+from armflow.control.limits import SafetyLimits, default_limits_name, load_limits
 from armflow.control.scheduler import admit
 from armflow.control.security import CurveConfig, check_endpoint, make_curve_server, start_authenticator
 from armflow.control.servo import ServoConfig, servo_main
@@ -43,7 +43,7 @@ class ServerError(RuntimeError):
 class ServerConfig:
     robot: str = "fake_arm"
     robot_options: dict = field(default_factory=dict)
-    limits: str = "sim_panda"  # name under configs/safety_limits/ or a YAML path
+    limits: str | None = None  # name under configs/safety_limits/ or a YAML path; None: default_limits_name
     endpoint: str = "ipc:///tmp/armflow-bridge"
     pub_endpoint: str | None = None  # default: derived from endpoint
     lockstep: bool = False
@@ -79,12 +79,13 @@ class BridgeServer:
 
     def __init__(self, cfg: ServerConfig):
         self.cfg = cfg
-        self.limits: SafetyLimits = load_limits(cfg.limits)
+        self.limits_name = cfg.limits or default_limits_name(cfg.robot, cfg.robot_options)
+        self.limits: SafetyLimits = load_limits(self.limits_name)
         t_cmd_max = self.limits.t_cmd_ms_max_lockstep if cfg.lockstep else self.limits.t_cmd_ms_max
         # lockstep sim cannot move while the policy thinks, so it tolerates slow (CPU) inference by default
         self.t_cmd_ms = int(cfg.t_cmd_ms or (t_cmd_max if cfg.lockstep else self.limits.t_cmd_ms_default))
         if not 0 < self.t_cmd_ms <= t_cmd_max:
-            raise ServerError(f"t_cmd_ms={self.t_cmd_ms} outside (0, {t_cmd_max}] allowed by {cfg.limits}")
+            raise ServerError(f"t_cmd_ms={self.t_cmd_ms} outside (0, {t_cmd_max}] allowed by {self.limits_name}")
         self.t_cmd_max_ms = t_cmd_max
         for ep in (cfg.endpoint, cfg.pub_endpoint or derive_pub_endpoint(cfg.endpoint)):
             check_endpoint(ep, cfg.curve)
@@ -121,7 +122,7 @@ class BridgeServer:
         self.ready = msg
         self._bind()
         log.info("bridge up: robot=%s control=%s pub=%s limits=%s hash=%s servo=%s", self.cfg.robot, self.endpoint,
-                 self.pub_endpoint, self.cfg.limits, self.limits.hash, msg.get("sched"))
+                 self.pub_endpoint, self.limits_name, self.limits.hash, msg.get("sched"))
 
     def _bind(self) -> None:
         self.ctx = zmq.Context()

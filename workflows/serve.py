@@ -36,7 +36,7 @@ def server_config(cfg: DictConfig) -> ServerConfig:
     if cfg.curve.secret_key_file:
         curve = CurveConfig(str(cfg.curve.secret_key_file), cfg.curve.allowed_clients_dir)
     return ServerConfig(
-        robot=cfg.robot, robot_options=options, limits=str(cfg.limits), endpoint=cfg.endpoint,
+        robot=cfg.robot, robot_options=options, limits=cfg.limits and str(cfg.limits), endpoint=cfg.endpoint,
         pub_endpoint=cfg.pub_endpoint, lockstep=cfg.mode == "lockstep", servo_rate_hz=cfg.servo_rate_hz,
         state_rate_hz=float(cfg.state_rate_hz), t_cmd_ms=cfg.t_cmd_ms, lease_timeout_ms=int(cfg.lease_timeout_ms),
         exec_latency_ms=float(cfg.exec_latency_ms), actuator_latency_ms=float(cfg.actuator_latency_ms), curve=curve,
@@ -52,11 +52,11 @@ def main(cfg: DictConfig) -> dict:
 
     def on_ready(server) -> None:
         info.update(endpoint=server.endpoint, pub_endpoint=server.pub_endpoint, robot=server.ready["info"],
-                    limits=scfg.limits, limits_hash=server.limits.hash, timing=cfg.mode,
+                    limits=server.limits_name, limits_hash=server.limits.hash, timing=cfg.mode,
                     servo_rate_hz=server.ready["servo_rate_hz"], t_cmd_ms=server.t_cmd_ms)
         write_json(Path(cfg.out) / "serve.json", info)
         print(f"[serve] {cfg.robot} ({cfg.mode}) on {server.endpoint} (state {server.pub_endpoint}); "
-              f"limits {scfg.limits} hash {server.limits.hash}; Ctrl-C to stop", flush=True)
+              f"limits {server.limits_name} hash {server.limits.hash}; Ctrl-C to stop", flush=True)
 
     serve_until_signal(scfg, on_ready)
     print("[serve] stopped cleanly", flush=True)

@@ -219,3 +219,12 @@ def test_lift_task_keeps_its_own_limits_file_under_the_scripted_expert():
     assert state.extras["success"] and sum(layer.clamps.values()) == 0
     assert joint_ratio <= 1.0 and ee_ratio <= 1.0
     assert joint_ratio * lim.joint_vel_scale > load_limits("sim_panda").joint_vel_scale  # why the file exists
+
+
+def test_a_served_sim_task_defaults_to_its_own_limits_file():
+    from armflow.control.limits import default_limits_name, load_limits
+
+    assert default_limits_name("sim_panda", {"task": "lift"}) == "sim_task_lift"
+    assert default_limits_name("sim_panda", {}) == "sim_panda"
+    assert default_limits_name("sim_panda", {"task": "pick_either"}) == "sim_panda"  # no file of its own
+    assert load_limits("sim_task_lift").joint_vel_scale > load_limits("sim_panda").joint_vel_scale
