@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 DEVICES = ("scripted", "keyboard", "spacemouse")
@@ -60,7 +60,8 @@ def run_scripted_episode(env, expert, seed: int) -> tuple[list[dict], bool]:
 
 def collect_scripted(task: str, root: str | Path, episodes: int, noise_std: float = 0.0, seed: int = 0,
                      cameras: list[str] | None = None, only_success: bool = True,
-                     max_attempts_factor: float = 3.0, progress: bool = True) -> dict:
+                     max_attempts_factor: float = 3.0, progress: bool = True,
+                     env_overrides: dict | None = None) -> dict:
     """Record ``episodes`` scripted demos of ``task`` into ``root``; seeds are ``seed, seed+1, ...``.
 
     Returns ``{"episodes_saved", "attempts", "expert_success_rate", "frames"}``. With ``only_success``
@@ -72,7 +73,7 @@ def collect_scripted(task: str, root: str | Path, episodes: int, noise_std: floa
     if episodes < 1 or max_attempts_factor < 1:
         raise ValueError(f"collect {task}: episodes={episodes} must be >= 1 and max_attempts_factor="
                          f"{max_attempts_factor} >= 1")
-    env = make_env(task, **({"cameras": list(cameras)} if cameras else {}))
+    env = make_env(task, **{**(env_overrides or {}), **({"cameras": list(cameras)} if cameras else {})})
     expert = make_expert(env, noise_std=noise_std, seed=seed)
     fps = int(round(1.0 / env.ctrl_dt))
     saved = attempts = successes = frames_total = 0
@@ -107,6 +108,7 @@ def collect_human(cfg: DictConfig, root: Path) -> dict:
     from armflow.hardware.teleop import make_device, record_teleop_session
 
     overrides = {"max_episode_steps": int(cfg.human_episode_steps)} if cfg.human_episode_steps else {}
+    overrides.update(OmegaConf.to_container(cfg.task_overrides, resolve=True))
     return record_teleop_session(task=cfg.task, device=make_device(cfg.device), root=root,
                                  episodes=int(cfg.episodes), seed=int(cfg.seed), env_overrides=overrides)
 
@@ -121,7 +123,8 @@ def main(cfg: DictConfig) -> dict:
     t0 = time.monotonic()
     if cfg.device == "scripted":
         summary = collect_scripted(cfg.task, root, int(cfg.episodes), float(cfg.noise_std), int(cfg.seed),
-                                   list(cfg.cameras or []), bool(cfg.only_success))
+                                   list(cfg.cameras or []), bool(cfg.only_success),
+                                   env_overrides=OmegaConf.to_container(cfg.task_overrides, resolve=True))
     else:
         summary = collect_human(cfg, root)
     summary.update({"task": cfg.task, "dataset": str(root), "wall_time_s": time.monotonic() - t0})

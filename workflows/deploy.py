@@ -85,6 +85,15 @@ def _done(state) -> tuple[bool, bool]:
     return bool(ex.get("terminated", False) or ex.get("truncated", False)), bool(ex.get("success", False))
 
 
+def _add_frame(frames: list | None, state) -> None:
+    """Append the served cameras of ``state`` side by side (one video frame per robot step)."""
+    from armflow.workflows.media import camera_row
+
+    row = camera_row(state.extras) if frames is not None else None
+    if row is not None:
+        frames.append(row)
+
+
 def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, action_space: str, max_steps: int,
                          frames: list | None = None) -> dict:
     state = client.reset(seed)
@@ -103,8 +112,7 @@ def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, act
             steps += 1
             ret += float(state.extras.get("reward", 0.0))
             agent.observe(state)
-            if frames is not None:
-                frames.extend(v for k, v in state.extras.items() if k.startswith("observation.images."))
+            _add_frame(frames, state)
             done, success = _done(state)
             if done or steps >= max_steps:
                 break
@@ -131,8 +139,7 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
                 last_step, steps, state = body["step"], steps + 1, st
                 ret += float(st.extras.get("reward", 0.0))
                 agent.observe(st)
-                if frames is not None:
-                    frames.extend(v for k, v in st.extras.items() if k.startswith("observation.images."))
+                _add_frame(frames, st)
                 done, success = _done(st)
         warm = agent.inference_ms[1:]  # the cold first inference is excluded from the estimate
         lead_ns = (np.percentile(warm, 95) if warm else 0.0) * 1e6 + margin_ms * 1e6

@@ -62,27 +62,35 @@ def run_round(venv, runner: BatchedChunkRunner, seeds: list[int], progress=None)
              "mode": int(mode[i])} for i, s in enumerate(seeds)]
 
 
-def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_overrides: dict) -> list[str]:
-    """Roll ``seeds`` in one in-process env and write one MP4 per episode (rendered frames)."""
+def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_overrides: dict) -> dict[str, list[str]]:
+    """Roll ``seeds`` in one in-process env; one MP4 per episode of the rendered scene (``videos``) and, for a
+    policy that reads cameras, one of the camera images it was given, side by side (``policy_view_videos``)."""
     from armflow.sim import make_env
-    from armflow.workflows.media import write_mp4
+    from armflow.workflows.media import CAMERA_PREFIX, camera_row, write_mp4
 
+    paths: dict[str, list[str]] = {"videos": [], "policy_view_videos": []}
+    if not seeds:
+        return paths
     env = make_env(task, **env_overrides)
     render = getattr(env, "render_video", env.render)  # a larger 3/4 view where the task has one
+    views = [k for k in policy.obs_spec if k.startswith(CAMERA_PREFIX)]
     runner = BatchedChunkRunner(policy, 1)
-    paths = []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
         runner.reset({k: v[None] for k, v in obs.items()}, seeds=[seed])
-        frames, info = [render()], {"success": False}
+        frames, seen, info = [render()], [camera_row(obs, views)], {"success": False}
         while True:
             obs, _, terminated, truncated, info = env.step(runner.act()[0])
             runner.observe({k: v[None] for k, v in obs.items()})
             frames.append(render())
+            seen.append(camera_row(obs, views))
             if terminated or truncated:
                 break
-        tag = "success" if info["success"] else "failure"
-        paths.append(str(write_mp4(video_dir / f"seed{seed}_{tag}.mp4", frames, fps=1.0 / env.ctrl_dt)))
+        name = f"seed{seed}_{'success' if info['success'] else 'failure'}"
+        paths["videos"].append(str(write_mp4(video_dir / f"{name}.mp4", frames, fps=1.0 / env.ctrl_dt)))
+        if views:
+            paths["policy_view_videos"].append(
+                str(write_mp4(video_dir / f"{name}_policy_view.mp4", seen, fps=1.0 / env.ctrl_dt)))
     env.close()
     return paths
 
@@ -147,8 +155,8 @@ def main(cfg: DictConfig) -> dict:
     overrides = dict(OmegaConf.to_container(cfg.task_overrides, resolve=True) or {})
     result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
                              overrides, source=f"checkpoint {cfg.checkpoint}")
-    result["videos"] = record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
-                                     out / "videos", overrides) if int(cfg.video_episodes) > 0 else []
+    result.update(record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
+                                out / "videos", overrides))
     result["task_overrides"] = overrides
     result["plots"] = [str(p) for p in plot_eval(out, result)]
     result["checkpoint"], result["wall_time_s"] = str(cfg.checkpoint), time.monotonic() - t0

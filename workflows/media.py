@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+CAMERA_PREFIX = "observation.images."
 
 
 def _pick_codec() -> str:
@@ -40,6 +42,44 @@ def write_mp4(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float)
             container.mux(packet)
     os.replace(tmp, path)
     return path
+
+
+def read_mp4(path: str | os.PathLike) -> np.ndarray:
+    """Every frame of an MP4 written by ``write_mp4``, uint8 ``(N, H, W, 3)`` RGB."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"read_mp4({path}): no frames")
+    return np.stack(frames)
+
+
+def camera_row(obs: Mapping[str, np.ndarray], keys: Sequence[str] | None = None) -> np.ndarray | None:
+    """One observation's camera images side by side, uint8 ``(H, W_1 + ... + W_n, 3)``, in ``keys`` order
+    (default: every ``observation.images.*`` key, in the observation's order): the picture a policy reading
+    these cameras was given. None when the observation has no camera."""
+    keys = [k for k in obs if k.startswith(CAMERA_PREFIX)] if keys is None else list(keys)
+    if not keys:
+        return None
+    return np.concatenate([np.asarray(obs[k], dtype=np.uint8) for k in keys], axis=1)
+
+
+def save_filmstrip(path: str | os.PathLike, video: str | os.PathLike, n_frames: int = 6, min_height: int = 160) -> Path:
+    """``n_frames`` evenly spaced frames of ``video`` in one row to a PNG (a rollout at a glance in a report),
+    scaled up by whole pixels to at least ``min_height`` rows so 84x84 camera frames stay visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+
+    frames = read_mp4(video)
+    picks = frames[np.linspace(0, len(frames) - 1, min(n_frames, len(frames))).round().astype(int)]
+    gap = np.full((picks.shape[1], 2, 3), 255, np.uint8)
+    row = np.concatenate([part for frame in picks for part in (frame, gap)][:-1], axis=1)
+    scale = max(1, -(-min_height // row.shape[0]))
+    matplotlib.image.imsave(path, np.repeat(np.repeat(row, scale, axis=0), scale, axis=1))
+    return Path(path)
 
 
 def plot_curves(
