@@ -6,13 +6,13 @@
   with ``task=<native task>`` wraps ``armflow.sim.make_env(task)`` instead (``SimTaskConfig`` keys).
 - ``ur``, ``franka``, ``xarm``: real adapters (``URConfig``/``FrankaConfig``/``XArmConfig`` keys);
   ``sdk=fake`` runs them against the faithful SDK fakes in ``armflow.hardware.fakes``.
-Unknown config keys raise ``TypeError`` listing the valid ones.
+Unknown config keys raise ``armflow.configs.ConfigError`` listing the valid ones.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 
+from armflow.configs import ConfigError, build_config
 from armflow.hardware.driver import MODES, Driver, DriverError, RobotInfo, RobotState
 
 # name -> (module, driver class, config class, fixed config values)
@@ -25,23 +25,6 @@ DRIVERS: dict[str, tuple[str, str, str, dict]] = {
     "xarm": ("armflow.hardware.xarm", "XArmDriver", "XArmConfig", {}),
 }
 TASK_DRIVER = ("armflow.hardware.sim_task", "SimTaskDriver", "SimTaskConfig", {})
-
-
-def _plain(value):
-    """OmegaConf containers / lists -> tuples and dicts, so frozen configs stay hashable and typo-free."""
-    if hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-def build_config(cls, cfg: dict, where: str):
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(cfg) - set(valid))
-    if unknown:
-        raise TypeError(f"{where}: unknown config key(s) {unknown}; valid keys: {', '.join(valid)}")
-    return cls(**{k: _plain(v) for k, v in cfg.items()})
 
 
 def make_driver(name: str, **cfg) -> Driver:
@@ -59,9 +42,9 @@ def make_driver(name: str, **cfg) -> Driver:
     mod = importlib.import_module(module)
     clash = sorted(set(fixed) & set(cfg))
     if clash:
-        raise TypeError(f"robot {name!r}: {clash} are fixed by the robot name")
+        raise ConfigError(f"robot {name!r}: {clash} are fixed by the robot name")
     config = build_config(getattr(mod, cfg_name), {**fixed, **cfg}, f"robot {name!r}")
     return getattr(mod, cls_name)(config)
 
 
-__all__ = ["DRIVERS", "MODES", "Driver", "DriverError", "RobotInfo", "RobotState", "make_driver", "build_config"]
+__all__ = ["DRIVERS", "MODES", "Driver", "DriverError", "RobotInfo", "RobotState", "make_driver"]

@@ -10,7 +10,7 @@ and several times slower at batch 1.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from .backbones import BACKBONES
 from .encoders import IMAGE_ENCODERS
@@ -125,15 +125,6 @@ class GaussianConfig(ObsConfig):
             raise ValueError(f"loss={self.loss!r}; valid: ('mse', 'nll')")
         if not (self.init_std > 0 and math.isfinite(self.init_std)):
             raise ValueError(f"init_std={self.init_std} must be > 0")
-
-
-def build_config(config_cls: type, cfg: dict, policy_type: str):
-    """Instantiate ``config_cls(**cfg)``; an unknown key raises ValueError listing the valid ones."""
-    valid = [f.name for f in fields(config_cls)]
-    unknown = sorted(set(cfg) - set(valid))
-    if unknown:
-        raise ValueError(f"policy {policy_type!r}: unknown config keys {unknown}; valid: {valid}")
-    return config_cls(**cfg)
 
 
 def upgrade_config(cfg: dict) -> dict:

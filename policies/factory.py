@@ -9,7 +9,9 @@ from typing import Mapping
 import torch
 
 from .base import CONFIG_FILE, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE, BasePolicy
-from .config import build_config, upgrade_config
+from armflow.configs import build_config
+
+from .config import upgrade_config
 from .diffusion import DiffusionPolicy
 from .flow import FlowPolicy
 from .gaussian import GaussianPolicy
@@ -35,20 +37,13 @@ def policy_class(policy_type: str) -> type[BasePolicy]:
     return POLICIES[policy_type]
 
 
-def _plain(value):
-    """Hydra ListConfig / lists -> tuples (configs hold tuples)."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return tuple(_plain(v) for v in value)
-    return value
-
-
 def make_policy(policy_type: str, obs_spec: Mapping[str, tuple[int, ...]], action_dim: int, stats: Mapping | None,
                 **cfg) -> BasePolicy:
     """Build a policy. ``stats``: dataset stats ``{feature: {"min","max","mean","std"}}`` for every obs key
     and ``action`` (``None`` only for placeholders that ``load_state_dict`` will overwrite).
     ``cfg``: fields of the type's config dataclass; an unknown key raises listing the valid ones."""
     cls = policy_class(policy_type)
-    config = build_config(cls.Config, {k: _plain(v) for k, v in cfg.items()}, policy_type)
+    config = build_config(cls.Config, cfg, f"policy {policy_type!r}")
     return cls(config, obs_spec, action_dim, stats)
 
 

@@ -28,7 +28,6 @@ without the camera robosuite steps at ~100 steps/s on one core, all in its Pytho
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from armflow.configs import ConfigError, build_config
 from armflow.sim.obs_layout import ENV_STATE_KEY, STATE_KEY, check_state_layout
 from armflow.sim.registry import RENDER_MODES, check_render_mode
 
@@ -238,15 +238,12 @@ DEFAULT_MAX_EPISODE_STEPS = {name: limit for name, (_, limit) in _TASKS.items()}
 
 def _make(task_name: str, overrides: dict[str, Any], render_mode: str | None) -> RobosuiteEnv:
     env_name, max_episode_steps = _TASKS[task_name]
-    fixed = {"env_name", "task_name"}
-    valid = {f.name for f in dataclasses.fields(RobosuiteConfig)} - fixed
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise TypeError(f"{task_name}: unknown config keys {unknown}; valid keys: {sorted(valid)}")
-    if "cameras" in overrides:
-        overrides = {**overrides, "cameras": tuple(overrides["cameras"])}
-    config = RobosuiteConfig(env_name=env_name, task_name=task_name, max_episode_steps=max_episode_steps)
-    return RobosuiteEnv(dataclasses.replace(config, **overrides), render_mode=render_mode)
+    fixed = sorted({"env_name", "task_name"} & set(overrides))
+    if fixed:
+        raise ConfigError(f"{task_name}: {fixed} are fixed by the task name")
+    config = build_config(RobosuiteConfig, {"env_name": env_name, "task_name": task_name,
+                                            "max_episode_steps": max_episode_steps, **overrides}, task_name)
+    return RobosuiteEnv(config, render_mode=render_mode)
 
 
 def make_robosuite_lift(render_mode: str | None = None, **overrides: Any) -> RobosuiteEnv:

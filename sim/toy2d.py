@@ -19,12 +19,12 @@ fine-tuned policy keeps or collapses the two modes).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
+from armflow.configs import build_config
 from armflow.sim.registry import RENDER_MODES, check_render_mode
 
 STATE_KEY = "observation.state"
@@ -147,13 +147,9 @@ DEFAULT_MAX_EPISODE_STEPS = {"toy2d": Toy2DConfig.max_episode_steps}
 
 def make_toy2d(render_mode: str | None = None, **overrides) -> Toy2DEnv:
     """Build toy2d; ``overrides`` are ``Toy2DConfig`` fields (an unknown key raises, listing valid ones)."""
-    valid = {f.name for f in dataclasses.fields(Toy2DConfig)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise TypeError(f"toy2d: unknown config keys {unknown}; valid keys: {sorted(valid)}")
     if "goal_rewards" in overrides:
         overrides["goal_rewards"] = tuple(float(r) for r in overrides["goal_rewards"])
-    return Toy2DEnv(Toy2DConfig(**overrides), render_mode=render_mode)
+    return Toy2DEnv(build_config(Toy2DConfig, overrides, "toy2d"), render_mode=render_mode)
 
 
 class Toy2DExpert:

@@ -5,7 +5,6 @@ One place validates what a user typed: unknown keys (with the close valid ones),
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import import_module, resources
@@ -13,15 +12,13 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from armflow.configs import ConfigError, did_you_mean
+
 # Hydra keys armflow honours (they only choose output dirs); every other ``hydra.*`` override is refused.
 HYDRA_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 # Config nodes whose keys are checked by the component they configure, so ``+node.KEY=V`` may add to them
 # (besides every empty mapping such as ``robot_options: {}``): the policy config dataclasses list theirs.
 OPEN_NODES = ("policy",)
-
-
-class ConfigError(ValueError):
-    """The command line or a config value is wrong; the CLI prints the message and exits 2 (usage error)."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +185,7 @@ def _is_open(baseline: DictConfig, parent: str) -> bool:
 
 def _unknown_key(config_name: str, key: str, missing: str, siblings: list[str], note: str = "") -> ConfigError:
     leaf = missing.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(leaf, siblings)
     where = f" under {missing.rsplit('.', 1)[0]!r}" if "." in missing else ""
     return ConfigError(f"{config_file(config_name)}: unknown key {missing!r}{note}.{hint} "
                        f"Valid keys{where}: {', '.join(siblings) or '(none)'}")
@@ -202,8 +198,7 @@ def _check_group(override, groups: dict[str, str]) -> None:
     values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
     bad = [v for v in values if str(v) not in options]
     if bad:
-        close = difflib.get_close_matches(str(bad[0]), options, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(str(bad[0]), options, n=1)
         raise ConfigError(f"{key}={bad[0]}: no such {key} (no configs/{key}/{bad[0]}.yaml).{hint} "
                           f"Valid: {', '.join(options)}")
 
@@ -263,8 +258,7 @@ def check_values(cfg: DictConfig, config_name: str, baseline: DictConfig | None 
         value = OmegaConf.select(cfg, key) if name == config_name else None
         for item in value if isinstance(value, ListConfig) else [value]:
             if item is not None and str(item) not in (valid := valid_names()):
-                close = difflib.get_close_matches(str(item), valid, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(str(item), valid, n=1)
                 raise ConfigError(f"{key}={_show(value)}: unknown value {str(item)!r}.{hint} "
                                   f"Valid: {', '.join(valid)} ({where})")
 

@@ -2,7 +2,7 @@
 
 Never imports sim/hardware/control: learners see raw obs windows and return env action chunks.
 """
-from armflow.policies.rl.common import config_from_dict, obs_to_torch, to_env_action
+from armflow.policies.rl.common import obs_to_torch, to_env_action
 from armflow.policies.rl.dppo import DPPOConfig, DPPOLearner
 from armflow.policies.rl.dsrl import DSRLConfig, DSRLLearner, DSRLPolicy, load_dsrl_policy
 from armflow.policies.rl.fpo import FPOConfig, FPOLearner
@@ -16,5 +16,5 @@ from armflow.policies.rl.replay import ReplayBuffer
 __all__ = ["ALGOS", "make_learner", "DPPOConfig", "DPPOLearner", "FPOConfig", "FPOLearner", "DSRLConfig",
            "DSRLLearner", "DSRLPolicy", "load_dsrl_policy", "PPOConfig", "GaussianPPOLearner", "gae", "ppo_clip_loss", "asymmetric_trust_loss",
            "dppo_clip_schedule", "denoise_discount", "normalize", "RewardScaler", "RunningMeanStd",
-           "TanhGaussianActor", "TwinQ", "ValueCritic", "polyak_update", "ReplayBuffer", "config_from_dict",
+           "TanhGaussianActor", "TwinQ", "ValueCritic", "polyak_update", "ReplayBuffer",
            "obs_to_torch", "to_env_action"]

@@ -1,7 +1,6 @@
-"""Glue shared by the learners: obs conversion, action (un)normalisation, typed configs, state IO."""
+"""Glue shared by the learners: obs conversion, action (un)normalisation, state IO."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -20,16 +19,6 @@ def to_env_action(policy, action_norm: torch.Tensor) -> torch.Tensor:
     """Normalised action chunk (B, T_p, D_a) -> robot units via the policy's own normaliser, clipped to
     [-1, 1] first like ``predict_chunk`` (the stored RL action stays unclipped)."""
     return policy.normalizer.unnormalize(ACTION, action_norm.clamp(-1.0, 1.0))
-
-
-def config_from_dict(cls, values: dict | None, where: str):
-    """Build dataclass ``cls`` from ``values``; an unknown key raises naming ``where`` and the valid keys."""
-    values = dict(values or {})
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - valid)
-    if unknown:
-        raise KeyError(f"{where}: unknown keys {unknown}; valid keys: {sorted(valid)}")
-    return cls(**values)
 
 
 def require_methods(policy, algo: str, kind: str, methods: tuple[str, ...]) -> None:

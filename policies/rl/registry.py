@@ -1,7 +1,7 @@
 """Explicit algorithm registry: name -> (learner class, config class, the policy type it needs)."""
 from __future__ import annotations
 
-from armflow.policies.rl.common import config_from_dict
+from armflow.configs import build_config
 from armflow.policies.rl.dppo import DPPOConfig, DPPOLearner
 from armflow.policies.rl.dsrl import DSRLConfig, DSRLLearner
 from armflow.policies.rl.fpo import FPOConfig, FPOLearner
@@ -20,4 +20,4 @@ def make_learner(algo: str, policy, cfg: dict | None, n_envs: int):
     if algo not in ALGOS:
         raise KeyError(f"unknown algo {algo!r}; valid algos: {', '.join(ALGOS)}")
     learner_cls, cfg_cls, _ = ALGOS[algo]
-    return learner_cls(policy, config_from_dict(cfg_cls, cfg, f"algo={algo} config"), n_envs)
+    return learner_cls(policy, build_config(cfg_cls, cfg, f"algo={algo} config"), n_envs)

@@ -1,10 +1,10 @@
 """The shared config schema of the native cube tasks and the strict override check."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from armflow import configs
 from armflow.sim.obs_layout import check_state_layout
 
 C = TypeVar("C")
@@ -36,24 +36,12 @@ class CubeTaskConfig:
 
 
 def build_config(cls: type[C], overrides: dict[str, Any], where: str) -> C:
-    """``cls()`` with ``overrides`` applied; an unknown key raises TypeError listing the valid keys."""
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise TypeError(f"{where}: unknown config key(s) {unknown}; valid keys: {', '.join(valid)}")
-    clean = {k: _plain(v) for k, v in overrides.items()}
-    if isinstance(clean.get("cameras"), str):  # cameras=agentview on a command line
-        clean["cameras"] = (clean["cameras"],)
-    cfg = cls(**clean)
+    """``armflow.configs.build_config`` (unknown keys raise ``ConfigError``) plus the task checks below."""
+    if isinstance(overrides.get("cameras"), str):  # cameras=agentview on a command line
+        overrides = {**overrides, "cameras": (overrides["cameras"],)}
+    cfg = configs.build_config(cls, overrides, where)
     _validate(cfg, where)
     return cfg
-
-
-def _plain(value: Any) -> Any:
-    """Hydra/OmegaConf lists and plain lists -> nested tuples (configs stay hashable and frozen)."""
-    if isinstance(value, str) or not hasattr(value, "__iter__"):
-        return value
-    return tuple(_plain(v) for v in value)
 
 
 def _validate(cfg: CubeTaskConfig, where: str) -> None:

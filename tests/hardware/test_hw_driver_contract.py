@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from armflow.configs import ConfigError
 from armflow.hardware import MODES, DriverError, make_driver
 from armflow.hardware.fakes import franky as fake_franky
 from armflow.hardware.fakes import ur_rtde as fake_ur
@@ -189,7 +190,7 @@ def test_ee_delta_moves_the_end_effector(rig):
 def test_make_driver_registry_errors():
     with pytest.raises(KeyError, match="valid robots: sim_panda"):
         make_driver("sim_kuka")
-    with pytest.raises(TypeError, match="unknown config key.*latncy_s"):
+    with pytest.raises(ConfigError, match="unknown config key.*latncy_s.*Did you mean 'latency_s'"):
         make_driver("sim_panda", latncy_s=0.1)
     with pytest.raises(ValueError, match="needs robot sim_panda"):
         make_driver("sim_ur5e", task="lift")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from armflow.configs import ConfigError
 from armflow.policies import POLICIES, PolicyLoadError, load_policy, make_policy
 
 torch.set_num_threads(1)
@@ -126,7 +127,7 @@ def test_gaussian_loss_ignores_padded_actions():
 def test_registry_and_config_errors():
     with pytest.raises(ValueError, match="valid"):
         make_policy("nope", SPECS["state"], D_A, stats())
-    with pytest.raises(ValueError, match="mlp_widht"):
+    with pytest.raises(ConfigError, match="policy 'flow': unknown config key.*mlp_widht.*Did you mean 'mlp_width'"):
         make_policy("flow", SPECS["state"], D_A, stats(), mlp_widht=3)
     with pytest.raises(KeyError, match="action"):
         make_policy("flow", SPECS["state"], D_A, {"observation.state": stats()["observation.state"]})

@@ -207,14 +207,14 @@ def test_bench_recipes_compose_into_valid_learner_configs():
     """Every algorithm's benchmark overrides name real finetune keys and build a valid learner config."""
     from omegaconf import OmegaConf
 
-    from armflow.policies.rl.common import config_from_dict
+    from armflow.configs import build_config
     from armflow.policies.rl.registry import ALGOS
 
     bench = compose_config("bench_finetune")
     assert set(bench.algo_overrides) == set(ALGOS)
     for algo, overrides in bench.algo_overrides.items():
         cfg = compose_config("finetune", [f"algo={algo}", *overrides])
-        params = config_from_dict(ALGOS[algo][1], OmegaConf.to_container(cfg.algo.params), algo)
+        params = build_config(ALGOS[algo][1], OmegaConf.to_container(cfg.algo.params), algo)
         assert cfg.algo.name == algo and params.gamma == cfg.algo.params.gamma
     fpo = compose_config("finetune", ["algo=fpo", *bench.algo_overrides.fpo])
     assert fpo.n_envs == 64 and fpo.algo.params.eval_noise_scale == 0 and fpo.algo.params.lr_anneal_iters > 0

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from armflow.configs import ConfigError
 from armflow.policies import load_policy
 from armflow.policies.rl import make_learner
 from armflow.workflows.finetune_rollout import EnvSpec, LearnerHost, LearnerSpec, RolloutWorker
@@ -95,7 +96,7 @@ def test_wrong_checkpoint_type_is_a_clear_error(toy_ckpts, algo, ptype, needs):
 def test_unknown_algo_and_key(toy_ckpts):
     with pytest.raises(KeyError, match="valid algos: dppo, fpo, dsrl, ppo"):
         make_learner("sac", load_policy(toy_ckpts["flow"]), {}, 2)
-    with pytest.raises(KeyError, match="unknown keys \\['clip_epsilon'\\]"):
+    with pytest.raises(ConfigError, match="algo=fpo config: unknown config keys \\['clip_epsilon'\\]"):
         make_learner("fpo", load_policy(toy_ckpts["flow"]), {"clip_epsilon": 0.1}, 2)
 
 

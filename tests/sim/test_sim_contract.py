@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from armflow.configs import ConfigError
 from armflow.sim import ENVS, make_env
 
 STATE_KEY = "observation.state"
@@ -119,7 +120,7 @@ def test_unknown_override_raises_listing_valid_keys(name):
         pytest.importorskip("robosuite", reason="robosuite is not importable")
     if importlib.util.find_spec(ENVS[name][0]) is None:
         pytest.skip(f"{ENVS[name][0]} does not exist yet")
-    with pytest.raises(TypeError, match="max_episode_steps"):
+    with pytest.raises(ConfigError, match="max_episode_steps"):
         make_env(name, no_such_key=1)
 
 

@@ -9,6 +9,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from gymnasium.wrappers.vector import RecordEpisodeStatistics
 
+from armflow.configs import ConfigError
 from armflow.sim import ENVS, SubprocVectorEnv, SyncVectorEnv, gym_id, make_env, make_vec_env
 from armflow.sim.registry import default_max_episode_steps
 
@@ -80,7 +81,7 @@ def test_gym_make_time_limit_is_the_only_limit_and_kwargs_reach_the_config():
         if terminated or truncated:
             break
     assert truncated and not terminated and t == 45
-    with pytest.raises(TypeError, match="unknown config keys"):
+    with pytest.raises(ConfigError, match="unknown config key"):
         gym.make("armflow/toy2d-v0", no_such_key=1)
 
 

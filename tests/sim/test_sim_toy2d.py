@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from armflow.configs import ConfigError
 from armflow.sim.toy2d import Toy2DExpert, make_toy2d
 
 STATE_KEY = "observation.state"
@@ -84,7 +85,7 @@ def test_seeding_and_truncation():
 
 
 def test_bad_inputs_raise():
-    with pytest.raises(TypeError, match="valid keys"):
+    with pytest.raises(ConfigError, match="toy2d: unknown config key.*Did you mean 'goal_rewards'.*Valid keys"):
         make_toy2d(goal_reward=(1, 2))
     env = make_toy2d()
     env.reset(seed=0)
