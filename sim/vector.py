@@ -11,6 +11,8 @@ Both: ``reset(seed=None | int | list[int], options=None) -> (obs, info)`` (``opt
 env's reset; gymnasium's ``options["reset_mask"]`` (N,) bool resets only those envs);
 ``step(actions (N, D_a)) -> (obs, reward (N,), terminated (N,), truncated (N,), info)``
 with same-step autoreset and the info keys documented in ``armflow.sim.wrappers``;
+``step_chunk(actions (N, T_a, D_a), active, autoreset, keys, keep) -> dict`` (each env's whole chunk, one
+message per worker: ``EnvGroup.step_chunk``, for RL rollouts);
 ``call(name, *args, **kwargs) -> list`` (one result per env), ``get_attr(name) -> tuple``,
 ``call_at(i, name, ...)``, ``render(env_index=None, camera=None)``, ``close()`` (also via ``with``
 and ``__del__``). ``metadata["autoreset_mode"]`` is ``AutoresetMode.SAME_STEP``, so gymnasium's
@@ -97,6 +99,18 @@ class _VectorEnvBase(gym.vector.VectorEnv):
         """Step all envs with ``actions (N, D_a)``; finished envs autoreset in the same step."""
         return self._step(self._check_actions(actions))
 
+    def step_chunk(self, actions, active=None, autoreset: bool = True, keys: Sequence[str] | None = None,
+                   keep: int = 1) -> dict[str, Any]:
+        """Run one chunk ``actions (N, T_a, D_a)`` per env (those in ``active``, default all), each until its episode
+        ends, returning obs ``keys`` (default all) of the last ``keep`` steps; see ``EnvGroup.step_chunk``."""
+        actions = np.asarray(actions, dtype=np.float32)
+        expected = (self.num_envs, "T_a") + tuple(self.single_action_space.shape)
+        if actions.ndim != 3 or (actions.shape[0], actions.shape[2:]) != (self.num_envs, expected[2:]):
+            raise ValueError(f"step_chunk(actions): expected shape {expected} (N, T_a, D_a), got {actions.shape}")
+        active = np.ones(self.num_envs, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        keys = tuple(self.single_observation_space.spaces) if keys is None else tuple(keys)
+        return self._step_chunk(actions, active, bool(autoreset), keys, int(keep))
+
     def call(self, name: str, *args, **kwargs) -> list:
         """Call method (or read attribute) ``name`` on every env; one result per env."""
         return self._call_all(name, args, kwargs)
@@ -139,11 +153,22 @@ class SyncVectorEnv(_VectorEnvBase):
         self._group = EnvGroup([functools.partial(make_env, name, **(overrides or {}))] * self.num_envs)
         self._init_spec(self._group.spec())
 
+    @classmethod
+    def from_env_fns(cls, env_fns: Sequence) -> "SyncVectorEnv":
+        """Vector env over unregistered envs built by ``env_fns`` (scripted envs in tests)."""
+        self = cls.__new__(cls)
+        self.num_envs, self._group = len(env_fns), EnvGroup(env_fns)
+        self._init_spec(self._group.spec())
+        return self
+
     def _reset(self, seeds, options, mask):
         return self._group.reset(seeds, options, mask)
 
     def _step(self, actions):
         return self._group.step(actions)
+
+    def _step_chunk(self, actions, active, autoreset, keys, keep):
+        return self._group.step_chunk(actions, active, autoreset, keys, keep)
 
     def _call_all(self, name, args, kwargs):
         return self._group.call(None, name, args, kwargs)
@@ -172,6 +197,7 @@ def _worker_main(conn, name: str, overrides: dict[str, Any], n_local: int) -> No
     handlers = {
         "reset": lambda p: group.reset(*p),
         "step": lambda actions: group.step(actions),
+        "step_chunk": lambda p: group.step_chunk(*p),
         "call": lambda p: group.call(*p),
     }
     while True:
@@ -259,6 +285,16 @@ class SubprocVectorEnv(_VectorEnvBase):
         for w in range(len(self._conns)):
             self._send(w, ("step", actions[self._offsets[w]:self._offsets[w + 1]]))
         return concat_tree(self._gather())
+
+    def _step_chunk(self, actions, active, autoreset, keys, keep):
+        for w in range(len(self._conns)):
+            block = slice(self._offsets[w], self._offsets[w + 1])
+            self._send(w, ("step_chunk", (actions[block], active[block], autoreset, keys, keep)))
+        parts = self._gather()
+        names = next((list(p["reward_terms"]) for p in parts if p["reward_terms"]), [])  # a block may step no env
+        for p in parts:
+            p["reward_terms"] = {n: p["reward_terms"].get(n, np.zeros_like(p["reward"])) for n in names}
+        return concat_tree(parts)
 
     def _call_all(self, name, args, kwargs):
         for w in range(len(self._conns)):

@@ -1,36 +1,85 @@
 """Chunked vector env for RL fine-tuning: one RL step = one action chunk of T_a env steps.
 
-Each env runs its chunk to the end *inside its own slot*, stopping early when its episode ends, so
-an episode end mid-chunk never leaks the leftover actions into the next episode:
+A thin layer over armflow's vector env (``armflow.sim.vector``): each worker runs its envs' chunks to the
+end in one message (``step_chunk``), stopping an env early when its episode ends, so an episode end
+mid-chunk never leaks the leftover actions into the next episode. This layer keeps the obs windows and
+episode counters and applies the RL reward, on the learner side:
 
-    chunk reward   = sum of the executed steps' rewards (steps after the episode end are not run)
+    env reward     = sum of the executed steps' rewards (steps after the episode end are not run)
     terminated     = success/failure ended the episode inside the chunk (no bootstrap)
     truncated      = the time limit ended it (bootstrap from ``next_obs``, the true final obs window)
     next_obs       = obs window of the state the chunk reached (before any reset)
     obs            = what the policy sees next: ``next_obs``, or the new episode's first obs
                      (repeated T_o times) after an autoreset
 
-Envs live in-process (``n_workers=0``) or in ``n_workers`` spawned subprocesses, each holding a
-contiguous share of the N envs and stepping them one after the other (one IPC round-trip per chunk).
-Obs windows stay raw numpy: state float32 (T_o, D_s), images uint8 (T_o, H, W, 3).
+Obs windows stay raw numpy: state float32 (T_o, D_s), images uint8 (T_o, H, W, 3). A worker exception
+surfaces as ``armflow.sim.vector.WorkerError`` with the worker's traceback.
 
-``reward_mode="success"`` replaces the chunk reward by 1.0 when the chunk ends in success (else 0):
-sparse rewards as in DPPO/DSRL's manipulation runs, and immune to shaped terms that pay more for
-hovering until the time limit than for finishing (episode returns in the stats stay the env's).
-``reward_mode="shaped"`` adds potential-based shaping to that sparse reward (Ng et al. 1999):
-``shaping_scale * (phi(s_end) - phi(s_start))`` per chunk, with phi the sum of the env's non-success
-reward terms (``info["reward_terms"]``; lift: reach + grasp + lift) and phi = 0 at reset. The shaping
-telescopes over an episode, so finishing still pays the most, but every chunk gets a signal.
+Rewards (``REWARDS``) are batched functions ``fn(obs, action, next_obs, info) -> (N,) float64`` over what the
+workers return (``info``: per-step ``reward`` and ``reward_terms`` (N, T_a), ``n_steps``, ``success``, and
+``prev_reward_terms``, the terms at the chunk's start state, 0 after a reset):
+
+- ``env``: the chunk's summed env reward.
+- ``success``: 1.0 when the chunk ends in success, else 0: sparse rewards as in DPPO/DSRL's manipulation
+  runs, and immune to shaped terms that pay more for hovering until the time limit than for finishing
+  (episode returns in the stats stay the env's).
+- ``shaped``: ``success`` plus potential-based shaping (Ng et al. 1999), ``shaping_scale * (phi(s_end) -
+  phi(s_start))`` per chunk, with phi the sum of the env's non-success reward terms (lift: reach + grasp +
+  lift) and phi = 0 at reset. The shaping telescopes over an episode, so finishing still pays the most,
+  but every chunk gets a signal.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-from collections import deque
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-REWARD_MODES = ("env", "success", "shaped")
+RewardFn = Callable[[dict, np.ndarray, dict, dict], np.ndarray]
+
+
+def _last(per_step: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
+    """Value of each env's last executed step from a per-step (N, T_a) array."""
+    return per_step[np.arange(len(n_steps)), np.maximum(n_steps - 1, 0)]
+
+
+def env_reward(obs, action, next_obs, info) -> np.ndarray:
+    """The env's own reward summed over the executed steps (cumsum: the same order as a Python loop)."""
+    return np.cumsum(info["reward"], axis=1)[:, -1]
+
+
+def success_reward(obs, action, next_obs, info) -> np.ndarray:
+    """1.0 where the chunk's last executed step is a success, else 0."""
+    return info["success"].astype(np.float64)
+
+
+def _potential(terms: dict[str, np.ndarray]) -> np.ndarray | float:
+    phi: np.ndarray | float = 0
+    for name, value in terms.items():
+        if name != "success":
+            phi = phi + value
+    return phi
+
+
+def shaped_reward(obs, action, next_obs, info, shaping_scale: float = 0.1) -> np.ndarray:
+    """``success`` plus ``shaping_scale * (phi(end) - phi(start))``, phi = sum of the non-success reward terms."""
+    end = {name: _last(v, info["n_steps"]) for name, v in info["reward_terms"].items()}
+    return success_reward(obs, action, next_obs, info) + float(shaping_scale) * (
+        _potential(end) - _potential(info["prev_reward_terms"]))
+
+
+REWARDS: dict[str, Callable[..., np.ndarray]] = {"env": env_reward, "success": success_reward,
+                                                 "shaped": shaped_reward}
+REWARD_MODES = tuple(REWARDS)
+
+
+def make_reward(name: str, shaping_scale: float = 0.1) -> RewardFn:
+    """The registered reward ``name`` (``shaping_scale`` goes to ``shaped``)."""
+    if name not in REWARDS:
+        raise ValueError(f"reward_mode={name!r}; valid: {REWARD_MODES}")
+    fn = REWARDS[name]
+    return functools.partial(fn, shaping_scale=shaping_scale) if name == "shaped" else fn
 
 
 @dataclass
@@ -39,7 +88,7 @@ class ChunkStep:
 
     obs: dict[str, np.ndarray]       # (N, T_o, ...) next policy input (after autoreset)
     next_obs: dict[str, np.ndarray]  # (N, T_o, ...) state reached by the chunk (final obs if done)
-    reward: np.ndarray               # (N,) float32, sum over executed steps
+    reward: np.ndarray               # (N,) float32, the RL reward
     terminated: np.ndarray           # (N,) bool
     truncated: np.ndarray            # (N,) bool
     success: np.ndarray              # (N,) bool, success on the chunk's last executed step
@@ -47,98 +96,7 @@ class ChunkStep:
     elapsed: np.ndarray              # (N,) int, env steps into the episode at ``next_obs``
     episodes: list[dict]             # finished episodes: {"return" (env reward), "rl_return" (the RL reward),
                                      # "length", "success"}
-
-
-class EnvSlot:
-    """One env + its obs window + episode counters; steps whole chunks."""
-
-    def __init__(self, env, n_obs_steps: int, obs_keys: tuple[str, ...], reward_mode: str = "env",
-                 shaping_scale: float = 0.1):
-        if reward_mode not in REWARD_MODES:
-            raise ValueError(f"reward_mode={reward_mode!r}; valid: {REWARD_MODES}")
-        self.env, self.obs_keys, self.reward_mode = env, obs_keys, reward_mode
-        self.shaping_scale, self.phi = float(shaping_scale), 0.0
-        self.history: deque = deque(maxlen=n_obs_steps)
-        self.ep_return, self.ep_length = 0.0, 0
-
-    def _window(self) -> dict[str, np.ndarray]:
-        return {k: np.stack([o[k] for o in self.history]) for k in self.obs_keys}
-
-    def reset(self, seed: int | None) -> dict[str, np.ndarray]:
-        obs, _ = self.env.reset(seed=seed)
-        self.history.clear()
-        self.history.extend([{k: np.asarray(obs[k]) for k in self.obs_keys}] * self.history.maxlen)
-        self.ep_return, self.ep_rl_return, self.ep_length, self.phi = 0.0, 0.0, 0, 0.0
-        return self._window()
-
-    def step_chunk(self, actions: np.ndarray, autoreset: bool = True) -> dict:
-        """Execute ``actions`` (T_a, D_a) until done; returns one env's share of a ChunkStep."""
-        reward, term, trunc, success, k, info = 0.0, False, False, False, 0, {}
-        for k in range(actions.shape[0]):
-            obs, r, term, trunc, info = self.env.step(actions[k])
-            reward += float(r)
-            success = bool(info.get("success", False))
-            self.history.append({key: np.asarray(obs[key]) for key in self.obs_keys})
-            if term or trunc:
-                break
-        self.ep_return += reward
-        self.ep_length += k + 1
-        rl_reward = reward if self.reward_mode == "env" else float(success)
-        if self.reward_mode == "shaped":
-            terms = info.get("reward_terms", {})
-            phi = float(sum(v for name, v in terms.items() if name != "success"))
-            rl_reward += self.shaping_scale * (phi - self.phi)
-            self.phi = phi
-        self.ep_rl_return += rl_reward
-        out = {"next_obs": self._window(), "reward": rl_reward, "terminated": bool(term),
-               "truncated": bool(trunc), "success": success, "n_steps": k + 1, "elapsed": self.ep_length,
-               "episode": None}
-        if term or trunc:
-            out["episode"] = {"return": self.ep_return, "rl_return": self.ep_rl_return, "length": self.ep_length,
-                              "success": success}
-            out["obs"] = self.reset(None) if autoreset else out["next_obs"]
-        else:
-            out["obs"] = out["next_obs"]
-        return out
-
-
-def _stack(rows: list[dict], obs_keys: tuple[str, ...]) -> ChunkStep:
-    return ChunkStep(
-        obs={k: np.stack([r["obs"][k] for r in rows]) for k in obs_keys},
-        next_obs={k: np.stack([r["next_obs"][k] for r in rows]) for k in obs_keys},
-        reward=np.array([r["reward"] for r in rows], dtype=np.float32),
-        terminated=np.array([r["terminated"] for r in rows], dtype=bool),
-        truncated=np.array([r["truncated"] for r in rows], dtype=bool),
-        success=np.array([r["success"] for r in rows], dtype=bool),
-        n_steps=np.array([r["n_steps"] for r in rows], dtype=np.int64),
-        elapsed=np.array([r["elapsed"] for r in rows], dtype=np.int64),
-        episodes=[r["episode"] for r in rows if r["episode"] is not None],
-    )
-
-
-def _make_slots(task: str, count: int, n_obs_steps: int, obs_keys, overrides: dict, reward_mode: str,
-                shaping_scale: float) -> list[EnvSlot]:
-    from armflow.sim import make_env
-
-    return [EnvSlot(make_env(task, **overrides), n_obs_steps, tuple(obs_keys), reward_mode, shaping_scale)
-            for _ in range(count)]
-
-
-def _worker(conn, task, count, n_obs_steps, obs_keys, overrides, reward_mode, shaping_scale) -> None:
-    slots = _make_slots(task, count, n_obs_steps, obs_keys, overrides, reward_mode, shaping_scale)
-    conn.send(int(slots[0].env.max_episode_steps))
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "reset":
-            conn.send([s.reset(seed) for s, seed in zip(slots, arg)])
-        elif cmd == "step":
-            actions, active, autoreset = arg
-            conn.send([s.step_chunk(a, autoreset) if on else None for s, a, on in zip(slots, actions, active)])
-        elif cmd == "close":
-            for s in slots:
-                s.env.close()
-            conn.send(None)
-            return
+    reward_terms: dict[str, np.ndarray]  # name -> (N, T_a) per-step env reward terms (0 after the episode end)
 
 
 class ChunkVecEnv:
@@ -149,92 +107,73 @@ class ChunkVecEnv:
         n_envs: N parallel envs.
         n_obs_steps: T_o, obs window length.
         obs_keys: observation keys the policy reads.
-        n_workers: 0 = in-process; otherwise that many spawned subprocesses.
+        n_workers: 0 = in-process; otherwise that many subprocesses.
         overrides: task config overrides passed to ``make_env``.
-        reward_mode: "env" (sum of env rewards), "success" (sparse) or "shaped" (see module docstring).
+        reward_mode: a ``REWARDS`` name, or a batched reward function (see module docstring).
         shaping_scale: weight of the potential-based shaping (``reward_mode="shaped"``).
-        slots: pre-built ``EnvSlot`` list (tests; in-process only).
+        venv: a pre-built armflow vector env to wrap instead of making one (tests).
     """
 
     def __init__(self, task: str, n_envs: int, n_obs_steps: int, obs_keys, n_workers: int = 0,
-                 overrides: dict | None = None, slots: list[EnvSlot] | None = None, reward_mode: str = "env",
-                 shaping_scale: float = 0.1):
-        self.n_envs, self.obs_keys = int(n_envs), tuple(obs_keys)
-        self._slots, self._conns, self._procs = None, [], []
-        overrides = dict(overrides or {})
-        if slots is not None or n_workers <= 0:
-            self._slots = slots or _make_slots(task, self.n_envs, n_obs_steps, self.obs_keys, overrides, reward_mode,
-                                                     shaping_scale)
-            self.max_episode_steps = int(self._slots[0].env.max_episode_steps)
-            return
-        n_workers = min(int(n_workers), self.n_envs)
-        self._counts = [len(a) for a in np.array_split(np.arange(self.n_envs), n_workers)]
-        ctx = mp.get_context("spawn")
-        for count in self._counts:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, task, count, n_obs_steps, self.obs_keys, overrides,
-                                                               reward_mode, shaping_scale),
-                               daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-        self.max_episode_steps = [conn.recv() for conn in self._conns][0]  # time limit, from the workers' envs
+                 overrides: dict | None = None, reward_mode: str | RewardFn = "env", shaping_scale: float = 0.1,
+                 venv=None):
+        from armflow.sim.vector import make_vec_env
 
-    def _split(self, items: list) -> list[list]:
-        out, i = [], 0
-        for count in self._counts:
-            out.append(items[i:i + count])
-            i += count
-        return out
-
-    def _call(self, cmd: str, per_env: list) -> list:
-        if self._slots is not None:
-            if cmd == "reset":
-                return [s.reset(seed) for s, seed in zip(self._slots, per_env)]
-            return [s.step_chunk(a, ar) if on else None for s, (a, on, ar) in zip(self._slots, per_env)]
-        if cmd == "reset":
-            for conn, part in zip(self._conns, self._split(per_env)):
-                conn.send(("reset", part))
-        else:
-            for conn, part in zip(self._conns, self._split(per_env)):
-                conn.send(("step", ([p[0] for p in part], [p[1] for p in part], part[0][2])))
-        return [row for conn in self._conns for row in conn.recv()]
+        self.reward_fn = make_reward(reward_mode, shaping_scale) if isinstance(reward_mode, str) else reward_mode
+        self.n_envs, self.obs_keys, self.n_obs_steps = int(n_envs), tuple(obs_keys), int(n_obs_steps)
+        self.venv = venv if venv is not None else make_vec_env(task, self.n_envs, int(n_workers),
+                                                               **dict(overrides or {}))
+        self.max_episode_steps = int(self.venv.max_episode_steps)
+        self._window: dict[str, np.ndarray] = {}
+        self._prev_terms: dict[str, np.ndarray] = {}
+        self._counters = np.zeros((2, self.n_envs), dtype=np.float64)  # env return, RL return
+        self._length = np.zeros(self.n_envs, dtype=np.int64)
 
     def reset(self, seeds: list[int | None] | None = None) -> dict[str, np.ndarray]:
         """Reset every env (``seeds`` one per env, None = continue its RNG); returns obs (N, T_o, ...)."""
         seeds = list(seeds) if seeds is not None else [None] * self.n_envs
         if len(seeds) != self.n_envs:
             raise ValueError(f"ChunkVecEnv.reset: got {len(seeds)} seeds for {self.n_envs} envs")
-        rows = self._call("reset", seeds)
-        return {k: np.stack([r[k] for r in rows]) for k in self.obs_keys}
+        obs, _ = self.venv.reset(seed=seeds)
+        self._window = {k: np.repeat(obs[k][:, None], self.n_obs_steps, axis=1) for k in self.obs_keys}
+        self._prev_terms, self._counters[:], self._length[:] = {}, 0.0, 0
+        return {k: v.copy() for k, v in self._window.items()}
 
-    def step(self, actions: np.ndarray, active: np.ndarray | None = None, autoreset: bool = True):
-        """Run one chunk per env: ``actions`` (N, T_a, D_a). Inactive envs are not stepped and their
-        rows are None (returns a list then, for evaluation); otherwise returns a ``ChunkStep``."""
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None, autoreset: bool = True) -> ChunkStep:
+        """Run one chunk per env: ``actions`` (N, T_a, D_a); envs outside ``active`` are not stepped (their rows
+        keep their obs, ``n_steps`` 0; evaluation)."""
         actions = np.asarray(actions, dtype=np.float32)
         if actions.ndim != 3 or actions.shape[0] != self.n_envs:
             raise ValueError(f"ChunkVecEnv.step: actions must be (N={self.n_envs}, T_a, D_a), got {actions.shape}")
-        act = np.ones(self.n_envs, dtype=bool) if active is None else np.asarray(active, dtype=bool)
-        rows = self._call("step", [(a, bool(on), autoreset) for a, on in zip(actions, act)])
-        if active is None:
-            return _stack(rows, self.obs_keys)
-        return rows
+        out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.n_obs_steps)
+        n = out["n_steps"]
+        next_obs = {}
+        for k in self.obs_keys:  # window = last T_o of (old window, executed steps' obs)
+            rows = [np.concatenate([self._window[k][i], out["obs"][k][i, self.n_obs_steps - min(m, self.n_obs_steps):]])
+                    for i, m in enumerate(n)]
+            next_obs[k] = np.stack([r[-self.n_obs_steps:] for r in rows])
+        info = {**out, "prev_reward_terms": {name: self._prev_terms.get(name, np.zeros(self.n_envs))
+                                             for name in out["reward_terms"]}}
+        rl_reward = np.asarray(self.reward_fn(self._window, actions, next_obs, info), dtype=np.float64)
+        env_reward = np.cumsum(out["reward"], axis=1)[:, -1]
+        done = out["terminated"] | out["truncated"]
+        self._counters += np.where(n > 0, np.stack([env_reward, rl_reward]), 0.0)
+        self._length += n
+        elapsed = self._length.copy()
+        episodes = [{"return": float(self._counters[0, i]), "rl_return": float(self._counters[1, i]),
+                     "length": int(self._length[i]), "success": bool(out["success"][i])} for i in np.flatnonzero(done)]
+        for name, v in out["reward_terms"].items():  # terms at the next chunk's start state (0 after a reset)
+            kept = np.where(n > 0, _last(v, n), self._prev_terms.get(name, 0.0))
+            self._prev_terms[name] = np.where(done, 0.0, kept)
+        self._counters[:, done], self._length[done] = 0.0, 0
+        obs = {k: v.copy() for k, v in next_obs.items()}
+        if autoreset and done.any():
+            for k in self.obs_keys:
+                obs[k][done] = out["reset_obs"][k][done][:, None]
+        self._window = {k: v.copy() for k, v in obs.items()}
+        return ChunkStep(obs=obs, next_obs=next_obs, reward=rl_reward.astype(np.float32),
+                         terminated=out["terminated"], truncated=out["truncated"], success=out["success"],
+                         n_steps=n, elapsed=elapsed, episodes=episodes, reward_terms=out["reward_terms"])
 
     def close(self) -> None:
-        if self._slots is not None:
-            for s in self._slots:
-                s.env.close()
-            self._slots = []
-            return
-        for conn in self._conns:
-            try:
-                conn.send(("close", None))
-                conn.recv()
-            except (BrokenPipeError, EOFError, OSError):
-                pass
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-        self._conns, self._procs = [], []
+        self.venv.close()

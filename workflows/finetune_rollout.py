@@ -137,15 +137,10 @@ def evaluate(agent, env: ChunkVecEnv, seeds: list[int], n_action_steps: int, eva
             obs = env.reset(part + [None] * (env.n_envs - len(part)))
             while active.any():
                 env_action, _ = agent.act(obs, explore=False)
-                rows = env.step(env_action[:, :n_action_steps], active=active, autoreset=False)
-                for i, row in enumerate(rows):
-                    if row is None:
-                        continue
-                    for key in obs:
-                        obs[key][i] = row["obs"][key]
-                    if row["episode"] is not None:
-                        episodes.append(row["episode"])
-                        active[i] = False
+                step = env.step(env_action[:, :n_action_steps], active=active, autoreset=False)
+                obs = step.obs
+                episodes += step.episodes
+                active &= ~(step.terminated | step.truncated)
     return {"success_rate": float(np.mean([e["success"] for e in episodes])),
             "return_mean": float(np.mean([e["return"] for e in episodes])),
             "rl_return_mean": float(np.mean([e["rl_return"] for e in episodes])),
