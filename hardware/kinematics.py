@@ -1,8 +1,10 @@
-"""Small rotation helpers and one damped-least-squares IK step on a MuJoCo model (numpy only).
+"""Small rotation helpers and the one damped-least-squares IK core on a MuJoCo model (numpy only).
 
 Quaternions are (w, x, y, z); rotation vectors are axis * angle [rad].
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import mujoco
 import numpy as np
@@ -54,12 +56,29 @@ def mat_to_quat(xmat: np.ndarray) -> np.ndarray:
     return quat_normalize(out)
 
 
+def damped_pinv(jac: np.ndarray, damping: float) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> J^T (J J^T + damping^2 I)^-1 x``, the DLS core of ``SiteIK`` and the native OSC (``sim/arm.py``).
+
+    One Cholesky through MuJoCo for every ``x`` (numpy's LAPACK may spin BLAS threads, ruinous on a shared
+    core); ``jac`` is read at each call, so keep it unchanged meanwhile."""
+    chol = jac @ jac.T
+    chol.flat[:: len(chol) + 1] += damping**2  # + lambda^2 I
+    mujoco.mju_cholFactor(chol, 0.0)
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        y = np.empty(len(chol))
+        mujoco.mju_cholSolve(y, chol, x)
+        return jac.T @ y
+    return apply
+
+
 class SiteIK:
     """Damped least squares IK for one site over the first ``dof`` joints, on a private MjData.
 
     ``solve`` starts at ``q0_rad`` and moves at most ``max_step_rad`` per joint (so an unreachable target
     is approached at a bounded joint speed instead of jumping), with a weak pull towards ``q_rest_rad``
-    in the null space (keeps redundant 7-dof arms away from drifting elbows).
+    in J's exact null space (keeps 7-dof elbows from drifting; the OSC's damped projector would leak the
+    pull into the pose, an error that iterating to an absolute target keeps).
     """
 
     def __init__(self, model: mujoco.MjModel, site: str, dof: int, q_rest_rad: np.ndarray,
@@ -83,15 +102,13 @@ class SiteIK:
     def solve(self, q0_rad: np.ndarray, pos_m: np.ndarray, quat_wxyz: np.ndarray,
               max_step_rad: np.ndarray) -> np.ndarray:
         q = np.asarray(q0_rad, float).copy()
-        eye6 = np.eye(6)
         for _ in range(self.iterations):
             pos, quat = self.forward(q)
             err = np.concatenate([pos_m - pos, quat_error(quat_wxyz, quat)])
             mujoco.mj_comPos(self.model, self.data)
             mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
             jac = np.vstack([self._jacp[:, : self.dof], self._jacr[:, : self.dof]])
-            jjt = jac @ jac.T + (self.damping**2) * eye6
-            dq = jac.T @ np.linalg.solve(jjt, err)
+            dq = damped_pinv(jac, self.damping)(err)
             null = np.eye(self.dof) - np.linalg.pinv(jac) @ jac
             dq += null @ (self.rest_gain * (self.q_rest - q))
             q = np.clip(q + dq, self.q_min, self.q_max)

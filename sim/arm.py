@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
+from armflow.hardware.kinematics import damped_pinv
 from armflow.sim.arm_mjcf import ARM_JOINTS, FINGER_JOINTS, HOME_QPOS
 
 FINGER_OPEN_M = 0.04  # finger joint travel [m]; the opening between the pads is about twice this
@@ -57,7 +58,6 @@ class PandaArm:
         self._jacr = np.zeros((3, model.nv))
         self._quat = np.zeros(4)
         self._jac = np.zeros((6, 7))
-        self._y = np.zeros(6)
         if list(self.dof_idx) != list(range(7)) or list(self.qpos_idx) != list(range(7)):
             raise ValueError("PandaArm expects the arm joints to be the model's first 7 qpos/dofs")
 
@@ -112,22 +112,18 @@ class PandaArm:
     def ik_step(self, dx: np.ndarray) -> np.ndarray:
         """Joint targets (7,) [rad] for a world-frame twist ``dx = (dpos [m], drot axis-angle [rad])``.
 
-        Damped least squares, ``dq = J^T (J J^T + lambda^2 I)^-1 dx``, plus a null-space pull to home.
+        Damped least squares ``dq = J^T (J J^T + lambda^2 I)^-1 dx`` (``damped_pinv``, as in the drivers'
+        ``SiteIK``), plus a null-space pull to home.
         """
         mujoco.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self.site_id)
         jac = self._jac
         jac[:3] = self._jacp[:, :7]  # the arm's dofs are the model's first 7 (checked in __init__)
         jac[3:] = self._jacr[:, :7]
         q = self.data.qpos[:7]
-        # Cholesky through MuJoCo: numpy's LAPACK may spin BLAS threads, ruinous on a shared core.
-        chol = jac @ jac.T
-        chol.flat[::7] += self.control.damping**2  # + lambda^2 I
-        mujoco.mju_cholFactor(chol, 0.0)
-        mujoco.mju_cholSolve(self._y, chol, dx)
-        dq = jac.T @ self._y
-        # Null-space pull: v - J^+ J v, with J^+ = J^T (J J^T + lambda^2 I)^-1.
+        pinv = damped_pinv(jac, self.control.damping)
+        dq = pinv(dx)
+        # Null-space pull v - J^+ J v with the damped J^+ (its small leak into the pose is undone next step).
         v = self.control.nullspace_gain * (self.q_home - q)
-        mujoco.mju_cholSolve(self._y, chol, jac @ v)
-        dq += v - jac.T @ self._y
+        dq += v - pinv(jac @ v)
         lim = self.control.max_dq_rad
         return np.minimum(np.maximum(q + np.minimum(np.maximum(dq, -lim), lim), self.q_low), self.q_high)
