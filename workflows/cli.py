@@ -76,7 +76,7 @@ def usage() -> str:
 
 def split_command(argv: list[str]) -> tuple[str, list[str]]:
     """Return (command name, the rest); a miss raises ``ConfigError`` listing the valid names."""
-    from armflow.workflows.config import ConfigError
+    from armflow.configs import ConfigError, did_you_mean
 
     name, rest = argv[0], argv[1:]
     if name == "bench":
@@ -86,11 +86,7 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
             raise ConfigError(f"unknown benchmark {got!r}; valid: {valid}")
         name, rest = f"bench {rest[0]}", rest[1:]
     if name not in COMMANDS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown command {name!r}.{hint} Valid: {', '.join(COMMANDS)}")
+        raise ConfigError(f"unknown command {name!r}.{did_you_mean(name, COMMANDS, n=1)} Valid: {', '.join(COMMANDS)}")
     return name, rest
 
 
