@@ -114,42 +114,34 @@ class EnvGroup:
 
     def step_chunk(self, actions: np.ndarray, active: np.ndarray, autoreset: bool, keys: Sequence[str],
                    keep: int) -> dict[str, Any]:
-        """Run env i's chunk ``actions[i]`` (T_a, D_a) until its episode ends (leftover actions are dropped, so
-        they never leak into the next episode); envs with ``active[i]`` False are not stepped.
-
-        Returns per env: ``obs`` key -> (k, keep, ...) the last ``min(n_steps, keep)`` executed steps' obs
-        (before any reset) right-aligned, ``reset_obs`` key -> (k, ...) the obs the env shows now (the new
-        episode's first obs after an autoreset), ``reward`` float64 (k, T_a) and ``reward_terms`` name ->
-        float64 (k, T_a) per executed step (0 after), ``terminated``/``truncated``/``success`` bool (k,) of
-        the last executed step, ``n_steps`` int64 (k,). Float64 so learner-side sums equal per-env Python sums.
-        """
+        """Run env i's chunk ``actions[i]`` (T_a, D_a) (if ``active[i]``) until its episode ends: leftover actions
+        are dropped, so they never leak into the next episode. Returns ``obs`` key -> (k, keep, ...) the last
+        executed steps' obs right-aligned (before any reset), ``reset_obs`` key -> (k, ...) the obs each env
+        shows now, ``reward`` and ``reward_terms`` name -> float64 (k, T_a) per executed step (0 after; float64
+        so learner-side sums equal Python sums), ``terminated``/``truncated``/``success`` bool (k,) of the last
+        executed step, ``n_steps`` int64 (k,)."""
         k, t_a = len(self.envs), actions.shape[1]
-        reward = np.zeros((k, t_a), dtype=np.float64)
-        flags = np.zeros((3, k), dtype=bool)  # terminated, truncated, success
-        n_steps = np.zeros(k, dtype=np.int64)
-        terms: dict[str, np.ndarray] = {}
-        window: list[list[dict]] = []
+        reward, terms = np.zeros((k, t_a), dtype=np.float64), {}
+        flags, n_steps, window = np.zeros((3, k), dtype=bool), np.zeros(k, dtype=np.int64), []
         for i, env in enumerate(self.envs):
             steps = []
             for t in range(t_a if active[i] else 0):
-                obs, r, term, trunc, info = env.step(actions[i, t])
-                reward[i, t], n_steps[i] = r, t + 1
-                flags[:, i] = term, trunc, bool(info.get("success", False))
+                obs, reward[i, t], term, trunc, info = env.step(actions[i, t])
                 for name, value in info.get("reward_terms", {}).items():
                     terms.setdefault(name, np.zeros((k, t_a), dtype=np.float64))[i, t] = value
                 steps.append(obs)
                 if term or trunc:
                     break
             if steps:
-                self._obs[i] = steps[-1]
-            steps = steps[-keep:]
-            window.append([steps[0]] * (keep - len(steps)) + steps if steps else [self._obs[i]] * keep)
+                n_steps[i], flags[:, i], self._obs[i] = len(steps), (term, trunc, info["success"]), steps[-1]
+            steps = steps[-keep:] or [self._obs[i]]
+            window.append([steps[0]] * (keep - len(steps)) + steps)
             if autoreset and (flags[0, i] or flags[1, i]):
                 self._obs[i] = env.reset()[0]
-        obs = {key: np.stack([np.stack([o[key] for o in w]) for w in window]) for key in keys}
-        reset_obs = {key: np.stack([o[key] for o in self._obs]) for key in keys}
-        return {"obs": obs, "reset_obs": reset_obs, "reward": reward, "reward_terms": terms,
-                "terminated": flags[0], "truncated": flags[1], "success": flags[2], "n_steps": n_steps}
+        return {"obs": {key: np.stack([np.stack([o[key] for o in w]) for w in window]) for key in keys},
+                "reset_obs": {key: np.stack([o[key] for o in self._obs]) for key in keys}, "reward": reward,
+                "reward_terms": terms, "terminated": flags[0], "truncated": flags[1], "success": flags[2],
+                "n_steps": n_steps}
 
     def call(self, index: int | None, name: str, args: tuple = (), kwargs: dict | None = None) -> list:
         """Call method ``name`` (or read attribute ``name``) on env ``index``, or on all envs if None."""

@@ -44,7 +44,7 @@ def _last(per_step: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
     return per_step[np.arange(len(n_steps)), np.maximum(n_steps - 1, 0)]
 
 
-def env_reward(obs, action, next_obs, info) -> np.ndarray:
+def env_reward_fn(obs, action, next_obs, info) -> np.ndarray:
     """The env's own reward summed over the executed steps (cumsum: the same order as a Python loop)."""
     return np.cumsum(info["reward"], axis=1)[:, -1]
 
@@ -55,11 +55,7 @@ def success_reward(obs, action, next_obs, info) -> np.ndarray:
 
 
 def _potential(terms: dict[str, np.ndarray]) -> np.ndarray | float:
-    phi: np.ndarray | float = 0
-    for name, value in terms.items():
-        if name != "success":
-            phi = phi + value
-    return phi
+    return sum(value for name, value in terms.items() if name != "success")
 
 
 def shaped_reward(obs, action, next_obs, info, shaping_scale: float = 0.1) -> np.ndarray:
@@ -69,17 +65,8 @@ def shaped_reward(obs, action, next_obs, info, shaping_scale: float = 0.1) -> np
         _potential(end) - _potential(info["prev_reward_terms"]))
 
 
-REWARDS: dict[str, Callable[..., np.ndarray]] = {"env": env_reward, "success": success_reward,
-                                                 "shaped": shaped_reward}
+REWARDS: dict[str, Callable[..., np.ndarray]] = {"env": env_reward_fn, "success": success_reward, "shaped": shaped_reward}
 REWARD_MODES = tuple(REWARDS)
-
-
-def make_reward(name: str, shaping_scale: float = 0.1) -> RewardFn:
-    """The registered reward ``name`` (``shaping_scale`` goes to ``shaped``)."""
-    if name not in REWARDS:
-        raise ValueError(f"reward_mode={name!r}; valid: {REWARD_MODES}")
-    fn = REWARDS[name]
-    return functools.partial(fn, shaping_scale=shaping_scale) if name == "shaped" else fn
 
 
 @dataclass
@@ -119,7 +106,11 @@ class ChunkVecEnv:
                  venv=None):
         from armflow.sim.vector import make_vec_env
 
-        self.reward_fn = make_reward(reward_mode, shaping_scale) if isinstance(reward_mode, str) else reward_mode
+        if isinstance(reward_mode, str) and reward_mode not in REWARDS:
+            raise ValueError(f"reward_mode={reward_mode!r}; valid: {REWARD_MODES}")
+        self.reward_fn = REWARDS[reward_mode] if isinstance(reward_mode, str) else reward_mode
+        if reward_mode == "shaped":
+            self.reward_fn = functools.partial(shaped_reward, shaping_scale=shaping_scale)
         self.n_envs, self.obs_keys, self.n_obs_steps = int(n_envs), tuple(obs_keys), int(n_obs_steps)
         self.venv = venv if venv is not None else make_vec_env(task, self.n_envs, int(n_workers),
                                                                **dict(overrides or {}))
@@ -131,9 +122,6 @@ class ChunkVecEnv:
 
     def reset(self, seeds: list[int | None] | None = None) -> dict[str, np.ndarray]:
         """Reset every env (``seeds`` one per env, None = continue its RNG); returns obs (N, T_o, ...)."""
-        seeds = list(seeds) if seeds is not None else [None] * self.n_envs
-        if len(seeds) != self.n_envs:
-            raise ValueError(f"ChunkVecEnv.reset: got {len(seeds)} seeds for {self.n_envs} envs")
         obs, _ = self.venv.reset(seed=seeds)
         self._window = {k: np.repeat(obs[k][:, None], self.n_obs_steps, axis=1) for k in self.obs_keys}
         self._prev_terms, self._counters[:], self._length[:] = {}, 0.0, 0
@@ -155,7 +143,7 @@ class ChunkVecEnv:
         info = {**out, "prev_reward_terms": {name: self._prev_terms.get(name, np.zeros(self.n_envs))
                                              for name in out["reward_terms"]}}
         rl_reward = np.asarray(self.reward_fn(self._window, actions, next_obs, info), dtype=np.float64)
-        env_reward = np.cumsum(out["reward"], axis=1)[:, -1]
+        env_reward = env_reward_fn(None, actions, None, out)
         done = out["terminated"] | out["truncated"]
         self._counters += np.where(n > 0, np.stack([env_reward, rl_reward]), 0.0)
         self._length += n
