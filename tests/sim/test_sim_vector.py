@@ -204,3 +204,26 @@ def test_workers_exit_when_parent_is_killed(tmp_path):
     for pid in alive:  # clean up before failing, only our own orphans
         os.kill(pid, 9)
     assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def test_step_chunk_is_one_message_of_t_a_steps_and_stops_at_the_episode_end():
+    """``step_chunk`` over 2 workers equals stepping single envs by hand, leftover actions dropped at the end."""
+    seeds, t_a = [3, 4, 5], 4
+    actions = np.zeros((3, t_a, 2), np.float32)
+    actions[:, :, 0] = 1.0  # right at full speed: the goal (1 m at 0.1 m/step) is reached at step 10
+    with make_vec_env("toy2d", 3, n_workers=2) as venv:
+        venv.reset(seed=seeds)
+        chunks = [venv.step_chunk(actions, keys=(STATE_KEY,), keep=2) for _ in range(3)]
+    envs = [make_env("toy2d") for _ in seeds]
+    for i, env in enumerate(envs):
+        env.reset(seed=seeds[i])
+        for c, chunk in enumerate(chunks):
+            n = int(chunk["n_steps"][i])
+            assert n == t_a if c < 2 else 0 < n < t_a  # the goal is reached inside the third chunk
+            steps = [env.step(a) for a in actions[i, :n]]
+            np.testing.assert_array_equal(chunk["reward"][i, :n], [s[1] for s in steps])
+            assert not chunk["reward"][i, n:].any()
+            m = min(n, 2)  # the last executed steps' obs, right-aligned
+            np.testing.assert_array_equal(chunk["obs"][STATE_KEY][i, 2 - m:], [s[0][STATE_KEY] for s in steps[-m:]])
+        assert chunk["terminated"][i] and chunk["success"][i]
+        assert not np.array_equal(chunk["reset_obs"][STATE_KEY][i], chunk["obs"][STATE_KEY][i, -1])  # autoreset
