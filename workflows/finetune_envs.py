@@ -65,7 +65,8 @@ def shaped_reward(obs, action, next_obs, info, shaping_scale: float = 0.1) -> np
         _potential(end) - _potential(info["prev_reward_terms"]))
 
 
-REWARDS: dict[str, Callable[..., np.ndarray]] = {"env": env_reward_fn, "success": success_reward, "shaped": shaped_reward}
+REWARDS: dict[str, Callable[..., np.ndarray]] = {"env": env_reward_fn, "success": success_reward,
+                                                 "shaped": shaped_reward}
 REWARD_MODES = tuple(REWARDS)
 
 
@@ -130,19 +131,14 @@ class ChunkVecEnv:
     def step(self, actions: np.ndarray, active: np.ndarray | None = None, autoreset: bool = True) -> ChunkStep:
         """Run one chunk per env: ``actions`` (N, T_a, D_a); envs outside ``active`` are not stepped (their rows
         keep their obs, ``n_steps`` 0; evaluation)."""
-        actions = np.asarray(actions, dtype=np.float32)
-        if actions.ndim != 3 or actions.shape[0] != self.n_envs:
-            raise ValueError(f"ChunkVecEnv.step: actions must be (N={self.n_envs}, T_a, D_a), got {actions.shape}")
-        out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.n_obs_steps)
-        n = out["n_steps"]
-        next_obs = {}
+        out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.n_obs_steps)  # checks the shape
+        n, t_o, next_obs = out["n_steps"], self.n_obs_steps, {}
         for k in self.obs_keys:  # window = last T_o of (old window, executed steps' obs)
-            rows = [np.concatenate([self._window[k][i], out["obs"][k][i, self.n_obs_steps - min(m, self.n_obs_steps):]])
-                    for i, m in enumerate(n)]
-            next_obs[k] = np.stack([r[-self.n_obs_steps:] for r in rows])
+            next_obs[k] = np.stack([np.concatenate([self._window[k][i], out["obs"][k][i, max(t_o - m, 0):]])[-t_o:]
+                                    for i, m in enumerate(n)])
         info = {**out, "prev_reward_terms": {name: self._prev_terms.get(name, np.zeros(self.n_envs))
                                              for name in out["reward_terms"]}}
-        rl_reward = np.asarray(self.reward_fn(self._window, actions, next_obs, info), dtype=np.float64)
+        rl_reward = np.asarray(self.reward_fn(self._window, np.asarray(actions), next_obs, info), dtype=np.float64)
         env_reward = env_reward_fn(None, actions, None, out)
         done = out["terminated"] | out["truncated"]
         self._counters += np.where(n > 0, np.stack([env_reward, rl_reward]), 0.0)

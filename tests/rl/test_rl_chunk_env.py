@@ -84,7 +84,7 @@ def test_inactive_envs_are_not_stepped():
 def test_bad_action_shape():
     venv, _ = _env(None, 5)
     venv.reset()
-    with pytest.raises(ValueError, match="actions must be"):
+    with pytest.raises(ValueError, match=r"step_chunk\(actions\): expected shape \(2, 'T_a', 1\)"):
         venv.step(np.zeros((3, 2, 1)))
 
 
