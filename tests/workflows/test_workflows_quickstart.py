@@ -17,14 +17,14 @@ CAMERAS = ["observation.images.agentview", "observation.images.wrist"]
 
 @pytest.fixture(scope="module")
 def vision_run(tmp_path_factory):
-    """Two demos with agentview + wrist at 32x32, 3 train steps, 2 eval episodes, one deployed episode."""
+    """Two demos with agentview + wrist at 32x32, 3 train steps, 2 eval episodes, 3 s of DSRL, one deployed episode."""
     import os
 
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     out = tmp_path_factory.mktemp("qs_vision")
     assert main(["quickstart", "obs=vision", "demos=2", "train_steps=3", f"obs.image_size={SIDE}", "eval_episodes=2",
-                 "eval_n_envs=2", "video_episodes=1", "deploy_episodes=1", f"out={out}"]) == 0
+                 "eval_n_envs=2", "video_episodes=1", "finetune_budget_s=3", "deploy_episodes=1", f"out={out}"]) == 0
     return out
 
 
@@ -37,11 +37,13 @@ def test_vision_policy_reads_cameras_and_proprioception_never_object_state(visio
     # every stage's env rendered the same cameras at the same size
     collect_cfg = yaml.safe_load((vision_run / "collect" / "config.yaml").read_text())
     assert collect_cfg["cameras"] == ["agentview", "wrist"] and collect_cfg["task_overrides"] == {"image_size": SIDE}
-    eval_cfg = yaml.safe_load((vision_run / "evaluate" / "config.yaml").read_text())
-    assert eval_cfg["task_overrides"] == {"cameras": ["agentview", "wrist"], "image_size": SIDE}
+    for stage in ("evaluate", "finetune", "evaluate_finetuned"):
+        stage_cfg = yaml.safe_load((vision_run / stage / "config.yaml").read_text())
+        assert stage_cfg["task_overrides"] == {"cameras": ["agentview", "wrist"], "image_size": SIDE}, stage
     summary = json.loads((vision_run / "summary.json").read_text())
-    assert summary["policy_inputs"] == list(spec) and summary["skipped"] == {"finetuned": "finetune_budget_s=0"}
-    assert set(summary["success_rate"]) == {"demos", "pretrained", "deployed"} and summary["episodes_deployed"] == 1
+    assert summary["policy_inputs"] == list(spec) and summary["skipped"] == {}
+    assert list(summary["success_rate"]) == ["demos", "pretrained", "finetuned", "deployed"]
+    assert summary["episodes_deployed"] == 1 and summary["finetune"]["env_steps"] > 0
 
 
 def test_report_shows_the_policy_views_with_frames_of_the_camera_size(vision_run):
@@ -76,7 +78,7 @@ def test_obs_state_keeps_the_state_quickstart_and_help_lists_the_group(capsys):
     assert state == default and default.obs.cameras == [] and default.obs.state_keys is None
     assert (default.demos, default.train_steps, default.finetune_budget_s, default.deploy_episodes) == (50, 1500, 90, 50)
     vision = compose_config("quickstart", ["obs=vision", "train_steps=7"])
-    assert vision.train_steps == 7 and vision.demos == 100 and vision.finetune_budget_s == 0  # the command line wins
+    assert vision.train_steps == 7 and vision.demos == 100 and vision.demo_noise_std == 0.0  # the command line wins
     assert main(["quickstart", "--help"]) == 0
     assert "obs: state, vision (default state)" in capsys.readouterr().out
 
@@ -90,3 +92,15 @@ def test_camera_row_puts_the_cameras_side_by_side_in_key_order():
     assert row.shape == (4, 8, 3) and row[:, :4].max() == 0 and row[:, 4:].min() == 255
     assert camera_row(obs, ["observation.images.b", "observation.images.a"])[:, :4].min() == 255
     assert camera_row({"observation.state": np.zeros(8)}) is None
+
+
+def test_report_lists_a_skipped_stage_in_pipeline_order(tmp_path):
+    from armflow.workflows.quickstart import write_report
+
+    summary = {"task": "lift", "success_rate": {"demos": 1.0, "pretrained": 0.5, "deployed": 0.5}, "cameras": [],
+               "image_size": 84, "policy_inputs": ["observation.state"], "wall_time_s": 1.0, "episodes_evaluated": 2,
+               "skipped": {"finetuned": "finetune_budget_s=0"}}
+    text = write_report(tmp_path, summary, {"evaluate": {}}).read_text()
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "stage" not in line]
+    assert rows == ["demos", "pretrained", "finetuned", "deployed"]
+    assert "| finetuned | skipped (finetune_budget_s=0) |" in text and "(no camera)" in text
