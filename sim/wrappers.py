@@ -124,16 +124,18 @@ class EnvGroup:
         reward, terms = np.zeros((k, t_a), dtype=np.float64), {}
         flags, n_steps, window = np.zeros((3, k), dtype=bool), np.zeros(k, dtype=np.int64), []
         for i, env in enumerate(self.envs):
-            steps = []
+            steps, rewards, infos = [], [], []
             for t in range(t_a if active[i] else 0):
-                obs, reward[i, t], term, trunc, info = env.step(actions[i, t])
-                for name, value in info.get("reward_terms", {}).items():
-                    terms.setdefault(name, np.zeros((k, t_a), dtype=np.float64))[i, t] = value
-                steps.append(obs)
+                obs, r, term, trunc, info = env.step(actions[i, t])
+                steps.append(obs), rewards.append(r), infos.append(info.get("reward_terms", {}))
                 if term or trunc:
                     break
             if steps:
                 n_steps[i], flags[:, i], self._obs[i] = len(steps), (term, trunc, info["success"]), steps[-1]
+                reward[i, :len(steps)] = rewards
+                for name in infos[0]:
+                    terms.setdefault(name, np.zeros((k, t_a), dtype=np.float64))[i, :len(steps)] = [
+                        d.get(name, 0.0) for d in infos]
             steps = steps[-keep:] or [self._obs[i]]
             window.append([steps[0]] * (keep - len(steps)) + steps)
             if autoreset and (flags[0, i] or flags[1, i]):

@@ -134,8 +134,9 @@ class ChunkVecEnv:
         out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.n_obs_steps)  # checks the shape
         n, t_o, next_obs = out["n_steps"], self.n_obs_steps, {}
         for k in self.obs_keys:  # window = last T_o of (old window, executed steps' obs)
-            next_obs[k] = np.stack([np.concatenate([self._window[k][i], out["obs"][k][i, max(t_o - m, 0):]])[-t_o:]
-                                    for i, m in enumerate(n)])
+            next_obs[k] = out["obs"][k]
+            for i in np.flatnonzero(n < t_o):
+                next_obs[k][i] = np.concatenate([self._window[k][i], out["obs"][k][i, t_o - n[i]:]])[-t_o:]
         info = {**out, "prev_reward_terms": {name: self._prev_terms.get(name, np.zeros(self.n_envs))
                                              for name in out["reward_terms"]}}
         rl_reward = np.asarray(self.reward_fn(self._window, np.asarray(actions), next_obs, info), dtype=np.float64)
@@ -154,7 +155,7 @@ class ChunkVecEnv:
         if autoreset and done.any():
             for k in self.obs_keys:
                 obs[k][done] = out["reset_obs"][k][done][:, None]
-        self._window = {k: v.copy() for k, v in obs.items()}
+        self._window = obs  # never written in place: each step builds new arrays
         return ChunkStep(obs=obs, next_obs=next_obs, reward=rl_reward.astype(np.float32),
                          terminated=out["terminated"], truncated=out["truncated"], success=out["success"],
                          n_steps=n, elapsed=elapsed, episodes=episodes, reward_terms=out["reward_terms"])
