@@ -1,7 +1,7 @@
 """Maps each top-level folder onto ``armflow.<folder>`` (armflow is a namespace: no armflow/ dir)."""
 from setuptools import find_packages, setup
 
-TOP_LEVEL = ["policies", "sim", "hardware", "control", "data", "workflows", "configs"]
+TOP_LEVEL = ["policies", "sim", "hardware", "control", "data", "workflows", "configs", "rewards"]
 
 packages, package_dir = [], {}
 for top in TOP_LEVEL:

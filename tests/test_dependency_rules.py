@@ -20,6 +20,7 @@ FORBIDDEN = {
     "sim": ("armflow.policies",),
     "data": ("armflow.policies",),
     "policies": ("armflow.sim", "armflow.hardware", "armflow.control"),
+    "rewards": ("armflow.sim", "armflow.policies", "armflow.hardware", "armflow.control", "armflow.workflows"),
 }
 
 

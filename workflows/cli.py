@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-# command -> (module, config name). Bench sub-commands are "bench <what>".
+# command -> (module, config name). Sub-commands are "<group> <what>" (GROUPS: bench, reward).
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("armflow.workflows.collect", "collect"),
     "train": ("armflow.workflows.train", "train"),
@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench multimodal": ("armflow.workflows.bench_multimodal", "bench_multimodal"),
     "bench vision": ("armflow.workflows.bench_vision", "bench_vision"),
 }
+# commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
+GROUPS = {"bench": "benchmark", "reward": "reward command"}
 FLAGS = "-h/--help, --cfg job, --resolve, -m/--multirun"
 
 
@@ -79,12 +81,12 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
     from armflow.configs import ConfigError, did_you_mean
 
     name, rest = argv[0], argv[1:]
-    if name == "bench":
-        if not rest or f"bench {rest[0]}" not in COMMANDS:
-            valid = ", ".join(c.split()[1] for c in COMMANDS if c.startswith("bench "))
+    if name in GROUPS:
+        if not rest or f"{name} {rest[0]}" not in COMMANDS:
+            valid = ", ".join(c.split()[1] for c in COMMANDS if c.startswith(f"{name} "))
             got = rest[0] if rest else "(nothing)"
-            raise ConfigError(f"unknown benchmark {got!r}; valid: {valid}")
-        name, rest = f"bench {rest[0]}", rest[1:]
+            raise ConfigError(f"unknown {GROUPS[name]} {got!r}; valid: {valid}")
+        name, rest = f"{name} {rest[0]}", rest[1:]
     if name not in COMMANDS:
         raise ConfigError(f"unknown command {name!r}.{did_you_mean(name, COMMANDS, n=1)} Valid: {', '.join(COMMANDS)}")
     return name, rest
@@ -253,7 +255,7 @@ def classify(exc: BaseException, command: str) -> tuple[int, str] | None:
 def main(argv: list[str] | None = None) -> int:
     """The console entry: run the command; report a bad input as one paragraph and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "armflow " + (" ".join(argv[:2]) if argv[:1] == ["bench"] else argv[0]) if argv else "armflow"
+    command = "armflow " + (" ".join(argv[:2]) if argv[:1] and argv[0] in GROUPS else argv[0]) if argv else "armflow"
     debug = os.environ.get("ARMFLOW_DEBUG", "") not in ("", "0")
     try:
         return run(argv)
