@@ -22,5 +22,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # torch first: a bare `torch` requirement would pull the multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "$VENV/bin/pip" install -q "torch==2.13.0"
-"$VENV/bin/pip" install -q -e ".[dev,ray]"
+"$VENV/bin/pip" install -q -e ".[dev,ray,rewards]"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, mujoco; print("torch", torch.__version__, "mujoco", mujoco.__version__)')"
