@@ -119,9 +119,10 @@ class EnvGroup:
         executed steps' obs right-aligned (before any reset), ``reset_obs`` key -> (k, ...) the obs each env
         shows now, ``reward`` and ``reward_terms`` name -> float64 (k, T_a) per executed step (0 after; float64
         so learner-side sums equal Python sums), ``terminated``/``truncated``/``success`` bool (k,) of the last
-        executed step, ``n_steps`` int64 (k,)."""
+        executed step, ``n_steps`` int64 (k,), ``mode`` int64 (k,) the last step's ``info["mode"]`` (which object a
+        multimodal task's success used; -1 where the task reports none)."""
         k, t_a = len(self.envs), actions.shape[1]
-        reward, terms = np.zeros((k, t_a), dtype=np.float64), {}
+        reward, terms, mode = np.zeros((k, t_a), dtype=np.float64), {}, np.full(k, -1, dtype=np.int64)
         flags, n_steps, window = np.zeros((3, k), dtype=bool), np.zeros(k, dtype=np.int64), []
         for i, env in enumerate(self.envs):
             steps, rewards, infos = [], [], []
@@ -132,6 +133,7 @@ class EnvGroup:
                     break
             if steps:
                 n_steps[i], flags[:, i], self._obs[i] = len(steps), (term, trunc, info["success"]), steps[-1]
+                mode[i] = int(info.get("mode", -1))
                 reward[i, :len(steps)] = rewards
                 for name in infos[0]:
                     terms.setdefault(name, np.zeros((k, t_a), dtype=np.float64))[i, :len(steps)] = [
@@ -143,7 +145,7 @@ class EnvGroup:
         return {"obs": {key: np.stack([np.stack([o[key] for o in w]) for w in window]) for key in keys},
                 "reset_obs": {key: np.stack([o[key] for o in self._obs]) for key in keys}, "reward": reward,
                 "reward_terms": terms, "terminated": flags[0], "truncated": flags[1], "success": flags[2],
-                "n_steps": n_steps}
+                "n_steps": n_steps, "mode": mode}
 
     def call(self, index: int | None, name: str, args: tuple = (), kwargs: dict | None = None) -> list:
         """Call method ``name`` (or read attribute ``name``) on env ``index``, or on all envs if None."""
