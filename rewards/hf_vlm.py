@@ -1,0 +1,188 @@
+"""Local Hugging Face VLM as a success detector: one forward pass, P(yes) from the next-token logits.
+
+The chat prompt holds the query's images (each camera's last frame, or all T frames), the instruction and
+"Answer yes or no."; the model runs once (no generation) and the logits for the token after the assistant
+turn starts are read at the yes-variant and no-variant token ids (``" yes"``, ``"Yes"``, ...):
+
+    yes_logit = logsumexp(logits[yes_ids]),  no_logit = logsumexp(logits[no_ids])
+    P(yes)    = softmax([yes_logit, no_logit])[0] = sigmoid(yes_logit - no_logit)
+
+i.e. the softmax over the yes and no variants only (TOPReward's readout; the OpenAI backend does the same
+through top logprobs). ``value = P(yes) >= threshold``, ``prob = P(yes)``, the two logits are the evidence.
+
+Any model that ``AutoProcessor`` + ``AutoModelForImageTextToText`` load from a local directory and whose
+processor has a chat template works; tested with a tiny LLaVA (CLIP vision tower + Llama). The model is
+never fetched from the hub (see ``hf_local``).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from typing import Sequence
+
+import numpy as np
+
+from armflow.rewards.hf_local import dtype_kwargs, fingerprint, from_local, require_local_dir, to_pil
+from armflow.rewards.protocol import RewardModel, RewardQuery, RewardResult
+
+PROMPT_VERSION = "yn-v1"  # bump when the default wording or layout below changes
+DEFAULT_QUESTION = ("The images show a robot. Task: {instruction}\n"
+                    "Has the robot successfully completed the task? Answer yes or no.")
+YES_WORDS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
+NO_WORDS = ("no", "No", "NO", " no", " No", " NO")
+FRAME_MODES = ("last", "all")
+
+
+def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
+    """Ids of the words that encode to exactly one known token (multi-token spellings cannot be read
+    from one next-token distribution, so they are left out)."""
+    ids = set()
+    for word in words:
+        tokens = tokenizer.encode(word, add_special_tokens=False)
+        if len(tokens) == 1 and tokens[0] != tokenizer.unk_token_id:
+            ids.add(int(tokens[0]))
+    return sorted(ids)
+
+
+def yes_probability(logits, yes_ids: Sequence[int], no_ids: Sequence[int]):
+    """logits (B, V) -> (P(yes), yes_logit, no_logit), each (B,): softmax over the yes+no variants."""
+    import torch
+
+    yes_logit = torch.logsumexp(logits[:, list(yes_ids)], dim=-1)
+    no_logit = torch.logsumexp(logits[:, list(no_ids)], dim=-1)
+    return torch.sigmoid(yes_logit - no_logit), yes_logit, no_logit
+
+
+def last_token_index(attention_mask):
+    """(B, L) 0/1 mask -> (B,) index of each row's last real token, whichever side the padding is on."""
+    length = attention_mask.shape[1]
+    return length - 1 - attention_mask.flip(1).to(dtype=attention_mask.dtype).argmax(dim=1)
+
+
+class HFVLMReward(RewardModel):
+    """P(success) from a local VLM's yes/no next-token logits; batched, ``batch_size`` queries a forward.
+
+    path: local directory with config.json, weights and the processor (tokenizer, image processor,
+    chat template). frames: "last" (each camera's newest frame) or "all" (T frames, oldest first).
+    cameras: which cameras to show, in that order (None: every camera, in the query's order).
+    use_references: show ``query.references`` (e.g. a goal image) before the cameras.
+    question: the text after the images, with ``{instruction}``; a custom one gets its own version.
+    """
+
+    backend = "hf_vlm"
+
+    def __init__(self, path: str | os.PathLike, threshold: float = 0.5, frames: str = "last",
+                 cameras: Sequence[str] | None = None, use_references: bool = True,
+                 question: str = DEFAULT_QUESTION, batch_size: int = 8, device: str = "cpu",
+                 dtype: str | None = None):
+        if frames not in FRAME_MODES:
+            raise ValueError(f"hf_vlm frames={frames!r}: expected one of {', '.join(FRAME_MODES)}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"hf_vlm threshold={threshold}: expected a probability in [0, 1]")
+        if batch_size < 1:
+            raise ValueError(f"hf_vlm batch_size={batch_size}: expected >= 1")
+        if "{instruction}" not in question:
+            raise ValueError(f"hf_vlm question={question!r}: expected an {{instruction}} placeholder")
+        self.threshold, self.frames, self.batch_size, self.device = threshold, frames, batch_size, device
+        self.cameras = list(cameras) if cameras is not None else None
+        self.use_references, self.question = use_references, question
+        self.root = require_local_dir(path, "hf_vlm")
+        self._load(dtype)
+        self.prompt_version = self._prompt_version()
+        self.model_version = f"{self.root.name}@{fingerprint(self.root)}/prompt-{self.prompt_version}"
+
+    def _load(self, dtype: str | None) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = from_local(AutoProcessor, self.root, "hf_vlm")
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is None or not (getattr(self.processor, "chat_template", None)
+                                     or getattr(tokenizer, "chat_template", None)):
+            raise ValueError(f"hf_vlm: the processor in {self.root} has no tokenizer with a chat template "
+                             "(chat_template.jinja or chat_template in its configs)")
+        # Right padding keeps each prompt's tokens at the positions they have alone (a plain forward numbers
+        # positions 0..L-1 and attention is causal), so a batch scores exactly like one query at a time.
+        tokenizer.padding_side = "right"
+        self.yes_ids, self.no_ids = answer_token_ids(tokenizer, YES_WORDS), answer_token_ids(tokenizer, NO_WORDS)
+        if not self.yes_ids or not self.no_ids or set(self.yes_ids) & set(self.no_ids):
+            raise ValueError(f"hf_vlm: the tokenizer in {self.root} has no single-token yes/no answers "
+                             f"(yes ids {self.yes_ids}, no ids {self.no_ids})")
+        model = from_local(AutoModelForImageTextToText, self.root, "hf_vlm", **dtype_kwargs(dtype))
+        self.model = model.to(self.device).eval()
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def _prompt_version(self) -> str:
+        layout = repr((self.question, self.frames, self.cameras, self.use_references))
+        return f"{PROMPT_VERSION}-{hashlib.sha256(layout.encode()).hexdigest()[:8]}"
+
+    def prompt_inputs(self, query: RewardQuery) -> tuple[str, list[np.ndarray]]:
+        """One query -> (chat prompt text ending where the answer starts, its images in prompt order)."""
+        if query.mode != "success":
+            raise ValueError(f"hf_vlm scores mode 'success' only (a yes/no detector), got {query.mode!r}")
+        content, images = [], []
+
+        def add(label: str, frames: Sequence[np.ndarray]) -> None:
+            content.append({"type": "text", "text": label})
+            for frame in frames:
+                content.append({"type": "image"})
+                images.append(frame)
+
+        if self.use_references:
+            for name, image in query.references.items():
+                add(f"Reference image ({name}):", [np.asarray(image, np.uint8)])
+        for cam in self._camera_names(query):
+            frames = query.frames[cam]
+            add(f"Camera {cam}:", [frames[-1]] if self.frames == "last" else list(frames))
+        content.append({"type": "text", "text": self.question.format(instruction=query.instruction)})
+        messages = [{"role": "user", "content": content}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text, images
+
+    def _camera_names(self, query: RewardQuery) -> list[str]:
+        if self.cameras is None:
+            if not query.frames:
+                raise ValueError("hf_vlm: the query has no frames")
+            return list(query.frames)
+        missing = [cam for cam in self.cameras if cam not in query.frames]
+        if missing:
+            raise ValueError(f"hf_vlm: camera(s) {missing} not in the query (it has {sorted(query.frames)})")
+        return self.cameras
+
+    def next_token_logits(self, queries: Sequence[RewardQuery]):
+        """(B, V) float32 logits of the token after each prompt, from one forward pass over the batch."""
+        import torch
+
+        texts, images = zip(*(self.prompt_inputs(q) for q in queries))
+        inputs = self.processor(text=list(texts), images=[to_pil(im) for ims in images for im in ims],
+                                padding=True, return_tensors="pt").to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        last = last_token_index(inputs["attention_mask"])
+        with torch.inference_mode():
+            if self._keeps_logits:  # the LM head over the needed positions only, not (B, L, V)
+                keep = torch.unique(last)
+                logits = self.model(**inputs, logits_to_keep=keep).logits
+                column = torch.searchsorted(keep, last)
+            else:
+                logits, column = self.model(**inputs).logits, last
+        return logits[torch.arange(len(queries), device=logits.device), column].float().cpu()
+
+    def _score(self, queries: Sequence[RewardQuery]) -> list[RewardResult]:
+        import torch
+
+        for query in queries:  # bad input raises before any forward pass
+            self.prompt_inputs(query)
+        results: list[RewardResult] = []
+        for start in range(0, len(queries), self.batch_size):
+            batch = queries[start:start + self.batch_size]
+            try:
+                logits = self.next_token_logits(batch)
+            except torch.OutOfMemoryError as err:  # transient: the caller retries or skips, never a silent 0
+                results += [RewardResult.invalid(f"hf_vlm out of memory: {err}") for _ in batch]
+                continue
+            p_yes, yes_logit, no_logit = yes_probability(logits, self.yes_ids, self.no_ids)
+            for p, ly, ln in zip(p_yes.tolist(), yes_logit.tolist(), no_logit.tolist()):
+                results.append(RewardResult(value=float(p >= self.threshold), prob=p, evidence={
+                    "yes_logit": ly, "no_logit": ln, "prompt_version": self.prompt_version}))
+        return results
