@@ -43,29 +43,58 @@ def make_frame(obs: dict, action: np.ndarray, reward: float, terminated: bool, t
     return frame
 
 
-def run_scripted_episode(env, expert, seed: int) -> tuple[list[dict], bool]:
-    """Roll one expert episode; returns (frames, success)."""
+def run_scripted_episode(env, expert, seed: int, success_hold_steps: int = 0,
+                         release_step: int | None = None) -> tuple[list[dict], bool]:
+    """Roll one expert episode; returns (frames, success: the episode ever succeeded).
+
+    ``success_hold_steps``: after the first success keep stepping that many steps (the expert goes on
+    lifting), each frame labelled with the env's own ``success``; ``next.done`` is set on the last frame
+    only. ``release_step``: a scripted failure -- from that step on the gripper is forced open (missed
+    grasps, a dropped cube); the episode is labelled by what the env reports, never by the intent.
+    """
     obs, _ = env.reset(seed=seed)
     expert.reset()
-    frames, success = [], False
+    frames, success, first, step = [], False, None, 0
     while True:
         action = np.asarray(expert(obs), dtype=np.float32)
+        if release_step is not None and step >= release_step:
+            action[-1] = -1.0  # gripper open
         next_obs, reward, terminated, truncated, info = env.step(action)
-        success = bool(info["success"])
-        frames.append(make_frame(obs, action, float(reward), terminated, truncated, success))
-        obs = next_obs
-        if terminated or truncated:
+        now = bool(info["success"])
+        first = step if (now and first is None) else first
+        success = success or now
+        if first is None:
+            done = terminated or truncated
+        else:  # holding after success: a termination that is not a success still ends it
+            done = truncated or step - first >= success_hold_steps or (terminated and not now)
+        terminated = bool(terminated) and done  # the episode goes on for the hold frames
+        frames.append(make_frame(obs, action, float(reward), terminated, truncated, now))
+        obs, step = next_obs, step + 1
+        if done:
             return frames, success
+
+
+def failure_plan(attempts: int, failures: float, seed: int, window: int = 16) -> list[int | None]:
+    """Per attempt: None (a normal demo) or the step from which the gripper is forced open (a scripted
+    failure), drawn with probability ``failures`` within the first ``window`` steps (a clean ``lift`` demo
+    succeeds after ~20)."""
+    rng = np.random.default_rng([seed, 15])
+    fail = rng.random(attempts) < failures
+    steps = rng.integers(0, window, size=attempts)
+    return [int(s) if f else None for f, s in zip(fail, steps)]
 
 
 def collect_scripted(task: str, root: str | Path, episodes: int, noise_std: float = 0.0, seed: int = 0,
                      cameras: list[str] | None = None, only_success: bool = True,
                      max_attempts_factor: float = 3.0, progress: bool = True,
-                     env_overrides: dict | None = None) -> dict:
+                     env_overrides: dict | None = None, failures: float = 0.0,
+                     success_hold_steps: int = 0) -> dict:
     """Record ``episodes`` scripted demos of ``task`` into ``root``; seeds are ``seed, seed+1, ...``.
 
-    Returns ``{"episodes_saved", "attempts", "expert_success_rate", "frames"}``. With ``only_success``
-    failed attempts are discarded (and counted in ``expert_success_rate``).
+    Returns ``{"episodes_saved", "attempts", "expert_success_rate", "frames", "successes_saved"}``. With
+    ``only_success`` failed attempts are discarded (and counted in ``expert_success_rate``). ``failures``
+    (needs ``only_success=False``) and ``success_hold_steps``: see ``run_scripted_episode``; together they
+    record both classes for a success classifier (``armflow reward fit``).
     """
     from armflow.data import LeRobotWriter
     from armflow.sim import make_env, make_expert
@@ -73,15 +102,22 @@ def collect_scripted(task: str, root: str | Path, episodes: int, noise_std: floa
     if episodes < 1 or max_attempts_factor < 1:
         raise ValueError(f"collect {task}: episodes={episodes} must be >= 1 and max_attempts_factor="
                          f"{max_attempts_factor} >= 1")
+    if not 0.0 <= failures <= 1.0 or success_hold_steps < 0:
+        raise ValueError(f"collect {task}: failures={failures} must be in [0, 1] and success_hold_steps="
+                         f"{success_hold_steps} >= 0")
+    if failures > 0 and only_success:
+        raise ValueError(f"collect {task}: failures={failures} records scripted failures, but only_success=true "
+                         "would drop them; set only_success=false")
     env = make_env(task, **{**(env_overrides or {}), **({"cameras": list(cameras)} if cameras else {})})
     expert = make_expert(env, noise_std=noise_std, seed=seed)
     fps = int(round(1.0 / env.ctrl_dt))
-    saved = attempts = successes = frames_total = 0
+    saved = attempts = successes = frames_total = successes_saved = 0
     max_attempts = int(np.ceil(episodes * max_attempts_factor))
+    plan = failure_plan(max_attempts, failures, seed)
     bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
     with LeRobotWriter(root, fps=fps, features=dataset_features(env), robot_type="panda") as writer:
         while saved < episodes and attempts < max_attempts:
-            frames, success = run_scripted_episode(env, expert, seed + attempts)
+            frames, success = run_scripted_episode(env, expert, seed + attempts, success_hold_steps, plan[attempts])
             attempts += 1
             successes += int(success)
             if only_success and not success:
@@ -90,6 +126,7 @@ def collect_scripted(task: str, root: str | Path, episodes: int, noise_std: floa
                 writer.add_frame(frame)
             writer.save_episode(task=task)
             saved += 1
+            successes_saved += int(success)
             frames_total += len(frames)
             bar.update(1)
             bar.set_postfix(expert_success=f"{successes / attempts:.2f}")
@@ -100,7 +137,7 @@ def collect_scripted(task: str, root: str | Path, episodes: int, noise_std: floa
             f"collect {task}: only {saved}/{episodes} successful demos in {attempts} attempts "
             f"(noise_std={noise_std}); lower noise_std or set only_success=false")
     return {"episodes_saved": saved, "attempts": attempts, "expert_success_rate": successes / attempts,
-            "frames": frames_total}
+            "frames": frames_total, "successes_saved": successes_saved}
 
 
 def collect_human(cfg: DictConfig, root: Path) -> dict:
@@ -124,7 +161,8 @@ def main(cfg: DictConfig) -> dict:
     if cfg.device == "scripted":
         summary = collect_scripted(cfg.task, root, int(cfg.episodes), float(cfg.noise_std), int(cfg.seed),
                                    list(cfg.cameras or []), bool(cfg.only_success),
-                                   env_overrides=OmegaConf.to_container(cfg.task_overrides, resolve=True))
+                                   env_overrides=OmegaConf.to_container(cfg.task_overrides, resolve=True),
+                                   failures=float(cfg.failures), success_hold_steps=int(cfg.success_hold_steps))
     else:
         summary = collect_human(cfg, root)
     summary.update({"task": cfg.task, "dataset": str(root), "wall_time_s": time.monotonic() - t0})
