@@ -1,7 +1,7 @@
 """Local Hugging Face VLM as a success detector: one forward pass, P(yes) from the next-token logits.
 
-The chat prompt holds the query's images (each camera's last frame, or all T frames), the instruction and
-"Answer yes or no."; the model runs once (no generation) and the logits for the token after the assistant
+The chat prompt (a versioned ``prompts.YesNoPrompt``, the same text the OpenAI backend sends) holds the
+query's images (each camera's last frame, or all T frames), the instruction and "Answer yes or no."; the model runs once (no generation) and the logits for the token after the assistant
 turn starts are read at the yes-variant and no-variant token ids (``" yes"``, ``"Yes"``, ...):
 
     yes_logit = logsumexp(logits[yes_ids]),  no_logit = logsumexp(logits[no_ids])
@@ -24,14 +24,20 @@ from typing import Sequence
 import numpy as np
 
 from armflow.rewards.hf_local import dtype_kwargs, fingerprint, from_local, require_local_dir, to_pil
+from armflow.rewards.prompts import YesNoPrompt, get_prompt
 from armflow.rewards.protocol import RewardModel, RewardQuery, RewardResult
 
-PROMPT_VERSION = "yn-v1"  # bump when the default wording or layout below changes
-DEFAULT_QUESTION = ("The images show a robot. Task: {instruction}\n"
-                    "Has the robot successfully completed the task? Answer yes or no.")
-YES_WORDS = ("yes", "Yes", "YES", " yes", " Yes", " YES")
-NO_WORDS = ("no", "No", "NO", " no", " No", " NO")
+LAYOUT_VERSION = 1  # bump when the image/label layout in prompt_inputs changes
 FRAME_MODES = ("last", "all")
+
+
+def spellings(words: Sequence[str]) -> list[str]:
+    """Answer words as a tokenizer may see them first: lower/Capital/UPPER, with and without a leading space."""
+    forms = []
+    for word in words:
+        for cased in (word.lower(), word.capitalize(), word.upper()):
+            forms += [cased, " " + cased]
+    return list(dict.fromkeys(forms))
 
 
 def answer_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
@@ -67,26 +73,26 @@ class HFVLMReward(RewardModel):
     chat template). frames: "last" (each camera's newest frame) or "all" (T frames, oldest first).
     cameras: which cameras to show, in that order (None: every camera, in the query's order).
     use_references: show ``query.references`` (e.g. a goal image) before the cameras.
-    question: the text after the images, with ``{instruction}``; a custom one gets its own version.
+    prompt: a ``prompts.PROMPTS`` name or a ``YesNoPrompt``; its tag is part of ``model_version``.
+    use_system: send the prompt's system text as a system turn (off for chat templates without one).
     """
 
     backend = "hf_vlm"
 
     def __init__(self, path: str | os.PathLike, threshold: float = 0.5, frames: str = "last",
                  cameras: Sequence[str] | None = None, use_references: bool = True,
-                 question: str = DEFAULT_QUESTION, batch_size: int = 8, device: str = "cpu",
-                 dtype: str | None = None):
+                 prompt: str | YesNoPrompt = "success", use_system: bool = True, batch_size: int = 8,
+                 device: str = "cpu", dtype: str | None = None):
         if frames not in FRAME_MODES:
             raise ValueError(f"hf_vlm frames={frames!r}: expected one of {', '.join(FRAME_MODES)}")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"hf_vlm threshold={threshold}: expected a probability in [0, 1]")
         if batch_size < 1:
             raise ValueError(f"hf_vlm batch_size={batch_size}: expected >= 1")
-        if "{instruction}" not in question:
-            raise ValueError(f"hf_vlm question={question!r}: expected an {{instruction}} placeholder")
         self.threshold, self.frames, self.batch_size, self.device = threshold, frames, batch_size, device
         self.cameras = list(cameras) if cameras is not None else None
-        self.use_references, self.question = use_references, question
+        self.use_references, self.use_system = use_references, use_system
+        self.prompt = prompt if isinstance(prompt, YesNoPrompt) else get_prompt(prompt)
         self.root = require_local_dir(path, "hf_vlm")
         self._load(dtype)
         self.prompt_version = self._prompt_version()
@@ -104,7 +110,8 @@ class HFVLMReward(RewardModel):
         # Right padding keeps each prompt's tokens at the positions they have alone (a plain forward numbers
         # positions 0..L-1 and attention is causal), so a batch scores exactly like one query at a time.
         tokenizer.padding_side = "right"
-        self.yes_ids, self.no_ids = answer_token_ids(tokenizer, YES_WORDS), answer_token_ids(tokenizer, NO_WORDS)
+        self.yes_ids = answer_token_ids(tokenizer, spellings(self.prompt.yes))
+        self.no_ids = answer_token_ids(tokenizer, spellings(self.prompt.no))
         if not self.yes_ids or not self.no_ids or set(self.yes_ids) & set(self.no_ids):
             raise ValueError(f"hf_vlm: the tokenizer in {self.root} has no single-token yes/no answers "
                              f"(yes ids {self.yes_ids}, no ids {self.no_ids})")
@@ -113,8 +120,8 @@ class HFVLMReward(RewardModel):
         self._keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def _prompt_version(self) -> str:
-        layout = repr((self.question, self.frames, self.cameras, self.use_references))
-        return f"{PROMPT_VERSION}-{hashlib.sha256(layout.encode()).hexdigest()[:8]}"
+        layout = repr((LAYOUT_VERSION, self.frames, self.cameras, self.use_references, self.use_system))
+        return f"{self.prompt.tag}-{hashlib.sha256(layout.encode()).hexdigest()[:8]}"
 
     def prompt_inputs(self, query: RewardQuery) -> tuple[str, list[np.ndarray]]:
         """One query -> (chat prompt text ending where the answer starts, its images in prompt order)."""
@@ -131,11 +138,14 @@ class HFVLMReward(RewardModel):
         if self.use_references:
             for name, image in query.references.items():
                 add(f"Reference image ({name}):", [np.asarray(image, np.uint8)])
-        for cam in self._camera_names(query):
+        cameras = self._camera_names(query)
+        for cam in cameras:
             frames = query.frames[cam]
             add(f"Camera {cam}:", [frames[-1]] if self.frames == "last" else list(frames))
-        content.append({"type": "text", "text": self.question.format(instruction=query.instruction)})
+        content.append({"type": "text", "text": self.prompt.render(query.instruction, cameras)})
         messages = [{"role": "user", "content": content}]
+        if self.use_system and self.prompt.system:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.prompt.system}]})
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text, images
 
