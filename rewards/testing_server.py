@@ -53,6 +53,11 @@ def _top(p_yes: float) -> list[dict]:
     return [{"token": tok, "logprob": lp, "bytes": list(tok.encode())} for tok, lp in entries]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # listen() backlog: a burst of concurrent connects must not be dropped (SYN retry = 1 s)
+
+
 class ChatServer:
     """``ChatServer(mode=...).start()``; ``url`` is the base URL (``http://127.0.0.1:PORT/v1``)."""
 
@@ -67,9 +72,7 @@ class ChatServer:
         self._lock = threading.Lock()
         self.requests = self.in_flight = self.peak_in_flight = 0
         self.answered: dict[str, float] = {}  # first image URL hash -> P(yes) served
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._httpd.daemon_threads = True
-        self._httpd.request_queue_size = 128  # bursts of concurrent clients must not be refused
+        self._httpd = _Server(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
 
     @property

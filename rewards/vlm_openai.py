@@ -266,3 +266,11 @@ class OpenAIVLMReward(RewardModel):
 
 def _copy(result: RewardResult) -> RewardResult:
     return RewardResult(**{**asdict(result), "evidence": dict(result.evidence)})
+
+
+def stress(n_queries: int = 200, concurrency: int = 20, **kwargs: Any) -> dict:
+    """The bench's VLM check (``armflow.rewards.vlm_stress.stress``): peak concurrency, lost/mismatched
+    answers and requests issued by a cached rerun against the loopback server."""
+    from armflow.rewards.vlm_stress import stress as run  # that module imports this one
+
+    return run(n_queries=n_queries, concurrency=concurrency, **kwargs)
