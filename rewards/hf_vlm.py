@@ -1,8 +1,9 @@
 """Local Hugging Face VLM as a success detector: one forward pass, P(yes) from the next-token logits.
 
 The chat prompt (a versioned ``prompts.YesNoPrompt``, the same text the OpenAI backend sends) holds the
-query's images (each camera's last frame, or all T frames), the instruction and "Answer yes or no."; the model runs once (no generation) and the logits for the token after the assistant
-turn starts are read at the yes-variant and no-variant token ids (``" yes"``, ``"Yes"``, ...):
+query's images (each camera's last frame, or all T frames), the instruction and "Answer yes or no."; the
+model runs once (no generation) and the logits of the token after "assistant:" are read at the
+yes-variant and no-variant token ids (``"yes"``, ``" Yes"``, ... those that are one token):
 
     yes_logit = logsumexp(logits[yes_ids]),  no_logit = logsumexp(logits[no_ids])
     P(yes)    = softmax([yes_logit, no_logit])[0] = sigmoid(yes_logit - no_logit)
@@ -63,7 +64,7 @@ def yes_probability(logits, yes_ids: Sequence[int], no_ids: Sequence[int]):
 def last_token_index(attention_mask):
     """(B, L) 0/1 mask -> (B,) index of each row's last real token, whichever side the padding is on."""
     length = attention_mask.shape[1]
-    return length - 1 - attention_mask.flip(1).to(dtype=attention_mask.dtype).argmax(dim=1)
+    return length - 1 - attention_mask.flip(1).argmax(dim=1)  # argmax: the first max
 
 
 class HFVLMReward(RewardModel):

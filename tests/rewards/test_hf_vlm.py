@@ -142,6 +142,18 @@ def test_non_local_paths_and_missing_files_raise_naming_the_path(tmp_path, tiny_
         HFVLMReward(tiny_dir, frames="first")
 
 
+def test_out_of_memory_gives_invalid_results_not_zeros(tiny_dir, monkeypatch):
+    vlm = HFVLMReward(tiny_dir, batch_size=2)
+
+    def oom(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(vlm, "next_token_logits", oom)
+    results = vlm.score(queries(3))
+    assert [r.valid for r in results] == [False] * 3 and all(np.isnan(r.value) for r in results)
+    assert all("out of memory" in r.error and r.key == ("env", i) for i, r in enumerate(results))
+
+
 def test_pure_helpers():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [5.0, -5.0, 0.0, 0.0]])
     p, ly, ln = yes_probability(logits, [1, 2], [3])
