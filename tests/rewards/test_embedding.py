@@ -1,5 +1,5 @@
-"""VLM-RM embedding reward: the projection math exactly on hand-made vectors, and a tiny random CLIP saved to a
-temp dir and loaded back with local_files_only, checked against embeddings computed by hand."""
+"""VLM-RM embedding reward: the projection math exactly on hand-made vectors, and tiny random CLIP and SigLIP
+models saved to a temp dir and loaded back with local_files_only, checked against embeddings computed by hand."""
 import numpy as np
 import pytest
 
@@ -62,7 +62,7 @@ def test_value_mapping():
     assert reward_to_value(0.9, (0.2, 0.4)) == 1.0 and reward_to_value(-0.9, (0.2, 0.4)) == 0.0
 
 
-# ---- a tiny CLIP end to end ------------------------------------------------------------------------------
+# ---- tiny CLIP / SigLIP end to end ------------------------------------------------------------------------------
 
 def save_tiny_clip(path, seed=0):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -89,9 +89,36 @@ def save_tiny_clip(path, seed=0):
     return path
 
 
+def save_tiny_siglip(path, seed=0):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel, SiglipProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                        eos_token="</s>", model_max_length=8)
+    text = dict(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=8, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=16, patch_size=8)
+    torch.manual_seed(seed)
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval().save_pretrained(path)
+    processor = SiglipProcessor(image_processor=SiglipImageProcessorPil(size={"height": 16, "width": 16}),
+                                tokenizer=tokenizer)
+    processor.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="module", params=["clip", "siglip"])
+def dual_dir(request, tmp_path_factory):
+    save = save_tiny_clip if request.param == "clip" else save_tiny_siglip
+    return save(tmp_path_factory.mktemp(f"tiny_{request.param}"))
 
 
 def queries(n, seed=0, cams=("agentview",)):
@@ -101,18 +128,19 @@ def queries(n, seed=0, cams=("agentview",)):
 
 
 def by_hand(reward, frames, goal, baseline):
-    """Embeddings straight from CLIPModel's forward (its own normalised image/text embeds)."""
-    proc = reward.processor
-    inputs = proc(text=[goal, baseline], images=frames, padding=True, return_tensors="pt")
+    """Embeddings straight from the model's forward (its own normalised image/text embeds); SigLIP's text
+    is max-length padded as it was trained."""
+    padding = "max_length" if reward.model.config.model_type == "siglip" else True
+    inputs = reward.processor(text=[goal, baseline], images=frames, padding=padding, return_tensors="pt")
     with torch.no_grad():
         out = reward.model(**inputs)
     return out.image_embeds.double().numpy(), out.text_embeds[0].double().numpy(), out.text_embeds[1].double().numpy()
 
 
-def test_tiny_clip_reward_matches_embeddings_computed_by_hand(clip_dir):
+def test_tiny_model_reward_matches_embeddings_computed_by_hand(dual_dir):
     goal, baseline = "a robot arm lifted the cube", "a robot arm"
-    reward = EmbeddingReward(clip_dir, goal_prompts=[goal], baseline_prompts=[baseline], alpha=0.5, batch_size=2)
-    assert type(reward.model).__name__ == "CLIPModel"
+    reward = EmbeddingReward(dual_dir, goal_prompts=[goal], baseline_prompts=[baseline], alpha=0.5, batch_size=2)
+    assert type(reward.model).__name__ in ("CLIPModel", "SiglipModel")
     batch = queries(3, cams=("agentview", "wrist"))
     results = reward.score(batch)
     for q, res in zip(batch, results):
@@ -122,7 +150,7 @@ def test_tiny_clip_reward_matches_embeddings_computed_by_hand(clip_dir):
         assert res.evidence["r_per_camera"]["wrist"] == pytest.approx(r[1], abs=1e-5)
         assert res.value == pytest.approx((r.mean() + 1) / 2, abs=1e-5)
         assert res.prob is None and res.valid and res.key == q.key and res.backend == "embedding"
-    assert reward.model_version.startswith(f"{clip_dir.name}@")
+    assert reward.model_version.startswith(f"{dual_dir.name}@")
     assert len({round(r.value, 6) for r in results}) == 3
 
 
