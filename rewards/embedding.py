@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
+from armflow.configs import ConfigError, build_config
 from armflow.rewards.hf_local import dtype_kwargs, fingerprint, from_local, require_local_dir, to_pil
 from armflow.rewards.protocol import RewardModel, RewardQuery, RewardResult
 
@@ -58,37 +60,56 @@ def reward_to_value(r: float, value_range: tuple[float, float]) -> float:
     return min(1.0, max(0.0, (r - lo) / (hi - lo)))
 
 
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    path: str = ""  # local directory of a CLIPModel / SiglipModel with its processor
+    goal_prompts: tuple[str, ...] | None = None  # g = mean unit embedding (None: each query's instruction)
+    baseline_prompts: tuple[str, ...] = ()  # b = mean unit embedding; needed when alpha > 0
+    alpha: float = 0.0  # 0: cosine to the goal; 1: only the goal - baseline direction counts
+    value_range: tuple[float, float] = (-1.0, 1.0)  # r -> value: (lo, hi) mapped linearly onto [0, 1]
+    cameras: tuple[str, ...] | None = None  # cameras scored (newest frame each), value = their mean
+    batch_size: int = 32  # frames per image-tower pass
+    device: str = "cpu"
+    dtype: str | None = None  # torch dtype name for the weights (None: the checkpoint's)
+
+    def __post_init__(self):
+        problems = []
+        if not str(self.path):
+            problems.append("path is required (a local model directory)")
+        if not 0.0 <= self.alpha <= 1.0:
+            problems.append(f"alpha={self.alpha}: expected a value in [0, 1]")
+        if self.alpha > 0.0 and not self.baseline_prompts:
+            problems.append(f"alpha={self.alpha} projects onto goal - baseline: give baseline_prompts")
+        if len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]:
+            problems.append(f"value_range={self.value_range}: expected (lo, hi) with lo < hi")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size}: expected >= 1")
+        if problems:
+            raise ConfigError("embedding reward backend: " + "; ".join(problems))
+
+
 class EmbeddingReward(RewardModel):
     """VLM-RM reward from a local CLIPModel / SiglipModel directory; one value per query (mean over cameras).
 
-    goal_prompts: texts whose mean unit embedding is g (None: each query's instruction).
-    baseline_prompts: texts whose mean unit embedding is b (needed when alpha > 0).
-    cameras: cameras to score, newest frame of each (None: all in the query).
+    ``EmbeddingReward(path, **options)`` with the keys of ``EmbeddingConfig``; an unknown key raises
+    ConfigError.
     """
 
     backend = "embedding"
 
-    def __init__(self, path: str | os.PathLike, goal_prompts: Sequence[str] | None = None,
-                 baseline_prompts: Sequence[str] = (), alpha: float = 0.0,
-                 value_range: tuple[float, float] = (-1.0, 1.0), cameras: Sequence[str] | None = None,
-                 batch_size: int = 32, device: str = "cpu", dtype: str | None = None):
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"embedding alpha={alpha}: expected a value in [0, 1]")
-        if alpha > 0.0 and not baseline_prompts:
-            raise ValueError(f"embedding alpha={alpha} projects onto goal - baseline: give baseline_prompts")
-        if len(value_range) != 2 or not value_range[0] < value_range[1]:
-            raise ValueError(f"embedding value_range={value_range}: expected (lo, hi) with lo < hi")
-        if batch_size < 1:
-            raise ValueError(f"embedding batch_size={batch_size}: expected >= 1")
-        self.alpha, self.value_range = float(alpha), tuple(float(v) for v in value_range)
-        self.cameras = list(cameras) if cameras is not None else None
-        self.batch_size, self.device = batch_size, device
-        self.root = require_local_dir(path, "embedding")
-        self._load(dtype)
+    def __init__(self, path: str | os.PathLike | None = None, **options: Any):
+        if path is not None:
+            options["path"] = str(path)
+        self.cfg = cfg = build_config(EmbeddingConfig, options, where="embedding reward backend")
+        self.alpha, self.value_range = float(cfg.alpha), tuple(float(v) for v in cfg.value_range)
+        self.cameras = list(cfg.cameras) if cfg.cameras is not None else None
+        self.batch_size, self.device = cfg.batch_size, cfg.device
+        self.root = require_local_dir(cfg.path, "embedding")
+        self._load(cfg.dtype)
         self._text_cache: dict[str, object] = {}
-        self.goal = self.embed_prompts(goal_prompts) if goal_prompts else None
-        self.baseline = self.embed_prompts(baseline_prompts) if baseline_prompts else None
-        settings = repr((list(goal_prompts or []), list(baseline_prompts), self.alpha, self.value_range))
+        self.goal = self.embed_prompts(cfg.goal_prompts) if cfg.goal_prompts else None
+        self.baseline = self.embed_prompts(cfg.baseline_prompts) if cfg.baseline_prompts else None
+        settings = repr((list(cfg.goal_prompts or []), list(cfg.baseline_prompts), self.alpha, self.value_range))
         self.model_version = (f"{self.root.name}@{fingerprint(self.root)}/vlmrm-"
                               f"{hashlib.sha256(settings.encode()).hexdigest()[:8]}")
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
+from armflow.configs import ConfigError, build_config
 from armflow.rewards.hf_local import dtype_kwargs, fingerprint, from_local, require_local_dir, to_pil
 from armflow.rewards.prompts import YesNoPrompt, get_prompt
 from armflow.rewards.protocol import RewardModel, RewardQuery, RewardResult
@@ -67,35 +69,52 @@ def last_token_index(attention_mask):
     return length - 1 - attention_mask.flip(1).argmax(dim=1)  # argmax: the first max
 
 
+@dataclass(frozen=True)
+class HFVLMConfig:
+    path: str = ""  # local directory: config.json, weights, processor (tokenizer, image processor, chat template)
+    threshold: float = 0.5  # value = P(yes) >= threshold
+    frames: str = "last"  # "last": each camera's newest frame; "all": its T frames, oldest first
+    cameras: tuple[str, ...] | None = None  # cameras shown, in this order (None: all, in the query's order)
+    use_references: bool = True  # show query.references (e.g. a goal image) before the cameras
+    prompt: str | YesNoPrompt = "success"  # a prompts.PROMPTS name or a YesNoPrompt; its tag is versioned
+    use_system: bool = True  # the prompt's system text as a system turn (off for templates without one)
+    batch_size: int = 8  # queries per forward pass
+    device: str = "cpu"
+    dtype: str | None = None  # torch dtype name for the weights (None: the checkpoint's)
+
+    def __post_init__(self):
+        problems = []
+        if not str(self.path):
+            problems.append("path is required (a local model directory)")
+        if self.frames not in FRAME_MODES:
+            problems.append(f"frames={self.frames!r}: expected one of {', '.join(FRAME_MODES)}")
+        if not 0.0 <= self.threshold <= 1.0:
+            problems.append(f"threshold={self.threshold}: expected a probability in [0, 1]")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size}: expected >= 1")
+        if problems:
+            raise ConfigError("hf_vlm reward backend: " + "; ".join(problems))
+
+
 class HFVLMReward(RewardModel):
     """P(success) from a local VLM's yes/no next-token logits; batched, ``batch_size`` queries a forward.
 
-    path: local directory with config.json, weights and the processor (tokenizer, image processor,
-    chat template). frames: "last" (each camera's newest frame) or "all" (T frames, oldest first).
-    cameras: which cameras to show, in that order (None: every camera, in the query's order).
-    use_references: show ``query.references`` (e.g. a goal image) before the cameras.
-    prompt: a ``prompts.PROMPTS`` name or a ``YesNoPrompt``; its tag is part of ``model_version``.
-    use_system: send the prompt's system text as a system turn (off for chat templates without one).
+    ``HFVLMReward(path, **options)`` with the keys of ``HFVLMConfig``; an unknown key raises ConfigError.
     """
 
     backend = "hf_vlm"
 
-    def __init__(self, path: str | os.PathLike, threshold: float = 0.5, frames: str = "last",
-                 cameras: Sequence[str] | None = None, use_references: bool = True,
-                 prompt: str | YesNoPrompt = "success", use_system: bool = True, batch_size: int = 8,
-                 device: str = "cpu", dtype: str | None = None):
-        if frames not in FRAME_MODES:
-            raise ValueError(f"hf_vlm frames={frames!r}: expected one of {', '.join(FRAME_MODES)}")
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"hf_vlm threshold={threshold}: expected a probability in [0, 1]")
-        if batch_size < 1:
-            raise ValueError(f"hf_vlm batch_size={batch_size}: expected >= 1")
-        self.threshold, self.frames, self.batch_size, self.device = threshold, frames, batch_size, device
-        self.cameras = list(cameras) if cameras is not None else None
-        self.use_references, self.use_system = use_references, use_system
-        self.prompt = prompt if isinstance(prompt, YesNoPrompt) else get_prompt(prompt)
-        self.root = require_local_dir(path, "hf_vlm")
-        self._load(dtype)
+    def __init__(self, path: str | os.PathLike | None = None, **options: Any):
+        if path is not None:
+            options["path"] = str(path)
+        self.cfg = cfg = build_config(HFVLMConfig, options, where="hf_vlm reward backend")
+        self.threshold, self.frames, self.batch_size, self.device = (cfg.threshold, cfg.frames,
+                                                                     cfg.batch_size, cfg.device)
+        self.cameras = list(cfg.cameras) if cfg.cameras is not None else None
+        self.use_references, self.use_system = cfg.use_references, cfg.use_system
+        self.prompt = cfg.prompt if isinstance(cfg.prompt, YesNoPrompt) else get_prompt(cfg.prompt)
+        self.root = require_local_dir(cfg.path, "hf_vlm")
+        self._load(cfg.dtype)
         self.prompt_version = self._prompt_version()
         self.model_version = f"{self.root.name}@{fingerprint(self.root)}/prompt-{self.prompt_version}"
 

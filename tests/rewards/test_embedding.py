@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from armflow.configs import ConfigError  # noqa: E402
 from armflow.rewards.embedding import EmbeddingReward, l2_normalise, reward_to_value, vlm_rm_reward  # noqa: E402
 from armflow.rewards.protocol import RewardQuery  # noqa: E402
 
@@ -172,6 +173,8 @@ def test_bad_settings_and_paths_raise_naming_them(tmp_path, clip_dir):
         EmbeddingReward(tmp_path)
     with pytest.raises(ValueError, match="baseline_prompts"):
         EmbeddingReward(clip_dir, alpha=0.5)
+    with pytest.raises(ConfigError, match="unknown config keys \\['aplha'\\]. Did you mean 'alpha'"):
+        EmbeddingReward(clip_dir, aplha=0.5)
     reward = EmbeddingReward(clip_dir, cameras=["front"])
     with pytest.raises(ValueError, match="front"):
         reward.score(queries(1))

@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from armflow.configs import ConfigError  # noqa: E402
 from armflow.rewards.hf_vlm import HFVLMReward, answer_token_ids, last_token_index, yes_probability  # noqa: E402
 from armflow.rewards.protocol import RewardQuery  # noqa: E402
 
@@ -138,8 +139,10 @@ def test_non_local_paths_and_missing_files_raise_naming_the_path(tmp_path, tiny_
     (broken / "config.json").write_text((tiny_dir / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="no_weights"):
         HFVLMReward(broken)
-    with pytest.raises(ValueError, match="frames='first'"):
+    with pytest.raises(ConfigError, match="frames='first'"):
         HFVLMReward(tiny_dir, frames="first")
+    with pytest.raises(ConfigError, match="unknown config keys \\['treshold'\\]. Did you mean 'threshold'"):
+        HFVLMReward(tiny_dir, treshold=0.9)
 
 
 def test_out_of_memory_gives_invalid_results_not_zeros(tiny_dir, monkeypatch):
