@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench bridge": ("armflow.workflows.bench_bridge", "bench_bridge"),
     "bench multimodal": ("armflow.workflows.bench_multimodal", "bench_multimodal"),
     "bench vision": ("armflow.workflows.bench_vision", "bench_vision"),
+    "reward serve": ("armflow.workflows.reward_serve", "reward_serve"),
 }
 # commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
 GROUPS = {"bench": "benchmark", "reward": "reward command"}

@@ -93,6 +93,7 @@ CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
     ("finetune", "reward"): _REWARDS,
     ("bench_finetune", "reward"): _REWARDS,
     ("finetune", "backend"): _names("armflow.workflows.finetune_backends:BACKENDS"),
+    ("reward_serve", "backend"): _names("armflow.rewards.registry:BACKENDS"),
     ("quickstart", "policy.type"): _POLICIES,
     ("bench_train", "policy_type"): _POLICIES,
     ("bench_multimodal", "policies"): _POLICIES,
