@@ -184,7 +184,8 @@ class HFVLMReward(RewardModel):
         import torch
 
         texts, images = zip(*(self.prompt_inputs(q) for q in queries))
-        inputs = self.processor(text=list(texts), images=[to_pil(im) for ims in images for im in ims],
+        # one image list per prompt: LLaVA/Qwen flatten it, Idefics/SmolVLM need it nested
+        inputs = self.processor(text=list(texts), images=[[to_pil(im) for im in ims] for ims in images],
                                 padding=True, return_tensors="pt").to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
