@@ -16,15 +16,42 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from armflow.rewards.classifier import SuccessClassifier, sigmoid
+from armflow.rewards.classifier import ClassifierNet, SuccessClassifier, sigmoid
 
 POSITIVE, NEGATIVE, SKIP = 1, 0, -1
+
+
+def load_encoder_weights(net: ClassifierNet, path: str | Path) -> list[str]:
+    """Load a local safetensors file of CameraEncoder weights (keys ``conv.*`` / ``spatial.*``, optionally under
+    ``encoders.<cam>.``) into every camera's encoder; returns the loaded keys. Shape mismatches raise."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder_weights={path}: no such file (a local .safetensors of encoder weights)")
+    state = load_file(str(path))
+    loaded = []
+    for cam, enc in net.encoders.items():
+        own = enc.state_dict()
+        for key, tensor in state.items():
+            short = key.removeprefix(f"encoders.{cam}.")
+            if short in own:
+                if own[short].shape != tensor.shape:
+                    raise ValueError(f"{path}: {key} has shape {tuple(tensor.shape)}, the encoder's "
+                                     f"{short} is {tuple(own[short].shape)}")
+                own[short] = tensor
+                loaded.append(f"encoders.{cam}.{short}")
+        enc.load_state_dict(own)
+    if not loaded:
+        raise ValueError(f"{path}: no tensor matches the encoder's keys ({', '.join(list(net.encoders.values())[0].state_dict())})")
+    return loaded
 
 
 def episode_labels(success: np.ndarray, positive_frames: int | None = None, boundary_skip: int = 2) -> np.ndarray:
@@ -120,7 +147,7 @@ def fit(model: SuccessClassifier, train: tuple[dict, np.ndarray], val: tuple[dic
         loss.backward()
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            row = {"step": step, "train/loss": float(loss), **validation_terms(model, *val)}
+            row = {"step": step, "train/loss": float(loss.detach()), **validation_terms(model, *val)}
             history.append(row)
             if row["val/loss"] < best["best_val_loss"]:
                 best = {"best_step": step, "best_val_loss": row["val/loss"],
