@@ -22,6 +22,14 @@ def main(cfg: DictConfig) -> dict:
 
     check_endpoint(str(cfg.endpoint), bool(cfg.allow_remote))  # before the backend starts anything
     model = make_reward_model(str(cfg.backend), **backend_options(cfg))
+    if cfg.probe and hasattr(model, "probe"):  # e.g. does the VLM server return logprobs (openai backend)
+        from armflow.rewards.http_json import RequestFailed
+
+        try:
+            print(f"[reward serve] probe: scoring={model.probe()}", flush=True)
+        except RequestFailed as exc:  # the server may come up later: the first request probes again
+            print(f"[reward serve] warning: probe failed ({exc.reason}); probing again on the first request",
+                  flush=True)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     start = time.monotonic()

@@ -23,13 +23,17 @@ SLOW_SERVER = textwrap.dedent("""
 """)
 
 
-def _start(cmd, env=None):
+def _start(cmd, env=None, ready="ready"):
+    """Start ``cmd``; return it and its stdout up to the line that contains ``ready``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise AssertionError(proc.stderr.read()[-3000:])
-    return proc, line
+    lines = ""
+    while ready not in lines:
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError(lines + proc.stderr.read()[-3000:])
+        lines += line
+    return proc, lines
 
 
 def _stop(proc):
@@ -120,8 +124,9 @@ def test_armflow_reward_serve_command_fronts_a_vlm_server(tmp_path):
     with ChatServer(hold_s=0.2) as vlm:
         proc, line = _start([sys.executable, "-m", "armflow.workflows.cli", "reward", "serve", "backend=openai",
                              f"url={vlm.url}", f"model={vlm.model}", f"endpoint={endpoint}",
-                             "+options.concurrency=6", f"out={tmp_path / 'run'}"], env=env)
-        assert "[reward serve] openai" in line
+                             "+options.concurrency=6", f"out={tmp_path / 'run'}"], env=env,
+                             ready=f"on {endpoint}")
+        assert "probe: scoring=logprobs" in line and "[reward serve] openai (stub-vlm|success.v1-" in line
         with RemoteRewardModel(endpoint, timeout_s=20) as model:
             start = time.perf_counter()
             future = model.score_async(queries)
