@@ -36,23 +36,9 @@ def _embedding(**cfg: Any) -> RewardModel:
     return EmbeddingReward(**cfg)
 
 
-def _hf_vlm(**cfg: Any) -> RewardModel:
-    from armflow.rewards.hf_vlm import HFVLMReward
-
-    return HFVLMReward(**cfg)
-
-
-def _embedding(**cfg: Any) -> RewardModel:
-    from armflow.rewards.embedding import EmbeddingReward
-
-    return EmbeddingReward(**cfg)
-
-
 # name -> factory(**cfg) -> RewardModel; factories import their backend lazily (torch only where needed)
 BACKENDS: dict[str, Callable[..., RewardModel]] = {
     "openai": _openai,  # OpenAI-compatible chat completions (vLLM, SGLang, Ollama): url, model, ...
-    "hf_vlm": _hf_vlm,  # local HF VLM, yes/no logits in one forward pass: path (local dir), threshold, ...
-    "embedding": _embedding,  # CLIP/SigLIP VLM-RM shaping: path, goal_prompts, baseline_prompts, alpha, ...
     "hf_vlm": _hf_vlm,  # local HF VLM, yes/no logits in one forward pass: path (local dir), threshold, ...
     "embedding": _embedding,  # CLIP/SigLIP VLM-RM shaping: path, goal_prompts, baseline_prompts, alpha, ...
     "classifier": _classifier,  # success classifier from `armflow reward fit`: path, threshold
