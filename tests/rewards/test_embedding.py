@@ -181,3 +181,11 @@ def test_bad_settings_and_paths_raise_naming_them(tmp_path, clip_dir):
     with pytest.raises(ValueError, match="preference"):
         EmbeddingReward(clip_dir).score([RewardQuery(frames=queries(1)[0].frames, instruction="x",
                                                       mode="preference")])
+
+
+def test_registry_builds_the_backend(clip_dir):
+    from armflow.rewards.registry import make_reward_model
+
+    reward = make_reward_model("embedding", path=str(clip_dir), goal_prompts=["a robot arm lifted the cube"],
+                               baseline_prompts=["a robot arm"], alpha=1.0)
+    assert isinstance(reward, EmbeddingReward) and reward.alpha == 1.0 and reward.baseline.shape == (8,)

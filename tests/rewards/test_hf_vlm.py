@@ -171,3 +171,10 @@ def test_pure_helpers():
 def test_answer_token_ids_keep_single_known_tokens_only(model):
     tok = model.processor.tokenizer
     assert answer_token_ids(tok, ["yes", "Yes", "YES", "no way"]) == [5, 7]  # YES is <unk>, "no way" 2 tokens
+
+
+def test_registry_builds_the_backend(tiny_dir):
+    from armflow.rewards.registry import make_reward_model
+
+    vlm = make_reward_model("hf_vlm", path=str(tiny_dir), threshold=0.25, cameras=["agentview"])
+    assert isinstance(vlm, HFVLMReward) and vlm.threshold == 0.25 and vlm.cameras == ["agentview"]
