@@ -47,12 +47,15 @@ def fingerprint(root: Path) -> str:
 
 
 def from_local(loader: Any, root: Path, what: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained(root, local_files_only=True)``; an OSError names the directory."""
+    """``loader.from_pretrained(root, local_files_only=True)``; its errors name the directory (a missing file
+    as FileNotFoundError, a model of the wrong kind, e.g. CLIP given to hf_vlm, as ValueError)."""
+    name = getattr(loader, "__name__", loader)
     try:
         return loader.from_pretrained(str(root), local_files_only=True, **kwargs)
     except OSError as err:
-        raise FileNotFoundError(f"{what}: could not load {getattr(loader, '__name__', loader)} "
-                                f"from {root}: {err}") from err
+        raise FileNotFoundError(f"{what}: could not load {name} from {root}: {err}") from err
+    except ValueError as err:
+        raise ValueError(f"{what}: {name} cannot load the model in {root}: {err}") from err
 
 
 def dtype_kwargs(dtype: str | None) -> dict[str, Any]:
