@@ -172,6 +172,8 @@ class EmbeddingReward(RewardModel):
         return names
 
     def _score(self, queries: Sequence[RewardQuery]) -> list[RewardResult]:
+        if not queries:
+            return []
         cams = [self._camera_names(q) for q in queries]
         goals = [self._goal_for(q) for q in queries]
         x = self.embed_images([q.frames[c][-1] for q, names in zip(queries, cams) for c in names])

@@ -161,6 +161,7 @@ def test_batched_equals_one_by_one_and_instruction_as_goal(clip_dir):
     together = [r.value for r in reward.score(batch)]
     alone = [reward.score([q])[0].value for q in batch]
     np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert reward.score([]) == []
     x, g, _ = by_hand(reward, [batch[0].frames["agentview"][-1]], "lift the cube", "a")
     assert reward.score(batch[:1])[0].evidence["r"] == pytest.approx(float(x[0] @ g), abs=1e-5)  # cosine
 
