@@ -254,10 +254,11 @@ class OpenAIVLMReward(RewardModel):
     def _cached(self, key: str) -> RewardResult | None:
         start = time.perf_counter()
         entry = self.cache.get(key) if self.cache is not None else None
-        if entry is None:
+        try:
+            return RewardResult(value=float(entry["value"]), prob=entry["prob"], model_version=entry["model_version"],
+                                evidence={**entry["evidence"], "cached": True}, latency_s=time.perf_counter() - start)
+        except (TypeError, KeyError, ValueError):  # no entry, or one this version cannot read: ask again
             return None
-        return RewardResult(value=entry["value"], prob=entry["prob"], evidence={**entry["evidence"], "cached": True},
-                            model_version=entry["model_version"], latency_s=time.perf_counter() - start)
 
     def close(self) -> None:
         super().close()

@@ -215,3 +215,13 @@ def test_bad_input_and_config_raise():
 def test_retry_after_parsing():
     assert parse_retry_after("2") == 2.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412475.0) == pytest.approx(5.0)
+
+
+def test_unreadable_cache_entries_are_misses(tmp_path):
+    queries = stress_queries(2)
+    with ChatServer() as server, _model(server, cache_dir=str(tmp_path), scoring="logprobs") as model:
+        model.score(queries)
+        for i, text in enumerate(["{not json", '{"value": 1.0}']):  # truncated file, entry from another layout
+            (tmp_path / model.cache_key(queries[i])[:2] / f"{model.cache_key(queries[i])}.json").write_text(text)
+        results = model.score(queries)
+        assert server.stats()["requests"] == 4 and all(r.valid and "cached" not in r.evidence for r in results)
