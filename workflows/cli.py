@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench vision": ("armflow.workflows.bench_vision", "bench_vision"),
     "reward serve": ("armflow.workflows.reward_serve", "reward_serve"),
     "reward fit": ("armflow.workflows.reward_fit", "reward_fit"),
+    "reward eval": ("armflow.workflows.reward_eval", "reward_eval"),
 }
 # commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
 GROUPS = {"bench": "benchmark", "reward": "reward command"}
