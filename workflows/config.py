@@ -104,7 +104,8 @@ CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
 
 # Keys a command cannot run without (their YAML default is null); checked by the CLI before the run dir is made.
 REQUIRED: dict[str, tuple[str, ...]] = {"train": ("dataset",), "evaluate": ("checkpoint",),
-                                        "finetune": ("checkpoint",), "deploy": ("checkpoint",)}
+                                        "finetune": ("checkpoint",), "deploy": ("checkpoint",),
+                                        "reward_fit": ("dataset",), "reward_eval": ("dataset",)}
 
 
 def config_file(config_name: str) -> str:
