@@ -127,8 +127,27 @@ class BatchedObsHistory:
         self.n_obs_steps = int(n_obs_steps)
         self._buf: dict[str, np.ndarray] | None = None
 
-    def reset(self, obs: Mapping) -> None:
-        self._buf = {k: np.repeat(_as_numpy(v)[:, None], self.n_obs_steps, axis=1) for k, v in obs.items()}
+    def reset(self, obs: Mapping, mask=None) -> None:
+        """Restart the windows of the envs in ``mask`` (default all) with their obs ``(N, ...)`` repeated T_o times."""
+        fresh = {k: np.repeat(_as_numpy(v)[:, None], self.n_obs_steps, axis=1) for k, v in obs.items()}
+        if mask is None or self._buf is None:
+            self._buf = fresh
+            return
+        m = np.asarray(mask, dtype=bool)
+        for k, v in fresh.items():
+            buf = self._buf[k].copy()  # new arrays: windows handed out by get() are never changed later
+            buf[m] = v[m]
+            self._buf[k] = buf
+
+    def extend(self, steps: Mapping, n_new) -> None:
+        """Append each env's last ``n_new[i]`` obs of ``steps {key: (N, T_o, ...)}`` (right-aligned, as a vector env's
+        ``step_chunk`` returns a chunk's last T_o obs); ``n_new[i] = 0`` keeps env i's window."""
+        n = np.minimum(np.asarray(n_new), self.n_obs_steps)
+        for k, v in steps.items():
+            buf = np.array(_as_numpy(v))  # n >= T_o: the new steps are the whole window
+            for i in np.flatnonzero(n < self.n_obs_steps):
+                buf[i] = np.concatenate([self._buf[k][i], buf[i, self.n_obs_steps - n[i]:]])[-self.n_obs_steps:]
+            self._buf[k] = buf
 
     def push(self, obs: Mapping, reset_mask=None) -> None:
         if self._buf is None:

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench multimodal": ("armflow.workflows.bench_multimodal", "bench_multimodal"),
     "bench vision": ("armflow.workflows.bench_vision", "bench_vision"),
     "reward serve": ("armflow.workflows.reward_serve", "reward_serve"),
+    "bench evaluate": ("armflow.workflows.bench_evaluate", "bench_evaluate"),
     "reward fit": ("armflow.workflows.reward_fit", "reward_fit"),
     "reward eval": ("armflow.workflows.reward_eval", "reward_eval"),
 }

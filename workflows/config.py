@@ -80,7 +80,7 @@ def _names(*sources: str) -> Callable[[], list[str]]:
 
 _TASKS = _names("armflow.sim.registry:ENVS")
 _POLICIES = _names("armflow.policies.factory:POLICIES")
-_REWARDS = _names("armflow.workflows.finetune_envs:REWARD_MODES")
+_REWARDS = _names("armflow.workflows.chunk_env:REWARD_MODES")
 # (config, dotted key) -> the valid names, from the registry that will look them up: a typo fails here, not
 # after envs, workers or a dataset were started. Lists (``algos``) are checked item by item; null is allowed.
 CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {

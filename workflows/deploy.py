@@ -14,7 +14,6 @@ episode results) and, when the server publishes camera frames, MP4s.
 from __future__ import annotations
 
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +21,17 @@ import torch
 from omegaconf import DictConfig
 
 from armflow.control.client import BridgeClient, BridgeError
-from armflow.workflows.rollout import to_policy_obs
+from armflow.workflows.rollout import PolicyRunner
 
 GRIPPER_DIM = 6  # the policy's 7-D action = ee delta (6) + gripper (-1 open .. +1 closed)
 
 
-def make_noise_fn(policy, seed: int):
-    """Seeded initial sampler noise, one ``policy.default_noise`` draw ``(n, T_p, D_a)`` per chunk, as
-    ``armflow evaluate`` draws it (the rollout is reproducible; the Gaussian baseline acts with its mean)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    return lambda n: policy.default_noise(n, generator=gen)
-
-
 class ChunkAgent:
-    """Observation history + chunk prediction for one robot (B = 1)."""
+    """One robot's policy side (B = 1): the rollout core's ``PolicyRunner`` fed from bridge states, with the
+    episode's sampler noise seeded by its seed as in ``armflow evaluate``."""
 
-    def __init__(self, policy, noise_fn=None):
-        self.policy, self.noise_fn = policy, noise_fn
-        self.history: deque = deque(maxlen=policy.n_obs_steps)
+    def __init__(self, policy):
+        self.policy, self.runner = policy, PolicyRunner(policy, 1)
         self.inference_ms: list[float] = []
 
     def obs_from(self, state) -> dict[str, np.ndarray]:
@@ -50,25 +42,22 @@ class ChunkAgent:
                              "serve a matching task (task=..., cameras=...)")
         return {k: np.asarray(state.extras[k])[None] for k in self.policy.obs_spec}
 
-    def reset(self, state) -> None:
+    def reset(self, state, seed: int) -> None:
         from armflow.sim.obs_layout import combined_layout_problem
 
         problem = combined_layout_problem(self.policy.obs_spec, {k: np.shape(v) for k, v in state.extras.items()},
                                           "armflow deploy: the checkpoint", "the served robot")
         if problem:
             raise SystemExit(problem)
-        self.history.clear()
-        self.history.extend([self.obs_from(state)] * self.policy.n_obs_steps)
+        self.runner.start(self.obs_from(state), seeds=[seed])
 
     def observe(self, state) -> None:
-        self.history.append(self.obs_from(state))
+        self.runner.observe(self.obs_from(state))
 
-    @torch.inference_mode()
     def next_chunk(self) -> np.ndarray:
         """The next ``n_action_steps`` actions ``(T_a, D_a)``; records the inference time."""
         t0 = time.perf_counter()
-        noise = self.noise_fn(1) if self.noise_fn is not None else None
-        chunk = self.policy.predict_chunk(to_policy_obs(self.history), noise=noise)[0].cpu().numpy()
+        chunk = self.runner.predict()[0]
         self.inference_ms.append((time.perf_counter() - t0) * 1e3)
         return chunk[: self.policy.n_action_steps].astype(np.float64)
 
@@ -98,7 +87,7 @@ def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, act
                          frames: list | None = None) -> dict:
     state = client.reset(seed)
     episode = client.status["episode"]
-    agent.reset(state)
+    agent.reset(state, seed)
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     steps, ret, done, success = 0, 0.0, False, False
@@ -123,7 +112,7 @@ def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, act
 def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, action_space: str, max_steps: int,
                          margin_ms: float, frames: list | None = None, stall_s: float = 10.0) -> dict:
     state = client.reset(seed) if client.info().is_sim else client.read_state()
-    agent.reset(state)
+    agent.reset(state, seed)
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     last_step, steps, ret, done, success = client.status["step"], 0, 0.0, False, False
@@ -163,7 +152,7 @@ def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space:
                          f"it has {client.welcome['action_dims']}")
     per, videos = [], []
     for i in range(episodes):
-        agent = ChunkAgent(policy, make_noise_fn(policy, seed + i))
+        agent = ChunkAgent(policy)
         frames = [] if i < video_episodes else None
         if client.lockstep:
             res = run_episode_lockstep(client, agent, seed + i, action_space, max_steps, frames)

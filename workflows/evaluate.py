@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from armflow.workflows.rollout import BatchedChunkRunner
+from armflow.workflows.rollout import PolicyRunner, run_episodes
 
 
 def check_compatible(policy, env_obs_space, env_action_dim: int, source: str, task: str) -> None:
@@ -37,31 +37,6 @@ def check_compatible(policy, env_obs_space, env_action_dim: int, source: str, ta
                              f"in task {task!r} but the policy expects {tuple(shape)}")
 
 
-def run_round(venv, runner: BatchedChunkRunner, seeds: list[int], progress=None) -> list[dict]:
-    """Run one episode in each env of ``venv`` (reset with ``seeds``); return per-episode results."""
-    n = len(seeds)
-    obs, _ = venv.reset(seed=seeds)
-    runner.reset(obs, seeds=seeds)
-    done, success, mode = np.zeros(n, bool), np.zeros(n, bool), np.full(n, -1)
-    returns, lengths = np.zeros(n), np.zeros(n, int)
-    while not done.all():
-        action = runner.act()
-        obs, reward, terminated, truncated, info = venv.step(action)
-        active = ~done
-        returns[active] += reward[active]
-        lengths[active] += 1
-        finished = active & (terminated | truncated)
-        success[finished] = np.asarray(info["success"])[finished]
-        if "mode" in info:
-            mode[finished] = np.asarray(info["mode"])[finished]
-        done |= finished
-        runner.observe(obs)
-        if progress is not None and finished.any():
-            progress.update(int(finished.sum()))
-    return [{"seed": s, "success": bool(success[i]), "return": float(returns[i]), "length": int(lengths[i]),
-             "mode": int(mode[i])} for i, s in enumerate(seeds)]
-
-
 def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_overrides: dict) -> dict[str, list[str]]:
     """Roll ``seeds`` in one in-process env; one MP4 per episode of the rendered scene (``videos``) and, for a
     policy that reads cameras, one of the camera images it was given, side by side (``policy_view_videos``)."""
@@ -74,10 +49,10 @@ def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_over
     env = make_env(task, **env_overrides)
     render = getattr(env, "render_video", env.render)  # a larger 3/4 view where the task has one
     views = [k for k in policy.obs_spec if k.startswith(CAMERA_PREFIX)]
-    runner = BatchedChunkRunner(policy, 1)
+    runner = PolicyRunner(policy, 1)
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
-        runner.reset({k: v[None] for k, v in obs.items()}, seeds=[seed])
+        runner.start({k: v[None] for k, v in obs.items()}, seeds=[seed])
         frames, seen, info = [render()], [camera_row(obs, views)], {"success": False}
         while True:
             obs, _, terminated, truncated, info = env.step(runner.act()[0])
@@ -100,27 +75,23 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
                     progress: bool = True, source: str = "evaluate") -> dict:
     """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes (``source`` names the policy in
     errors)."""
-    from armflow.sim import make_vec_env
+    from armflow.workflows.chunk_env import ChunkVecEnv
 
     if episodes < 1 or n_envs < 1:
         raise ValueError(f"evaluate {task}: episodes={episodes} and n_envs={n_envs} must be >= 1 "
                          "(a success rate over no episodes is undefined)")
-    env_overrides = dict(env_overrides or {})
     n_envs = min(n_envs, episodes)
-    venv = make_vec_env(task, n_envs, n_workers=n_workers, **env_overrides)
+    env = ChunkVecEnv(task, n_envs, policy.n_obs_steps, tuple(policy.obs_spec), n_workers,
+                      dict(env_overrides or {}))
     try:
-        check_compatible(policy, venv.single_observation_space, int(venv.single_action_space.shape[0]),
-                         source, task)
+        check_compatible(policy, env.venv.single_observation_space, env.action_dim, source, task)
         policy.eval()
-        runner = BatchedChunkRunner(policy, n_envs)
-        results: list[dict] = []
-        bar = tqdm(total=episodes, desc=f"evaluate {task}", unit="ep", disable=not progress)
-        for start in range(0, episodes, n_envs):
-            seeds = [seed + start + i for i in range(n_envs)]
-            results += run_round(venv, runner, seeds, bar)[: episodes - start]
-        bar.close()
+        runner = PolicyRunner(policy, n_envs)
+        with tqdm(total=episodes, desc=f"evaluate {task}", unit="ep", disable=not progress) as bar:
+            results = run_episodes(env, runner.predict, [seed + i for i in range(episodes)], policy.n_action_steps,
+                                   on_start=runner.noise.seed, progress=bar)
     finally:
-        venv.close()
+        env.close()
     successes = np.array([r["success"] for r in results])
     modes = [r["mode"] for r in results if r["success"] and r["mode"] >= 0]
     mode_counts = {str(m): modes.count(m) for m in sorted(set(modes))}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from armflow.workflows.finetune_envs import ChunkVecEnv
+from armflow.workflows.chunk_env import ChunkVecEnv
 
 
 @dataclass
@@ -127,20 +127,16 @@ class RolloutWorker:
 
 def evaluate(agent, env: ChunkVecEnv, seeds: list[int], n_action_steps: int, eval_seed: int) -> dict[str, float]:
     """Deterministic evaluation (``act(explore=False)``: eta=0 / actor mean / Gaussian mean; sampler noise
-    drawn from a fixed torch seed) over fixed env ``seeds``; the training RNG is left untouched."""
-    episodes: list[dict] = []
+    drawn from a fixed torch seed) over fixed env ``seeds`` with the rollout core's ``run_episodes``; the
+    training RNG is left untouched. The env's obs windows and episode counters restart on the next ``collect``."""
+    from armflow.workflows.rollout import run_episodes
+
+    def act(obs, rows):
+        return agent.act({k: v[rows] for k, v in obs.items()}, explore=False)[0]
+
     with torch.random.fork_rng():
         torch.manual_seed(eval_seed)
-        for start in range(0, len(seeds), env.n_envs):
-            part = list(seeds[start:start + env.n_envs])
-            active = np.arange(env.n_envs) < len(part)
-            obs = env.reset(part + [None] * (env.n_envs - len(part)))
-            while active.any():
-                env_action, _ = agent.act(obs, explore=False)
-                step = env.step(env_action[:, :n_action_steps], active=active, autoreset=False)
-                obs = step.obs
-                episodes += step.episodes
-                active &= ~(step.terminated | step.truncated)
+        episodes = run_episodes(env, act, seeds, n_action_steps)
     return {"success_rate": float(np.mean([e["success"] for e in episodes])),
             "return_mean": float(np.mean([e["return"] for e in episodes])),
             "rl_return_mean": float(np.mean([e["rl_return"] for e in episodes])),

@@ -85,16 +85,16 @@ def _tiny_policy(obs_spec=(("observation.state", 8), ("observation.environment_s
 
 def test_deploy_lockstep_matches_direct_rollout(lift_bridge):
     from armflow.sim import make_env
-    from armflow.workflows.deploy import deploy, make_noise_fn
-    from armflow.workflows.rollout import BatchedChunkRunner
+    from armflow.workflows.deploy import deploy
+    from armflow.workflows.rollout import PolicyRunner
 
     torch.set_num_threads(1)
     policy = _tiny_policy()
     max_steps = 24
     env = make_env("lift")
-    runner = BatchedChunkRunner(policy, 1, noise_fn=make_noise_fn(policy, SEED))
+    runner = PolicyRunner(policy, 1)
     obs, _ = env.reset(seed=SEED)
-    runner.reset({k: v[None] for k, v in obs.items()})
+    runner.start({k: v[None] for k, v in obs.items()}, seeds=[SEED])
     direct_ret = 0.0
     for step in range(max_steps):
         obs, r, term, trunc, info = env.step(runner.act()[0])

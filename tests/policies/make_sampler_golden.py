@@ -2,7 +2,8 @@
 
 Generated once from the pre-refactor samplers (issue 11: one sampler loop with hook points must give the
 same chunks bit for bit); ``test_policies_sampler_hooks.py`` asserts the current code still does.
-Regenerate only for a deliberate numerical change: ``.venv/bin/python tests/policies/make_sampler_golden.py``.
+Regenerate only for a deliberate numerical change (``--base``), or to add a CPU's own fixture:
+``.venv/bin/python tests/policies/make_sampler_golden.py``.
 """
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FIXTURE = Path(__file__).with_name("sampler_golden.npz")
+FIXTURE = Path(__file__).with_name("sampler_golden.npz")  # made from the pre-refactor samplers (an AVX2 CPU)
+
+
+def cpu_fixture() -> Path:
+    """This CPU's fixture: float kernels differ by ISA (AVX2 vs AVX512 round differently, ~1e-7), so bit-for-bit
+    holds per capability. ``sampler_golden_<capability>.npz`` files were made on that ISA by code whose outputs
+    equalled ``sampler_golden.npz`` bit for bit on the fixture's own ISA."""
+    return FIXTURE.with_name(f"sampler_golden_{torch.backends.cpu.get_cpu_capability()}.npz")
 D_S, D_A, T_O, T_P, B = 4, 2, 2, 8, 3
 STATS = {"observation.state": {"min": -np.ones(D_S), "max": np.ones(D_S)},
          "action": {"min": -2 * np.ones(D_A), "max": 2 * np.ones(D_A)}}
@@ -55,11 +63,15 @@ def outputs(name: str) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
+    """Write this CPU's fixture (``--base`` rewrites the base one, for a deliberate numerical change)."""
+    import sys
+
     torch.set_num_threads(1)
     arrays = {k: v for name in CASES for k, v in outputs(name).items()}
     arrays["torch_version"] = np.array(torch.__version__)
-    np.savez_compressed(FIXTURE, **arrays)
-    print(f"wrote {FIXTURE} ({len(arrays)} arrays)")
+    path = FIXTURE if "--base" in sys.argv else cpu_fixture()
+    np.savez_compressed(path, **arrays)
+    print(f"wrote {path} ({len(arrays)} arrays)")
 
 
 if __name__ == "__main__":

@@ -167,20 +167,22 @@ def test_load_errors(tmp_path):
 def test_seeded_rollout_noise_is_the_policy_default_noise_with_its_exported_scale(scale):
     """evaluate/deploy draw each chunk's noise through policy.default_noise: an export with
     noise_scale=0 (FPO's zero-sampling) is evaluated and deployed zero-sampled, not with N(0, I)."""
-    from armflow.workflows.deploy import make_noise_fn
-    from armflow.workflows.rollout import BatchedChunkRunner
+    from armflow.workflows.rollout import PolicyRunner
 
     policy = build("flow", "state", noise_scale=scale)
     want = scale * torch.randn((1, T_P, D_A), generator=torch.Generator().manual_seed(7))
-    assert torch.equal(make_noise_fn(policy, 7)(1), want)
-    runner = BatchedChunkRunner(policy, 2)
+    runner = PolicyRunner(policy, 2)
     obs = {"observation.state": np.zeros((2, D_S), np.float32)}
-    runner.reset(obs, seeds=[7, 8])
-    noise = runner._initial_noise()
+    runner.start(obs, seeds=[7, 8])
+    noise = runner.noise(np.arange(2))
     assert torch.equal(noise[0:1], want) and (scale == 0) == bool((noise == 0).all())
+    runner.start(obs, seeds=[7], mask=np.array([True, False]))  # a new episode reseeds only its env
+    assert torch.equal(runner.noise(np.array([0]))[0:1], want)
 
 
 def test_gaussian_seeded_noise_is_its_mean():
-    from armflow.workflows.deploy import make_noise_fn
+    from armflow.workflows.rollout import PolicyRunner
 
-    assert not make_noise_fn(build("gaussian", "state"), 3)(2).any()
+    runner = PolicyRunner(build("gaussian", "state"), 2)
+    runner.start({"observation.state": np.zeros((2, D_S), np.float32)}, seeds=[3, 4])
+    assert not runner.noise(np.arange(2)).any()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from armflow.sim.vector import SyncVectorEnv, WorkerError
-from armflow.workflows.finetune_envs import REWARDS, ChunkVecEnv
+from armflow.workflows.chunk_env import REWARDS, ChunkVecEnv
 
 KEY = "observation.state"
 
@@ -58,7 +58,7 @@ def test_terminated_mid_chunk_stops_and_resets():
     np.testing.assert_array_equal(step.next_obs[KEY][0], [[0, 1], [0, 2]])  # final obs window
     np.testing.assert_array_equal(step.obs[KEY][0], [[1, 0], [1, 0]])       # new episode, first obs
     assert envs[0].steps_in_episode == [2, 0]  # leftover action was not run in the new episode
-    assert step.episodes == [{"return": 3.0, "rl_return": 3.0, "length": 2, "success": True}]
+    assert step.episodes == [{"return": 3.0, "rl_return": 3.0, "length": 2, "success": True, "mode": -1}]
 
 
 def test_truncated_keeps_final_obs_for_bootstrap():

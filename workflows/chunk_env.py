@@ -1,9 +1,9 @@
-"""Chunked vector env for RL fine-tuning: one RL step = one action chunk of T_a env steps.
+"""The env side of the rollout core (evaluation and RL): one step = one action chunk of T_a env steps per env.
 
 A thin layer over armflow's vector env (``armflow.sim.vector``): each worker runs its envs' chunks to the
 end in one message (``step_chunk``), stopping an env early when its episode ends, so an episode end
-mid-chunk never leaks the leftover actions into the next episode. This layer keeps the obs windows and
-episode counters and applies the RL reward, on the learner side:
+mid-chunk never leaks the leftover actions into the next episode. This layer keeps the obs windows (one
+``BatchedObsHistory``) and episode counters and applies the RL reward, on the learner side:
 
     env reward     = sum of the executed steps' rewards (steps after the episode end are not run)
     terminated     = success/failure ended the episode inside the chunk (no bootstrap)
@@ -88,23 +88,24 @@ class ChunkStep:
 
 
 class ChunkVecEnv:
-    """N envs of ``task`` stepped a chunk at a time (see module docstring).
+    """N envs of ``task`` stepped a chunk at a time (see module docstring): the env side of the rollout core.
 
     Args:
         task: registry name for ``armflow.sim.make_env``.
         n_envs: N parallel envs.
         n_obs_steps: T_o, obs window length.
         obs_keys: observation keys the policy reads.
-        n_workers: 0 = in-process; otherwise that many subprocesses.
+        n_workers: 0 = in-process; otherwise that many subprocesses (None: ``make_vec_env``'s choice).
         overrides: task config overrides passed to ``make_env``.
         reward_mode: a ``REWARDS`` name, or a batched reward function (see module docstring).
         shaping_scale: weight of the potential-based shaping (``reward_mode="shaped"``).
         venv: a pre-built armflow vector env to wrap instead of making one (tests).
     """
 
-    def __init__(self, task: str, n_envs: int, n_obs_steps: int, obs_keys, n_workers: int = 0,
+    def __init__(self, task: str, n_envs: int, n_obs_steps: int, obs_keys, n_workers: int | None = 0,
                  overrides: dict | None = None, reward_mode: str | RewardFn = "env", shaping_scale: float = 0.1,
                  venv=None):
+        from armflow.policies import BatchedObsHistory
         from armflow.sim.vector import make_vec_env
 
         if isinstance(reward_mode, str) and reward_mode not in REWARDS:
@@ -113,52 +114,63 @@ class ChunkVecEnv:
         if reward_mode == "shaped":
             self.reward_fn = functools.partial(shaped_reward, shaping_scale=shaping_scale)
         self.n_envs, self.obs_keys, self.n_obs_steps = int(n_envs), tuple(obs_keys), int(n_obs_steps)
-        self.venv = venv if venv is not None else make_vec_env(task, self.n_envs, int(n_workers),
+        self.venv = venv if venv is not None else make_vec_env(task, self.n_envs, n_workers,
                                                                **dict(overrides or {}))
         self.max_episode_steps = int(self.venv.max_episode_steps)
-        self._window: dict[str, np.ndarray] = {}
+        self.action_dim = int(self.venv.single_action_space.shape[0])
+        self.windows = BatchedObsHistory(self.n_obs_steps)
         self._prev_terms: dict[str, np.ndarray] = {}
         self._counters = np.zeros((2, self.n_envs), dtype=np.float64)  # env return, RL return
         self._length = np.zeros(self.n_envs, dtype=np.int64)
 
     def reset(self, seeds: list[int | None] | None = None) -> dict[str, np.ndarray]:
         """Reset every env (``seeds`` one per env, None = continue its RNG); returns obs (N, T_o, ...)."""
-        obs, _ = self.venv.reset(seed=seeds)
-        self._window = {k: np.repeat(obs[k][:, None], self.n_obs_steps, axis=1) for k in self.obs_keys}
-        self._prev_terms, self._counters[:], self._length[:] = {}, 0.0, 0
-        return {k: v.copy() for k, v in self._window.items()}
+        return self.reset_envs(np.ones(self.n_envs, bool), seeds)
+
+    def reset_envs(self, mask, seeds: list[int | None] | None = None) -> dict[str, np.ndarray]:
+        """Reset the envs in ``mask`` (bool (N,)) with ``seeds`` (one per True entry); the others keep their
+        episodes. Returns every env's obs window (N, T_o, ...)."""
+        mask = np.asarray(mask, dtype=bool)
+        full = [None] * self.n_envs
+        for i, s in zip(np.flatnonzero(mask), seeds if seeds is not None else [None] * int(mask.sum())):
+            full[i] = s
+        options = None if mask.all() else {"reset_mask": mask}
+        obs, _ = self.venv.reset(seed=full, options=options)
+        self.windows.reset({k: obs[k] for k in self.obs_keys}, None if mask.all() else mask)
+        for name in self._prev_terms:
+            self._prev_terms[name] = np.where(mask, 0.0, self._prev_terms[name])
+        self._counters[:, mask], self._length[mask] = 0.0, 0
+        return self.windows.get()
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None, autoreset: bool = True) -> ChunkStep:
         """Run one chunk per env: ``actions`` (N, T_a, D_a); envs outside ``active`` are not stepped (their rows
         keep their obs, ``n_steps`` 0; evaluation)."""
+        obs_before = self.windows.get()
         out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.n_obs_steps)  # checks the shape
-        n, t_o, next_obs = out["n_steps"], self.n_obs_steps, {}
-        for k in self.obs_keys:  # window = last T_o of (old window, executed steps' obs)
-            next_obs[k] = out["obs"][k]
-            for i in np.flatnonzero(n < t_o):
-                next_obs[k][i] = np.concatenate([self._window[k][i], out["obs"][k][i, t_o - n[i]:]])[-t_o:]
+        n = out["n_steps"]
+        self.windows.extend(out["obs"], n)
+        next_obs = self.windows.get()
         info = {**out, "prev_reward_terms": {name: self._prev_terms.get(name, np.zeros(self.n_envs))
                                              for name in out["reward_terms"]}}
-        rl_reward = np.asarray(self.reward_fn(self._window, np.asarray(actions), next_obs, info), dtype=np.float64)
+        rl_reward = np.asarray(self.reward_fn(obs_before, np.asarray(actions), next_obs, info), dtype=np.float64)
         env_reward = env_reward_fn(None, actions, None, out)
         done = out["terminated"] | out["truncated"]
         self._counters += np.where(n > 0, np.stack([env_reward, rl_reward]), 0.0)
         self._length += n
         elapsed = self._length.copy()
         episodes = [{"return": float(self._counters[0, i]), "rl_return": float(self._counters[1, i]),
-                     "length": int(self._length[i]), "success": bool(out["success"][i])} for i in np.flatnonzero(done)]
+                     "length": int(self._length[i]), "success": bool(out["success"][i]),
+                     "mode": int(out["mode"][i]) if "mode" in out else -1} for i in np.flatnonzero(done)]
         for name, v in out["reward_terms"].items():  # terms at the next chunk's start state (0 after a reset)
             kept = np.where(n > 0, _last(v, n), self._prev_terms.get(name, 0.0))
             self._prev_terms[name] = np.where(done, 0.0, kept)
         self._counters[:, done], self._length[done] = 0.0, 0
-        obs = {k: v.copy() for k, v in next_obs.items()}
         if autoreset and done.any():
-            for k in self.obs_keys:
-                obs[k][done] = out["reset_obs"][k][done][:, None]
-        self._window = obs  # never written in place: each step builds new arrays
-        return ChunkStep(obs=obs, next_obs=next_obs, reward=rl_reward.astype(np.float32),
-                         terminated=out["terminated"], truncated=out["truncated"], success=out["success"],
-                         n_steps=n, elapsed=elapsed, episodes=episodes, reward_terms=out["reward_terms"])
+            self.windows.reset({k: out["reset_obs"][k] for k in self.obs_keys}, done)
+        return ChunkStep(obs=self.windows.get() if autoreset and done.any() else next_obs, next_obs=next_obs,
+                         reward=rl_reward.astype(np.float32), terminated=out["terminated"],
+                         truncated=out["truncated"], success=out["success"], n_steps=n, elapsed=elapsed,
+                         episodes=episodes, reward_terms=out["reward_terms"])
 
     def close(self) -> None:
         self.venv.close()
