@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench evaluate": ("armflow.workflows.bench_evaluate", "bench_evaluate"),
     "reward fit": ("armflow.workflows.reward_fit", "reward_fit"),
     "reward eval": ("armflow.workflows.reward_eval", "reward_eval"),
+    "bench reward": ("armflow.workflows.bench_reward", "bench_reward"),
 }
 # commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
 GROUPS = {"bench": "benchmark", "reward": "reward command"}
