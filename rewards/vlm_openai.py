@@ -129,6 +129,19 @@ def content_of(answer: dict) -> str:
     return content
 
 
+def read_answer(answer: dict, scoring: str, prompt: YesNoPrompt) -> tuple[float, float | None, dict]:
+    """(value, prob, evidence) of one chat-completions response; ``AnswerError`` when it holds no yes/no.
+    With logprobs the content is only evidence (some servers leave it null when asked for one token); a
+    logprobs server that left them out of this one answer is read as text."""
+    top = top_logprobs_of(answer) if scoring == "logprobs" else []
+    if top:
+        prob, evidence = yes_probability(top, prompt)
+        text = ((answer.get("choices") or [{}])[0].get("message") or {}).get("content")
+        return prob, prob, {**evidence, "text": text if isinstance(text, str) else "", "scoring": "logprobs"}
+    text = content_of(answer)
+    return parse_text_answer(text, prompt), None, {"text": text, "scoring": "text"}
+
+
 class OpenAIVLMReward(RewardModel):
     """Yes/no success probability from an OpenAI-compatible VLM server (see module docstring)."""
 
@@ -205,13 +218,7 @@ class OpenAIVLMReward(RewardModel):
         start = time.perf_counter()
         try:
             answer = self.client.post("/chat/completions", self.request_body(query, scoring))
-            text = content_of(answer)
-            top = top_logprobs_of(answer) if scoring == "logprobs" else []
-            if top:
-                prob, evidence = yes_probability(top, self.prompt)
-                value, evidence = prob, {**evidence, "text": text, "scoring": "logprobs"}
-            else:  # text scoring, or a logprobs server that left them out of this one answer
-                value, prob, evidence = parse_text_answer(text, self.prompt), None, {"text": text, "scoring": "text"}
+            value, prob, evidence = read_answer(answer, scoring, self.prompt)
         except RequestFailed as exc:
             return RewardResult.invalid(exc.reason, latency_s=time.perf_counter() - start)
         except AnswerError as exc:

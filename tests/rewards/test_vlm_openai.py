@@ -1,4 +1,5 @@
 """The OpenAI-compatible VLM backend against a real HTTP server on 127.0.0.1 in every mode."""
+import json
 import math
 import time
 
@@ -12,7 +13,7 @@ from armflow.rewards.images import data_url, encode_png
 from armflow.rewards.prompts import SUCCESS_V1
 from armflow.rewards.protocol import RewardQuery
 from armflow.rewards.testing_server import ChatServer, expected_prob
-from armflow.rewards.vlm_openai import OpenAIVLMReward, yes_probability
+from armflow.rewards.vlm_openai import AnswerError, OpenAIVLMReward, read_answer, yes_probability
 from armflow.rewards.vlm_stress import count_mismatched, stress_queries
 
 
@@ -225,3 +226,25 @@ def test_unreadable_cache_entries_are_misses(tmp_path):
             (tmp_path / model.cache_key(queries[i])[:2] / f"{model.cache_key(queries[i])}.json").write_text(text)
         results = model.score(queries)
         assert server.stats()["requests"] == 4 and all(r.valid and "cached" not in r.evidence for r in results)
+
+
+def test_read_answer_uses_logprobs_over_content_and_text_as_fallback():
+    top = [{"token": "yes", "logprob": math.log(0.6), "bytes": []}, {"token": "No", "logprob": math.log(0.2), "bytes": []}]
+    with_null_content = {"choices": [{"message": {"role": "assistant", "content": None},
+                                      "logprobs": {"content": [{"token": "yes", "logprob": -0.5, "top_logprobs": top}]}}]}
+    value, prob, evidence = read_answer(with_null_content, "logprobs", SUCCESS_V1)
+    assert value == prob == pytest.approx(0.75) and evidence["text"] == ""
+    legacy = {"choices": [{"message": {"content": "No"}, "logprobs": {"top_logprobs": [{"Yes": -3.0, "No": -3.0}]}}]}
+    assert read_answer(legacy, "logprobs", SUCCESS_V1)[0] == pytest.approx(0.5)
+    no_logprobs = {"choices": [{"message": {"content": "Yes, it is."}, "logprobs": None}]}
+    assert read_answer(no_logprobs, "logprobs", SUCCESS_V1) == (1.0, None, {"text": "Yes, it is.", "scoring": "text"})
+    with pytest.raises(AnswerError, match="not yes/no"):
+        read_answer({"choices": [{"message": {"content": "I cannot tell"}}]}, "text", SUCCESS_V1)
+
+
+def test_text_requests_carry_the_servers_constraint_field():
+    q = stress_queries(1)[0]
+    with ChatServer() as server:
+        body = _model(server, text_extra_body={"guided_choice": ["yes", "no"]}).request_body(q, "text")
+    sent = json.loads(json.dumps(body))  # what goes on the wire
+    assert sent["guided_choice"] == ["yes", "no"] and sent["max_tokens"] == 3 and "logprobs" not in sent
