@@ -80,22 +80,27 @@ def run_teleop_episode(target, device, on_frame: Callable, seed: int | None = No
 
     ``on_frame(obs, action, reward, terminated, truncated, info)`` is called after every step with the
     observation the action was taken in. Returns ``{"outcome", "steps", "success"}``; outcome is one of
-    save | discard | quit | success | truncated | max_steps.
+    save | discard | quit | success | truncated | max_steps. A device's "success" event toggles a human
+    success label (SERL's recorder): while it is on, ``info["success"]`` is true and ``info["human_success"]``
+    set, whatever the target reports (a real arm has no success signal of its own).
     """
     if not hasattr(target, "frame"):  # a bare env or Driver
         target = EnvTarget(target) if hasattr(target, "ctrl_dt") else DriverTarget(target)
     obs = target.reset(seed)
     if hasattr(device, "reset"):
         device.reset()
-    period_s, t_next, step, success = 1.0 / target.fps, time.monotonic(), 0, False
+    period_s, t_next, step, success, marked = 1.0 / target.fps, time.monotonic(), 0, False, False
     while True:
         if hasattr(device, "show"):
-            device.show(target.frame(), _status(target, step))
+            device.show(target.frame(), _status(target, step) + ("  [SUCCESS]" if marked else ""))
         action, events = device.read()
         for outcome in ("quit", "discard", "save"):
             if outcome in events:
                 return {"outcome": outcome, "steps": step, "success": success}
+        marked = marked != ("success" in events)
         next_obs, reward, terminated, truncated, info = target.step(action)
+        if marked:
+            info = {**info, "success": True, "human_success": True}
         success = bool(info.get("success", False))
         on_frame(obs, action, reward, terminated, truncated, info)
         obs, step = next_obs, step + 1
