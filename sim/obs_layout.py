@@ -30,13 +30,6 @@ def check_state_layout(value: str, where: str) -> str:
     return value
 
 
-def layout_obs(proprio: np.ndarray, objects: np.ndarray, layout: str) -> dict[str, np.ndarray]:
-    """The state part of an obs dict: split into the two keys, or concatenated (proprio first) as before."""
-    if layout == "combined":
-        return {STATE_KEY: np.concatenate((proprio, objects)).astype(np.float32)}
-    return {STATE_KEY: proprio.astype(np.float32), ENV_STATE_KEY: objects.astype(np.float32)}
-
-
 def combined_layout_problem(obs_spec: Mapping[str, tuple], env_shapes: Mapping[str, tuple], source: str,
                             env_name: str) -> str | None:
     """The message for a policy trained on the pre-split layout meeting a split env, else None.

@@ -5,6 +5,19 @@ one after the other in the same run, so the ratio is fair on a noisy shared mach
 uniform random in [-1, 1]; episode resets are included in the timing. The vectorised figure is
 ``lift`` with ``vec_envs`` envs over 2 subprocess workers (``armflow.sim.make_vec_env``), counted in env steps.
 Target: ``lift_speedup_vs_robosuite`` >= 10.
+
+Where an env step's time goes (issue 11), in the same run:
+
+- ``physics_share_lift``: ``lift``'s physics steps/s through ``env.step`` (``env_physics_steps_per_s_lift``)
+  over raw ``mj_step`` on the env's own MjModel/MjData (``raw_mj_step_per_s``) replaying the very same
+  physics: each episode is stepped through the env, then replayed from its start state (warm start
+  included) with the ctrl the env's controller set, ``mj_step(nstep=n_substeps)`` per control step.
+  ``physics_replay_exact`` says the replay ended on the env's qpos bit for bit. Target >= 0.60.
+- ``ipc_overhead_us_per_step`` / ``_chunk``: wall time per env step of ``ipc_envs`` envs in one subprocess
+  worker minus in-process (``n_workers=0``), by ``step`` and by ``step_chunk`` (``chunk_len`` actions per
+  message); with one worker the parent waits while it steps, so the difference is the IPC cost.
+- ``vec_chunk_steps_per_s_<n>``: env steps/s of ``step_chunk`` over 2 workers at each of ``eval_envs``
+  env counts (evaluate-like: chunks of ``chunk_len``, same-step autoreset).
 """
 from __future__ import annotations
 
@@ -73,6 +86,110 @@ def time_native_vec(name: str, n_envs: int, n_workers: int, steps: int, warmup: 
         return steps * n_envs / (time.perf_counter() - t0)
 
 
+def time_physics_share(name: str, steps: int, warmup: int, seed: int) -> dict:
+    """Env physics steps/s through ``env.step`` vs raw ``mj_step`` replaying the same physics (module docstring)."""
+    import mujoco
+
+    from armflow.sim.registry import make_env
+
+    env = make_env(name)
+    model, data, n_sub = env.model, env.data, env.n_substeps
+    spec = int(mujoco.mjtState.mjSTATE_FULLPHYSICS) | int(mujoco.mjtState.mjSTATE_WARMSTART)
+    start = np.empty(mujoco.mj_stateSize(model, spec))
+    actions = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(steps + warmup, 7)).astype(np.float32)
+    env.reset(seed=seed)
+    for action in actions[:warmup]:
+        env.step(action)
+    env.reset()
+    t_env = t_raw = 0.0
+    done, exact = warmup, True
+    while done < len(actions):
+        mujoco.mj_getState(model, data, start, spec)
+        ctrls, seconds, qpos_end = _env_episode(env, data, actions[done:])
+        t_env += seconds
+        t_raw += _raw_replay(model, data, start, spec, ctrls, n_sub)
+        exact = exact and np.array_equal(qpos_end, data.qpos)
+        done += len(ctrls)
+        env.reset()
+    n_physics = steps * n_sub
+    return {f"physics_share_{name}": t_raw / t_env, f"env_physics_steps_per_s_{name}": n_physics / t_env,
+            "raw_mj_step_per_s": n_physics / t_raw, "physics_replay_exact": bool(exact)}
+
+
+def _env_episode(env, data, actions: np.ndarray) -> tuple[list, float, np.ndarray]:
+    """Step ``env`` until its episode ends (or ``actions`` run out): (ctrl after each step, seconds in
+    ``env.step``, final qpos)."""
+    ctrls, seconds = [], 0.0
+    for action in actions:
+        t0 = time.perf_counter()
+        _, _, terminated, truncated, _ = env.step(action)
+        seconds += time.perf_counter() - t0
+        ctrls.append(data.ctrl.copy())
+        if terminated or truncated:
+            break
+    return ctrls, seconds, data.qpos.copy()
+
+
+def _raw_replay(model, data, start: np.ndarray, spec: int, ctrls: list, n_sub: int) -> float:
+    """Seconds in ``mj_step(nstep=n_sub)`` replaying ``ctrls`` from state ``start``."""
+    import mujoco
+
+    mujoco.mj_setState(model, data, start, spec)
+    mujoco.mj_forward(model, data)
+    seconds = 0.0
+    for ctrl in ctrls:
+        data.ctrl[:] = ctrl
+        t0 = time.perf_counter()
+        mujoco.mj_step(model, data, nstep=n_sub)
+        seconds += time.perf_counter() - t0
+    return seconds
+
+
+def time_vec_ipc(name: str, n_envs: int, steps: int, chunk_len: int, seed: int) -> dict:
+    """IPC overhead [us per env step] of one subprocess worker over in-process, by ``step`` and by
+    ``step_chunk``; the two vector envs are timed in alternating blocks so machine drift hits both alike."""
+    from armflow.sim import make_vec_env
+
+    rng = np.random.default_rng(seed)
+    blocks, per_block = 5, max(1, steps // 5)
+    seconds = {key: 0.0 for key in ("step0", "step1", "chunk0", "chunk1")}
+    env_steps = {key: 0 for key in seconds}
+    with make_vec_env(name, n_envs, n_workers=0) as local, make_vec_env(name, n_envs, n_workers=1) as remote:
+        for venv in (local, remote):
+            venv.reset(seed=seed)
+        for _ in range(blocks):
+            step_actions = rng.uniform(-1.0, 1.0, size=(per_block, n_envs, 7)).astype(np.float32)
+            chunk_actions = rng.uniform(-1.0, 1.0, size=(max(1, per_block // chunk_len), n_envs, chunk_len, 7))
+            for workers, venv in enumerate((local, remote)):
+                t0 = time.perf_counter()
+                for actions in step_actions:
+                    venv.step(actions)
+                seconds[f"step{workers}"] += time.perf_counter() - t0
+                env_steps[f"step{workers}"] += step_actions.shape[0] * n_envs
+                t0 = time.perf_counter()
+                n = sum(int(venv.step_chunk(actions)["n_steps"].sum()) for actions in chunk_actions)
+                seconds[f"chunk{workers}"] += time.perf_counter() - t0
+                env_steps[f"chunk{workers}"] += n
+    per_step = {key: seconds[key] / env_steps[key] * 1e6 for key in seconds}
+    return {"vec_inproc_us_per_step": per_step["step0"], "vec_1worker_us_per_step": per_step["step1"],
+            "ipc_overhead_us_per_step": per_step["step1"] - per_step["step0"],
+            "ipc_overhead_us_per_step_chunk": per_step["chunk1"] - per_step["chunk0"]}
+
+
+def time_vec_chunks(name: str, n_envs: int, n_workers: int, chunks: int, chunk_len: int, seed: int) -> float:
+    """Env steps/s of ``step_chunk`` (evaluate-like: chunks of ``chunk_len``, same-step autoreset)."""
+    from armflow.sim import make_vec_env
+
+    actions = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(chunks, n_envs, chunk_len, 7))
+    with make_vec_env(name, n_envs, n_workers=n_workers) as venv:
+        venv.reset(seed=seed)
+        venv.step_chunk(actions[0])  # warm-up
+        t0, n = time.perf_counter(), 0
+        for chunk in actions[1:]:
+            n += int(venv.step_chunk(chunk)["n_steps"].sum())
+        return n / (time.perf_counter() - t0)
+
+
 def in_fresh_process(fn, *args):
     """Run ``fn(*args)`` in a new spawned process limited to one math thread; return its result."""
     saved = {k: os.environ.get(k) for k in _ONE_THREAD}
@@ -106,8 +223,14 @@ def main(cfg: DictConfig) -> dict:
     # CPU time is immune to other processes competing for the cores: the fairer ratio on a shared box.
     results["lift_speedup_vs_robosuite_cpu"] = (results["lift_steps_per_cpu_s"]
                                                 / results["robosuite_lift_steps_per_cpu_s"])
+    results.update(in_fresh_process(time_physics_share, "lift", int(cfg.share_steps), warmup, seed))
     os.environ.update(_ONE_THREAD)  # for the vector env's worker processes
     results["lift_vec2_steps_per_s"] = time_native_vec("lift", int(cfg.vec_envs), 2, int(cfg.vec_steps), warmup, seed)
+    results.update(time_vec_ipc("lift", int(cfg.ipc_envs), int(cfg.vec_steps), int(cfg.chunk_len), seed))
+    for n_envs in cfg.eval_envs:
+        chunks = max(2, int(cfg.vec_steps) * int(cfg.vec_envs) // (int(n_envs) * int(cfg.chunk_len)))
+        results[f"vec_chunk_steps_per_s_{n_envs}"] = time_vec_chunks("lift", int(n_envs), 2, chunks,
+                                                                     int(cfg.chunk_len), seed)
     results["cpu_count"] = os.cpu_count()
     print(f"{'what':<22}{'steps/s (wall)':>16}{'steps/CPU-s':>14}")
     for key in [*runs, "lift_vec2"]:
@@ -115,7 +238,19 @@ def main(cfg: DictConfig) -> dict:
         print(f"{key:<22}{results[f'{key}_steps_per_s']:>16.1f}{cpu:>14.1f}")
     print(f"lift speed-up vs robosuite: {results['lift_speedup_vs_robosuite']:.1f}x wall, "
           f"{results['lift_speedup_vs_robosuite_cpu']:.1f}x CPU (target >= 10x)")
+    _print_breakdown(results, cfg)
     if cfg.out:
         write_json(os.path.join(str(cfg.out), "bench_sim.json"), results)
     print(bench_line(results))
     return results
+
+
+def _print_breakdown(results: dict, cfg: DictConfig) -> None:
+    print(f"lift physics share: {results['physics_share_lift']:.2f} (target >= 0.60): "
+          f"{results['env_physics_steps_per_s_lift']:.0f} physics steps/s through env.step vs "
+          f"{results['raw_mj_step_per_s']:.0f} raw mj_step/s (replay exact: {results['physics_replay_exact']})")
+    print(f"IPC overhead, {cfg.ipc_envs} envs in 1 worker vs in-process: "
+          f"{results['ipc_overhead_us_per_step']:.1f} us per env step by step(), "
+          f"{results['ipc_overhead_us_per_step_chunk']:.1f} by step_chunk({cfg.chunk_len})")
+    print("step_chunk over 2 workers: " + ", ".join(
+        f"{n} envs {results[f'vec_chunk_steps_per_s_{n}']:.0f} env steps/s" for n in cfg.eval_envs))
