@@ -77,10 +77,18 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
         raise PolicyLoadError(path, f"corrupt safetensors file: {exc}") from None
 
 
-def load_policy(directory: str | os.PathLike, device: str | torch.device = "cpu") -> BasePolicy:
-    """Rebuild a policy saved by ``save_pretrained``; returns it in eval mode on ``device``."""
+def load_policy(directory: str | os.PathLike, device: str | torch.device = "cpu", steered: bool = True):
+    """Rebuild a policy saved by ``save_pretrained``; returns it in eval mode on ``device``.
+
+    A steered export (``config.json`` key ``steering: {"type": ...}``, e.g. DSRL's noise actor) loads as the
+    steered policy, a wrapper that keeps the Policy contract; ``steered=False`` gives its base policy."""
     directory = Path(directory)
     meta = _read_config(directory)
+    kind = (meta.get("steering") or {}).get("type")
+    if kind is None and (directory / "dsrl.json").is_file():
+        kind = "dsrl"  # DSRL exports written before the config named their steering
+    if steered and kind is not None:
+        return _load_steered(kind, directory, load_policy(directory, device, steered=False))
     try:
         obs_spec = {k: tuple(v) for k, v in meta["obs_spec"].items()}
         policy = make_policy(meta["policy_type"], obs_spec, meta["action_dim"], None,
@@ -98,3 +106,12 @@ def load_policy(directory: str | os.PathLike, device: str | torch.device = "cpu"
         raise PolicyLoadError(directory, f"{WEIGHTS_FILE} does not match {CONFIG_FILE}: {detail}")
     policy.load_state_dict(weights, strict=True)
     return policy.to(device).eval()
+
+
+def _load_steered(kind: str, directory: Path, base: BasePolicy):
+    """The steered policy of an export: one explicit branch per kind."""
+    if kind == "dsrl":
+        from armflow.policies.rl.dsrl import wrap_dsrl_export
+
+        return wrap_dsrl_export(directory, base)
+    raise PolicyLoadError(directory / CONFIG_FILE, f"unknown steering type {kind!r}; valid: dsrl")

@@ -23,16 +23,16 @@ from armflow.workflows.common import bench_line, write_json
 def bench_policy(cfg: DictConfig, out: Path):
     from armflow.workflows.bench_vision import train_variant
     from armflow.workflows.collect import collect_scripted
-    from armflow.workflows.rollout import load_checkpoint
+    from armflow.policies import load_policy
 
     if cfg.checkpoint:
-        return load_checkpoint(cfg.checkpoint)
+        return load_policy(cfg.checkpoint)
     dataset = out / "dataset"
     if not (dataset / "meta" / "info.json").exists():
         collect_scripted(cfg.task, dataset, int(cfg.demos), 0.0, 0, progress=bool(cfg.progress))
     keys = ["observation.state", "observation.environment_state"]
     summary = train_variant(cfg, dataset, keys, out / "policy")
-    return load_checkpoint(summary["checkpoint"])
+    return load_policy(summary["checkpoint"])
 
 
 def main(cfg: DictConfig) -> dict:

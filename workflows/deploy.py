@@ -174,7 +174,7 @@ def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space:
 
 
 def main(cfg: DictConfig) -> dict:
-    from armflow.workflows.rollout import load_checkpoint
+    from armflow.policies import load_policy
     from armflow.workflows.common import write_json
     from armflow.workflows.media import write_mp4
 
@@ -182,7 +182,7 @@ def main(cfg: DictConfig) -> dict:
         raise SystemExit("armflow deploy: set checkpoint=DIR (a policy dir with config.json + model.safetensors)")
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
-    policy = load_checkpoint(cfg.checkpoint)
+    policy = load_policy(cfg.checkpoint)
     policy.eval()
     client = BridgeClient(cfg.endpoint, allow_real=bool(cfg.allow_real), t_cmd_ms=cfg.t_cmd_ms)
     try:

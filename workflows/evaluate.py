@@ -114,7 +114,7 @@ def plot_eval(out: Path, result: dict) -> list[Path]:
 
 
 def main(cfg: DictConfig) -> dict:
-    from armflow.workflows.rollout import load_checkpoint
+    from armflow.policies import load_policy
     from armflow.workflows.common import write_json
 
     if not cfg.get("checkpoint"):
@@ -122,7 +122,7 @@ def main(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
     t0 = time.monotonic()
-    policy = load_checkpoint(cfg.checkpoint)
+    policy = load_policy(cfg.checkpoint)
     overrides = dict(OmegaConf.to_container(cfg.task_overrides, resolve=True) or {})
     result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
                              overrides, source=f"checkpoint {cfg.checkpoint}")

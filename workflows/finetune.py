@@ -63,7 +63,7 @@ def _build(cfg: DictConfig):
 
     if not cfg.checkpoint:
         raise ValueError("armflow finetune: checkpoint=DIR is required (a policy checkpoint from `armflow train`)")
-    policy = load_policy(cfg.checkpoint)
+    policy = load_policy(cfg.checkpoint, steered=False)  # RL fine-tunes the base of a steered export
     overrides = OmegaConf.to_container(cfg.task_overrides, resolve=True) or {}
     check_compat(policy, cfg.algo.name, cfg.task, overrides)
     params = OmegaConf.to_container(cfg.algo.params, resolve=True) or {}

@@ -43,7 +43,7 @@ def build_learner(spec: LearnerSpec):
     from armflow.policies.rl import make_learner
 
     torch.set_num_threads(max(1, int(spec.threads)))
-    return make_learner(spec.algo, load_policy(spec.checkpoint), dict(spec.params), spec.n_envs)
+    return make_learner(spec.algo, load_policy(spec.checkpoint, steered=False), dict(spec.params), spec.n_envs)
 
 
 class LearnerHost:

@@ -24,20 +24,6 @@ import torch
 from armflow.policies import BatchedActionChunker, BatchedObsHistory
 
 
-def load_checkpoint(directory):
-    """Load any policy checkpoint a workflow wrote: a plain ``save_pretrained`` dir, or a DSRL export
-    (the base checkpoint + ``dsrl.json`` + noise actor), which must not be mistaken for its base policy."""
-    from pathlib import Path
-
-    if (Path(directory) / "dsrl.json").is_file():
-        from armflow.policies.rl import load_dsrl_policy
-
-        return load_dsrl_policy(directory)
-    from armflow.policies import load_policy
-
-    return load_policy(directory)
-
-
 class SeededNoise:
     """Per-env sampler noise: env i draws ``policy.default_noise`` from a generator seeded with its episode's seed.
     Without seeds (``seed(mask, None)``) no noise is given and the policy draws its own."""

@@ -213,7 +213,7 @@ class DSRLLearner:
 
     def export(self, out_dir) -> None:
         """Base checkpoint (``save_pretrained``) + ``dsrl_noise_actor.safetensors`` + ``dsrl.json``;
-        ``armflow.policies.rl.load_dsrl_policy(dir)`` rebuilds a policy whose ``predict_chunk``
+        ``armflow.policies.load_policy(dir)`` rebuilds a policy whose ``predict_chunk``
         draws its noise from the actor."""
         import json
         from pathlib import Path
@@ -226,6 +226,8 @@ class DSRLLearner:
         (Path(out_dir) / "dsrl.json").write_text(json.dumps(
             {"noise_bound": self.cfg.noise_bound, "hidden": self.cfg.hidden,
              "feat_dim": self.actor.net[0].in_features, "w_dim": self.w_dim}, indent=2))
+        config = Path(out_dir) / "config.json"  # the config names its steering: load_policy returns the wrapper
+        config.write_text(json.dumps({**json.loads(config.read_text()), "steering": {"type": "dsrl"}}, indent=2))
 
 
 def expand_noise(w: torch.Tensor, horizon: int, action_dim: int) -> torch.Tensor:
@@ -278,13 +280,18 @@ class DSRLPolicy(torch.nn.Module):
 
 
 def load_dsrl_policy(directory) -> DSRLPolicy:
-    """Load what ``DSRLLearner.export`` wrote (base checkpoint + noise actor)."""
+    """Load what ``DSRLLearner.export`` wrote (base checkpoint + noise actor); ``load_policy`` does the same."""
+    from armflow.policies import load_policy
+
+    return wrap_dsrl_export(directory, load_policy(directory, steered=False))
+
+
+def wrap_dsrl_export(directory, base) -> DSRLPolicy:
+    """``base`` steered by the noise actor saved beside it (``dsrl.json`` + ``dsrl_noise_actor.safetensors``)."""
     import json
     from pathlib import Path
 
     from safetensors.torch import load_file
-
-    from armflow.policies import load_policy
 
     meta_path = Path(directory) / "dsrl.json"
     if not meta_path.is_file():
@@ -292,4 +299,4 @@ def load_dsrl_policy(directory) -> DSRLPolicy:
     meta = json.loads(meta_path.read_text())
     actor = TanhGaussianActor(int(meta["feat_dim"]), int(meta["w_dim"]), float(meta["noise_bound"]), int(meta["hidden"]))
     actor.load_state_dict(load_file(str(Path(directory) / "dsrl_noise_actor.safetensors")))
-    return DSRLPolicy(load_policy(directory), actor)
+    return DSRLPolicy(base, actor)
