@@ -67,7 +67,16 @@ def shaped_reward(obs, action, next_obs, info, shaping_scale: float = 0.1) -> np
 
 REWARDS: dict[str, Callable[..., np.ndarray]] = {"env": env_reward_fn, "success": success_reward,
                                                  "shaped": shaped_reward}
-REWARD_MODES = tuple(REWARDS)
+# `armflow finetune reward=...`: a REWARDS name, or ``model`` (a reward model from armflow.rewards that never reads
+# the simulator; built by ``workflows.finetune_rollout.build_reward``)
+REWARD_MODES = (*REWARDS, "model")
+
+
+def reward_function(name: str, shaping_scale: float = 0.1) -> RewardFn:
+    """The batched function of a ``REWARDS`` name (``shaped`` with its ``shaping_scale``)."""
+    if name not in REWARDS:
+        raise ValueError(f"reward_mode={name!r}; valid: {tuple(REWARDS)}")
+    return functools.partial(shaped_reward, shaping_scale=shaping_scale) if name == "shaped" else REWARDS[name]
 
 
 @dataclass
@@ -108,11 +117,7 @@ class ChunkVecEnv:
         from armflow.policies import BatchedObsHistory
         from armflow.sim.vector import make_vec_env
 
-        if isinstance(reward_mode, str) and reward_mode not in REWARDS:
-            raise ValueError(f"reward_mode={reward_mode!r}; valid: {REWARD_MODES}")
-        self.reward_fn = REWARDS[reward_mode] if isinstance(reward_mode, str) else reward_mode
-        if reward_mode == "shaped":
-            self.reward_fn = functools.partial(shaped_reward, shaping_scale=shaping_scale)
+        self.reward_fn = reward_function(reward_mode, shaping_scale) if isinstance(reward_mode, str) else reward_mode
         self.n_envs, self.obs_keys, self.n_obs_steps = int(n_envs), tuple(obs_keys), int(n_obs_steps)
         self.venv = venv if venv is not None else make_vec_env(task, self.n_envs, n_workers,
                                                                **dict(overrides or {}))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from armflow.workflows.common import MetricLogger, write_json
 from armflow.workflows.finetune_backends import BACKENDS
-from armflow.workflows.finetune_rollout import EnvSpec, LearnerSpec
+from armflow.workflows.finetune_rollout import EnvSpec, LearnerSpec, build_reward
 
 
 def check_compat(policy, algo: str, task: str, overrides: dict) -> None:
@@ -68,10 +68,12 @@ def _build(cfg: DictConfig):
     check_compat(policy, cfg.algo.name, cfg.task, overrides)
     params = OmegaConf.to_container(cfg.algo.params, resolve=True) or {}
     spec = LearnerSpec(cfg.algo.name, str(cfg.checkpoint), params, int(cfg.n_envs), int(cfg.threads))
-    train_env = EnvSpec(cfg.task, int(cfg.n_envs), int(cfg.n_workers), overrides, int(cfg.seed), str(cfg.reward),
-                        float(cfg.shaping_scale))
-    eval_env = EnvSpec(cfg.task, int(cfg.n_eval_envs), 0, overrides, int(cfg.eval_seed), str(cfg.reward),
-                       float(cfg.shaping_scale))
+    reward = {"reward_mode": str(cfg.reward), "shaping_scale": float(cfg.shaping_scale),
+              "reward_model": OmegaConf.to_container(cfg.reward_model, resolve=True),
+              "reward_noise": (float(cfg.reward_noise.fn), float(cfg.reward_noise.fp))}
+    train_env = EnvSpec(cfg.task, int(cfg.n_envs), int(cfg.n_workers), overrides, int(cfg.seed), **reward)
+    build_reward(train_env)  # a bad reward config fails here, before workers start
+    eval_env = EnvSpec(cfg.task, int(cfg.n_eval_envs), 0, overrides, int(cfg.eval_seed), **reward)
     window = {"n_obs_steps": policy.n_obs_steps, "obs_keys": tuple(policy.obs_spec),
               "n_action_steps": policy.n_action_steps}
     if cfg.backend not in BACKENDS:

@@ -36,6 +36,43 @@ class EnvSpec:
     seed: int = 0
     reward_mode: str = "env"
     shaping_scale: float = 0.1
+    reward_model: dict = field(default_factory=dict)  # reward_mode=model: backend, path, cameras, options, ...
+    reward_noise: tuple = (0.0, 0.0)  # injected detector errors: (false-negative rate, false-positive rate)
+
+
+IMAGE_PREFIX = "observation.images."
+
+
+def reward_cameras(spec: EnvSpec) -> list[str]:
+    """Cameras the reward model looks at (the envs render them even for a policy that reads no camera)."""
+    return list(spec.reward_model.get("cameras") or []) if spec.reward_mode == "model" else []
+
+
+def build_reward(spec: EnvSpec):
+    """The RL reward of ``spec``: a ``REWARDS`` name, or (``model``) a reward model from ``armflow.rewards`` scoring
+    the chunk's last camera frames, never the simulator's state; with ``reward_noise`` detector errors injected."""
+    from armflow.rewards.registry import make_reward_model
+    from armflow.rewards.rl import NoisyReward, RewardModelFn
+    from armflow.workflows.chunk_env import reward_function
+
+    noise_fn, noise_fp = (float(x) for x in spec.reward_noise)
+    if spec.reward_mode == "model":
+        rm = dict(spec.reward_model)
+        if not rm.get("backend") or not reward_cameras(spec):
+            raise ValueError("reward=model needs reward_model.backend (classifier, openai, hf_vlm, embedding) and "
+                             f"reward_model.cameras (the cameras it looks at); got {rm}")
+        options = {**({"path": rm["path"]} if rm.get("path") else {}), **dict(rm.get("options") or {})}
+        model = make_reward_model(rm["backend"], **options)
+        return RewardModelFn(model, reward_cameras(spec), instruction=str(rm.get("instruction") or ""),
+                             on_invalid=str(rm.get("on_invalid", "hold")), output=str(rm.get("output", "success")),
+                             noise_fn=noise_fn, noise_fp=noise_fp, seed=spec.seed)
+    fn = reward_function(spec.reward_mode, spec.shaping_scale)
+    if noise_fn or noise_fp:
+        if spec.reward_mode != "success":
+            raise ValueError(f"reward_noise flips success labels: use it with reward=success or reward=model, "
+                             f"not reward={spec.reward_mode}")
+        fn = NoisyReward(fn, noise_fn, noise_fp, seed=spec.seed)
+    return fn
 
 
 def build_learner(spec: LearnerSpec):
@@ -82,10 +119,14 @@ class RolloutWorker:
     def __init__(self, env_spec: EnvSpec, n_obs_steps: int, obs_keys, n_action_steps: int,
                  learner=None, learner_spec: LearnerSpec | None = None):
         self.agent = learner if learner is not None else build_learner(learner_spec)
-        self.T_a = int(n_action_steps)
-        self.env = ChunkVecEnv(env_spec.task, env_spec.n_envs, n_obs_steps, obs_keys, env_spec.n_workers,
-                               env_spec.overrides, reward_mode=env_spec.reward_mode,
-                               shaping_scale=env_spec.shaping_scale)
+        self.T_a, self.obs_keys = int(n_action_steps), tuple(obs_keys)
+        cams = reward_cameras(env_spec)
+        overrides = dict(env_spec.overrides)
+        if cams:  # the reward's cameras are rendered and windowed beside the policy's inputs, never stored
+            overrides["cameras"] = list(dict.fromkeys([*(overrides.get("cameras") or []), *cams]))
+        env_keys = tuple(dict.fromkeys([*self.obs_keys, *(IMAGE_PREFIX + c for c in cams)]))
+        self.env = ChunkVecEnv(env_spec.task, env_spec.n_envs, n_obs_steps, env_keys, env_spec.n_workers,
+                               overrides, reward_mode=build_reward(env_spec))
         self.seed = int(env_spec.seed)
         self.obs = None
         self.elapsed = np.zeros(self.env.n_envs, dtype=np.int64)  # env steps into each env's episode
@@ -103,9 +144,10 @@ class RolloutWorker:
         limit = float(self.env.max_episode_steps)
         episodes, env_steps = [], 0
         for _ in range(n_steps):
-            env_action, record = self.agent.act(self.obs, explore=True)
+            obs = self._policy_obs(self.obs)
+            env_action, record = self.agent.act(obs, explore=True)
             step = self.env.step(env_action[:, : self.T_a])
-            for key, value in {"obs": self.obs, "next_obs": step.next_obs, "reward": step.reward,
+            for key, value in {"obs": obs, "next_obs": self._policy_obs(step.next_obs), "reward": step.reward,
                                "terminated": step.terminated, "truncated": step.truncated,
                                "success": step.success, "time": (self.elapsed / limit).astype(np.float32),
                                "next_time": (step.elapsed / limit).astype(np.float32), **record}.items():
@@ -118,21 +160,27 @@ class RolloutWorker:
                  for k, vs in rows.items()}
         return batch, {"env_steps": env_steps, "episodes": episodes}
 
+    def _policy_obs(self, obs: dict) -> dict:
+        return {k: obs[k] for k in self.obs_keys}
+
     def evaluate(self, seeds: list[int], eval_seed: int) -> dict[str, float]:
-        return evaluate(self.agent, self.env, seeds, self.T_a, eval_seed)
+        return evaluate(self.agent, self.env, seeds, self.T_a, eval_seed, self.obs_keys)
 
     def close(self) -> None:
         self.env.close()
 
 
-def evaluate(agent, env: ChunkVecEnv, seeds: list[int], n_action_steps: int, eval_seed: int) -> dict[str, float]:
+def evaluate(agent, env: ChunkVecEnv, seeds: list[int], n_action_steps: int, eval_seed: int,
+             obs_keys=None) -> dict[str, float]:
     """Deterministic evaluation (``act(explore=False)``: eta=0 / actor mean / Gaussian mean; sampler noise
     drawn from a fixed torch seed) over fixed env ``seeds`` with the rollout core's ``run_episodes``; the
     training RNG is left untouched. The env's obs windows and episode counters restart on the next ``collect``."""
     from armflow.workflows.rollout import run_episodes
 
+    keys = tuple(obs_keys or env.obs_keys)  # what the policy reads (the env may also window the reward's cameras)
+
     def act(obs, rows):
-        return agent.act({k: v[rows] for k, v in obs.items()}, explore=False)[0]
+        return agent.act({k: obs[k][rows] for k in keys}, explore=False)[0]
 
     with torch.random.fork_rng():
         torch.manual_seed(eval_seed)

@@ -1,0 +1,88 @@
+"""RL with a reward model that never reads the simulator: `armflow finetune reward=model` on lift, the reward from a
+success classifier on the envs' rendered camera, with injected detector errors; the camera stays out of the replay."""
+import numpy as np
+import pytest
+import torch
+
+from armflow.workflows.common import compose_config, read_jsonl
+from armflow.workflows.finetune import run_finetune
+
+LIFT_KEYS = (("observation.state", 8), ("observation.environment_state", 10))
+
+
+@pytest.fixture(scope="module")
+def lift_ckpt(tmp_path_factory):
+    from armflow.policies import make_policy
+
+    torch.manual_seed(0)
+    unit = lambda d: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa: E731
+    stats = {key: unit(d) for key, d in LIFT_KEYS}
+    stats["action"] = {k: 0.1 * v for k, v in unit(7).items()}
+    policy = make_policy("flow", dict((k, (d,)) for k, d in LIFT_KEYS), 7, stats, horizon=8, n_action_steps=4,
+                         mlp_width=32, mlp_blocks=1, state_hidden_dim=16, state_feature_dim=8, time_dim=8,
+                         num_inference_steps=2)
+    return policy.save_pretrained(tmp_path_factory.mktemp("lift") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    from armflow.rewards.classifier import ClassifierConfig, SuccessClassifier
+
+    torch.manual_seed(0)
+    return SuccessClassifier(ClassifierConfig(cameras=("agentview",), image_size=(32, 32), channels=(8, 8, 8))).save(
+        tmp_path_factory.mktemp("clf") / "classifier")
+
+
+def _finetune(ckpt, clf, out, threshold: float, extra=()):
+    cfg = compose_config("finetune", [
+        "algo=dsrl", f"checkpoint={ckpt}", f"out={out}", "task=lift", "+task_overrides.max_episode_steps=8",
+        "+task_overrides.image_size=32", "n_envs=2", "n_workers=0", "n_eval_envs=2", "eval_episodes=2",
+        "eval_every_iters=1", "env_steps=16", "n_steps=2", "progress=false", "algo.params.hidden=16",
+        "algo.params.batch_size=4", "algo.params.warmup_transitions=4", "reward=model",
+        f"reward_model.path={clf}", f"+reward_model.options.threshold={threshold}", *extra])
+    run_finetune(cfg)
+    return [r for r in read_jsonl(out / "metrics.jsonl") if "eval/rl_return" in r]
+
+
+def test_the_classifier_is_the_only_reward(lift_ckpt, classifier_dir, tmp_path):
+    # threshold 0: the classifier calls every chunk a success (reward 1); 8 steps = 2 chunks of 4 per episode
+    evals = _finetune(lift_ckpt, classifier_dir, tmp_path / "yes", 0.0)
+    assert evals and all(r["eval/rl_return"] == 2.0 for r in evals)
+    # threshold 1: never a success, whatever the simulator says
+    evals = _finetune(lift_ckpt, classifier_dir, tmp_path / "no", 1.0)
+    assert all(r["eval/rl_return"] == 0.0 for r in evals)
+
+
+def test_injected_false_negatives_flip_every_positive(lift_ckpt, classifier_dir, tmp_path):
+    evals = _finetune(lift_ckpt, classifier_dir, tmp_path / "fn", 0.0, ["reward_noise.fn=1.0"])
+    assert all(r["eval/rl_return"] == 0.0 for r in evals)
+
+
+def test_reward_cameras_are_rendered_but_not_stored(lift_ckpt, classifier_dir):
+    from armflow.policies import load_policy
+    from armflow.policies.rl import make_learner
+    from armflow.workflows.finetune_rollout import EnvSpec, RolloutWorker
+
+    spec = EnvSpec("lift", 2, 0, {"max_episode_steps": 8, "image_size": 32}, 0, reward_mode="model",
+                   reward_model={"backend": "classifier", "path": str(classifier_dir), "cameras": ["agentview"],
+                                 "options": {"threshold": 0.0}})
+    policy = load_policy(lift_ckpt)
+    learner = make_learner("dsrl", policy, {"hidden": 16}, 2)
+    worker = RolloutWorker(spec, policy.n_obs_steps, tuple(policy.obs_spec), policy.n_action_steps, learner=learner)
+    try:
+        batch, _ = worker.collect(2)
+    finally:
+        worker.close()
+    assert set(batch["obs"]) == set(policy.obs_spec) == set(batch["next_obs"])  # no camera in the replay
+    np.testing.assert_array_equal(batch["reward"], np.ones((2, 2), np.float32))
+
+
+def test_bad_reward_configs_fail_before_any_work(lift_ckpt, tmp_path):
+    cfg = compose_config("finetune", ["algo=dsrl", f"checkpoint={lift_ckpt}", f"out={tmp_path}", "task=lift",
+                                      "reward=shaped", "reward_noise.fn=0.5"])
+    with pytest.raises(ValueError, match="reward_noise flips success labels"):
+        run_finetune(cfg)
+    cfg = compose_config("finetune", ["algo=dsrl", f"checkpoint={lift_ckpt}", f"out={tmp_path}", "task=lift",
+                                      "reward=model", "reward_model.path=/nonexistent/classifier"])
+    with pytest.raises((FileNotFoundError, ValueError), match="nonexistent"):
+        run_finetune(cfg)
