@@ -1,11 +1,14 @@
 """``armflow bench bridge``: latency of the controller bridge, measured against its floor in the same run.
 
-* ``<t>_rtt_*``: CHUNK -> ACK round trip through the full server path (client encode, DEALER, ROUTER,
-  decode + validation + session/lease checks, hand-off to the servo process, ACK) for ``t`` in ipc,
-  tcp (loopback), paced at ``rate_hz`` like a fast policy loop (back-to-back chunks at thousands per
-  second would measure the servo's chunk-insertion load, not latency);
-* ``<t>_floor_*``: the same bytes echoed by a bare pyzmq ROUTER in another process, timed in the same
-  loop right before each bridge round trip (the floor);
+* ``<t>_rtt_*`` (= ``roundtrip_p50_us_<t>``): CHUNK -> ACK round trip through the full server path (client
+  encode, DEALER, ROUTER, decode + validation + session/lease checks, ACK; the servo hand-off follows the
+  ACK) for ``t`` in ipc, tcp (loopback), paced at ``rate_hz`` like a fast policy loop (back-to-back chunks
+  at thousands per second would measure the servo's chunk-insertion load, not latency);
+* ``<t>_floor_*`` (= ``floor_echo_p50_us_<t>``): the floor, a plain process-to-process pyzmq echo of the
+  same CHUNK frames: a bare ROUTER in its own process (own context) sends every frame back to a DEALER on
+  a context of its own in the bench process, as a new user would write it. Timed in the same loop as the
+  bridge round trip, the two alternating which goes first, so machine load hits both alike;
+  ``roundtrip_ratio_<t>`` = full / floor at p50;
 * ``<t>_hb_rtt_p50_us``: HEARTBEAT round trip (no servo hand-off), timed right after the pair (warm);
 * ``<t>_estop_latency_*``: ESTOP sent -> servo latched (e-stop jumps the command queue);
 * ``servo_period_err_*``: |actual - nominal| servo tick period at ``servo_rate_hz`` while serving;
@@ -33,6 +36,7 @@ from armflow.control.server import ServerConfig
 
 
 def _echo_main(endpoint: str, conn) -> None:
+    """The floor's server: a bare ROUTER that sends back every frame it gets (a user's first pyzmq echo)."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
@@ -42,7 +46,9 @@ def _echo_main(endpoint: str, conn) -> None:
         frames = sock.recv_multipart()
         if frames[1] == b"stop":
             break
-        sock.send_multipart([frames[0], frames[1]])  # reply: one small frame, like an ACK
+        sock.send_multipart(frames)
+    sock.close()
+    ctx.term()
 
 
 def _percentiles_us(samples_ns: list[int]) -> dict[str, float]:
@@ -52,7 +58,8 @@ def _percentiles_us(samples_ns: list[int]) -> dict[str, float]:
 
 
 class FloorEcho:
-    """A bare ROUTER echo server in its own process, and a DEALER to time it."""
+    """The echo server in its own process, and a DEALER on a context of its own (not the bridge client's,
+    whose I/O thread also carries the state stream) to time it."""
 
     def __init__(self, endpoint: str):
         ctx = channel.get_context("spawn")
@@ -60,24 +67,28 @@ class FloorEcho:
         self.proc = ctx.Process(target=_echo_main, args=(endpoint, child), daemon=True)
         self.proc.start()
         self.endpoint = parent.recv_bytes().decode()
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
         self.sock.connect(self.endpoint)
 
     def roundtrip(self, frames: list) -> int:
         t0 = time.perf_counter_ns()
-        self.sock.send_multipart(frames, copy=False)
+        self.sock.send_multipart(frames)
         self.sock.recv_multipart()
         return time.perf_counter_ns() - t0
 
     def close(self) -> None:
         self.sock.send_multipart([b"stop"])
         self.proc.join(2.0)
+        if self.proc.is_alive():
+            self.proc.kill()
         self.sock.close()
+        self.ctx.term()
 
 
 def _chunk_roundtrip(client: BridgeClient, q: np.ndarray, horizon: int) -> int:
-    acts = np.repeat(q[None], horizon, axis=0)
+    acts = np.repeat(q[None], horizon, axis=0)  # the policy's output: made before the clock starts
     t0 = time.perf_counter_ns()
     client.send_chunk(acts, client.server_now_ns() + 20_000_000, 10_000_000, "joint_pos")
     return time.perf_counter_ns() - t0
@@ -150,7 +161,10 @@ def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
            f"{kind}_floor_p50_us": fl["p50"], f"{kind}_floor_p99_us": fl["p99"], f"{kind}_floor_p999_us": fl["p999"],
            f"{kind}_hb_rtt_p50_us": _percentiles_us(hb_ns)["p50"], f"{kind}_rtt_over_floor_p50": br["p50"] / fl["p50"],
            f"{kind}_estop_latency_p50_us": float(np.median(estop_us)),
-           f"{kind}_estop_latency_max_us": float(np.max(estop_us))}
+           f"{kind}_estop_latency_max_us": float(np.max(estop_us)),
+           f"floor_echo_p50_us_{kind}": fl["p50"], f"roundtrip_p50_us_{kind}": br["p50"],
+           f"roundtrip_ratio_{kind}": br["p50"] / fl["p50"],
+           f"servo_period_err_p99_us_{kind}": float(status["period_err_p99_us"])}
     return res, status
 
 
@@ -208,8 +222,9 @@ def main(cfg: DictConfig) -> dict:
             res, status = bench_transport(kind, cfg, Path(tmp))
             results.update(res)
             servo[kind] = status
-            print(f"[bench bridge] {kind}: rtt p50 {res[f'{kind}_rtt_p50_us']:.0f} us (floor "
-                  f"{res[f'{kind}_floor_p50_us']:.0f} us), servo p99 err {status['period_err_p99_us']:.0f} us",
+            print(f"[bench bridge] {kind}: round trip p50 {res[f'{kind}_rtt_p50_us']:.0f} us, floor (pyzmq echo) "
+                  f"{res[f'{kind}_floor_p50_us']:.0f} us: {res[f'roundtrip_ratio_{kind}']:.2f}x; servo p99 period "
+                  f"error {status['period_err_p99_us']:.0f} us",
                   flush=True)
     first = servo[cfg.transports[0]]
     results.update(servo_rate_hz=float(cfg.servo_rate_hz), servo_ticks=int(first["ticks"]),

@@ -57,6 +57,30 @@ def test_bench_bridge_prints_bench_json(tmp_path):
     assert last.startswith("BENCH_JSON: ")
     res = json.loads(last[len("BENCH_JSON: "):])
     for key in ("ipc_rtt_p50_us", "ipc_rtt_p99_us", "ipc_rtt_p999_us", "ipc_floor_p50_us", "servo_period_err_p50_us",
-                "servo_period_err_p99_us"):
-        assert res[key] > 0
+                "servo_period_err_p99_us", "floor_echo_p50_us_ipc", "roundtrip_p50_us_ipc", "roundtrip_ratio_ipc",
+                "servo_period_err_p99_us_ipc"):
+        assert res[key] > 0, key
     assert res["ipc_rtt_p99_us"] >= res["ipc_rtt_p50_us"]
+    assert res["roundtrip_p50_us_ipc"] == res["ipc_rtt_p50_us"] and res["floor_echo_p50_us_ipc"] == res["ipc_floor_p50_us"]
+    assert abs(res["roundtrip_ratio_ipc"] - res["roundtrip_p50_us_ipc"] / res["floor_echo_p50_us_ipc"]) < 1e-9
+
+
+def test_bench_floor_is_a_plain_process_echo_of_the_chunk(tmp_path):
+    """The floor echoes every frame of the same CHUNK back from its own process, over its own context."""
+    import numpy as np
+    import zmq
+
+    from armflow.control import protocol as P
+    from armflow.workflows.bench_bridge import FloorEcho
+
+    frames = [bytes(f) for f in P.encode("CHUNK", {"chunk_id": 1, "obs_seq": 0, "t0_ns": 1, "dt_ns": 1,
+                                                   "action_space": "joint_pos"}, {"actions": np.ones((10, 7))})]
+    floor = FloorEcho(f"ipc://{tmp_path}/floor")
+    try:
+        assert floor.proc.pid != os.getpid() and floor.ctx is not zmq.Context.instance()
+        floor.sock.send_multipart(frames)
+        assert floor.sock.poll(5000) and floor.sock.recv_multipart() == frames
+        assert floor.roundtrip(frames) > 0
+    finally:
+        floor.close()
+    assert not floor.proc.is_alive()
