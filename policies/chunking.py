@@ -144,7 +144,7 @@ class BatchedObsHistory:
         ``step_chunk`` returns a chunk's last T_o obs); ``n_new[i] = 0`` keeps env i's window."""
         n = np.minimum(np.asarray(n_new), self.n_obs_steps)
         for k, v in steps.items():
-            buf = np.array(_as_numpy(v))  # n >= T_o: the new steps are the whole window
+            buf = np.array(_as_numpy(v))  # n >= T_o: the new steps are the whole window (a copy: never the caller's)
             for i in np.flatnonzero(n < self.n_obs_steps):
                 buf[i] = np.concatenate([self._buf[k][i], buf[i, self.n_obs_steps - n[i]:]])[-self.n_obs_steps:]
             self._buf[k] = buf
@@ -161,7 +161,9 @@ class BatchedObsHistory:
                 buf[m] = np.repeat(v[m][:, None], self.n_obs_steps, axis=1)
             self._buf[k] = buf
 
-    def get(self) -> dict[str, np.ndarray]:
+    def get(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """``{key: (N, T_o, ...)}``. Every write builds new arrays, so ``copy=False`` windows stay valid (unchanged)
+        after later pushes; only a caller that writes into them needs the copy."""
         if self._buf is None:
             raise RuntimeError("BatchedObsHistory.get() before reset(obs)")
-        return {k: v.copy() for k, v in self._buf.items()}
+        return {k: v.copy() for k, v in self._buf.items()} if copy else dict(self._buf)

@@ -150,11 +150,11 @@ class ChunkVecEnv:
     def step(self, actions: np.ndarray, active: np.ndarray | None = None, autoreset: bool = True) -> ChunkStep:
         """Run one chunk per env: ``actions`` (N, T_a, D_a); envs outside ``active`` are not stepped (their rows
         keep their obs, ``n_steps`` 0; evaluation)."""
-        obs_before = self.windows.get()
+        obs_before = self.windows.get(copy=False)  # windows are never written in place (BatchedObsHistory)
         out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.n_obs_steps)  # checks the shape
         n = out["n_steps"]
         self.windows.extend(out["obs"], n)
-        next_obs = self.windows.get()
+        next_obs = self.windows.get(copy=False)
         info = {**out, "prev_reward_terms": {name: self._prev_terms.get(name, np.zeros(self.n_envs))
                                              for name in out["reward_terms"]}}
         rl_reward = np.asarray(self.reward_fn(obs_before, np.asarray(actions), next_obs, info), dtype=np.float64)
@@ -172,7 +172,7 @@ class ChunkVecEnv:
         self._counters[:, done], self._length[done] = 0.0, 0
         if autoreset and done.any():
             self.windows.reset({k: out["reset_obs"][k] for k in self.obs_keys}, done)
-        return ChunkStep(obs=self.windows.get() if autoreset and done.any() else next_obs, next_obs=next_obs,
+        return ChunkStep(obs=self.windows.get(copy=False) if autoreset and done.any() else next_obs, next_obs=next_obs,
                          reward=rl_reward.astype(np.float32), terminated=out["terminated"],
                          truncated=out["truncated"], success=out["success"], n_steps=n, elapsed=elapsed,
                          episodes=episodes, reward_terms=out["reward_terms"])
