@@ -104,7 +104,8 @@ class DiffusionPolicy(BasePolicy):
             return torch.add(x0.mul_(sa_prev), eps, alpha=s1ma_prev)
 
         return integrate(noise, self.num_inference_steps, predict, update,
-                         lambda x0, k, z: self._fast[k][1] * x0 + self._fast[k][0] * z, hooks.mcmc_steps)
+                         lambda x0, k, z: self._fast[k][1] * x0 + self._fast[k][0] * z, hooks.mcmc_steps,
+                         hooks.start_level)
 
     # ----------------------------------------------------------------- DPPO entry points
     def _step_mean(self, net, x, k, cond, eta: float):

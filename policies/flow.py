@@ -58,7 +58,7 @@ class FlowPolicy(BasePolicy):
             return u, torch.add(x, u, alpha=1 - k * dt) if hooks.mcmc_steps else None
 
         x = integrate(noise, self.num_inference_steps, predict, lambda x, u, _, k: torch.add(x, u, alpha=dt),
-                      lambda x_hat, k, z: k * dt * x_hat + (1 - k * dt) * z, hooks.mcmc_steps)
+                      lambda x_hat, k, z: k * dt * x_hat + (1 - k * dt) * z, hooks.mcmc_steps, hooks.start_level)
         return x.clamp(-1.0, 1.0)
 
     def pair_velocity(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,

@@ -54,7 +54,8 @@ class GaussianPolicy(BasePolicy):
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None) -> torch.Tensor:
         """mean + std * noise (normalised); noise = 0 gives the deterministic mean used for evaluation."""
         if hooks is not None and hooks.in_loop:
-            raise ValueError("gaussian policy: guidance, mcmc_steps and composer need a sampling loop (flow, diffusion)")
+            raise ValueError("gaussian policy: guidance, mcmc_steps, composer and start_level need a sampling loop "
+                             "(flow, diffusion)")
         return self.mean(cond) + self.std() * noise
 
     def _elementwise_loss(self, cond, actions_n):

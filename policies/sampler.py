@@ -48,10 +48,12 @@ class SamplerHooks:
     # (obs, candidates (B, K, T_p, D_a) robot units) -> index (B,): pick one of K chunks sampled in one batch
     reranker: Callable[[Mapping, torch.Tensor], torch.Tensor] | None = None
     n_candidates: int = 1  # K; > 1 needs a reranker
+    start_level: int = 0  # the initial x is at this level: levels 0..start_level-1 are skipped (RTI-DP warm start)
 
     def __post_init__(self) -> None:
-        if self.mcmc_steps < 0:
-            raise ValueError(f"SamplerHooks: mcmc_steps={self.mcmc_steps} must be >= 0")
+        if self.mcmc_steps < 0 or self.start_level < 0:
+            raise ValueError(f"SamplerHooks: mcmc_steps={self.mcmc_steps} and start_level={self.start_level} "
+                             "must be >= 0")
         if self.n_candidates < 1 or (self.n_candidates > 1) != (self.reranker is not None):
             raise ValueError(f"SamplerHooks: n_candidates={self.n_candidates}, reranker={self.reranker!r}; a reranker "
                              "goes with n_candidates > 1")
@@ -60,7 +62,7 @@ class SamplerHooks:
     @property
     def in_loop(self) -> bool:
         """Whether any hook acts inside the integration loop (the Gaussian policy has none)."""
-        return bool(self.guidance) or self.mcmc_steps > 0 or self.composer is not None
+        return bool(self.guidance) or self.mcmc_steps > 0 or self.composer is not None or self.start_level > 0
 
 
 NO_HOOKS = SamplerHooks()
@@ -87,10 +89,13 @@ def guidance_sum(terms: Sequence[GuidanceTerm], x: torch.Tensor, x_hat: torch.Te
     return g.detach()
 
 
-def integrate(x: torch.Tensor, n_levels: int, predict, update, renoise=None, mcmc_steps: int = 0) -> torch.Tensor:
-    """The one loop: for each level k, 1. predict, 2. MCMC corrector (not on the first level, where x is the
-    initial noise the corrector would discard), 3. step to level k + 1."""
-    for k in range(n_levels):
+def integrate(x: torch.Tensor, n_levels: int, predict, update, renoise=None, mcmc_steps: int = 0,
+              start: int = 0) -> torch.Tensor:
+    """The one loop: for each level k (from ``start``, where x is), 1. predict, 2. MCMC corrector (not on the
+    first level, where x is the initial noise the corrector would discard), 3. step to level k + 1."""
+    if not 0 <= start < n_levels:
+        raise ValueError(f"start level {start} must be in [0, {n_levels}) (the sampler's levels)")
+    for k in range(start, n_levels):
         out, x_hat = predict(x, k)
         for _ in range(mcmc_steps if k > 0 else 0):
             x = renoise(x_hat, k, torch.randn_like(x))
