@@ -1,0 +1,156 @@
+"""Q(s, a_chunk) for value-guided reranking (V-GPS): a twin-Q MLP over the obs window and the executed chunk.
+
+Inputs: the obs window ``{key: (B, T_o, D)}`` (vector keys) and the first T_a actions of a chunk (B, T_a, D_a),
+both in robot units, normalised inside with the POLICY's normaliser stats the critic was trained with (stored
+in ``model.safetensors`` and, readable, in ``config.json``); so a critic only ever scores chunks of the policy it
+was trained for, and :func:`check_critic` refuses any other. Score = min of the twin heads (pessimistic).
+Saved as ``config.json`` + ``model.safetensors`` (no pickle).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from armflow.configs import build_config
+from armflow.policies.normalizer import Normalizer
+from armflow.policies.rl.nets import TwinQ, ValueCritic
+
+FORMAT_NAME, FORMAT_VERSION = "armflow-critic", 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+ACTION = "action"
+
+
+@dataclass
+class CriticConfig:
+    obs_keys: tuple = ()          # vector obs keys of the policy the critic reads
+    obs_dims: tuple = ()          # D per obs key
+    n_obs_steps: int = 2          # T_o (the policy's)
+    n_action_steps: int = 8       # T_a: the executed prefix of a chunk that is scored (the policy's)
+    horizon: int = 16             # T_p of the policy's chunks
+    action_dim: int = 7           # D_a
+    hidden: int = 256
+    n_layers: int = 2
+    method: str = "calql"         # how it was trained: calql | iql
+
+
+class ChunkCritic(nn.Module):
+    """Twin Q(s, a_{0:T_a}) (+ V(s) for IQL): ``score(obs, candidates (B, K, >=T_a, D_a)) -> (B, K)``."""
+
+    def __init__(self, cfg: CriticConfig):
+        super().__init__()
+        self.cfg = cfg
+        shapes = {k: (int(d),) for k, d in zip(cfg.obs_keys, cfg.obs_dims)}
+        self.normalizer = Normalizer({**shapes, ACTION: (cfg.action_dim,)}, None)
+        self.obs_dim = cfg.n_obs_steps * sum(int(d) for d in cfg.obs_dims)
+        self.act_dim = cfg.n_action_steps * cfg.action_dim
+        self.q = TwinQ(self.obs_dim, self.act_dim, cfg.hidden, cfg.n_layers)
+        self.v = ValueCritic(self.obs_dim, cfg.hidden, cfg.n_layers)  # IQL's V(s); unused by Cal-QL
+
+    @classmethod
+    def for_policy(cls, policy, hidden: int = 256, n_layers: int = 2, method: str = "calql") -> "ChunkCritic":
+        """A new critic over ``policy``'s vector obs keys and executed chunk, with its normaliser stats copied."""
+        keys = tuple(k for k, s in policy.obs_spec.items() if len(s) == 1)
+        if not keys:
+            raise ValueError(f"critic: the policy has no vector observation keys (it has {sorted(policy.obs_spec)}); "
+                             "the chunk critic reads vector observations only")
+        cfg = CriticConfig(keys, tuple(policy.obs_spec[k][0] for k in keys), int(policy.n_obs_steps),
+                           int(policy.n_action_steps), int(policy.horizon), int(policy.action_dim), hidden, n_layers,
+                           method)
+        critic = cls(cfg)
+        own = critic.normalizer.state_dict()
+        critic.normalizer.load_state_dict({k: policy.normalizer.state_dict()[k].clone() for k in own})
+        return critic
+
+    def features(self, obs: Mapping) -> torch.Tensor:
+        """Obs window {key: (B, T_o, D)} robot units -> (B, T_o * sum D) normalised."""
+        parts = []
+        for k, d in zip(self.cfg.obs_keys, self.cfg.obs_dims):
+            x = torch.as_tensor(obs[k], dtype=torch.float32)
+            if tuple(x.shape[1:]) != (self.cfg.n_obs_steps, int(d)):
+                raise ValueError(f"critic: obs[{k!r}] has shape {tuple(x.shape)}; expected (B, T_o="
+                                 f"{self.cfg.n_obs_steps}, {d})")
+            parts.append(self.normalizer.normalize(k, x).flatten(1))
+        return torch.cat(parts, dim=-1)
+
+    def actions(self, chunks: torch.Tensor) -> torch.Tensor:
+        """Chunks (..., >= T_a, D_a) robot units -> normalised executed prefix (..., T_a * D_a)."""
+        a = self.normalizer.normalize(ACTION, torch.as_tensor(chunks, dtype=torch.float32)[..., :self.cfg.n_action_steps, :])
+        return a.flatten(-2)
+
+    def q_values(self, feat: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """(feat (N, F), act (N, A)) normalised -> twin Q (2, N)."""
+        return torch.stack(self.q(feat, act))
+
+    @torch.no_grad()
+    def score(self, obs: Mapping, candidates: torch.Tensor) -> torch.Tensor:
+        """min-twin Q of K candidate chunks per observation: candidates (B, K, T_p, D_a) robot units -> (B, K)."""
+        b, k = candidates.shape[:2]
+        feat = self.features(obs).repeat_interleave(k, dim=0)
+        q = self.q_values(feat, self.actions(candidates).reshape(b * k, -1))
+        return q.min(0).values.reshape(b, k)
+
+    # ----------------------------------------------------------------- checkpoint
+    def save_pretrained(self, directory: str | os.PathLike, extra: Mapping | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_FILE))
+        stats = {k: {"offset": self.normalizer._buffer(k, "offset").tolist(),
+                     "scale": self.normalizer._buffer(k, "scale").tolist()} for k in (*self.cfg.obs_keys, ACTION)}
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": asdict(self.cfg),
+                "normalizer": stats, **dict(extra or {})}
+        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return out
+
+
+def load_critic(directory: str | os.PathLike) -> ChunkCritic:
+    """Rebuild a critic saved by ``ChunkCritic.save_pretrained``; errors name the file and what was expected."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (is this a critic from `armflow critic`?)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {meta.get('format')!r} v{meta.get('format_version')}; expected "
+                         f"{FORMAT_NAME!r} v{FORMAT_VERSION} (a critic from `armflow critic`)")
+    critic = ChunkCritic(build_config(CriticConfig, meta["config"], str(path)))
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}")
+    try:
+        critic.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights} does not match {path}: {str(exc).splitlines()[0]}") from None
+    critic.source = str(directory)
+    return critic.eval()
+
+
+def check_critic(critic: ChunkCritic, policy, source: str) -> None:
+    """Refuse a critic trained for another policy: action dim, T_o, T_a, T_p, obs keys/dims and normaliser stats
+    must all match (``source`` names the critic dir in the message)."""
+    c = critic.cfg
+    want = {"action_dim": policy.action_dim, "n_obs_steps": policy.n_obs_steps,
+            "n_action_steps": policy.n_action_steps, "horizon": policy.horizon}
+    for key, value in want.items():
+        if int(getattr(c, key)) != int(value):
+            raise ValueError(f"{source}/{CONFIG_FILE}: critic {key}={getattr(c, key)} but the policy has {key}={value}; "
+                             "train the critic for this policy (armflow critic policy=DIR)")
+    for key, dim in zip(c.obs_keys, c.obs_dims):
+        if tuple(policy.obs_spec.get(key, ())) != (int(dim),):
+            raise ValueError(f"{source}/{CONFIG_FILE}: critic reads obs {key!r} of shape ({dim},); the policy has "
+                             f"{tuple(policy.obs_spec.get(key, ())) or 'no such key'} (obs_spec {sorted(policy.obs_spec)})")
+    theirs = policy.normalizer.state_dict()
+    for name, value in critic.normalizer.state_dict().items():
+        if name not in theirs or not torch.allclose(value, theirs[name].to(value), atol=1e-6, rtol=1e-5):
+            raise ValueError(f"{source}/{WEIGHTS_FILE}: critic normaliser {name} differs from the policy's (max |diff| "
+                             f"{(value - theirs[name].to(value)).abs().max() if name in theirs else 'missing'}); "
+                             "the critic was trained with another policy's stats")
