@@ -170,6 +170,7 @@ def run_finetune(cfg: DictConfig) -> dict:
                 metrics["charts/episode_return"] = sum(e["return"] for e in eps) / len(eps)
                 metrics["charts/episode_rl_return"] = sum(e["rl_return"] for e in eps) / len(eps)
                 metrics["charts/episode_success"] = sum(e["success"] for e in eps) / len(eps)
+            metrics.update(stats.get("rewards", {}))
             metrics.update({"charts/iteration": counters["iteration"], "charts/wall_time_s": counters["wall_time_s"],
                             "charts/sps": counters["env_steps"] / max(counters["wall_time_s"], 1e-6)})
             logger.log(counters["env_steps"], metrics)

@@ -142,7 +142,7 @@ class RolloutWorker:
             self.elapsed[:] = 0
         rows: dict[str, list] = {}
         limit = float(self.env.max_episode_steps)
-        episodes, env_steps = [], 0
+        episodes, env_steps, logged = [], 0, {}
         for _ in range(n_steps):
             obs = self._policy_obs(self.obs)
             env_action, record = self.agent.act(obs, explore=True)
@@ -154,11 +154,12 @@ class RolloutWorker:
                 rows.setdefault(key, []).append(value)
             episodes += step.episodes
             env_steps += int(step.n_steps.sum())
+            add_reward_log(logged, step)
             self.obs = step.obs
             self.elapsed = np.where(step.terminated | step.truncated, 0, step.elapsed)
         batch = {k: ({kk: np.stack([v[kk] for v in vs]) for kk in vs[0]} if isinstance(vs[0], dict) else np.stack(vs))
                  for k, vs in rows.items()}
-        return batch, {"env_steps": env_steps, "episodes": episodes}
+        return batch, {"env_steps": env_steps, "episodes": episodes, "rewards": reward_log(logged, env_steps)}
 
     def _policy_obs(self, obs: dict) -> dict:
         return {k: obs[k] for k in self.obs_keys}
@@ -168,6 +169,31 @@ class RolloutWorker:
 
     def close(self) -> None:
         self.env.close()
+
+
+def add_reward_log(sums: dict, step) -> None:
+    """Accumulate what the reward log reports: each env reward term over the executed steps, the RL reward per
+    chunk, and the RL reward as a success detector against the simulator's success (the audit: a reward model's
+    false positives are what RL exploits)."""
+    for name, per_step in step.reward_terms.items():
+        sums[f"terms/{name}"] = sums.get(f"terms/{name}", 0.0) + float(per_step.sum())
+    stepped = step.n_steps > 0
+    said, true = (step.reward >= 0.5)[stepped], step.success[stepped]
+    for key, value in (("chunks", stepped.sum()), ("rl", step.reward[stepped].sum()), ("tp", (said & true).sum()),
+                       ("fp", (said & ~true).sum()), ("fn", (~said & true).sum()), ("tn", (~said & ~true).sum())):
+        sums[key] = sums.get(key, 0.0) + float(value)
+
+
+def reward_log(sums: dict, env_steps: int) -> dict[str, float]:
+    """``rewards/<term>`` per env step, ``rewards/rl`` per chunk, ``rewards/detector_fp_rate`` (among chunks not
+    ending in success) and ``rewards/detector_fn_rate`` (among successes) of the RL reward read as success >= 0.5."""
+    out = {f"rewards/{k[6:]}": v / max(env_steps, 1) for k, v in sums.items() if k.startswith("terms/")}
+    if sums.get("chunks"):
+        out["rewards/rl"] = sums["rl"] / sums["chunks"]
+        out["rewards/detector_fp_rate"] = sums["fp"] / max(sums["fp"] + sums["tn"], 1.0)
+        if sums["tp"] + sums["fn"]:
+            out["rewards/detector_fn_rate"] = sums["fn"] / (sums["tp"] + sums["fn"])
+    return out
 
 
 def evaluate(agent, env: ChunkVecEnv, seeds: list[int], n_action_steps: int, eval_seed: int,

@@ -44,13 +44,21 @@ def _finetune(ckpt, clf, out, threshold: float, extra=()):
     return [r for r in read_jsonl(out / "metrics.jsonl") if "eval/rl_return" in r]
 
 
+def _train_rows(out):
+    return [r for r in read_jsonl(out / "metrics.jsonl") if "rewards/rl" in r]
+
+
 def test_the_classifier_is_the_only_reward(lift_ckpt, classifier_dir, tmp_path):
     # threshold 0: the classifier calls every chunk a success (reward 1); 8 steps = 2 chunks of 4 per episode
     evals = _finetune(lift_ckpt, classifier_dir, tmp_path / "yes", 0.0)
     assert evals and all(r["eval/rl_return"] == 2.0 for r in evals)
+    rows = _train_rows(tmp_path / "yes")  # the audit: an untrained policy never lifts, so every positive is false
+    assert rows and all(r["rewards/rl"] == 1.0 and r["rewards/detector_fp_rate"] == 1.0 for r in rows)
+    assert all(r["rewards/reach"] > 0 for r in rows)  # the env's reward terms are logged beside it
     # threshold 1: never a success, whatever the simulator says
     evals = _finetune(lift_ckpt, classifier_dir, tmp_path / "no", 1.0)
     assert all(r["eval/rl_return"] == 0.0 for r in evals)
+    assert all(r["rewards/detector_fp_rate"] == 0.0 for r in _train_rows(tmp_path / "no"))
 
 
 def test_injected_false_negatives_flip_every_positive(lift_ckpt, classifier_dir, tmp_path):
