@@ -72,16 +72,18 @@ class PolicyRunner:
         self.history.push({k: obs[k] for k in self.keys})
 
     @torch.inference_mode()
-    def predict(self, windows: dict | None = None, rows=None) -> np.ndarray:
+    def predict(self, windows: dict | None = None, rows=None, hooks=None, noise=None) -> np.ndarray:
         """Chunks for the envs ``rows`` (default all) from obs windows ``{key: (N, T_o, ...)}`` (default the
-        runner's own history)."""
+        runner's own history). ``hooks``: sampler hooks (chunk executors: RTC, RTI-DP); ``noise``: these rows'
+        initial noise, already drawn (default: the seeded draw; none with a ``hooks.noise`` provider)."""
         windows = self.history.get() if windows is None else windows
         rows = np.arange(self.n_envs) if rows is None else np.asarray(rows)
         obs = {k: windows[k][rows] if len(rows) < self.n_envs else windows[k] for k in self.keys}
-        noise = self.noise(rows)
-        if noise is None and self.noise_fn is not None:
-            noise = self.noise_fn(len(rows))
-        return self.policy.predict_chunk(obs, noise=noise).detach().cpu().numpy()
+        if noise is None and (hooks is None or hooks.noise is None):
+            noise = self.noise(rows)
+            if noise is None and self.noise_fn is not None:
+                noise = self.noise_fn(len(rows))
+        return self.policy.predict_chunk(obs, noise=noise, hooks=hooks).detach().cpu().numpy()
 
     def act(self) -> np.ndarray:
         """Next action for every env (N, D_a); predicts where an env's chunk has run out."""
