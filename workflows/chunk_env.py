@@ -94,6 +94,9 @@ class ChunkStep:
     episodes: list[dict]             # finished episodes: {"return" (env reward), "rl_return" (the RL reward),
                                      # "length", "success"}
     reward_terms: dict[str, np.ndarray]  # name -> (N, T_a) per-step env reward terms (0 after the episode end)
+    step_reward: np.ndarray | None = None  # (N, T_a) per-step env reward (0 after the episode end)
+    step_obs: dict[str, np.ndarray] | None = None  # with keep_steps: (N, keep, ...) the chunk's last executed steps'
+                                                   # obs, right-aligned (an env's n_steps newest at the end)
 
 
 class ChunkVecEnv:
@@ -109,16 +112,19 @@ class ChunkVecEnv:
         reward_mode: a ``REWARDS`` name, or a batched reward function (see module docstring).
         shaping_scale: weight of the potential-based shaping (``reward_mode="shaped"``).
         venv: a pre-built armflow vector env to wrap instead of making one (tests).
+        keep_steps: > 0 returns every executed step's obs (``ChunkStep.step_obs``, last ``max(T_o, keep_steps)``
+            steps) for per-step recording (``armflow evaluate record=``).
     """
 
     def __init__(self, task: str, n_envs: int, n_obs_steps: int, obs_keys, n_workers: int | None = 0,
                  overrides: dict | None = None, reward_mode: str | RewardFn = "env", shaping_scale: float = 0.1,
-                 venv=None):
+                 venv=None, keep_steps: int = 0):
         from armflow.policies import BatchedObsHistory
         from armflow.sim.vector import make_vec_env
 
         self.reward_fn = reward_function(reward_mode, shaping_scale) if isinstance(reward_mode, str) else reward_mode
         self.n_envs, self.obs_keys, self.n_obs_steps = int(n_envs), tuple(obs_keys), int(n_obs_steps)
+        self.keep_steps = max(self.n_obs_steps, int(keep_steps))
         self.venv = venv if venv is not None else make_vec_env(task, self.n_envs, n_workers,
                                                                **dict(overrides or {}))
         self.max_episode_steps = int(self.venv.max_episode_steps)
@@ -151,9 +157,9 @@ class ChunkVecEnv:
         """Run one chunk per env: ``actions`` (N, T_a, D_a); envs outside ``active`` are not stepped (their rows
         keep their obs, ``n_steps`` 0; evaluation)."""
         obs_before = self.windows.get(copy=False)  # windows are never written in place (BatchedObsHistory)
-        out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.n_obs_steps)  # checks the shape
+        out = self.venv.step_chunk(actions, active, autoreset, self.obs_keys, self.keep_steps)  # checks the shape
         n = out["n_steps"]
-        self.windows.extend(out["obs"], n)
+        self.windows.extend({k: v[:, v.shape[1] - self.n_obs_steps:] for k, v in out["obs"].items()}, n)
         next_obs = self.windows.get(copy=False)
         info = {**out, "prev_reward_terms": {name: self._prev_terms.get(name, np.zeros(self.n_envs))
                                              for name in out["reward_terms"]}}
@@ -175,7 +181,8 @@ class ChunkVecEnv:
         return ChunkStep(obs=self.windows.get(copy=False) if autoreset and done.any() else next_obs, next_obs=next_obs,
                          reward=rl_reward.astype(np.float32), terminated=out["terminated"],
                          truncated=out["truncated"], success=out["success"], n_steps=n, elapsed=elapsed,
-                         episodes=episodes, reward_terms=out["reward_terms"])
+                         episodes=episodes, reward_terms=out["reward_terms"], step_reward=out["reward"],
+                         step_obs=out["obs"] if self.keep_steps > self.n_obs_steps else None)
 
     def close(self) -> None:
         self.venv.close()

@@ -177,12 +177,13 @@ def main(cfg: DictConfig) -> dict:
     from armflow.policies import load_policy
     from armflow.workflows.common import write_json
     from armflow.workflows.media import write_mp4
+    from armflow.workflows.steering import apply_steering, steering_summary
 
     if not cfg.get("checkpoint"):
         raise SystemExit("armflow deploy: set checkpoint=DIR (a policy dir with config.json + model.safetensors)")
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
-    policy = load_policy(cfg.checkpoint)
+    policy, steering = apply_steering(load_policy(cfg.checkpoint), cfg.get("steering"))
     policy.eval()
     client = BridgeClient(cfg.endpoint, allow_real=bool(cfg.allow_real), t_cmd_ms=cfg.t_cmd_ms)
     try:
@@ -200,6 +201,8 @@ def main(cfg: DictConfig) -> dict:
         tag = "success" if res["success"] else "failure"
         summary["videos"].append(str(write_mp4(out / "videos" / f"seed{res['seed']}_{tag}.mp4", frames, fps=fps)))
     summary["checkpoint"], summary["endpoint"] = str(cfg.checkpoint), cfg.endpoint
+    if steering is not None:
+        summary["steering"] = steering_summary(policy, steering)
     write_json(out / "summary.json", summary)
     print(f"[deploy] success {summary['success_rate']:.2f} over {summary['episodes']} episodes; "
           f"rtt p50 {summary['rtt_p50_us']:.0f} us p99 {summary['rtt_p99_us']:.0f} us")

@@ -70,35 +70,59 @@ def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_over
     return paths
 
 
+def gripper_dim(task: str, action_dim: int) -> int | None:
+    """The gripper's action dimension (the last of the arm tasks' 7-D ee_delta + gripper), None elsewhere."""
+    return action_dim - 1 if action_dim == 7 and not task.startswith("toy") else None
+
+
 def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_envs: int = 8,
                     n_workers: int | None = None, env_overrides: dict | None = None,
-                    progress: bool = True, source: str = "evaluate") -> dict:
+                    progress: bool = True, source: str = "evaluate", record: str | None = None,
+                    execution=None) -> dict:
     """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes (``source`` names the policy in
-    errors)."""
+    errors); ``record``: a dir where the episodes are written as a LeRobot v3 dataset (``workflows.record``);
+    ``execution``: a :class:`~armflow.workflows.realtime_exec.Execution` (chunk executor, simulated inference
+    delay), which adds ``realtime`` metrics and per-episode discontinuity / time to success."""
     from armflow.workflows.chunk_env import ChunkVecEnv
 
     if episodes < 1 or n_envs < 1:
         raise ValueError(f"evaluate {task}: episodes={episodes} and n_envs={n_envs} must be >= 1 "
                          "(a success rate over no episodes is undefined)")
     n_envs = min(n_envs, episodes)
+    keep = max(policy.n_action_steps, policy.n_obs_steps + 1) if record else 0
     env = ChunkVecEnv(task, n_envs, policy.n_obs_steps, tuple(policy.obs_spec), n_workers,
-                      dict(env_overrides or {}))
+                      dict(env_overrides or {}), keep_steps=keep)
+    recorder = None
     try:
         check_compatible(policy, env.venv.single_observation_space, env.action_dim, source, task)
         policy.eval()
         runner = PolicyRunner(policy, n_envs)
+        act, on_start, t_a = runner.predict, runner.noise.seed, policy.n_action_steps
+        if execution is not None:
+            from armflow.workflows.realtime_exec import DelayedExecution
+
+            act = DelayedExecution(runner, execution, env.venv.ctrl_dt, gripper_dim(task, env.action_dim))
+            on_start, t_a = act.on_start, act.s
+        if record:
+            from armflow.workflows.record import EpisodeRecorder
+
+            recorder = EpisodeRecorder(record, env, task)
         with tqdm(total=episodes, desc=f"evaluate {task}", unit="ep", disable=not progress) as bar:
-            results = run_episodes(env, runner.predict, [seed + i for i in range(episodes)], policy.n_action_steps,
-                                   on_start=runner.noise.seed, progress=bar)
+            results = run_episodes(env, act, [seed + i for i in range(episodes)], t_a,
+                                   on_start=on_start, progress=bar, on_step=recorder)
     finally:
         env.close()
+        if recorder is not None:
+            recorder.close()
     successes = np.array([r["success"] for r in results])
     modes = [r["mode"] for r in results if r["success"] and r["mode"] >= 0]
     mode_counts = {str(m): modes.count(m) for m in sorted(set(modes))}
     return {"task": task, "episodes": len(results), "success_rate": float(successes.mean()),
             "successful_modes": mode_counts,
             "mean_return": float(np.mean([r["return"] for r in results])),
-            "mean_length": float(np.mean([r["length"] for r in results])), "per_episode": results}
+            "mean_length": float(np.mean([r["length"] for r in results])), "per_episode": results,
+            **({"realtime": act.metrics(results)} if execution is not None else {}),
+            **({"recorded": {"dataset": str(record), "episodes": recorder.episodes}} if recorder else {})}
 
 
 def plot_eval(out: Path, result: dict) -> list[Path]:
@@ -116,6 +140,7 @@ def plot_eval(out: Path, result: dict) -> list[Path]:
 def main(cfg: DictConfig) -> dict:
     from armflow.policies import load_policy
     from armflow.workflows.common import write_json
+    from armflow.workflows.steering import apply_steering, steering_summary
 
     if not cfg.get("checkpoint"):
         raise SystemExit("armflow evaluate: set checkpoint=DIR (a policy dir with config.json + model.safetensors)")
@@ -124,8 +149,14 @@ def main(cfg: DictConfig) -> dict:
     t0 = time.monotonic()
     policy = load_policy(cfg.checkpoint)
     overrides = dict(OmegaConf.to_container(cfg.task_overrides, resolve=True) or {})
+    search = lambda p: evaluate_policy(p, cfg.task, int(cfg.steering.search_episodes or 20),  # noqa: E731
+                                       int(cfg.seed) - 10_000, int(cfg.n_envs), cfg.n_workers, overrides, False)[
+        "success_rate"]  # GPC weight search on seeds below the evaluated ones
+    policy, steering = apply_steering(policy, cfg.get("steering"), search)
     result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
-                             overrides, source=f"checkpoint {cfg.checkpoint}")
+                             overrides, source=f"checkpoint {cfg.checkpoint}", record=cfg.get("record"))
+    if steering is not None:
+        result["steering"] = steering_summary(policy, steering)
     result.update(record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
                                 out / "videos", overrides))
     result["task_overrides"] = overrides

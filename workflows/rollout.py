@@ -96,11 +96,13 @@ class PolicyRunner:
 
 
 def run_episodes(env, act: Callable[[dict, np.ndarray], np.ndarray], seeds: Sequence[int], n_action_steps: int,
-                 on_start: Callable[[np.ndarray, list[int]], None] | None = None, progress=None) -> list[dict]:
+                 on_start: Callable[[np.ndarray, list[int]], None] | None = None, progress=None,
+                 on_step: Callable[[dict, np.ndarray, object, np.ndarray], None] | None = None) -> list[dict]:
     """One episode per seed on a ``ChunkVecEnv``, envs refilled with the next seed as soon as theirs ends.
 
     ``act(obs windows (N, T_o, ...), rows)`` returns chunks ``(len(rows), >= T_a, D_a)`` for the active envs
-    ``rows``, of which the first ``n_action_steps`` (T_a) run; ``on_start(mask, seeds)`` is told which envs start which seeds (to reseed sampler noise). Returns
+    ``rows``, of which the first ``n_action_steps`` (T_a) run; ``on_start(mask, seeds)`` is told which envs start which seeds (to reseed sampler noise);
+    ``on_step(obs windows, chunks (N, T_a, D_a), ChunkStep, active)`` sees every chunk step (recording). Returns
     ``{"seed", "success", "return" (env), "rl_return", "length", "mode"}`` per seed, in the order of ``seeds``.
     """
     n, t_a, queue = env.n_envs, int(n_action_steps), list(seeds)
@@ -116,6 +118,8 @@ def run_episodes(env, act: Callable[[dict, np.ndarray], np.ndarray], seeds: Sequ
         chunks = np.zeros((n, t_a, env.action_dim), np.float32)
         chunks[rows] = np.asarray(act(obs, rows))[:, :t_a]
         step = env.step(chunks, active=active, autoreset=False)
+        if on_step is not None:
+            on_step(obs, chunks, step, active)
         done = active & (step.terminated | step.truncated)
         for i, ep in zip(np.flatnonzero(done), step.episodes):
             results[int(slot[i])] = {"seed": int(slot[i]), "success": ep["success"], "return": ep["return"],
