@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench bridge": ("armflow.workflows.bench_bridge", "bench_bridge"),
     "bench multimodal": ("armflow.workflows.bench_multimodal", "bench_multimodal"),
     "bench vision": ("armflow.workflows.bench_vision", "bench_vision"),
+    "bench realtime": ("armflow.workflows.bench_realtime", "bench_realtime"),
     "reward serve": ("armflow.workflows.reward_serve", "reward_serve"),
     "bench evaluate": ("armflow.workflows.bench_evaluate", "bench_evaluate"),
     "reward fit": ("armflow.workflows.reward_fit", "reward_fit"),

@@ -140,6 +140,7 @@ def plot_eval(out: Path, result: dict) -> list[Path]:
 def main(cfg: DictConfig) -> dict:
     from armflow.policies import load_policy
     from armflow.workflows.common import write_json
+    from armflow.workflows.realtime_exec import execution_from_cfg, plot_actions
     from armflow.workflows.steering import apply_steering, steering_summary
 
     if not cfg.get("checkpoint"):
@@ -153,14 +154,21 @@ def main(cfg: DictConfig) -> dict:
                                        int(cfg.seed) - 10_000, int(cfg.n_envs), cfg.n_workers, overrides, False)[
         "success_rate"]  # GPC weight search on seeds below the evaluated ones
     policy, steering = apply_steering(policy, cfg.get("steering"), search)
+    execution = execution_from_cfg(cfg)
     result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
-                             overrides, source=f"checkpoint {cfg.checkpoint}", record=cfg.get("record"))
+                             overrides, source=f"checkpoint {cfg.checkpoint}", record=cfg.get("record"),
+                             execution=execution)
     if steering is not None:
         result["steering"] = steering_summary(policy, steering)
     result.update(record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
                                 out / "videos", overrides))
     result["task_overrides"] = overrides
     result["plots"] = [str(p) for p in plot_eval(out, result)]
+    if "realtime" in result:  # the first episode's executed actions with its chunk switches
+        rt = result["realtime"]
+        result["plots"].append(str(plot_actions(out / "actions_first_episode.png", rt.pop("trace_actions"),
+                                                rt.pop("trace_switches"), f"{rt['executor']}, delay {rt['delay_ms']:.0f} ms",
+                                                rt["ctrl_dt_s"])))
     result["checkpoint"], result["wall_time_s"] = str(cfg.checkpoint), time.monotonic() - t0
     write_json(out / "eval.json", result)
     print(f"[evaluate] {cfg.task}: success {result['success_rate']:.2f} over {result['episodes']} episodes")

@@ -1,0 +1,156 @@
+"""``armflow bench realtime``: chunk executors under inference delay, RTI-DP warm starts, RTC's cost.
+
+1. A lift checkpoint: ``checkpoint=DIR``, or collect ``demos`` scripted demos and train a flow policy briefly.
+2. The table, on ``episodes`` unseen seeds through ``armflow evaluate``'s simulated delay (deterministic): lockstep,
+   then ``naive``, ``ensemble`` and ``rtc`` at each of ``delays_ms``; the chunk-switch discontinuity at 100 ms.
+3. RTI-DP: the lockstep executor with warm-started chunks (denoiser evaluations per chunk, success delta).
+4. RTC's sampling time per chunk over the unguided sample (batch 1, one thread, a real observation).
+5. Optionally (``bridge_episodes > 0``) one delay through the real bridge: ``armflow serve mode=realtime`` with
+   ``deploy`` injecting ``bridge_delay_ms`` of inference delay, naive and rtc.
+
+Prints ``BENCH_JSON`` with ``lockstep_success``, ``<executor>_success_at_<d>ms``,
+``rtc_discontinuity_ratio_100ms`` (RTC / naive, max jump at switches; ``..._mean_...``: mean jump),
+``rtidp_nfe_ratio`` (full / warm evaluations), ``rtidp_success_delta`` (warm - full), ``rtc_latency_ratio``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from armflow.workflows.common import bench_line, write_json
+
+
+def get_checkpoint(cfg: DictConfig, out: Path) -> str:
+    """``cfg.checkpoint``, or a flow policy trained on freshly collected scripted demos."""
+    if cfg.checkpoint:
+        return str(cfg.checkpoint)
+    from armflow.workflows.bench_vision import train_variant
+    from armflow.workflows.collect import collect_scripted
+
+    dataset = out / "dataset"
+    if not (dataset / "meta" / "info.json").exists():
+        collect_scripted(cfg.task, dataset, int(cfg.demos), float(cfg.noise_std), int(cfg.seed),
+                         progress=bool(cfg.progress))
+    keys = ["observation.state", "observation.environment_state"]
+    return str(train_variant(cfg, dataset, keys, out / "train")["checkpoint"])
+
+
+def run_table(cfg: DictConfig, policy, execution_kw: dict) -> dict:
+    """Every (executor, delay) cell: success, time to success, discontinuity; keyed ``<executor>@<d>``."""
+    from armflow.workflows.evaluate import evaluate_policy
+    from armflow.workflows.realtime_exec import Execution
+
+    def run(**kw) -> dict:
+        ex = Execution(**{**execution_kw, **kw})
+        res = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.eval_seed), int(cfg.n_envs),
+                              cfg.n_workers, progress=False, execution=ex)
+        row = {"success": res["success_rate"],
+               **{k: v for k, v in res["realtime"].items() if not k.startswith("trace_")}}
+        print(f"[bench realtime] {ex.executor:8s} rtidp={ex.rtidp!s:5s} delay {ex.delay_ms:5.0f} ms: success "
+              f"{row['success']:.2f}, switch jump {row['discontinuity_switch']:.3f} (within "
+              f"{row['discontinuity_within']:.3f}), nfe {row['nfe_per_chunk']:.1f}", flush=True)
+        return row
+
+    cells = {"sync@0": run(executor="sync"), "rtidp@0": run(executor="sync", rtidp=True)}
+    for d in cfg.delays_ms:
+        for name in cfg.executors:
+            cells[f"{name}@{int(d)}"] = run(executor=name, delay_ms=float(d))
+    return cells
+
+
+def latency_ratio(cfg: DictConfig, policy, execution_kw: dict) -> dict:
+    """Median per-chunk sampling time of RTC (VJP and identity Jacobian) over the unguided sample."""
+    from armflow.policies.executors import shifted, soft_mask
+    from armflow.policies.realtime import rtc_hooks
+    from armflow.sim import make_env
+
+    env = make_env(cfg.task)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    window = {k: torch.as_tensor(np.stack([obs[k]] * policy.n_obs_steps)[None]) for k in policy.obs_spec}
+    s = int(execution_kw.get("exec_horizon") or policy.n_action_steps)
+    with torch.inference_mode():
+        prev = policy.predict_chunk(window).numpy()
+    y, w = shifted(prev[0], s)[None], soft_mask(policy.horizon, min(2, s), s)[None]
+    calls = {"unguided": lambda: policy.predict_chunk(window),
+             "rtc": lambda: policy.predict_chunk(window, hooks=rtc_hooks(policy, window, y, w, cfg.rtc_beta)),
+             "rtc_identity": lambda: policy.predict_chunk(
+                 window, hooks=rtc_hooks(policy, window, y, w, cfg.rtc_beta, vjp=False))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ms = {}
+        for name, fn in calls.items():
+            times = []
+            for i in range(int(cfg.warmup) + int(cfg.iters)):
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    fn()
+                if i >= int(cfg.warmup):
+                    times.append((time.perf_counter() - t0) * 1e3)
+            ms[name] = float(np.median(times))
+    finally:
+        torch.set_num_threads(threads)
+    return {"unguided_ms": ms["unguided"], "rtc_ms": ms["rtc"], "rtc_identity_ms": ms["rtc_identity"],
+            "rtc_latency_ratio": ms["rtc"] / ms["unguided"],
+            "rtc_identity_latency_ratio": ms["rtc_identity"] / ms["unguided"]}
+
+
+def summarise(cells: dict, delays) -> dict:
+    bench = {"lockstep_success": cells["sync@0"]["success"]}
+    for key, row in cells.items():
+        name, d = key.split("@")
+        if name not in ("sync", "rtidp"):
+            bench[f"{name}_success_at_{d}ms"] = row["success"]
+            bench[f"{name}_time_to_success_s_at_{d}ms"] = row["time_to_success_s"]
+    if "rtc@100" in cells and "naive@100" in cells:
+        rtc, naive = cells["rtc@100"], cells["naive@100"]
+        bench["rtc_discontinuity_ratio_100ms"] = rtc["discontinuity_switch"] / max(naive["discontinuity_switch"], 1e-12)
+        bench["rtc_discontinuity_mean_ratio_100ms"] = (rtc["discontinuity_switch_mean"]
+                                                       / max(naive["discontinuity_switch_mean"], 1e-12))
+    full, warm = cells["sync@0"], cells["rtidp@0"]
+    bench["rtidp_nfe_ratio"] = full["nfe_per_chunk"] / warm["nfe_per_chunk"]
+    bench["rtidp_success_delta"] = warm["success"] - full["success"]
+    bench["rtc_worst_gap_to_lockstep"] = max(
+        (bench["lockstep_success"] - cells[f"rtc@{int(d)}"]["success"] for d in delays if f"rtc@{int(d)}" in cells),
+        default=0.0)
+    return bench
+
+
+def plot_table(out: Path, cells: dict, delays) -> str:
+    from armflow.workflows.media import plot_curves
+
+    series = {name: ([float(d) for d in delays], [cells[f"{name}@{int(d)}"]["success"] for d in delays])
+              for name in sorted({k.split("@")[0] for k in cells} - {"sync", "rtidp"})}
+    series["lockstep"] = ([float(d) for d in delays], [cells["sync@0"]["success"]] * len(delays))
+    return str(plot_curves(out / "success_vs_delay.png", series, "inference delay [ms]", "success rate",
+                           "lift: executors under delay"))
+
+
+def main(cfg: DictConfig) -> dict:
+    from armflow.policies import load_policy
+
+    out, t0 = Path(cfg.out), time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(cfg.num_threads))
+    checkpoint = get_checkpoint(cfg, out)
+    policy = load_policy(checkpoint).eval()
+    execution_kw = {"exec_horizon": cfg.exec_horizon, "rtc_beta": float(cfg.rtc_beta),
+                    "jitter_ms": float(cfg.jitter_ms), "rtidp_start_level": cfg.rtidp_start_level}
+    cells = run_table(cfg, policy, execution_kw)
+    bench = summarise(cells, list(cfg.delays_ms))
+    bench.update(latency_ratio(cfg, policy, execution_kw))
+    if int(cfg.bridge_episodes) > 0:
+        from armflow.workflows.bench_realtime_bridge import bridge_rows
+
+        bench.update(bridge_rows(cfg, checkpoint, out))
+    bench.update({"task": cfg.task, "episodes": int(cfg.episodes), "checkpoint": checkpoint,
+                  "delays_ms": list(cfg.delays_ms), "plot": plot_table(out, cells, list(cfg.delays_ms)),
+                  "wall_time_s": time.monotonic() - t0})
+    write_json(out / "summary.json", {**bench, "cells": cells, "config": OmegaConf.to_container(cfg, resolve=True)})
+    print(bench_line(bench), flush=True)
+    return bench
