@@ -23,16 +23,27 @@ GuidanceTerm = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 Composer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (N, T_p, D_a), net time t) -> prediction
 
 
-def weighted_composer(members: Sequence[tuple[nn.Module, torch.Tensor]], weights: Sequence[float]) -> Composer:
+def weighted_composer(members: Sequence[tuple[nn.Module, torch.Tensor]], weights: Sequence[float],
+                      t_steps: torch.Tensor | None = None) -> Composer:
     """``sum_i w_i net_i(x, t, cond_i)`` over (net, cond (B, C)) members of the policy's type: GPC's convex mix of
-    K policies (same action space and normaliser); CFG's ``v_u + w (v_c - v_u)`` is weights (1 - w, w)."""
+    K policies (same action space and normaliser); CFG's ``v_u + w (v_c - v_u)`` is weights (1 - w, w).
+    ``t_steps``: the sampler's net times; with them the FiLM conditioning of :class:`Denoiser` members is computed
+    once for all levels (:func:`step_contexts`, as the unhooked path does) instead of at every level."""
     if not members or len(members) != len(weights):
         raise ValueError(f"weighted_composer: {len(members)} members, {len(weights)} weights; need equal, >= 1")
+    hoisted: dict[tuple[int, int], list] = {}  # (member, rows) -> per-level contexts
 
-    def compose(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # conds of B rows serve B * K candidates
+    def member(i: int, net, c: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        return sum(w * net(x, t.expand(n), c.repeat_interleave(n // len(c), dim=0))
-                   for (net, c), w in zip(members, weights))
+        c = c.repeat_interleave(n // len(c), dim=0)  # conds of B rows serve B * K candidates
+        if t_steps is None or not isinstance(net, Denoiser):
+            return net(x, t.expand(n), c)
+        if (i, n) not in hoisted:
+            hoisted[(i, n)] = step_contexts(net, t_steps, c)
+        return net.denoise(x, hoisted[(i, n)][int((t_steps == t).nonzero()[0, 0])])
+
+    def compose(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return sum(w * member(i, net, c, x, t) for i, ((net, c), w) in enumerate(zip(members, weights)))
 
     return compose
 

@@ -47,6 +47,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward fit": ("armflow.workflows.reward_fit", "reward_fit"),
     "reward eval": ("armflow.workflows.reward_eval", "reward_eval"),
     "bench reward": ("armflow.workflows.bench_reward", "bench_reward"),
+    "critic": ("armflow.workflows.critic", "critic"),
+    "bench steering": ("armflow.workflows.bench_steering", "bench_steering"),
 }
 # commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
 GROUPS = {"bench": "benchmark", "reward": "reward command"}

@@ -143,7 +143,7 @@ def check_critic(critic: ChunkCritic, policy, source: str) -> None:
     for key, value in want.items():
         if int(getattr(c, key)) != int(value):
             raise ValueError(f"{source}/{CONFIG_FILE}: critic {key}={getattr(c, key)} but the policy has {key}={value}; "
-                             "train the critic for this policy (armflow critic policy=DIR)")
+                             "train the critic for this policy (armflow critic checkpoint=DIR)")
     for key, dim in zip(c.obs_keys, c.obs_dims):
         if tuple(policy.obs_spec.get(key, ())) != (int(dim),):
             raise ValueError(f"{source}/{CONFIG_FILE}: critic reads obs {key!r} of shape ({dim},); the policy has "

@@ -83,7 +83,8 @@ class GPCPolicy(SteeredPolicy):
         t0 = time.perf_counter()
         pairs = [(self.base.net, self.base.encode_obs(obs))] + [(m.net, m.encode_obs(obs)) for m in self.members]
         diag["hook_ms"] = (time.perf_counter() - t0) * 1e3  # the members' encoders (their nets run in the loop)
-        composer = weighted_composer(pairs, self.weights)
+        t_steps = self.base.euler_t if self.base.policy_type == "flow" else self.base.ddim_t  # same in every member
+        composer = weighted_composer(pairs, self.weights, t_steps)
         return self.base.predict_chunk(obs, noise=noise, hooks=dataclasses.replace(hooks, composer=composer))
 
     def _save_extras(self, directory: Path) -> dict:

@@ -142,3 +142,14 @@ def test_deploy_with_steering_gives_evaluates_episodes_through_the_bridge(tmp_pa
     # one reranked chunk per T_a steps in both; the picks agree only up to the bridge's float rounding of the
     # state (near-tied scores of this untrained critic flip), so only their totals are compared
     assert de_diag["chunks"] == ev_diag["chunks"] and sum(de_diag["chosen_counts"]) == sum(ev_diag["chosen_counts"])
+
+
+def test_bench_steering_emits_the_bench_json_keys(tmp_path, capsys):
+    assert run(["bench", "steering", "iters=3", "warmup=1", "Ks=[2,16]", f"out={tmp_path}"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("BENCH_JSON: ")
+    result = json.loads(line.removeprefix("BENCH_JSON: "))
+    for method in ("vgps", "vgps_k2", "vgps_k16", "gpc"):
+        assert result[f"{method}_p50_ms"] > 0 and result[f"{method}_ratio"] == pytest.approx(
+            result[f"{method}_p50_ms"] / result["base_p50_ms"])
+    assert result["base_p50_ms"] > 0 and result["vgps_ratio"] == result["vgps_k16_ratio"]

@@ -1,0 +1,88 @@
+"""``armflow bench steering``: latency of each steering method against the unsteered sample of the same policy.
+
+Per method, ms per ``predict_chunk`` at batch 1 on one thread (p50/p99) and ``<method>_ratio`` = p50 / the base
+policy's p50 measured in the same rounds. ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
+``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``: ``<method>_p50_ms``, ``<method>_p99_ms``,
+``<method>_ratio``. CFG and the ITPS/DynaGuide methods are not built (README "Known limits").
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+LIFT_SPEC = {"observation.state": (8,), "observation.environment_state": (10,)}
+
+
+def fresh_policy(seed: int):
+    from armflow.policies import make_policy
+
+    torch.manual_seed(seed)
+    stats = {k: {"min": -np.ones(s[0]), "max": np.ones(s[0])} for k, s in LIFT_SPEC.items()}
+    stats["action"] = {"min": -np.ones(7), "max": np.ones(7)}
+    return make_policy("flow", LIFT_SPEC, 7, stats).eval()
+
+
+def build_methods(cfg: DictConfig, out: Path) -> dict:
+    """name -> policy: the base and each steered variant."""
+    from armflow.policies import load_policy
+    from armflow.policies.steering import ChunkCritic, steer
+
+    base = load_policy(cfg.checkpoint, steered=False) if cfg.checkpoint else fresh_policy(int(cfg.seed))
+    critic = cfg.critic or str(ChunkCritic.for_policy(base).save_pretrained(out / "bench_critic"))
+    methods = {"base": base}
+    for k in cfg.Ks:
+        methods[f"vgps_k{int(k)}"] = steer(base, {"type": "vgps", "critic": critic, "K": int(k)})
+    members = []
+    for i in range(int(cfg.gpc_members) - 1):  # same architecture, other weights
+        torch.manual_seed(int(cfg.seed) + 1 + i)
+        other = type(base)(base.cfg, base.obs_spec, base.action_dim, None)
+        other.normalizer.load_state_dict(base.normalizer.state_dict())
+        members.append(str(other.save_pretrained(out / f"bench_gpc_member_{i + 1}")))
+    n = len(members) + 1
+    methods["gpc"] = steer(base, {"type": "gpc", "policies": members, "weights": [1.0 / n] * n})
+    return methods
+
+
+def time_round_robin(methods: dict, obs: dict, warmup: int, iters: int) -> dict[str, np.ndarray]:
+    """Wall ms per call of each method, one call of each per round (the same load on all)."""
+    times = {name: np.empty(iters) for name in methods}
+    with torch.inference_mode():
+        for r in range(warmup + iters):
+            for name, policy in methods.items():
+                t0 = time.perf_counter()
+                policy.predict_chunk(obs)
+                if r >= warmup:
+                    times[name][r - warmup] = (time.perf_counter() - t0) * 1e3
+    return times
+
+
+def main(cfg: DictConfig) -> dict:
+    from armflow.workflows.common import bench_line, write_json
+
+    torch.set_num_threads(int(cfg.num_threads))
+    out = Path(cfg.out)
+    methods = build_methods(cfg, out)
+    base = methods["base"]
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    obs = {k: torch.rand(1, base.n_obs_steps, *s, generator=gen) * 2 - 1 for k, s in base.obs_spec.items()}
+    times = time_round_robin(methods, obs, int(cfg.warmup), int(cfg.iters))
+    base_p50 = float(np.percentile(times["base"], 50))
+    result = {"base_p50_ms": base_p50, "base_p99_ms": float(np.percentile(times["base"], 99))}
+    for name, t in times.items():
+        if name != "base":
+            result.update({f"{name}_p50_ms": float(np.percentile(t, 50)), f"{name}_p99_ms": float(np.percentile(t, 99)),
+                           f"{name}_ratio": float(np.percentile(t, 50)) / base_p50})
+    if "vgps_k16" in times:
+        result.update({f"vgps_{s}": result[f"vgps_k16_{s}"] for s in ("p50_ms", "p99_ms", "ratio")})
+    result.update({"iters": int(cfg.iters), "num_threads": int(cfg.num_threads),
+                   "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else "fresh lift-shaped flow"})
+    for name in times:
+        print(f"[bench steering] {name:10s} p50 {np.percentile(times[name], 50):7.2f} ms  "
+              f"p99 {np.percentile(times[name], 99):7.2f} ms  x{np.percentile(times[name], 50) / base_p50:.2f}")
+    write_json(out / "bench_steering.json", result)
+    print(bench_line(result))
+    return result
