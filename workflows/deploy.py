@@ -14,6 +14,7 @@ episode results) and, when the server publishes camera frames, MP4s.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,15 @@ class ChunkAgent:
     def observe(self, state) -> None:
         self.runner.observe(self.obs_from(state))
 
-    def next_chunk(self) -> np.ndarray:
-        """The next ``n_action_steps`` actions ``(T_a, D_a)``; records the inference time."""
+    def next_chunk(self, hooks=None, inject_ms: float = 0.0, full: bool = False) -> np.ndarray:
+        """The next ``n_action_steps`` actions ``(T_a, D_a)`` (``full``: all T_p); records the inference time.
+        ``hooks``: sampler hooks (RTC); ``inject_ms``: extra delay slept after inference (a slower model)."""
         t0 = time.perf_counter()
-        chunk = self.runner.predict()[0]
+        chunk = self.runner.predict(hooks=hooks)[0]
+        if inject_ms > 0:
+            time.sleep(inject_ms / 1e3)
         self.inference_ms.append((time.perf_counter() - t0) * 1e3)
-        return chunk[: self.policy.n_action_steps].astype(np.float64)
+        return chunk[: None if full else self.policy.n_action_steps].astype(np.float64)
 
 
 def split_action(acts: np.ndarray, action_space: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -109,14 +113,46 @@ def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, act
     return {"seed": seed, "success": success, "return": ret, "length": steps}
 
 
+@dataclass
+class RealtimeOptions:
+    """Realtime deploy: the executor (naive | rtc), RTC's beta, the action alignment and injected delay."""
+
+    executor: str = "naive"
+    rtc_beta: float = 5.0
+    action_offset_steps: int = 0  # action 0 <-> the servo tick that read the obs (1: the tick after, before the fix)
+    inject_delay_ms: float = 0.0  # extra inference delay slept on the policy side (a bigger model, a remote GPU)
+    jitter_ms: float = 0.0  # + U[0, jitter_ms) per chunk, seeded by the episode seed
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("naive", "rtc"):
+            raise ValueError(f"deploy executor={self.executor!r} in realtime mode; expected naive or rtc "
+                             "(sync is lockstep mode: serve mode=lockstep)")
+
+
+def _rtc_hooks(agent: ChunkAgent, prev: np.ndarray, shift: int, d_hat: int, beta: float):
+    from armflow.policies.executors import shifted, soft_mask
+    from armflow.policies.realtime import rtc_hooks
+
+    h = agent.policy.horizon
+    d = min(d_hat, h // 2)
+    s = min(max(shift, d), h - d)  # RTC needs d <= s <= H - d
+    obs = {k: torch.as_tensor(v) for k, v in agent.runner.history.get().items()}
+    return rtc_hooks(agent.policy, obs, shifted(prev, shift)[None], soft_mask(h, d, s)[None], beta)
+
+
 def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, action_space: str, max_steps: int,
-                         margin_ms: float, frames: list | None = None, stall_s: float = 10.0) -> dict:
+                         margin_ms: float, frames: list | None = None, stall_s: float = 10.0,
+                         opts: RealtimeOptions | None = None) -> dict:
+    from armflow.policies.executors import DelayEstimator
+
+    opts = opts or RealtimeOptions()
     state = client.reset(seed) if client.info().is_sim else client.read_state()
     agent.reset(state, seed)
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     last_step, steps, ret, done, success = client.status["step"], 0, 0.0, False, False
-    buffer_end_ns, first = 0, True
+    buffer_end_ns, first, prev, prev_step = 0, True, None, 0
+    estimator, rng = DelayEstimator(dt_ns / 1e9, agent.policy.horizon // 2), np.random.default_rng([seed, 7])
     last_progress = time.monotonic()
     while not done and steps < max_steps:
         if time.monotonic() - last_progress > stall_s:
@@ -130,22 +166,29 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
                 agent.observe(st)
                 _add_frame(frames, st)
                 done, success = _done(st)
-        warm = agent.inference_ms[1:]  # the cold first inference is excluded from the estimate
-        lead_ns = (np.percentile(warm, 95) if warm else 0.0) * 1e6 + margin_ms * 1e6
+        lead_ns = estimator.steps * dt_ns + margin_ms * 1e6  # the recent-max delay, the cold inference excluded
         if not done and (first or buffer_end_ns - client.server_now_ns() <= lead_ns):
-            acts, grip = split_action(agent.next_chunk(), action_space)
-            t0 = state.t_capture_ns + dt_ns  # action 0 belongs to the step after the observation
+            obs_step = last_step + opts.action_offset_steps  # the servo step of this chunk's action 0
+            hooks = None if opts.executor == "naive" or prev is None else _rtc_hooks(
+                agent, prev, obs_step - prev_step, estimator.steps, opts.rtc_beta)
+            chunk = agent.next_chunk(hooks, opts.inject_delay_ms + rng.random() * opts.jitter_ms, full=True)
+            t0 = state.t_capture_ns + opts.action_offset_steps * dt_ns
+            if first:  # the robot held still waiting for the first chunk: it starts now, nothing is stale
+                t0 = max(t0, client.server_now_ns() + dt_ns)
+            estimator.record((client.server_now_ns() - state.t_capture_ns) / 1e9)
+            acts, grip = split_action(chunk, action_space)
             client.send_chunk(acts, t0, dt_ns, action_space, gripper=grip, obs_seq=last_step)
-            buffer_end_ns, first = t0 + len(acts) * dt_ns, False
+            buffer_end_ns, first, prev, prev_step = t0 + agent.policy.n_action_steps * dt_ns, False, chunk, obs_step
         else:
             client.heartbeat()
             time.sleep(min(0.005, dt_ns / 4e9))
     client.disarm()
-    return {"seed": seed, "success": success, "return": ret, "length": steps}
+    return {"seed": seed, "success": success, "return": ret, "length": steps, "delay_steps_est": estimator.steps}
 
 
 def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space: str = "ee_delta",
-           max_steps: int = 1000, margin_ms: float = 30.0, video_episodes: int = 0) -> tuple[dict, list]:
+           max_steps: int = 1000, margin_ms: float = 30.0, video_episodes: int = 0,
+           opts: RealtimeOptions | None = None) -> tuple[dict, list]:
     """Run ``episodes`` episodes; return (summary, per-episode frame lists for videos)."""
     if action_space not in client.welcome["action_dims"]:
         raise SystemExit(f"armflow deploy: robot does not accept {action_space}; "
@@ -157,7 +200,7 @@ def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space:
         if client.lockstep:
             res = run_episode_lockstep(client, agent, seed + i, action_space, max_steps, frames)
         else:
-            res = run_episode_realtime(client, agent, seed + i, action_space, max_steps, margin_ms, frames)
+            res = run_episode_realtime(client, agent, seed + i, action_space, max_steps, margin_ms, frames, opts=opts)
         res["inference_ms_p50"] = float(np.median(agent.inference_ms))
         per.append(res)
         if frames:
@@ -171,6 +214,14 @@ def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space:
                "timing": client.welcome["timing"], "limits_hash": client.welcome["limits_hash"],
                "clamps": dict(client.status.get("clamps", {})), "per_episode": per}
     return summary, videos
+
+
+def realtime_options(cfg: DictConfig) -> RealtimeOptions:
+    rt = cfg.get("realtime") or {}
+    return RealtimeOptions(executor=str(cfg.get("executor") or "naive"), rtc_beta=float(rt.get("rtc_beta", 5.0)),
+                           action_offset_steps=int(rt.get("action_offset_steps", 0)),
+                           inject_delay_ms=float(cfg.get("inject_delay_ms") or 0.0),
+                           jitter_ms=float(cfg.get("jitter_ms") or 0.0))
 
 
 def main(cfg: DictConfig) -> dict:
@@ -192,7 +243,8 @@ def main(cfg: DictConfig) -> dict:
         raise SystemExit(f"armflow deploy: cannot connect to {cfg.endpoint}: {exc} (is `armflow serve` running?)")
     try:
         summary, videos = deploy(client, policy, int(cfg.episodes), int(cfg.seed), cfg.action_space,
-                                 int(cfg.max_steps), float(cfg.inference_margin_ms), int(cfg.video_episodes))
+                                 int(cfg.max_steps), float(cfg.inference_margin_ms), int(cfg.video_episodes),
+                                 realtime_options(cfg))
     finally:
         client.close()
     fps = float(client.welcome["servo_rate_hz"])
