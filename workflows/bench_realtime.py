@@ -145,9 +145,8 @@ def main(cfg: DictConfig) -> dict:
     bench = summarise(cells, list(cfg.delays_ms))
     bench.update(latency_ratio(cfg, policy, execution_kw))
     if int(cfg.bridge_episodes) > 0:
-        from armflow.workflows.bench_realtime_bridge import bridge_rows
-
-        bench.update(bridge_rows(cfg, checkpoint, out))
+        raise SystemExit("armflow bench realtime: bridge_episodes > 0 is not built yet; run `armflow serve ... "
+                         "mode=realtime` and `armflow deploy executor=rtc inject_delay_ms=100` (README, Measured)")
     bench.update({"task": cfg.task, "episodes": int(cfg.episodes), "checkpoint": checkpoint,
                   "delays_ms": list(cfg.delays_ms), "plot": plot_table(out, cells, list(cfg.delays_ms)),
                   "wall_time_s": time.monotonic() - t0})
