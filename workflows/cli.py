@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench reward": ("armflow.workflows.bench_reward", "bench_reward"),
     "critic": ("armflow.workflows.critic", "critic"),
     "bench steering": ("armflow.workflows.bench_steering", "bench_steering"),
+    "bench vgps": ("armflow.workflows.bench_vgps", "bench_vgps"),
 }
 # commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
 GROUPS = {"bench": "benchmark", "reward": "reward command"}

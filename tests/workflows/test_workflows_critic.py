@@ -72,3 +72,16 @@ def test_critic_needs_a_dataset_with_the_policys_keys(recorded, capsys):
     err = capsys.readouterr().err
     assert str(other) in err and "observation.state" in err and "next.success" in err
     torch.manual_seed(0)
+
+
+@pytest.mark.slow
+def test_bench_vgps_runs_every_stage_at_toy_scale_and_resumes(tmp_path, capsys):
+    args = ["bench", "vgps", "task=toy2d", "demos=2", "train_steps=20", "rollouts=3", "critic_steps=5", "Ks=[2]",
+            "episodes=2", "n_envs=2", f"out={tmp_path}"]
+    assert run(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("BENCH_JSON: "))
+    for key in ("base_success", "calql_k2_success", "calql_k2_gain", "iql_k2_success"):
+        assert key in result
+    assert LeRobotDataset(tmp_path / "rollouts").num_episodes == 3
+    assert run(args) == 0  # every stage cached
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("BENCH_JSON: ")) == result
