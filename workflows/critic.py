@@ -20,19 +20,23 @@ from omegaconf import DictConfig
 from armflow.configs import plain
 
 METHODS = ("calql", "iql")
+REWARDS = ("success", "env")  # per chunk: 1 on reaching next.success / the summed next.reward
 
 
-def chunk_transitions(dataset, keys, t_o: int, t_a: int, gamma: float) -> dict:
+def chunk_transitions(dataset, keys, t_o: int, t_a: int, gamma: float, reward: str = "success") -> dict:
     """Episodes -> chunk transitions: obs/next_obs {key: (N, T_o, D)}, action (N, T_a, D_a) (padded with the last
-    action), reward (N,) 1 on the chunk containing a success, done (N,) on each episode's last chunk, mc_return (N,)
-    the discounted return-to-go in chunks."""
+    action), reward (N,) (``success``: 1 on the chunk containing a success; ``env``: the chunk's summed
+    ``next.reward``), done (N,) on each episode's last chunk, mc_return (N,) the discounted return-to-go in chunks."""
     cols = {k: [] for k in ("obs", "next_obs", "action", "reward", "done", "mc_return")}
     for i in range(dataset.num_episodes):
         ep = dataset.episode(i)
         n, starts = len(ep["action"]), np.arange(0, len(ep["action"]), t_a)
         window = lambda end: np.clip(np.arange(end - t_o + 1, end + 1), 0, n - 1)  # noqa: E731
         success = np.asarray(ep["next.success"], bool).reshape(n)
-        rewards = np.array([float(success[s:s + t_a].any()) for s in starts])
+        if reward == "env":
+            rewards = np.add.reduceat(np.asarray(ep["next.reward"], np.float64).reshape(n), starts)
+        else:
+            rewards = np.array([float(success[s:s + t_a].any()) for s in starts])
         ret, mc = 0.0, np.zeros(len(starts))
         for j in range(len(starts) - 1, -1, -1):
             ret = rewards[j] + gamma * ret
@@ -60,7 +64,7 @@ def policy_candidates(policy, critic, obs: dict, m: int, batch: int = 256) -> to
     return torch.cat(out)
 
 
-def load_transitions(paths, keys, policy, gamma: float) -> dict:
+def load_transitions(paths, keys, policy, gamma: float, reward: str = "success") -> dict:
     from armflow.data import LeRobotDataset
 
     parts = []
@@ -70,7 +74,7 @@ def load_transitions(paths, keys, policy, gamma: float) -> dict:
         if missing:
             raise ValueError(f"dataset {path}: lacks {missing} (the critic needs the policy's obs keys, action and "
                              "next.success; record rollouts with `armflow evaluate record=DIR`)")
-        parts.append(chunk_transitions(ds, keys, policy.n_obs_steps, policy.n_action_steps, gamma))
+        parts.append(chunk_transitions(ds, keys, policy.n_obs_steps, policy.n_action_steps, gamma, reward))
     cat = lambda vs: np.concatenate(vs)  # noqa: E731
     return {"obs": {k: cat([p["obs"][k] for p in parts]) for k in keys},
             "next_obs": {k: cat([p["next_obs"][k] for p in parts]) for k in keys},
@@ -118,7 +122,9 @@ def train_critic(cfg: DictConfig, out: Path) -> dict:
     policy = load_policy(cfg.checkpoint, steered=False)
     critic = ChunkCritic.for_policy(policy, int(cfg.hidden), int(cfg.n_layers), cfg.method)
     paths = [cfg.dataset] if isinstance(cfg.dataset, str) else list(plain(cfg.dataset))
-    data = load_transitions(paths, critic.cfg.obs_keys, policy, float(cfg.gamma))
+    if cfg.reward not in REWARDS:
+        raise SystemExit(f"armflow critic: reward={cfg.reward!r}; valid: {', '.join(REWARDS)}")
+    data = load_transitions(paths, critic.cfg.obs_keys, policy, float(cfg.gamma), cfg.reward)
     t0 = time.monotonic()
     m = int(cfg.n_candidates) if cfg.method == "calql" else 1
     tensors = {"feat": critic.features(data["obs"]).detach(), "next_feat": critic.features(data["next_obs"]).detach(),
@@ -139,9 +145,10 @@ def train_critic(cfg: DictConfig, out: Path) -> dict:
     logger.close()
     path = critic.save_pretrained(out / "critic", extra={
         "trained": {"policy": str(cfg.checkpoint), "datasets": [str(p) for p in paths], "method": cfg.method,
-                    "steps": int(cfg.steps), "gamma": float(cfg.gamma), "transitions": n}})
+                    "steps": int(cfg.steps), "gamma": float(cfg.gamma), "reward": cfg.reward, "transitions": n}})
     return {"critic": str(path), "method": cfg.method, "transitions": n, "episodes_successful_frac":
-            float(tensors["reward"].sum() / tensors["done"].sum().clamp_min(1)), "candidate_sampling_s": sample_s,
+            float((tensors["reward"] * (cfg.reward == "success")).sum() / tensors["done"].sum().clamp_min(1)),
+            "candidate_sampling_s": sample_s,
             "train_s": time.monotonic() - t0 - sample_s, "final": terms}
 
 

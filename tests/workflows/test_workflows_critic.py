@@ -40,6 +40,11 @@ def test_chunk_transitions_cover_every_episode_at_chunk_boundaries(recorded):
     first = -(-lengths[0] // 3)  # mc return of episode 0: discounted reward-to-go in chunks
     expect = [sum(tr["reward"][j] * 0.5 ** (j - i) for j in range(i, first)) for i in range(first)]
     np.testing.assert_allclose(tr["mc_return"][:first], expect)
+    env = chunk_transitions(ds, (KEY,), t_o=2, t_a=3, gamma=0.5, reward="env")  # dense: summed next.reward
+    ends = np.cumsum([-(-n // 3) for n in lengths])
+    sums = np.split(env["reward"], ends[:-1])
+    np.testing.assert_allclose(sorted(float(x.sum()) for x in sums), sorted(r["return"] for r in result["per_episode"]),
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["calql", "iql"])
