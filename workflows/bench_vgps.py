@@ -67,15 +67,17 @@ def main(cfg: DictConfig) -> dict:
     base = evaluate(cfg, ckpt, out / "base")
     result = {"base_success": base["success_rate"], "episodes": int(cfg.episodes), "rollouts": int(cfg.rollouts)}
     print(f"[bench vgps] base {base['success_rate']:.2f}", flush=True)
-    for method in cfg.methods:
+    for method in cfg.methods:  # every critic first, then the (K, method) grid K-major: K=16 comes early
         critic_dir = out / f"critic_{method}"
         if not (critic_dir / "critic" / "model.safetensors").is_file():
             data = [p for p in (demos, str(rollouts)) if p]
             train_critic(compose_config("critic", [f"dataset=[{','.join(data)}]", f"checkpoint={ckpt}",
                                                    f"method={method}", f"steps={cfg.critic_steps}",
                                                    f"out={critic_dir}", *list(cfg.critic_overrides)]), critic_dir)
-        for k in cfg.Ks:
-            spec = {"type": "vgps", "critic": str(critic_dir / "critic"), "K": int(k), "beta": float(cfg.beta)}
+    for k in cfg.Ks:
+        for method in cfg.methods:
+            spec = {"type": "vgps", "critic": str(out / f"critic_{method}" / "critic"), "K": int(k),
+                    "beta": float(cfg.beta)}
             run = evaluate(cfg, ckpt, out / f"vgps_{method}_k{int(k)}", spec)
             key = f"{method}_k{int(k)}"
             result.update({f"{key}_success": run["success_rate"],
