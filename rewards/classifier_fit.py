@@ -2,15 +2,17 @@
 temperature calibration and a threshold for a target false-positive rate (pure numpy/torch; the
 workflow ``armflow reward fit`` reads the dataset and calls these).
 
-Labels per episode (``success``: the ``next.success`` column, (T,) bool):
+Labels per episode come from ``frame_success`` (``armflow.rewards.metrics``): row t's ``next.success`` is
+the state AFTER its action, i.e. what frame t+1 shows, so frame t's own label is row t-1's (frame 0: false).
 
-- successful episode (any success): positives = the last ``positive_frames`` frames among those at/after
-  the first success whose label is success; negatives = frames before the first success, except the
-  ``boundary_skip`` frames right before it (the cube half-way up is neither);
+- successful episode (a frame shows success): positives = the last ``positive_frames`` success frames
+  at/after the first one; negatives = frames before it, except the ``boundary_skip`` frames right
+  before it (the cube half-way up is neither);
 - failed episode: every frame is a negative.
 
-Training subsamples negatives to ``negative_ratio`` x the positives (SERL: 2-3x); the validation split
-keeps every labelled frame, so its false-positive rate is measured on the natural negatives.
+Training draws each batch with ``negative_ratio`` negatives per positive (SERL: 2-3x) from ALL labelled
+frames of the training episodes, so every hard negative of a failed attempt is seen; the validation
+split keeps every labelled frame, so its false-positive rate is measured on the natural negatives.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ def load_encoder_weights(net: ClassifierNet, path: str | Path) -> list[str]:
 
 
 def episode_labels(success: np.ndarray, positive_frames: int | None = None, boundary_skip: int = 2) -> np.ndarray:
-    """Per-frame labels (T,) int8 of one episode: 1 positive, 0 negative, -1 not used (see module doc)."""
+    """Per-frame labels (T,) int8 of one episode from what each frame shows (``success``, (T,) bool, e.g.
+    ``frame_success(next_success)``): 1 positive, 0 negative, -1 not used (see module doc)."""
     success = np.asarray(success, dtype=bool).reshape(-1)
     labels = np.full(success.shape, NEGATIVE, dtype=np.int8)
     if not success.any():
@@ -88,11 +91,16 @@ def split_episodes(outcomes: list[bool], val_fraction: float, seed: int = 0) -> 
     return sorted(train), sorted(val)
 
 
-def balance(labels: np.ndarray, negative_ratio: float, rng: np.random.Generator) -> np.ndarray:
-    """Indices of every positive and at most ``negative_ratio`` x as many negatives (drawn without replacement)."""
-    pos, neg = np.flatnonzero(labels == POSITIVE), np.flatnonzero(labels == NEGATIVE)
-    n_neg = min(len(neg), int(math.ceil(negative_ratio * max(len(pos), 1))))
-    return np.sort(np.concatenate([pos, rng.choice(neg, n_neg, replace=False)]))
+def balanced_batch(labels: torch.Tensor, batch_size: int, negative_ratio: float | None,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Indices (batch_size,) drawn with replacement: ``round(batch_size / (1 + negative_ratio))`` positives and
+    negatives for the rest (``negative_ratio`` None: uniform over all frames)."""
+    if negative_ratio is None:
+        return torch.randint(0, len(labels), (batch_size,), generator=generator)
+    pos, neg = torch.nonzero(labels > 0.5).flatten(), torch.nonzero(labels < 0.5).flatten()
+    n_pos = min(max(int(round(batch_size / (1.0 + negative_ratio))), 1), batch_size - 1)
+    return torch.cat([pos[torch.randint(0, len(pos), (n_pos,), generator=generator)],
+                      neg[torch.randint(0, len(neg), (batch_size - n_pos,), generator=generator)]])
 
 
 def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -114,6 +122,7 @@ class FitConfig:
     batch_size: int = 64
     lr: float = 3e-4
     weight_decay: float = 1e-4
+    negative_ratio: float | None = 2.5  # negatives per positive in each batch (None: uniform sampling)
     crop_pad: int = 4  # random-crop augmentation [px] (0: off)
     eval_every: int = 100  # steps between validation passes (the best validation loss is kept)
     freeze_encoder: bool = False  # train only the spatial embedding + head (with loaded encoder weights)
@@ -140,7 +149,7 @@ def fit(model: SuccessClassifier, train: tuple[dict, np.ndarray], val: tuple[dic
     history = []
     for step in range(1, cfg.steps + 1):
         net.train()
-        idx = torch.randint(0, len(labels), (min(cfg.batch_size, len(labels)),), generator=gen)
+        idx = balanced_batch(labels, cfg.batch_size, cfg.negative_ratio, gen)
         batch = {c: random_crop(x[idx], cfg.crop_pad, gen) for c, x in images.items()}
         loss = F.binary_cross_entropy_with_logits(net(batch), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -175,9 +184,13 @@ def validation_terms(model: SuccessClassifier, images: dict[str, np.ndarray], la
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Temperature T minimising the BCE of ``sigmoid(logit / T)`` (golden-section search on log T)."""
+    """Temperature T minimising the BCE of ``sigmoid(logit / T)`` (golden-section search on log T).
+
+    1.0 when the logits separate the classes perfectly: the BCE then falls without bound as T -> 0, and a
+    validation split that small says nothing about how sharp the probabilities should be.
+    """
     z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    if len(z) == 0 or y.min() == y.max():
+    if len(z) == 0 or y.min() == y.max() or z[y > 0.5].min() > z[y < 0.5].max():
         return 1.0
 
     def nll(log_t: float) -> float:

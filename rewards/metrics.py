@@ -1,12 +1,20 @@
 """How often a success detector is wrong: confusion counts, rates, ROC AUC and calibration bins.
 
-Every backend is audited the same way against a privileged label (``next.success`` in sim):
-``detection_metrics(prob, decision, label)``. ``prob`` may be NaN where a backend gives no probability
+Every backend is audited the same way against a privileged label (``next.success`` in sim, aligned with
+the frames by ``frame_success``): ``detection_metrics(prob, decision, label)``. ``prob`` may be NaN where a backend gives no probability
 (its AUC and calibration are then computed on the rest).
 """
 from __future__ import annotations
 
 import numpy as np
+
+
+def frame_success(next_success: np.ndarray) -> np.ndarray:
+    """What each frame of an episode shows: row t's ``next.success`` describes the state after row t's action,
+    which is frame t+1, so frame t's label is row t-1's (frame 0, the reset state: false). A detector scoring
+    frame t is audited against this (as RL scores the next observation of transition t-1)."""
+    s = np.asarray(next_success, dtype=bool).reshape(-1)
+    return np.r_[False, s[:-1]] if s.size else s
 
 
 def confusion(decision: np.ndarray, label: np.ndarray) -> dict[str, float]:

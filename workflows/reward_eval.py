@@ -5,7 +5,8 @@
 2. Score every frame of the chosen episodes (one query per frame: the frame of each camera, the episode's
    task string as the instruction, ``observation.state`` for gates), ``batch_size`` queries at a time.
 3. Per task and overall: FP / FN / precision / recall / accuracy / AUC / Brier / calibration of the
-   backend's decision (``value >= 0.5``) and probability against the frame's ``next.success``; invalid
+   backend's decision (``value >= 0.5``) and probability against what the frame shows (``frame_success``:
+   frame t against row t-1's ``next.success``); invalid
    results are counted and left out; episode level: did the detector fire in a failed episode (what RL
    exploits) or never in a successful one.
 4. Write ``metrics.json``, ``scores.png`` (histograms + ROC) and ``reliability.png``.
@@ -47,6 +48,7 @@ def eval_cameras(cfg: DictConfig, model, ds) -> list[str]:
 def score_episode(model, ds, i: int, cameras: list[str], batch_size: int) -> dict[str, np.ndarray]:
     """Per frame of episode ``i``: ``prob`` (NaN where none), ``value``, ``valid``, ``label``."""
     from armflow.rewards import RewardQuery
+    from armflow.rewards.metrics import frame_success
 
     cols = ds.episode(i)
     frames = {c: ds.episode_frames(i, IMAGE_PREFIX + c) for c in cameras}
@@ -60,7 +62,7 @@ def score_episode(model, ds, i: int, cameras: list[str], batch_size: int) -> dic
     return {"prob": np.array([np.nan if r.prob is None or not r.valid else r.prob for r in results]),
             "value": np.array([r.value if r.valid else np.nan for r in results], dtype=np.float64),
             "valid": np.array([r.valid for r in results]),
-            "label": np.asarray(cols[SUCCESS_KEY], dtype=bool).reshape(-1)}
+            "label": frame_success(cols[SUCCESS_KEY])}
 
 
 def group_metrics(rows: list[dict[str, np.ndarray]], bins: int) -> dict:

@@ -1,9 +1,10 @@
 """``armflow reward fit``: train a success classifier on the labelled frames of a LeRobot v3 dataset.
 
-1. Label every episode's frames from ``next.success`` (``armflow.rewards.classifier_fit.episode_labels``:
-   positives at/after success, negatives early in successful episodes and everywhere in failed ones).
-2. Split by episode (stratified by outcome) into train / val; subsample training negatives to
-   ``negative_ratio`` x the positives.
+1. Label every episode's frames from ``next.success`` (``armflow.rewards.classifier_fit.episode_labels`` on
+   ``frame_success``: positives at/after success, negatives early in successful episodes and everywhere in
+   failed ones).
+2. Split by episode (stratified by outcome) into train / val; training batches hold ``negative_ratio``
+   negatives per positive.
 3. Train (BCE, random crops), keep the best validation loss; fit a temperature on val (``calibrate``);
    pick the threshold whose val false-positive rate is <= ``target_fp`` (never below ``min_threshold``).
 4. Write ``<out>/checkpoint`` (model.safetensors + config.json), ``metrics.json`` (val metrics at the
@@ -51,11 +52,12 @@ def labelled_frames(ds, episodes: list[int], cameras: list[str], positive_frames
                     boundary_skip: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(camera -> uint8 (N, H, W, 3), labels (N,) 0/1, episode index (N,)) of the labelled frames of ``episodes``."""
     from armflow.rewards.classifier_fit import episode_labels
+    from armflow.rewards.metrics import frame_success
 
     images: dict[str, list] = {c: [] for c in cameras}
     labels, owners = [], []
     for i in episodes:
-        lab = episode_labels(ds.episode(i)[SUCCESS_KEY], positive_frames, boundary_skip)
+        lab = episode_labels(frame_success(ds.episode(i)[SUCCESS_KEY]), positive_frames, boundary_skip)
         keep = np.flatnonzero(lab >= 0)
         for cam in cameras:
             images[cam].append(ds.episode_frames(i, IMAGE_PREFIX + cam)[keep])
@@ -87,7 +89,7 @@ def fit_on_dataset(cfg: DictConfig) -> tuple[object, dict, tuple[dict, np.ndarra
     """Steps 1-3; returns (the classifier with its threshold, a summary with the training curve, the
     validation frames and labels)."""
     from armflow.data import LeRobotDataset
-    from armflow.rewards.classifier_fit import FitConfig, balance, calibrate_and_threshold, fit, split_episodes
+    from armflow.rewards.classifier_fit import FitConfig, calibrate_and_threshold, fit, split_episodes
 
     ds = LeRobotDataset(cfg.dataset)
     cameras = list(cfg.cameras)
@@ -99,11 +101,10 @@ def fit_on_dataset(cfg: DictConfig) -> tuple[object, dict, tuple[dict, np.ndarra
     val_x, val_y, _ = labelled_frames(ds, val_ids, cameras, k, int(cfg.boundary_skip))
     check_classes(train_y, "train", ds.root)
     check_classes(val_y, "validation", ds.root)
-    keep = balance(train_y, float(cfg.negative_ratio), np.random.default_rng(int(cfg.seed)))
-    train_x, train_y = {c: a[keep] for c, a in train_x.items()}, train_y[keep]
     height, width, _ = ds.features[IMAGE_PREFIX + cameras[0]]["shape"]
     model = build_model(cfg, cameras, (int(height), int(width)))
     fit_cfg = FitConfig(steps=int(cfg.steps), batch_size=int(cfg.batch_size), lr=float(cfg.lr),
+                        negative_ratio=float(cfg.negative_ratio) if cfg.negative_ratio else None,
                         crop_pad=int(cfg.crop_pad), eval_every=int(cfg.eval_every),
                         freeze_encoder=bool(cfg.freeze_encoder), seed=int(cfg.seed))
     t0 = time.monotonic()

@@ -10,9 +10,9 @@ import torch
 
 from armflow.rewards import RewardQuery
 from armflow.rewards.classifier import ClassifierConfig, SuccessClassifier, sigmoid
-from armflow.rewards.classifier_fit import (FitConfig, balance, episode_labels, fit, fit_temperature,
+from armflow.rewards.classifier_fit import (FitConfig, balanced_batch, episode_labels, fit, fit_temperature,
                                             random_crop, split_episodes, threshold_for_fp)
-from armflow.rewards.metrics import calibration_bins, confusion, roc_auc
+from armflow.rewards.metrics import calibration_bins, confusion, frame_success, roc_auc
 
 SMALL = dict(image_size=(24, 24), channels=(4, 8, 8), spatial_features=2, hidden=16)
 
@@ -113,10 +113,21 @@ def test_split_by_episode_has_no_episode_in_both_splits_and_both_classes_in_each
         split_episodes(outcomes, 1.0)
 
 
-def test_balance_keeps_every_positive_and_ratio_negatives():
-    labels = np.array([1] * 10 + [0] * 100)
-    keep = balance(labels, 2.5, np.random.default_rng(0))
-    assert (labels[keep] == 1).sum() == 10 and (labels[keep] == 0).sum() == 25 and len(set(keep)) == len(keep)
+def test_balanced_batches_hold_ratio_negatives_and_reach_every_negative():
+    labels = torch.tensor([1.0] * 10 + [0.0] * 100)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(60):
+        idx = balanced_batch(labels, 35, 2.5, gen)
+        assert len(idx) == 35 and int(labels[idx].sum()) == 10  # 35 / 3.5 positives, 25 negatives
+        seen.update(idx[labels[idx] == 0].tolist())
+    assert seen == set(range(10, 110))  # not a fixed subsample: every negative is drawn
+
+
+def test_frame_success_labels_each_frame_with_the_state_it_shows():
+    # row t's next.success is the state after its action = frame t+1; the reset frame is never a success
+    assert frame_success(np.array([0, 0, 1, 1], bool)).tolist() == [False, False, False, True]
+    assert frame_success(np.zeros(0, bool)).size == 0
 
 
 @pytest.mark.parametrize("target", [0.0, 0.01, 0.05])
@@ -137,6 +148,7 @@ def test_temperature_fit_recovers_a_known_temperature():
     z = rng.normal(0, 6, 20000)
     y = rng.random(z.size) < sigmoid(z / 3.0)
     assert fit_temperature(z, y) == pytest.approx(3.0, rel=0.08)
+    assert fit_temperature(np.array([-2.0, -1.0, 1.0, 3.0]), np.array([0, 0, 1, 1])) == 1.0  # separable: no fit
 
 
 def test_random_crop_shifts_within_the_padded_frame():
