@@ -14,6 +14,7 @@ episode results) and, when the server publishes camera frames, MP4s.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +56,12 @@ class ChunkAgent:
     def observe(self, state) -> None:
         self.runner.observe(self.obs_from(state))
 
-    def next_chunk(self, hooks=None, inject_ms: float = 0.0, full: bool = False) -> np.ndarray:
+    def next_chunk(self, hooks=None, inject_ms: float = 0.0, full: bool = False, windows=None) -> np.ndarray:
         """The next ``n_action_steps`` actions ``(T_a, D_a)`` (``full``: all T_p); records the inference time.
-        ``hooks``: sampler hooks (RTC); ``inject_ms``: extra delay slept after inference (a slower model)."""
+        ``hooks``: sampler hooks (RTC); ``inject_ms``: extra delay slept after inference (a slower model);
+        ``windows``: obs windows taken when the chunk was asked for (inference in another thread)."""
         t0 = time.perf_counter()
-        chunk = self.runner.predict(hooks=hooks)[0]
+        chunk = self.runner.predict(windows, hooks=hooks)[0]
         if inject_ms > 0:
             time.sleep(inject_ms / 1e3)
         self.inference_ms.append((time.perf_counter() - t0) * 1e3)
@@ -151,7 +153,8 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     last_step, steps, ret, done, success = client.status["step"], 0, 0.0, False, False
-    buffer_end_ns, first, prev, prev_step = 0, True, None, 0
+    buffer_end_ns, first, prev, prev_step, pending, stale_chunks = 0, True, None, 0, None, 0
+    pool = ThreadPoolExecutor(1, thread_name_prefix="deploy-inference")
     estimator, rng = DelayEstimator(dt_ns / 1e9, agent.policy.horizon // 2), np.random.default_rng([seed, 7])
     last_progress = time.monotonic()
     while not done and steps < max_steps:
@@ -167,23 +170,38 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
                 _add_frame(frames, st)
                 done, success = _done(st)
         lead_ns = estimator.steps * dt_ns + margin_ms * 1e6  # the recent-max delay, the cold inference excluded
-        if not done and (first or buffer_end_ns - client.server_now_ns() <= lead_ns):
+        if pending is None and not done and (first or buffer_end_ns - client.server_now_ns() <= lead_ns):
             obs_step = last_step + opts.action_offset_steps  # the servo step of this chunk's action 0
             hooks = None if opts.executor == "naive" or prev is None else _rtc_hooks(
                 agent, prev, obs_step - prev_step, estimator.steps, opts.rtc_beta)
-            chunk = agent.next_chunk(hooks, opts.inject_delay_ms + rng.random() * opts.jitter_ms, full=True)
-            t0 = state.t_capture_ns + opts.action_offset_steps * dt_ns
+            inject = opts.inject_delay_ms + rng.random() * opts.jitter_ms
+            # inference runs in its own thread on the windows of now, so this loop keeps reading states and
+            # heartbeating the watchdog however long the model (or the injected delay) takes
+            pending = (pool.submit(agent.next_chunk, hooks, inject, True, agent.runner.history.get()), state, obs_step,
+                       last_step)
+        if pending is not None and pending[0].done():
+            (future, asked, obs_step, asked_step), pending = pending, None
+            chunk = future.result()
+            t0 = asked.t_capture_ns + opts.action_offset_steps * dt_ns
             if first:  # the robot held still waiting for the first chunk: it starts now, nothing is stale
                 t0 = max(t0, client.server_now_ns() + dt_ns)
-            estimator.record((client.server_now_ns() - state.t_capture_ns) / 1e9)
+            estimator.record((client.server_now_ns() - asked.t_capture_ns) / 1e9)
             acts, grip = split_action(chunk, action_space)
-            client.send_chunk(acts, t0, dt_ns, action_space, gripper=grip, obs_seq=last_step)
+            try:
+                client.send_chunk(acts, t0, dt_ns, action_space, gripper=grip, obs_seq=asked_step)
+            except BridgeError as exc:  # came too late to run (a delay not yet estimated): ask again at once
+                if exc.code != "stale":
+                    raise
+                stale_chunks += 1
+                continue
             buffer_end_ns, first, prev, prev_step = t0 + agent.policy.n_action_steps * dt_ns, False, chunk, obs_step
         else:
             client.heartbeat()
             time.sleep(min(0.005, dt_ns / 4e9))
+    pool.shutdown(wait=True)
     client.disarm()
-    return {"seed": seed, "success": success, "return": ret, "length": steps, "delay_steps_est": estimator.steps}
+    return {"seed": seed, "success": success, "return": ret, "length": steps, "delay_steps_est": estimator.steps,
+            "stale_chunks": stale_chunks}
 
 
 def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space: str = "ee_delta",

@@ -177,3 +177,21 @@ def test_sim_arms_track_joint_chunks_in_realtime(robot, tmp_path):
             q = c.read_state().joint_pos_rad
             assert c.status["status"] == "RUNNING" and c.status["exec"][:2] == [0, 9]
             np.testing.assert_allclose(q - q0, 0.05, atol=5e-3)
+
+
+@pytest.mark.timeout(300)
+def test_realtime_inference_slower_than_the_watchdog_never_trips_it(tmp_path):
+    """A model slower than the watchdog timeout (a remote GPU box): inference runs beside the control loop, which
+    keeps heartbeating, so the arm is never put on HOLD and the episode runs to its end."""
+    from armflow.workflows.deploy import RealtimeOptions, deploy
+
+    torch.set_num_threads(1)
+    cfg = ServerConfig(robot="sim_panda", robot_options={"task": "lift"}, endpoint=f"ipc://{tmp_path}/rt")
+    with ServerProcess(cfg) as sp:
+        with BridgeClient(sp.endpoint, t_cmd_ms=60) as c:
+            summary, _ = deploy(c, _tiny_policy(), episodes=1, seed=SEED, max_steps=30,
+                                opts=RealtimeOptions(inject_delay_ms=150))
+            assert c.status["status"] != "HOLD"
+    ep = summary["per_episode"][0]
+    assert ep["length"] >= 30 and ep["inference_ms_p50"] >= 150
+    assert "stale_chunks" in ep  # chunks that arrived too late to run are counted and asked for again, not fatal
