@@ -24,7 +24,7 @@ def cached(path: Path):
 def base_policy(cfg: DictConfig, out: Path) -> tuple[str, str | None]:
     """(checkpoint, demo dataset or None)."""
     if cfg.checkpoint:
-        return str(cfg.checkpoint), None
+        return str(cfg.checkpoint), (str(cfg.dataset) if cfg.dataset else None)
     from armflow.workflows.collect import collect_scripted
     from armflow.workflows.train import train
 
