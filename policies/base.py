@@ -118,7 +118,7 @@ class BasePolicy(nn.Module):
         if actions.ndim != 3 or tuple(actions.shape[1:]) != (self.horizon, self.action_dim):
             raise ValueError(f"batch['action'] has shape {tuple(actions.shape)}; expected "
                              f"(B, T_p={self.horizon}, D_a={self.action_dim})")
-        cond = self.encode_obs(batch)
+        cond = self.encode_obs(self._drop_condition(batch))
         loss_el, metrics = self._elementwise_loss(cond, self.normalizer.normalize(ACTION_KEY, actions))
         if PAD_KEY in batch:
             valid = (~torch.as_tensor(batch[PAD_KEY], device=self.device).bool()).float()  # (B, T_p)
@@ -128,6 +128,16 @@ class BasePolicy(nn.Module):
         loss = (loss_el * weight).sum() / weight.sum().clamp_min(1.0)
         metrics = {"loss": float(loss.detach()), "valid_frac": float(valid.mean()), **metrics}
         return loss, metrics
+
+    def _drop_condition(self, batch: Mapping) -> Mapping:
+        """Training only: the condition obs (``cfg.condition_key``) zeroed, the null condition of classifier-free
+        guidance, in a ``condition_dropout`` fraction of the rows."""
+        key, p = getattr(self.cfg, "condition_key", None), float(getattr(self.cfg, "condition_dropout", 0.0))
+        if not (self.training and key and p > 0):
+            return batch
+        x = torch.as_tensor(batch[key], device=self.device).float()
+        keep = (torch.rand(x.shape[0], device=x.device) >= p).float().reshape(-1, *[1] * (x.ndim - 1))
+        return {**batch, key: x * keep}
 
     # ----------------------------------------------------------------- inference
     def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:

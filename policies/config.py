@@ -72,11 +72,19 @@ class DenoiserConfig(ObsConfig):
     # Scale of the initial noise when the caller gives none (predict_chunk, deployment): 1 samples the learned
     # distribution; 0 is "zero-sampling" (FPO++), the deterministic map of the noise mean; FPO exports 0
     noise_scale: float = 1.0
+    # Classifier-free guidance (steering type cfg): an obs key holding a condition (a goal, which object; never all
+    # zeros) that training replaces by zeros, the null condition, with probability condition_dropout, so the net
+    # learns the unconditional velocity / eps too
+    condition_key: str | None = None
+    condition_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.noise_scale >= 0:
             raise ValueError(f"noise_scale={self.noise_scale} must be >= 0")
+        if not 0.0 <= self.condition_dropout < 1.0 or (self.condition_dropout > 0 and not self.condition_key):
+            raise ValueError(f"condition_dropout={self.condition_dropout} must be in [0, 1) and needs a condition_key "
+                             f"(got {self.condition_key!r})")
         self.unet_dims = tuple(int(c) for c in self.unet_dims)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone={self.backbone!r}; valid: {BACKBONES}")

@@ -3,7 +3,8 @@
 ``steer(policy, spec) -> Policy``: ``spec`` is plain data ``{"type": <method>, **params}`` (a dict, an OmegaConf
 node, or the method's config dataclass); the result is a wrapper that keeps the Policy contract and records
 per-chunk diagnostics in ``.diagnostics`` (:func:`summarise_diagnostics` for a run's summary). Methods
-(``STEERING``): ``vgps`` (critic reranking of K samples), ``gpc`` (convex mix of several policies' predictions).
+(``STEERING``): ``vgps`` (critic reranking of K samples), ``gpc`` (convex mix of several policies' predictions),
+``cfg`` (classifier-free guidance of a policy trained with condition dropout).
 A steered policy's ``save_pretrained`` writes an export that ``armflow.policies.load_policy`` loads steered.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Mapping
 from armflow.configs import ConfigError, build_config
 
 from .base import SteeredPolicy, summarise_diagnostics
+from .cfg import CFGConfig, CFGPolicy, load_cfg_export
 from .critic import ChunkCritic, CriticConfig, check_critic, load_critic
 from .critic_losses import calql_loss, expectile_loss, iql_loss, td_target
 from .gpc import GPCConfig, GPCPolicy, load_gpc_export
@@ -22,6 +24,7 @@ from .vgps import VGPSConfig, VGPSPolicy, load_vgps_export, pick_candidates
 STEERING: dict[str, tuple[type, type, Any]] = {
     "vgps": (VGPSConfig, VGPSPolicy, load_vgps_export),
     "gpc": (GPCConfig, GPCPolicy, load_gpc_export),
+    "cfg": (CFGConfig, CFGPolicy, load_cfg_export),
 }
 
 
@@ -58,6 +61,6 @@ def load_steered_export(kind: str, directory, base, spec: Mapping) -> SteeredPol
     return STEERING[kind][2](directory, base, dict(spec))
 
 
-__all__ = ["STEERING", "ChunkCritic", "CriticConfig", "GPCConfig", "GPCPolicy", "SteeredPolicy", "VGPSConfig",
+__all__ = ["STEERING", "CFGConfig", "CFGPolicy", "ChunkCritic", "CriticConfig", "GPCConfig", "GPCPolicy", "SteeredPolicy", "VGPSConfig",
            "VGPSPolicy", "calql_loss", "check_critic", "expectile_loss", "iql_loss", "load_critic",
            "load_steered_export", "parse_spec", "pick_candidates", "steer", "summarise_diagnostics", "td_target"]
