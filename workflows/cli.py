@@ -50,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "critic": ("armflow.workflows.critic", "critic"),
     "bench steering": ("armflow.workflows.bench_steering", "bench_steering"),
     "bench vgps": ("armflow.workflows.bench_vgps", "bench_vgps"),
+    "bench cfg": ("armflow.workflows.bench_cfg", "bench_cfg"),
 }
 # commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
 GROUPS = {"bench": "benchmark", "reward": "reward command"}

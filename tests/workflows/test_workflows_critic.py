@@ -90,3 +90,21 @@ def test_bench_vgps_runs_every_stage_at_toy_scale_and_resumes(tmp_path, capsys):
     assert LeRobotDataset(tmp_path / "rollouts").num_episodes == 3
     assert run(args) == 0  # every stage cached
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("BENCH_JSON: ")) == result
+
+
+@pytest.mark.slow
+def test_bench_cfg_conditions_demos_on_the_lifted_cube_and_reports_alignment_per_w(tmp_path, capsys):
+    """Toy scale (a few demos, a few training steps): the stages run, the condition column is the lifted cube."""
+    from armflow.workflows.bench_cfg import CONDITION
+
+    assert run(["bench", "cfg", "demos=4", "train_steps=10", "ws=[0.0,2.0]", "episodes=2", "n_envs=2",
+                f"out={tmp_path}"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("BENCH_JSON: "))
+    assert sum(result["demos_per_cube"]) == 4 and {"cfg_w0_success", "cfg_w2_alignment"} <= set(result)
+    ds = LeRobotDataset(tmp_path / "demos")
+    for i in range(ds.num_episodes):
+        ep = ds.episode(i)
+        lifted = int(np.argmax(ep["observation.environment_state"][-1, [2, 12]]))
+        assert (ep[CONDITION] == np.eye(2)[lifted]).all()
+    meta = json.loads((tmp_path / "pretrain" / "checkpoint" / "config.json").read_text())
+    assert meta["config"]["condition_key"] == CONDITION and meta["config"]["condition_dropout"] == 0.2
