@@ -2,8 +2,9 @@
 
 Per method, ms per ``predict_chunk`` at batch 1 on one thread (p50/p99) and ``<method>_ratio`` = p50 / the base
 policy's p50 measured in the same rounds. ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
-``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``: ``<method>_p50_ms``, ``<method>_p99_ms``,
-``<method>_ratio``. CFG and the ITPS/DynaGuide methods are not built (README "Known limits").
+``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``, ``cfg``: ``<method>_p50_ms``, ``<method>_p99_ms``,
+``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``; a fresh policy of
+the same shapes plus a 2-D condition). ITPS and DynaGuide are not built (README "Known limits").
 """
 from __future__ import annotations
 
@@ -15,15 +16,19 @@ import torch
 from omegaconf import DictConfig
 
 LIFT_SPEC = {"observation.state": (8,), "observation.environment_state": (10,)}
+CONDITION = "observation.condition"
 
 
-def fresh_policy(seed: int):
+def fresh_policy(seed: int, condition: bool = False):
+    """A flow policy of lift's shapes at the default sizes; ``condition``: plus a 2-D condition key for CFG."""
     from armflow.policies import make_policy
 
     torch.manual_seed(seed)
-    stats = {k: {"min": -np.ones(s[0]), "max": np.ones(s[0])} for k, s in LIFT_SPEC.items()}
+    spec = {**LIFT_SPEC, **({CONDITION: (2,)} if condition else {})}
+    stats = {k: {"min": -np.ones(s[0]), "max": np.ones(s[0])} for k, s in spec.items()}
     stats["action"] = {"min": -np.ones(7), "max": np.ones(7)}
-    return make_policy("flow", LIFT_SPEC, 7, stats).eval()
+    extra = {"condition_key": CONDITION, "condition_dropout": 0.1} if condition else {}
+    return make_policy("flow", spec, 7, stats, **extra).eval()
 
 
 def build_methods(cfg: DictConfig, out: Path) -> dict:
@@ -44,6 +49,9 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
         members.append(str(other.save_pretrained(out / f"bench_gpc_member_{i + 1}")))
     n = len(members) + 1
     methods["gpc"] = steer(base, {"type": "gpc", "policies": members, "weights": [1.0 / n] * n})
+    conditioned = fresh_policy(int(cfg.seed), condition=True)
+    methods["cfg_base"] = conditioned
+    methods["cfg"] = steer(conditioned, {"type": "cfg", "w": 2.0, "value": [1.0, 0.0]})
     return methods
 
 
@@ -69,20 +77,22 @@ def main(cfg: DictConfig) -> dict:
     base = methods["base"]
     gen = torch.Generator().manual_seed(int(cfg.seed))
     obs = {k: torch.rand(1, base.n_obs_steps, *s, generator=gen) * 2 - 1 for k, s in base.obs_spec.items()}
+    obs[CONDITION] = torch.tensor([[[1.0, 0.0]] * base.n_obs_steps])  # read by cfg_base only
     times = time_round_robin(methods, obs, int(cfg.warmup), int(cfg.iters))
     base_p50 = float(np.percentile(times["base"], 50))
     result = {"base_p50_ms": base_p50, "base_p99_ms": float(np.percentile(times["base"], 99))}
     for name, t in times.items():
         if name != "base":
+            ref = float(np.percentile(times["cfg_base"], 50)) if name == "cfg" else base_p50
             result.update({f"{name}_p50_ms": float(np.percentile(t, 50)), f"{name}_p99_ms": float(np.percentile(t, 99)),
-                           f"{name}_ratio": float(np.percentile(t, 50)) / base_p50})
+                           f"{name}_ratio": float(np.percentile(t, 50)) / ref})
     if "vgps_k16" in times:
         result.update({f"vgps_{s}": result[f"vgps_k16_{s}"] for s in ("p50_ms", "p99_ms", "ratio")})
     result.update({"iters": int(cfg.iters), "num_threads": int(cfg.num_threads),
                    "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else "fresh lift-shaped flow"})
     for name in times:
         print(f"[bench steering] {name:10s} p50 {np.percentile(times[name], 50):7.2f} ms  "
-              f"p99 {np.percentile(times[name], 99):7.2f} ms  x{np.percentile(times[name], 50) / base_p50:.2f}")
+              f"p99 {np.percentile(times[name], 99):7.2f} ms  x{result.get(f'{name}_ratio', 1.0):.2f}")
     write_json(out / "bench_steering.json", result)
     print(bench_line(result))
     return result
