@@ -186,8 +186,9 @@ class SuccessClassifier(RewardModel):
         for cam in self.cameras:
             missing = [i for i, q in enumerate(queries) if cam not in q.frames]
             if missing:
+                have = sorted(queries[missing[0]].frames)
                 raise ValueError(f"success classifier: query {missing[0]} has no frames for camera {cam!r}; the "
-                                 f"model reads {list(self.cameras)}, the query has {sorted(queries[missing[0]].frames)}")
+                                 f"model reads {list(self.cameras)}, the query has {have}")
             images[cam] = np.stack([q.frames[cam][-1] for q in queries])
         logits = self.logits(images)
         probs = sigmoid(logits / self.config.temperature)

@@ -52,7 +52,8 @@ def load_encoder_weights(net: ClassifierNet, path: str | Path) -> list[str]:
                 loaded.append(f"encoders.{cam}.{short}")
         enc.load_state_dict(own)
     if not loaded:
-        raise ValueError(f"{path}: no tensor matches the encoder's keys ({', '.join(list(net.encoders.values())[0].state_dict())})")
+        keys = ", ".join(next(iter(net.encoders.values())).state_dict())
+        raise ValueError(f"{path}: no tensor matches the encoder's keys ({keys})")
     return loaded
 
 

@@ -1,8 +1,8 @@
 """How often a success detector is wrong: confusion counts, rates, ROC AUC and calibration bins.
 
 Every backend is audited the same way against a privileged label (``next.success`` in sim, aligned with
-the frames by ``frame_success``): ``detection_metrics(prob, decision, label)``. ``prob`` may be NaN where a backend gives no probability
-(its AUC and calibration are then computed on the rest).
+the frames by ``frame_success``): ``detection_metrics(prob, decision, label)``. ``prob`` may be NaN where
+a backend gives no probability (its AUC and calibration are then computed on the rest).
 """
 from __future__ import annotations
 

@@ -78,8 +78,9 @@ def build_model(cfg: DictConfig, cameras: list[str], image_hw: tuple[int, int]):
     from armflow.rewards.classifier import ClassifierConfig, SuccessClassifier
     from armflow.rewards.classifier_fit import load_encoder_weights
 
-    model = SuccessClassifier(ClassifierConfig(cameras=tuple(cameras), image_size=image_hw,
-                                               channels=tuple(cfg.channels), spatial_features=int(cfg.spatial_features)))
+    config = ClassifierConfig(cameras=tuple(cameras), image_size=image_hw, channels=tuple(cfg.channels),
+                              spatial_features=int(cfg.spatial_features))
+    model = SuccessClassifier(config)
     if cfg.encoder_weights:
         load_encoder_weights(model.net, cfg.encoder_weights)
     return model

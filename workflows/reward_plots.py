@@ -17,7 +17,8 @@ def _pyplot():
     return plt
 
 
-def plot_scores(path: str | Path, prob: np.ndarray, label: np.ndarray, threshold: float | None, title: str = "") -> Path:
+def plot_scores(path: str | Path, prob: np.ndarray, label: np.ndarray, threshold: float | None,
+                title: str = "") -> Path:
     """Left: histogram of P(success) for negative and positive frames (threshold dashed); right: ROC curve."""
     plt = _pyplot()
     p, y = np.asarray(prob, dtype=float), np.asarray(label, dtype=bool)

@@ -159,7 +159,8 @@ def test_random_crop_shifts_within_the_padded_frame():
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x.permute(0, 3, 1, 2).float(), (3,) * 4, mode="replicate").permute(0, 2, 3, 1)
     for b in range(4):  # every output is one 24x24 window of its padded input
-        hits = [(dy, dx) for dy in range(7) for dx in range(7) if torch.equal(padded[b, dy:dy + 24, dx:dx + 24].to(torch.uint8), out[b])]
+        hits = [(dy, dx) for dy in range(7) for dx in range(7)
+                if torch.equal(padded[b, dy:dy + 24, dx:dx + 24].to(torch.uint8), out[b])]
         assert hits
 
 
