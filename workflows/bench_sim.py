@@ -8,11 +8,12 @@ Target: ``lift_speedup_vs_robosuite`` >= 10.
 
 Where an env step's time goes (issue 11), in the same run:
 
-- ``physics_share_lift``: ``lift``'s physics steps/s through ``env.step`` (``env_physics_steps_per_s_lift``)
-  over raw ``mj_step`` on the env's own MjModel/MjData (``raw_mj_step_per_s``) replaying the very same
-  physics: each episode is stepped through the env, then replayed from its start state (warm start
-  included) with the ctrl the env's controller set, ``mj_step(nstep=n_substeps)`` per control step.
-  ``physics_replay_exact`` says the replay ended on the env's qpos bit for bit. Target >= 0.60.
+- ``physics_share_lift``: ``lift``'s physics steps per CPU-second through ``env.step``
+  (``env_physics_steps_per_s_lift``) over raw ``mj_step`` on the env's own MjModel/MjData
+  (``raw_mj_step_per_s``) doing the very same physics: each episode is stepped through the env, then
+  replayed from its start state (warm start included) with the ctrl the env's controller set,
+  ``mj_step(nstep=n_substeps)`` per control step. ``physics_replay_exact``: the replay ended on the env's
+  qpos bit for bit. Target >= 0.60.
 - ``ipc_overhead_us_per_step`` / ``_chunk``: wall time per env step of ``ipc_envs`` envs in one subprocess
   worker minus in-process (``n_workers=0``), by ``step`` and by ``step_chunk`` (``chunk_len`` actions per
   message); with one worker the parent waits while it steps, so the difference is the IPC cost.
@@ -116,33 +117,31 @@ def time_physics_share(name: str, steps: int, warmup: int, seed: int) -> dict:
             "raw_mj_step_per_s": n_physics / t_raw, "physics_replay_exact": bool(exact)}
 
 
-def _env_episode(env, data, actions: np.ndarray) -> tuple[list, float, np.ndarray]:
-    """Step ``env`` until its episode ends (or ``actions`` run out): (ctrl after each step, seconds in
-    ``env.step``, final qpos)."""
-    ctrls, seconds = [], 0.0
-    for action in actions:
-        t0 = time.perf_counter()
+def _env_episode(env, data, actions: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Step ``env`` until its episode ends (or ``actions`` run out): (ctrl after each step, CPU seconds,
+    final qpos). CPU time: a 2-core box shared with other jobs preempts often, which wall time would count."""
+    ctrls = np.empty((len(actions), data.ctrl.size))
+    t0 = time.process_time()
+    for k, action in enumerate(actions):
         _, _, terminated, truncated, _ = env.step(action)
-        seconds += time.perf_counter() - t0
-        ctrls.append(data.ctrl.copy())
+        ctrls[k] = data.ctrl  # the replay's only bookkeeping is the same one copy per step
         if terminated or truncated:
             break
-    return ctrls, seconds, data.qpos.copy()
+    return ctrls[: k + 1], time.process_time() - t0, data.qpos.copy()
 
 
-def _raw_replay(model, data, start: np.ndarray, spec: int, ctrls: list, n_sub: int) -> float:
-    """Seconds in ``mj_step(nstep=n_sub)`` replaying ``ctrls`` from state ``start``."""
+def _raw_replay(model, data, start: np.ndarray, spec: int, ctrls: np.ndarray, n_sub: int) -> float:
+    """CPU seconds of ``mj_step(nstep=n_sub)`` replaying ``ctrls`` from state ``start``."""
     import mujoco
 
     mujoco.mj_setState(model, data, start, spec)
     mujoco.mj_forward(model, data)
-    seconds = 0.0
-    for ctrl in ctrls:
-        data.ctrl[:] = ctrl
-        t0 = time.perf_counter()
+    ctrl = data.ctrl
+    t0 = time.process_time()
+    for row in ctrls:
+        ctrl[:] = row
         mujoco.mj_step(model, data, nstep=n_sub)
-        seconds += time.perf_counter() - t0
-    return seconds
+    return time.process_time() - t0
 
 
 def time_vec_ipc(name: str, n_envs: int, steps: int, chunk_len: int, seed: int) -> dict:

@@ -40,7 +40,10 @@ from armflow.sim.tasks.config import CubeTaskConfig
 
 CAMERAS = ("agentview", "wrist", "topview", "video")
 VIDEO_SIZE = 256  # render_video() side [px]
-_EE_REF = np.array(HOME_EE_QUAT)
+# The grip-site quaternion's sign is picked on the hemisphere of HOME_EE_QUAT = (0, 1, 0, 0): its dot product
+# with that is the x component (exactly, for a finite quaternion), read without a numpy call per step.
+_EE_REF_AXIS = 1
+assert HOME_EE_QUAT == (0.0, 1.0, 0.0, 0.0), "update _EE_REF_AXIS (cube_env._obs) with HOME_EE_QUAT"
 _CUBE_REF = np.array((1.0, 0.0, 0.0, 0.0))
 
 
@@ -54,8 +57,9 @@ class CubeEnv(gym.Env):
         self.render_mode = check_render_mode(render_mode, task_name)
         self.n_cubes = len(cfg.cube_centers_xy_m)
         self.model = load_model(self.n_cubes, cfg.cube_half_m, cfg.sim_dt_s)
-        self.data = mujoco.MjData(self.model)
-        self.arm = PandaArm(self.model, self.data, ArmControlConfig(cfg.max_dpos_m, cfg.max_drot_rad))
+        self._data = mujoco.MjData(self.model)
+        self._dynamics_stale = False  # see the ``data`` property
+        self.arm = PandaArm(self.model, self._data, ArmControlConfig(cfg.max_dpos_m, cfg.max_drot_rad))
         self.joint_names = self.arm.joint_names
         self.sim_dt = float(self.model.opt.timestep)
         self.n_substeps = int(round((1.0 / cfg.ctrl_hz) / self.sim_dt))
@@ -68,7 +72,8 @@ class CubeEnv(gym.Env):
             raise ValueError(f"{task_name}: unknown camera(s) {bad}; valid cameras: {', '.join(CAMERAS)}")
         self._cube_qpos = [self.model.jnt_qposadr[self._id("joint", f"cube{i}_joint")] for i in range(self.n_cubes)]
         self._cube_ids = [self._id("geom", f"cube{i}") for i in range(self.n_cubes)]
-        self._pad_ids = (self._id("geom", "left_pad"), self._id("geom", "right_pad"))
+        self._pad_side = {self._id("geom", "left_pad"): 0, self._id("geom", "right_pad"): 1}
+        self._cube_index = {gid: i for i, gid in enumerate(self._cube_ids)}
         self.proprio_dim, self.object_dim = 8, 10 * self.n_cubes
         combined = cfg.state_layout == "combined"
         self.state_dim = self.proprio_dim + self.object_dim if combined else self.proprio_dim
@@ -84,7 +89,7 @@ class CubeEnv(gym.Env):
         """The per-step hot path's arrays: one float64 state buffer (proprio ++ objects, the obs before the float32
         cast) and views into it and into MjData's fixed buffers. Each numpy call costs ~0.5-1 us against ~45 us
         of physics per control step, so ``_obs`` copies with as few calls as it can."""
-        d, p = self.data, self.proprio_dim
+        d, p = self._data, self.proprio_dim
         buf = self._state_buf = np.zeros(p + self.object_dim)
         self._ee_pos, self._ee_xmat = d.site_xpos[self.arm.site_id], d.site_xmat[self.arm.site_id]
         self._buf_ee, self._buf_quat = buf[0:3], buf[3:7]
@@ -93,6 +98,16 @@ class CubeEnv(gym.Env):
                             for a, b in zip(self._cube_qpos, range(p, len(buf), 10))]
         combined = self.cfg.state_layout == "combined"  # one vector, the layout before the split (sim/obs_layout.py)
         self._obs_views = [(STATE_KEY, buf)] if combined else [(STATE_KEY, buf[:p]), (ENV_STATE_KEY, buf[p:])]
+
+    @property
+    def data(self) -> mujoco.MjData:
+        """The ``MjData``, every ``mj_forward`` quantity current. ``step`` ends after MuJoCo's position and velocity
+        stages (kinematics, contacts: all the env and the next step need); accelerations and contact forces
+        (``mj_contactForce``) for the new state are computed here, on the first access after a step."""
+        if self._dynamics_stale:
+            mujoco.mj_forward(self.model, self._data)
+            self._dynamics_stale = False
+        return self._data
 
     def _id(self, kind: str, name: str) -> int:
         return mujoco.mj_name2id(self.model, getattr(mujoco.mjtObj, f"mjOBJ_{kind.upper()}"), name)
@@ -121,16 +136,16 @@ class CubeEnv(gym.Env):
     def cube_pos(self, i: int) -> np.ndarray:
         """Cube ``i`` centre (3,) [m], world frame."""
         a = self._cube_qpos[i]
-        return self.data.qpos[a : a + 3].copy()
+        return self._data.qpos[a : a + 3].copy()
 
     def cube_quat(self, i: int) -> np.ndarray:
         """Cube ``i`` orientation (4,) wxyz, w >= 0."""
         a = self._cube_qpos[i]
-        return quat_canonical(self.data.qpos[a + 3 : a + 7].copy(), _CUBE_REF)
+        return quat_canonical(self._data.qpos[a + 3 : a + 7].copy(), _CUBE_REF)
 
     def cube_yaw_rad(self, i: int) -> float:
         """Cube ``i`` yaw about world z [rad], in (-pi, pi]."""
-        w, x, y, z = self.data.qpos[self._cube_qpos[i] + 3 : self._cube_qpos[i] + 7]
+        w, x, y, z = self._data.qpos[self._cube_qpos[i] + 3 : self._cube_qpos[i] + 7]
         return float(np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
 
     def grasped(self, i: int) -> bool:
@@ -139,20 +154,22 @@ class CubeEnv(gym.Env):
 
     def _grasp_flags(self) -> list[bool]:
         """Per cube: both finger pads touch it (plain Python over the few contacts: faster than numpy)."""
-        cube_ids = self._cube_ids
-        touches = [[False, False] for _ in cube_ids]
-        left, right = self._pad_ids
-        for g1, g2 in self.data.contact.geom[: self.data.ncon].tolist():
-            for a, b in ((g1, g2), (g2, g1)):
-                if a in cube_ids and b in (left, right):
-                    touches[cube_ids.index(a)][0 if b == left else 1] = True
-        return [l and r for l, r in touches]
+        touches = [[False, False] for _ in self._cube_ids]
+        pad_side, cube_index = self._pad_side, self._cube_index
+        for g1, g2 in self._data.contact.geom.tolist():  # the list holds the ncon active contacts
+            side = pad_side.get(g2)
+            if side is not None and g1 in cube_index:
+                touches[cube_index[g1]][side] = True
+            side = pad_side.get(g1)
+            if side is not None and g2 in cube_index:
+                touches[cube_index[g2]][side] = True
+        return [left and right for left, right in touches]
 
     # ----- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         rng = self.np_random
-        mujoco.mj_resetData(self.model, self.data)
+        mujoco.mj_resetData(self.model, self._data)
         noise = self.cfg.init_qpos_noise_rad
         self.arm.set_home(self.arm.q_home + rng.uniform(-noise, noise, size=7))
         xy_range = np.asarray(self.cfg.cube_xy_range_m, dtype=float)
@@ -161,24 +178,27 @@ class CubeEnv(gym.Env):
             xy = np.asarray(centre, dtype=float) + rng.uniform(-xy_range, xy_range)
             yaw = rng.uniform(-yaw_range, yaw_range) if yaw_range > 0 else 0.0
             a = self._cube_qpos[i]
-            self.data.qpos[a : a + 3] = (xy[0], xy[1], self.rest_height_m)
-            self.data.qpos[a + 3 : a + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
-        mujoco.mj_forward(self.model, self.data)
-        self._steps = 0
+            self._data.qpos[a : a + 3] = (xy[0], xy[1], self.rest_height_m)
+            self._data.qpos[a + 3 : a + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+        mujoco.mj_forward(self.model, self._data)
+        self._steps, self._dynamics_stale = 0, False
         return self._obs(), {"success": False}
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        action = np.asarray(action, dtype=np.float64)
         if action.shape != (7,):
-            raise ValueError(f"{self.task_name}: action must have shape (7,), got {action.shape}")
+            action = action.reshape(-1)
+            if action.shape != (7,):
+                raise ValueError(f"{self.task_name}: action must have shape (7,), got {action.shape}")
         self.arm.apply_action(action)
-        # The first substep's position/velocity stages are those of the mj_forward that ended the last step
-        # (or reset): mj_step2 runs the rest of mj_step, so the physics is bit for bit n_substeps mj_steps.
-        # Whoever edits qpos/qvel between steps must mj_forward (as the IK already needed).
-        mujoco.mj_step2(self.model, self.data)
+        # The first substep's position/velocity stages are those of the mj_step1 that ended the last step (or
+        # reset's mj_forward): mj_step2 runs the rest of mj_step, so the physics is bit for bit n_substeps
+        # mj_steps. Whoever edits qpos/qvel between steps must mj_forward (as the IK already needed).
+        mujoco.mj_step2(self.model, self._data)
         if self.n_substeps > 1:
-            mujoco.mj_step(self.model, self.data, nstep=self.n_substeps - 1)
-        mujoco.mj_forward(self.model, self.data)  # positions, contacts and contact forces of the new qpos
+            mujoco.mj_step(self.model, self._data, nstep=self.n_substeps - 1)
+        mujoco.mj_step1(self.model, self._data)  # kinematics and contacts of the new state: all the env reads
+        self._dynamics_stale = True
         self._steps += 1
         obs = self._obs()
         terms, success, mode = self._reward_terms(self._state_buf.tolist())
@@ -215,7 +235,7 @@ class CubeEnv(gym.Env):
         ee, quat = self._ee_pos, self._buf_quat
         np.copyto(self._buf_ee, ee)
         mujoco.mju_mat2Quat(quat, self._ee_xmat)
-        if not quat @ _EE_REF >= 0.0:
+        if not quat[_EE_REF_AXIS] >= 0.0:
             np.negative(quat, out=quat)
         self._state_buf[7] = self.arm.gripper_opening_m()
         for cube, cube_pos, dst, dst_quat, dst_rel in self._cube_views:
@@ -237,14 +257,14 @@ class CubeEnv(gym.Env):
             raise ValueError(f"{self.task_name}: unknown camera {name!r}; valid cameras: {', '.join(CAMERAS)}")
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.cfg.image_size, self.cfg.image_size)
-        self._renderer.update_scene(self.data, camera=name)
+        self._renderer.update_scene(self._data, camera=name)
         return self._renderer.render().copy()
 
     def render_video(self) -> np.ndarray:
         """uint8 (256, 256, 3) frame from the 3/4 "video" camera, for rollout videos a person watches."""
         if self._video_renderer is None:
             self._video_renderer = mujoco.Renderer(self.model, VIDEO_SIZE, VIDEO_SIZE)
-        self._video_renderer.update_scene(self.data, camera="video")
+        self._video_renderer.update_scene(self._data, camera="video")
         return self._video_renderer.render().copy()
 
     def close(self) -> None:

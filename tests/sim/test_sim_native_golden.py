@@ -52,3 +52,26 @@ def test_golden_covers_successes_and_time_limits():
     """The replay would not notice a broken grasp or success check if the golden had no success in it."""
     assert GOLDEN["lift_expert/success"].sum() >= 3 and GOLDEN["lift_random/truncated"].sum() >= 1
     assert set(GOLDEN["pick_either_expert/mode"][GOLDEN["pick_either_expert/success"]]) == {0, 1}
+
+
+def test_data_after_a_step_carries_forward_dynamics():
+    """``step`` ends after MuJoCo's position/velocity stages; ``env.data`` completes ``mj_forward`` on access, so
+    accelerations and contact forces (read by the sim-task driver) equal a full forward of the same state."""
+    import mujoco
+
+    env = make_env("lift")
+    env.reset(seed=0)
+    for action in GOLDEN["lift_expert/action"][:40]:  # into contact with the cube
+        env.step(action)
+    model, raw = env.model, env._data
+    reference = mujoco.MjData(model)
+    spec = int(mujoco.mjtState.mjSTATE_FULLPHYSICS) | int(mujoco.mjtState.mjSTATE_WARMSTART) | int(
+        mujoco.mjtState.mjSTATE_CTRL)
+    state = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, raw, state, spec)
+    mujoco.mj_setState(model, reference, state, spec)
+    mujoco.mj_forward(model, reference)
+    data = env.data
+    assert data.ncon > 0 and np.abs(reference.efc_force).max() > 0
+    np.testing.assert_array_equal(data.qacc, reference.qacc)
+    np.testing.assert_array_equal(data.efc_force[: data.nefc], reference.efc_force[: reference.nefc])
