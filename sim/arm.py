@@ -19,10 +19,7 @@ import numpy as np
 from armflow.hardware.kinematics import damped_pinv
 from armflow.sim.arm_mjcf import ARM_JOINTS, FINGER_JOINTS, HOME_QPOS
 
-try:  # numpy's clip ufunc (min(max(x, lo), hi)) without np.clip's Python wrapper, which costs more than the clip
-    from numpy._core.umath import clip as _clip  # numpy >= 2
-except ImportError:
-    from numpy.core.umath import clip as _clip
+from numpy.core.umath import clip as _clip  # np.clip's ufunc, min(max(x, lo), hi), without its slow Python wrapper
 
 FINGER_OPEN_M = 0.04  # finger joint travel [m]; the opening between the pads is about twice this
 
@@ -75,9 +72,8 @@ class PandaArm:
         self._jacp, self._jacr, self._jac = self._jac_full[:3], self._jac_full[3:], self._jac_full[:, :7]
         self._v = np.zeros(7)
         self._unit_low, self._unit_high = np.full(7, -1.0), np.full(7, 1.0)  # action bounds
-        # views into MjData's fixed buffers (the getters build a new array object per call)
-        self._qpos, self._ctrl, self._q_arm = self.data.qpos, self.data.ctrl, self.data.qpos[:7]
-        self._ctrl_arm = self.data.ctrl[:7]
+        d = self.data  # views into MjData's fixed buffers (its getters build a new array object per call)
+        self._qpos, self._ctrl, self._q_arm, self._ctrl_arm = d.qpos, d.ctrl, d.qpos[:7], d.ctrl[:7]
 
     @property
     def control(self) -> ArmControlConfig:

@@ -40,10 +40,8 @@ from armflow.sim.tasks.config import CubeTaskConfig
 
 CAMERAS = ("agentview", "wrist", "topview", "video")
 VIDEO_SIZE = 256  # render_video() side [px]
-# The grip-site quaternion's sign is picked on the hemisphere of HOME_EE_QUAT = (0, 1, 0, 0): its dot product
-# with that is the x component (exactly, for a finite quaternion), read without a numpy call per step.
-_EE_REF_AXIS = 1
-assert HOME_EE_QUAT == (0.0, 1.0, 0.0, 0.0), "update _EE_REF_AXIS (cube_env._obs) with HOME_EE_QUAT"
+_EE_REF_AXIS = 1  # grip-site quat sign: on HOME_EE_QUAT's hemisphere, i.e. quat . (0, 1, 0, 0) = quat[1] >= 0
+assert HOME_EE_QUAT == (0.0, 1.0, 0.0, 0.0), "update _EE_REF_AXIS with HOME_EE_QUAT"
 _CUBE_REF = np.array((1.0, 0.0, 0.0, 0.0))
 
 
@@ -71,9 +69,8 @@ class CubeEnv(gym.Env):
         if bad:
             raise ValueError(f"{task_name}: unknown camera(s) {bad}; valid cameras: {', '.join(CAMERAS)}")
         self._cube_qpos = [self.model.jnt_qposadr[self._id("joint", f"cube{i}_joint")] for i in range(self.n_cubes)]
-        self._cube_ids = [self._id("geom", f"cube{i}") for i in range(self.n_cubes)]
+        self._cube_index = {self._id("geom", f"cube{i}"): i for i in range(self.n_cubes)}  # geom id -> cube
         self._pad_side = {self._id("geom", "left_pad"): 0, self._id("geom", "right_pad"): 1}
-        self._cube_index = {gid: i for i, gid in enumerate(self._cube_ids)}
         self.proprio_dim, self.object_dim = 8, 10 * self.n_cubes
         combined = cfg.state_layout == "combined"
         self.state_dim = self.proprio_dim + self.object_dim if combined else self.proprio_dim
@@ -86,9 +83,8 @@ class CubeEnv(gym.Env):
         self._init_views()
 
     def _init_views(self) -> None:
-        """The per-step hot path's arrays: one float64 state buffer (proprio ++ objects, the obs before the float32
-        cast) and views into it and into MjData's fixed buffers. Each numpy call costs ~0.5-1 us against ~45 us
-        of physics per control step, so ``_obs`` copies with as few calls as it can."""
+        """Views for ``_obs`` (few numpy calls, as in ``PandaArm._init_buffers``): into MjData and into one float64
+        state buffer, proprio ++ objects, the obs before the float32 cast."""
         d, p = self._data, self.proprio_dim
         buf = self._state_buf = np.zeros(p + self.object_dim)
         self._ee_pos, self._ee_xmat = d.site_xpos[self.arm.site_id], d.site_xmat[self.arm.site_id]
@@ -154,7 +150,7 @@ class CubeEnv(gym.Env):
 
     def _grasp_flags(self) -> list[bool]:
         """Per cube: both finger pads touch it (plain Python over the few contacts: faster than numpy)."""
-        touches = [[False, False] for _ in self._cube_ids]
+        touches = [[False, False] for _ in range(self.n_cubes)]
         pad_side, cube_index = self._pad_side, self._cube_index
         for g1, g2 in self._data.contact.geom.tolist():  # the list holds the ncon active contacts
             side = pad_side.get(g2)
@@ -185,11 +181,9 @@ class CubeEnv(gym.Env):
         return self._obs(), {"success": False}
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (7,):
-            action = action.reshape(-1)
-            if action.shape != (7,):
-                raise ValueError(f"{self.task_name}: action must have shape (7,), got {action.shape}")
+            raise ValueError(f"{self.task_name}: action must have shape (7,), got {action.shape}")
         self.arm.apply_action(action)
         # The first substep's position/velocity stages are those of the mj_step1 that ended the last step (or
         # reset's mj_forward): mj_step2 runs the rest of mj_step, so the physics is bit for bit n_substeps
