@@ -27,6 +27,12 @@ def _default(obj):
     raise TypeError(f"cannot send {type(obj).__name__} to the servo process")
 
 
+def array_ext(dtype: str, shape, data) -> msgpack.ExtType:
+    """An array for the servo from its dtype string, shape and raw bytes (as ``pack`` sends an ndarray),
+    so the I/O process hands on a checked frame without building an ndarray of it."""
+    return msgpack.ExtType(_ND_EXT, msgpack.packb([dtype, list(shape), bytes(data)]))
+
+
 def _ext_hook(code: int, data: bytes):
     if code != _ND_EXT:
         raise ValueError(f"unknown ext type {code}")

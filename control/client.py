@@ -61,6 +61,7 @@ class BridgeClient(Driver):
         self.state_timeout_s = state_timeout_s
         self.curve = curve
         self.ctx = self.dealer = self.sub = None
+        self._rcvtimeo = -1  # the DEALER's RCVTIMEO as last set [ms]
         self.welcome: dict = {}
         self.session = ""
         self.seq = 0
@@ -80,6 +81,7 @@ class BridgeClient(Driver):
         self.ctx = zmq.Context.instance()
         if self.dealer is None:
             self.dealer = self._socket(zmq.DEALER)
+            self._rcvtimeo = -1
             self.dealer.connect(self.endpoint)
         body = {"client_version": CLIENT_VERSION, "role": self.role, "allow_real": self.allow_real}
         if self.t_cmd_ms is not None:
@@ -163,18 +165,25 @@ class BridgeClient(Driver):
         self.seq += 1
         t_send = time.monotonic_ns()
         frames = P.encode(msg_type, body, arrays, seq=self.seq, session=self.session)
-        big = any(len(f) >= 65536 for f in frames)  # zero-copy pays off only for large frames
+        big = False
+        for f in frames:
+            big = big or len(f) >= 65536  # zero-copy pays off only for large frames
         self.dealer.send_multipart(frames, copy=not big)
-        deadline = time.monotonic() + (self.reply_timeout_s if timeout_s is None else timeout_s)
+        timeout_s = self.reply_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.dealer.poll(int(remaining * 1000) + 1):
+            # a blocking receive with RCVTIMEO: no poller built per request on the command path
+            self._set_rcvtimeo(max(0, int((deadline - time.monotonic()) * 1000)) + 1)
+            try:
+                raw = self.dealer.recv_multipart()
+            except zmq.Again:
+                raw = None
+            if raw is None:
                 if time.monotonic() >= deadline:
                     raise BridgeError(f"bridge server at {self.endpoint} did not answer {msg_type} within "
-                                      f"{self.reply_timeout_s if timeout_s is None else timeout_s:.2f} s "
-                                      "(server down or unreachable)", "timeout")
+                                      f"{timeout_s:.2f} s (server down or unreachable)", "timeout")
                 continue
-            reply = P.decode(self.dealer.recv_multipart(), max_bytes=P.MAX_PUB_BYTES)
+            reply = P.decode(raw, max_bytes=P.MAX_PUB_BYTES)
             if reply.type in ("ACK", "NACK") and reply.body["ack_seq"] not in (self.seq, 0):
                 continue  # a late reply to an earlier request that already timed out
             if reply.type == "NACK":
@@ -185,6 +194,12 @@ class BridgeClient(Driver):
             if reply.type == "ACK":
                 self.saw_estop(reply.body.get("info", {}).get("estop_epoch", 0))
             return reply
+
+    def _set_rcvtimeo(self, ms: int) -> None:
+        # the same timeout every request (reply_timeout_s, less the few us since the send) is set once:
+        # only a change of more than 2 ms reaches setsockopt
+        if abs(ms - self._rcvtimeo) > 2:
+            self.dealer.rcvtimeo = self._rcvtimeo = ms
 
     def sync_clock(self, n: int = 8) -> ClockSync:
         """``n`` NTP-style exchanges (lost ones skipped); keeps the min-RTT sample."""

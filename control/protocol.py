@@ -22,8 +22,10 @@ session's WELCOME: it is refused once any e-stop happened since that client conn
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgpack
 import numpy as np
@@ -53,6 +55,12 @@ MAX_SUBSCRIPTION_BYTES = 64 * 1024
 
 ALLOWED_DTYPES = ("<f4", "<f8", "<i4", "<i8", "|u1", "|b1")
 _ITEMSIZE = {d: np.dtype(d).itemsize for d in ALLOWED_DTYPES}
+_DTYPES = {d: np.dtype(d) for d in ALLOWED_DTYPES}
+#: memoryview formats of the float dtypes on this (little-endian) host: NaN/inf checks without numpy
+_FLOAT_FORMATS = {"<f4": "f", "<f8": "d"} if sys.byteorder == "little" else {}
+#: Float frames up to this many elements are checked in plain Python (numpy's first call after the process
+#: slept costs tens of microseconds of cold caches; a short Python sum costs a few).
+SMALL_FLOAT_FRAME = 512
 ROLES = ("controller", "observer")
 ACTION_SPACES = ("joint_pos", "joint_vel", "ee_pose", "ee_delta")
 MERGE_RULES = ("replace",)
@@ -100,6 +108,31 @@ _HEADER_KEYS = {"v", "type", "seq", "session", "t_send_ns", "frames", "body"}
 FIELD_RANGES = {"RESET.seed": (0, SEED_MAX), "ARM.estop_epoch": (0, INT64_MAX), "WELCOME.estop_epoch": (0, INT64_MAX)}
 #: String fields a peer may send longer than MAX_STR: free text, truncated on decode instead of refused.
 TRUNCATED_FIELDS = ("reason",)
+# The checks below run on every message of the command path, where each microsecond of Python counts
+# several times over (a policy loop wakes up with cold caches): precomputed lookups, and fast paths for the
+# common case (plain ints, short strings, float64 arrays) that fall back to the general check otherwise.
+_RANGED = {tuple(k.split(".", 1)) for k in FIELD_RANGES}
+_INT64_MIN = -INT64_MAX - 1
+
+
+class RawArray(NamedTuple):
+    """An array frame checked like any other (descriptor, size, finite) but left as bytes: what the server
+    hands on without looking at the values keeps numpy off the command round trip."""
+
+    dtype: str  # one of ALLOWED_DTYPES
+    shape: tuple
+    data: memoryview
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def values(self) -> memoryview:
+        """The elements, flat (a float frame's as Python floats)."""
+        return self.data.cast(_FLOAT_FORMATS[self.dtype]) if self.dtype in _FLOAT_FORMATS else self.to_numpy().ravel()
+
+    def to_numpy(self) -> np.ndarray:
+        return np.frombuffer(self.data, dtype=_DTYPES[self.dtype]).reshape(self.shape)
 
 
 @dataclass
@@ -129,13 +162,15 @@ def encode(msg_type: str, body: dict | None = None, arrays: dict | None = None, 
     if msg_type not in BODY_SCHEMAS:
         raise ProtocolError("bad_type", f"unknown message type {msg_type!r}; valid: {MSG_TYPES}")
     descs, buffers = [], []
-    for name, value in (arrays or {}).items():
-        arr = _canonical_dtype(np.asarray(value))
-        descs.append([name, arr.dtype.str, list(arr.shape)])
-        buffers.append(memoryview(arr).cast("B") if arr.size else b"")
+    if arrays:
+        for name, value in arrays.items():
+            if not (type(value) is np.ndarray and value.dtype.str in _DTYPES and value.flags.c_contiguous):
+                value = _canonical_dtype(np.asarray(value))
+            descs.append([name, value.dtype.str, list(value.shape)])
+            buffers.append(memoryview(value).cast("B") if value.size else b"")
     header = {"v": list(PROTOCOL_VERSION), "type": msg_type, "seq": int(seq), "session": session,
               "t_send_ns": int(time.monotonic_ns() if t_send_ns is None else t_send_ns),
-              "frames": descs, "body": fit_strings(body or {})}
+              "frames": descs, "body": _fit_body(body) if body else {}}
     raw = msgpack.packb(header, use_bin_type=True)
     if len(raw) > MAX_HEADER_BYTES:  # the receiver would refuse it: fail here, where the bug is
         raise ProtocolError("too_large", f"{msg_type} header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
@@ -159,7 +194,18 @@ def fit_strings(value):
     return value
 
 
+def _fit_body(body: dict):
+    """``fit_strings(body)``, without rebuilding a body of plain scalars and short strings."""
+    for v in body.values():
+        t = type(v)
+        if (t is str and len(v) > MAX_STR) or not (t is str or t is int or t is float or t is bool or v is None):
+            return fit_strings(body)
+    return body
+
+
 def _frame_buffer(frame) -> memoryview:
+    if type(frame) is bytes:
+        return memoryview(frame)
     if hasattr(frame, "buffer"):  # zmq.Frame received with copy=False
         return frame.buffer
     return memoryview(frame)
@@ -169,7 +215,7 @@ def _unpack_header(raw: memoryview) -> dict:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", f"header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
     try:
-        header = msgpack.unpackb(bytes(raw), raw=False, strict_map_key=True, use_list=True,
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
                                  max_str_len=MAX_HEADER_BYTES, max_bin_len=0, max_ext_len=0,
                                  max_array_len=1024, max_map_len=256)
     except Exception as exc:  # msgpack raises many types for hostile bytes; all mean "bad header"
@@ -213,7 +259,7 @@ def _check_body(msg_type: str, body, minor: int) -> dict:
     if not isinstance(body, dict):
         raise ProtocolError("bad_body", f"body must be a map, got {type(body).__name__}")
     schema = BODY_SCHEMAS[msg_type]
-    unknown = set(body) - set(schema)
+    unknown = [k for k in body if k not in schema]
     if unknown and minor <= PROTOCOL_VERSION[1]:
         raise ProtocolError("bad_body", f"{msg_type}: unknown fields {sorted(unknown)}; valid: {sorted(schema)}")
     for name, (types, required) in schema.items():
@@ -221,11 +267,28 @@ def _check_body(msg_type: str, body, minor: int) -> dict:
             if required:
                 raise ProtocolError("bad_body", f"{msg_type}: missing required field {name!r}")
             continue
-        body[name] = _check_value(f"{msg_type}.{name}", body[name], types)
-    return {k: v for k, v in body.items() if k in schema}
+        value = body[name]
+        t = type(value)
+        if t in types and ((t is int and _INT64_MIN <= value <= INT64_MAX and (msg_type, name) not in _RANGED)
+                           or (t is str and len(value) <= MAX_STR)):
+            continue  # the common case, decided without the general check below
+        body[name] = _check_value(f"{msg_type}.{name}", value, types)
+    return {k: v for k, v in body.items() if k in schema} if unknown else body
 
 
-def _check_frames(descs, buffers: list, max_bytes: int) -> dict[str, np.ndarray]:
+def _finite(view: memoryview, dtype: str, n: int) -> bool:
+    """True if no element of a float frame is NaN or inf. A finite sum proves it (NaN and inf propagate);
+    only a sum that overflowed needs the element-wise check."""
+    fmt = _FLOAT_FORMATS.get(dtype)
+    if fmt is not None and n <= SMALL_FLOAT_FRAME:
+        values = view.cast(fmt)
+        return math.isfinite(sum(values)) or all(map(math.isfinite, values))
+    arr = np.frombuffer(view, dtype=_DTYPES[dtype])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is expected here, not an error
+        return math.isfinite(arr.sum()) or bool(np.isfinite(arr).all())
+
+
+def _check_frames(descs, buffers: list, max_bytes: int, raw: bool = False) -> dict:
     if not isinstance(descs, list) or len(descs) != len(buffers) or len(descs) > MAX_FRAMES:
         raise ProtocolError("bad_frames", f"'frames' must list one [name, dtype, shape] per array frame "
                                           f"(<= {MAX_FRAMES}); got {len(buffers)} frames")
@@ -245,19 +308,24 @@ def _check_frames(descs, buffers: list, max_bytes: int) -> dict[str, np.ndarray]
         view = _frame_buffer(buf)
         if view.nbytes != nbytes:
             raise ProtocolError("bad_frames", f"frame {name!r}: {view.nbytes} bytes, descriptor needs {nbytes}")
-        arr = np.frombuffer(view, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if nbytes and dtype[1] == "f" and not _finite(view, dtype, nbytes // _ITEMSIZE[dtype]):
             raise ProtocolError("not_finite", f"frame {name!r} contains NaN or inf")
+        if raw:
+            arrays[name] = RawArray(dtype, tuple(shape), view)
+            continue
+        arr = np.frombuffer(view, dtype=_DTYPES[dtype]).reshape(shape) if nbytes else np.zeros(shape, dtype)
         arr.flags.writeable = False  # a view over the received frame: never mutate it in place
         arrays[name] = arr
     return arrays
 
 
-def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[str, ...] | None = None) -> Message:
+def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[str, ...] | None = None,
+           raw: bool = False) -> Message:
     """Parse and validate multipart ``frames``; raise ``ProtocolError`` on anything off-schema.
 
     ``expect`` restricts the accepted message types (e.g. ``REQUEST_TYPES`` on the server).
     Array checks specific to a message type (e.g. chunk shapes) are in ``validate_chunk``.
+    ``raw``: arrays come back as checked ``RawArray`` frames instead of ndarrays (the server's path).
     """
     if not frames:
         raise ProtocolError("bad_frames", "empty message")
@@ -277,7 +345,7 @@ def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[st
     if major != PROTOCOL_VERSION[0]:  # a HELLO from another major: only enough to REJECT it
         return Message(msg_type, {}, {}, header["seq"], header["session"], header["t_send_ns"], (major, minor))
     body = _check_body(msg_type, header["body"], minor)
-    arrays = _check_frames(header["frames"], list(frames[1:]), max_bytes)
+    arrays = _check_frames(header["frames"], list(frames[1:]), max_bytes, raw)
     return Message(msg_type, body, arrays, header["seq"], header["session"], header["t_send_ns"], (major, minor))
 
 
@@ -310,8 +378,13 @@ def peek(frames: list) -> tuple[str | None, int]:
     return kind, seq if _is_int(seq) and 0 <= seq <= INT64_MAX else 0
 
 
-def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Check a CHUNK's fields and arrays; return ``(actions (H, D) float64, gripper (H,) | None)``."""
+def _dtype(arr) -> np.dtype:
+    return _DTYPES[arr.dtype] if type(arr) is RawArray else arr.dtype
+
+
+def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple:
+    """Check a CHUNK's fields and arrays; return ``(actions (H, D) float64, gripper (H,) | None)``, or, for a
+    message decoded ``raw``, its checked ``RawArray`` frames (float32 or float64) as they are."""
     body = msg.body
     space = body["action_space"]
     if space not in action_dims:
@@ -326,18 +399,25 @@ def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple[np.ndarra
         raise ProtocolError("bad_frames", f"CHUNK needs 'actions' (+ optional 'gripper'), got {sorted(msg.arrays)}")
     actions = msg.arrays["actions"]
     dim = action_dims[space]
-    if actions.dtype.kind != "f" or actions.ndim != 2 or not 1 <= actions.shape[0] <= MAX_CHUNK_H \
+    if _dtype(actions).kind != "f" or actions.ndim != 2 or not 1 <= actions.shape[0] <= MAX_CHUNK_H \
             or actions.shape[1] != dim:
         raise ProtocolError("bad_shape", f"actions must be float (H<={MAX_CHUNK_H}, {dim}) for {space}, "
-                                         f"got {actions.dtype} {actions.shape}")
+                                         f"got {_dtype(actions)} {actions.shape}")
     if body["t0_ns"] + (actions.shape[0] - 1) * body["dt_ns"] > INT64_MAX:
         raise ProtocolError("bad_field", f"t0_ns={body['t0_ns']} + {actions.shape[0] - 1} * dt_ns={body['dt_ns']} "
                                          "overflows int64 ns")
     gripper = msg.arrays.get("gripper")
     if gripper is not None:
-        if gripper.dtype.kind != "f" or gripper.shape != (actions.shape[0],):
+        if _dtype(gripper).kind != "f" or tuple(gripper.shape) != (actions.shape[0],):
             raise ProtocolError("bad_shape", f"gripper must be float ({actions.shape[0]},), got {gripper.shape}")
-        if (gripper < 0).any() or (gripper > 1).any():
+        if type(gripper) is RawArray:
+            values = gripper.values()
+            outside = min(values) < 0 or max(values) > 1
+        else:
+            outside = (gripper < 0).any() or (gripper > 1).any()
+            gripper = gripper if gripper.dtype == np.float64 else gripper.astype(np.float64)
+        if outside:
             raise ProtocolError("bad_field", "gripper must be in [0, 1] (0 open, 1 closed)")
-        gripper = gripper.astype(np.float64)
-    return actions.astype(np.float64), gripper
+    if type(actions) is RawArray:
+        return actions, gripper
+    return (actions if actions.dtype == np.float64 else actions.astype(np.float64)), gripper

@@ -14,9 +14,11 @@ of it) never re-arms the arm; the servo repeats the check for ARMs already in it
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
+import select
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +29,7 @@ from armflow.control.limits import SafetyLimits, default_limits_name, load_limit
 from armflow.control.scheduler import admit
 from armflow.control.security import CurveConfig, check_endpoint, make_curve_server, start_authenticator
 from armflow.control.servo import ServoConfig, servo_main
+from armflow.control.timing import set_realtime_priority
 from armflow.control.watchdog import MOVING
 
 log = logging.getLogger("armflow.control.server")
@@ -55,6 +58,9 @@ class ServerConfig:
     actuator_latency_ms: float = 0.0
     curve: CurveConfig | None = None
     rt_priority: int = 0  # > 0: SCHED_FIFO priority of the servo process (real-time mode)
+    # SCHED_FIFO priority of this I/O process (its ZeroMQ threads included), which is on every command's round
+    # trip: None -> rt_priority - 1 (below the servo, which must never wait for it) when rt_priority > 1; 0: off
+    io_rt_priority: int | None = None
     start_method: str = "spawn"
     ready_timeout_s: float = 120.0
 
@@ -120,9 +126,17 @@ class BridgeServer:
         if msg["kind"] != "ready":
             raise ServerError(f"servo process failed to start: {msg.get('error', msg)}")
         self.ready = msg
+        io_prio = self.cfg.io_rt_priority
+        if io_prio is None:
+            io_prio = self.cfg.rt_priority - 1 if self.cfg.rt_priority > 1 and not self.cfg.lockstep else 0
+        # before the ZeroMQ context exists, so that its I/O threads inherit the policy
+        self.io_sched = set_realtime_priority(io_prio)
         self._bind()
-        log.info("bridge up: robot=%s control=%s pub=%s limits=%s hash=%s servo=%s", self.cfg.robot, self.endpoint,
-                 self.pub_endpoint, self.limits_name, self.limits.hash, msg.get("sched"))
+        # everything built so far lives as long as the server: out of the collector's sight, so a full
+        # collection scans only what requests create and never stalls the command path for milliseconds
+        gc.freeze()
+        log.info("bridge up: robot=%s control=%s pub=%s limits=%s hash=%s servo=%s io=%s", self.cfg.robot,
+                 self.endpoint, self.pub_endpoint, self.limits_name, self.limits.hash, msg.get("sched"), self.io_sched)
 
     def _bind(self) -> None:
         self.ctx = zmq.Context()
@@ -168,24 +182,37 @@ class BridgeServer:
                 os.unlink(ep[len("ipc://"):])
 
     def serve(self, should_stop=lambda: False, poll_ms: int = 20) -> None:
-        """Run the I/O loop until ``should_stop()`` or the servo process exits."""
+        """Run the I/O loop until ``should_stop()`` or the servo process exits.
+
+        Every call here is on the command round trip: one poll wakes the loop, a request is read without a
+        second readiness check (requests are small: copied frames are cheaper than zero-copy ones), and the
+        servo pipe is tested with a plain ``poll(2)`` (``Connection.poll`` builds a selector per call)."""
+        fd = self.conn.fileno()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.conn.fileno(), zmq.POLLIN)
+        poller.register(fd, zmq.POLLIN)
+        pipe = select.poll()
+        pipe.register(fd, select.POLLIN)
         while not should_stop():
             events = dict(poller.poll(poll_ms))
             if self.router in events:
                 for _ in range(256):  # drain, but keep serving the servo pipe
+                    frames = self.router.recv_multipart()
+                    self.on_request(frames[0], frames[1:])
                     if not self.router.get(zmq.EVENTS) & zmq.POLLIN:
                         break
-                    frames = self.router.recv_multipart(copy=False)
-                    self.on_request(frames[0].bytes, frames[1:])
-            while self.conn.poll(0):
-                try:
-                    self.on_servo(channel.unpack(self.conn.recv_bytes()))
-                except EOFError:
-                    raise ServerError("servo process exited") from None
+            if fd in events:
+                self._drain_servo(pipe)
             self._expire_lease()
+
+    def _drain_servo(self, pipe) -> None:
+        while True:
+            try:
+                self.on_servo(channel.unpack(self.conn.recv_bytes()))
+            except EOFError:
+                raise ServerError("servo process exited") from None
+            if not pipe.poll(0):
+                return
 
     # -- helpers --------------------------------------------------------------------------------
     def send(self, ident: bytes, msg_type: str, body: dict, seq: int = 0, session: str = "") -> None:
@@ -259,7 +286,7 @@ class BridgeServer:
     def _on_request(self, ident: bytes, frames: list) -> None:
         t_recv = time.monotonic_ns()
         try:
-            msg = P.decode(frames, expect=P.REQUEST_TYPES)
+            msg = P.decode(frames, expect=P.REQUEST_TYPES, raw=True)  # arrays stay bytes: see on_chunk
         except P.ProtocolError as exc:
             self.n_bad += 1
             kind, seq = P.peek(frames)
@@ -339,9 +366,11 @@ class BridgeServer:
             self.nack(ident, msg.seq, code, f"chunk {msg.body['chunk_id']}: {reason}")
             return
         self.last_chunk_id = msg.body["chunk_id"]
-        # ACK first: the servo hand-off is off the round-trip path
+        # ACK first: the servo hand-off is off the round-trip path. The arrays were checked as bytes and go
+        # on as bytes (the servo builds the ndarrays): numpy stays off the I/O process's command path.
         self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"chunk_id": msg.body["chunk_id"]}})
-        self.to_servo({"cmd": "chunk", **msg.body, "actions": actions, "gripper": gripper})
+        self.to_servo({"cmd": "chunk", **msg.body, "actions": channel.array_ext(*actions),
+                       "gripper": None if gripper is None else channel.array_ext(*gripper)})
 
     def on_hello(self, ident: bytes, msg: P.Message) -> None:
         body, info = msg.body, self.ready["info"]

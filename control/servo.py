@@ -14,6 +14,7 @@ same as a direct in-sim evaluation with the same seed.
 from __future__ import annotations
 
 import queue
+import select
 import signal
 import threading
 import time
@@ -27,8 +28,8 @@ from armflow.control.safety import SafetyLayer
 from armflow.control.scheduler import ChunkScheduler
 from armflow.control.watchdog import LATCHED, Watchdog
 from armflow.control.drivers import action_dims, make_driver, scalar_extras, state_arrays
-from armflow.control.timing import (ERR_BINS, period_err_percentiles_us, record_period_error, set_realtime_priority,
-                                   sleep_until)
+from armflow.control.timing import (ERR_BINS, SlackGC, period_err_percentiles_us, record_period_error,
+                                   set_realtime_priority, sleep_until)
 from armflow.hardware.driver import DriverError, RobotState
 
 #: States queued for the I/O process beyond this are dropped (newest-only stream; events never are).
@@ -81,6 +82,9 @@ class ServoLoop:
         self.spin_ns = cfg.spin_us * 1000
         self.outbox: queue.Queue = queue.Queue()  # states are dropped past OUTBOX_STATES; events/replies never
         self.n_dropped = 0
+        # the pipe tested with a plain poll(2) every tick (``Connection.poll`` builds a selector per call)
+        self.pipe = select.poll()
+        self.pipe.register(conn.fileno(), select.POLLIN)
         self.writer = threading.Thread(target=self._writer, name="servo-writer", daemon=True)
         self.writer.start()
         self.state: RobotState = self.driver.read_state()
@@ -125,7 +129,7 @@ class ServoLoop:
 
     def drain(self, timeout_s: float = 0.0, max_msgs: int = 64) -> None:
         for _ in range(max_msgs):
-            if not self.conn.poll(timeout_s):
+            if not self.pipe.poll(timeout_s * 1000.0):
                 return
             timeout_s = 0.0
             try:
@@ -219,6 +223,9 @@ class ServoLoop:
     def _chunk(self, cmd: dict) -> None:
         """The I/O process ACKed this chunk after checking what it could (mode, order, times); what changed
         since (state, mode, time, resume distance) is reported at once as ``chunk_rejected``."""
+        cmd["actions"] = np.asarray(cmd["actions"], np.float64)  # float32 frames are passed on as sent
+        if cmd.get("gripper") is not None:
+            cmd["gripper"] = np.asarray(cmd["gripper"], np.float64)
         reason = self._chunk_refusal(cmd)
         if reason:
             self.event("chunk_rejected", chunk_id=cmd["chunk_id"], reason=reason)
@@ -352,17 +359,23 @@ class ServoLoop:
     def _run_realtime(self) -> None:
         state_every = max(1, round(self.rate_hz / self.cfg.state_rate_hz))
         next_ns, prev_ns, k = time.monotonic_ns(), None, 0
-        while self.running:
-            sleep_until(next_ns, self.spin_ns)
-            t = time.monotonic_ns()
-            if prev_ns is not None:
-                record_period_error(self.err_hist, t - prev_ns - self.period_ns)
-            prev_ns = t
-            next_ns += self.period_ns
-            if t - next_ns > 10 * self.period_ns:
-                next_ns = t + self.period_ns  # overrun (machine stalled): re-phase instead of bursting
-            k += 1
-            self.safely(self._tick_realtime, k % state_every == 0)
+        slack_gc = SlackGC()
+        slack_gc.start()
+        try:
+            while self.running:
+                sleep_until(next_ns, self.spin_ns)
+                t = time.monotonic_ns()
+                if prev_ns is not None:
+                    record_period_error(self.err_hist, t - prev_ns - self.period_ns)
+                prev_ns = t
+                next_ns += self.period_ns
+                if t - next_ns > 10 * self.period_ns:
+                    next_ns = t + self.period_ns  # overrun (machine stalled): re-phase instead of bursting
+                k += 1
+                self.safely(self._tick_realtime, k % state_every == 0)
+                slack_gc.after_tick()  # after the tick's command went out, before the sleep
+        finally:
+            slack_gc.stop()
 
     def safely(self, tick, *args) -> None:
         """Run one tick; an exception from the driver (or a bug) latches FAULT instead of ending the process."""

@@ -504,3 +504,39 @@ def test_the_controller_that_sent_the_estop_may_re_arm_at_once_and_stays_armed(s
             c.wait_state(lambda s: s["wall_ns"] > t_armed + 30 * MS, timeout_s=2.0)
             assert c.status["status"] == "ARMED" and c.status["estop_epoch"] == c.estop_epoch, c.status
         c.disarm()
+
+
+def test_a_float32_chunk_is_passed_on_as_bytes_and_runs(server):
+    """The I/O process checks a chunk's frames without building arrays; the servo converts them."""
+    with BridgeClient(server.endpoint) as c:
+        c.arm("joint_pos")
+        q = c.read_state().joint_pos_rad.astype(np.float32)
+        c.drain_events()
+        reply = c.request("CHUNK", {"chunk_id": c.chunk_id + 1, "obs_seq": 0, "t0_ns": c.server_now_ns() + 20 * MS,
+                                    "dt_ns": 10 * MS, "action_space": "joint_pos"},
+                          {"actions": np.repeat(q[None], 3, 0), "gripper": np.array([0.0, 0.5, 1.0], np.float32)})
+        c.chunk_id += 1
+        assert reply.type == "ACK"
+        deadline, ran = time.monotonic() + 2.0, set()
+        while time.monotonic() < deadline and len(ran) < 3:
+            c.heartbeat()
+            c.latest_state()
+            ran |= {i for cid, i, _ in c.status.get("executed", []) if cid == c.chunk_id}
+            time.sleep(0.01)
+        assert ran == {0, 1, 2} and not [d for k, d in c.drain_events() if k == "chunk_rejected"]
+        c.disarm()
+
+
+def test_rt_priority_puts_the_io_process_just_below_the_servo(tmp_path):
+    with ServerProcess(_cfg(tmp_path, "rt", rt_priority=3)) as sp:
+        servo_pid = _children(sp.proc.pid)[0]
+        if os.sched_getscheduler(servo_pid) != os.SCHED_FIFO:
+            pytest.skip("SCHED_FIFO is not permitted here (no CAP_SYS_NICE)")
+        assert os.sched_getparam(servo_pid).sched_priority == 3
+        assert os.sched_getscheduler(sp.proc.pid) == os.SCHED_FIFO and os.sched_getparam(sp.proc.pid).sched_priority == 2
+        with BridgeClient(sp.endpoint) as c:
+            c.arm("joint_pos")
+            c.send_chunk(c.read_state().joint_pos_rad[None], c.server_now_ns() + 20 * MS, 10 * MS, "joint_pos")
+            c.disarm()
+    with ServerProcess(_cfg(tmp_path, "rt0", rt_priority=3, io_rt_priority=0)) as sp:
+        assert os.sched_getscheduler(sp.proc.pid) != os.SCHED_FIFO

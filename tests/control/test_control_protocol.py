@@ -211,3 +211,39 @@ def test_arm_estop_epoch_must_be_a_non_negative_int(epoch):
     with pytest.raises(P.ProtocolError) as err:
         P.decode(_raw({**GOOD, "type": "ARM", "body": {"mode": "joint_pos", "estop_epoch": epoch}}))
     assert err.value.code == "bad_field"
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_float_frames_are_checked_for_nan_and_inf_small_or_large_alike(raw):
+    """Small float frames are checked in plain Python, large ones with numpy, both raw and as ndarrays."""
+    for shape in ((2, 7), (100, 7)):  # 14 and 700 elements: either side of SMALL_FLOAT_FRAME
+        for bad in (np.nan, np.inf, -np.inf):
+            actions = np.zeros(shape)
+            actions[-1, 3] = bad
+            with pytest.raises(P.ProtocolError) as err:
+                P.decode([bytes(f) for f in _chunk(actions)], raw=raw)
+            assert err.value.code == "not_finite"
+        huge = np.full(shape, 1.5e308)  # finite, though its sum overflows: never mistaken for inf
+        msg = P.decode([bytes(f) for f in _chunk(huge)], raw=raw)
+        actions, _ = P.validate_chunk(msg, DIMS)
+        np.testing.assert_array_equal(actions.to_numpy() if raw else actions, huge)
+
+
+def test_a_raw_chunk_is_validated_like_an_ndarray_one():
+    grip = np.linspace(0, 1, 4)
+    frames = P.encode("CHUNK", {"chunk_id": 1, "obs_seq": 0, "t0_ns": 10, "dt_ns": 10_000_000,
+                                "action_space": "joint_pos"}, {"actions": np.ones((4, 7), np.float32), "gripper": grip})
+    actions, gripper = P.validate_chunk(P.decode([bytes(f) for f in frames], raw=True), DIMS)
+    assert isinstance(actions, P.RawArray) and (actions.dtype, actions.shape) == ("<f4", (4, 7))
+    np.testing.assert_array_equal(actions.to_numpy(), np.ones((4, 7), np.float32))
+    np.testing.assert_array_equal(np.asarray(gripper.values()), grip)
+    for arrays, code in (({"actions": np.ones((4, 7)), "gripper": np.full(4, 1.5)}, "bad_field"),
+                         ({"actions": np.ones((4, 7)), "gripper": np.zeros(3)}, "bad_shape"),
+                         ({"actions": np.ones((4, 7), np.int64)}, "bad_shape"),
+                         ({"actions": np.ones((4, 6))}, "bad_shape")):
+        frames = P.encode("CHUNK", {"chunk_id": 1, "obs_seq": 0, "t0_ns": 10, "dt_ns": 10_000_000,
+                                    "action_space": "joint_pos"}, arrays)
+        for raw in (False, True):
+            with pytest.raises(P.ProtocolError) as err:
+                P.validate_chunk(P.decode([bytes(f) for f in frames], raw=raw), DIMS)
+            assert err.value.code == code, (arrays, raw)
