@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
 SEARCH_KEYS = ("search_episodes", "search_grid")  # GPC's weight search (the workflow's, not the policy's)
 
 
@@ -68,7 +66,3 @@ def steering_summary(policy, entry: dict | None) -> dict | None:
         return None
     return {**entry, "diagnostics": summarise_diagnostics(getattr(policy, "diagnostics", []))}
 
-
-def search_seeds(seed: int, episodes: int) -> list[int]:
-    """GPC search episodes: seeds below the evaluation's (never the evaluated ones)."""
-    return list(np.arange(seed - 10_000, seed - 10_000 + episodes))
