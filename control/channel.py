@@ -27,10 +27,10 @@ def _default(obj):
     raise TypeError(f"cannot send {type(obj).__name__} to the servo process")
 
 
-def array_ext(dtype: str, shape, data) -> msgpack.ExtType:
-    """An array for the servo from its dtype string, shape and raw bytes (as ``pack`` sends an ndarray),
-    so the I/O process hands on a checked frame without building an ndarray of it."""
-    return msgpack.ExtType(_ND_EXT, msgpack.packb([dtype, list(shape), bytes(data)]))
+def array_ext(raw) -> msgpack.ExtType:
+    """A ``protocol.RawArray`` (dtype string, shape, bytes) packed as ``pack`` packs an ndarray, so the I/O
+    process hands a checked frame to the servo without building an ndarray of it."""
+    return msgpack.ExtType(_ND_EXT, msgpack.packb([raw.dtype, list(raw.shape), bytes(raw.data)]))
 
 
 def _ext_hook(code: int, data: bytes):

@@ -25,7 +25,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import msgpack
 import numpy as np
@@ -115,17 +114,24 @@ _RANGED = {tuple(k.split(".", 1)) for k in FIELD_RANGES}
 _INT64_MIN = -INT64_MAX - 1
 
 
-class RawArray(NamedTuple):
+class RawArray:
     """An array frame checked like any other (descriptor, size, finite) but left as bytes: what the server
-    hands on without looking at the values keeps numpy off the command round trip."""
+    hands on without looking at the values keeps numpy off the command round trip. ``len``, ``shape`` and
+    ``ndim`` behave as an ndarray's."""
 
-    dtype: str  # one of ALLOWED_DTYPES
-    shape: tuple
-    data: memoryview
+    __slots__ = ("dtype", "shape", "data")
+
+    def __init__(self, dtype: str, shape: tuple, data: memoryview):
+        self.dtype, self.shape, self.data = dtype, shape, data  # dtype: one of ALLOWED_DTYPES
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
 
     def values(self) -> memoryview:
         """The elements, flat (a float frame's as Python floats)."""

@@ -369,8 +369,8 @@ class BridgeServer:
         # ACK first: the servo hand-off is off the round-trip path. The arrays were checked as bytes and go
         # on as bytes (the servo builds the ndarrays): numpy stays off the I/O process's command path.
         self.send(ident, "ACK", {"ack_seq": msg.seq, "info": {"chunk_id": msg.body["chunk_id"]}})
-        self.to_servo({"cmd": "chunk", **msg.body, "actions": channel.array_ext(*actions),
-                       "gripper": None if gripper is None else channel.array_ext(*gripper)})
+        self.to_servo({"cmd": "chunk", **msg.body, "actions": channel.array_ext(actions),
+                       "gripper": None if gripper is None else channel.array_ext(gripper)})
 
     def on_hello(self, ident: bytes, msg: P.Message) -> None:
         body, info = msg.body, self.ready["info"]

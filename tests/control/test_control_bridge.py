@@ -520,9 +520,7 @@ def test_a_float32_chunk_is_passed_on_as_bytes_and_runs(server):
         deadline, ran = time.monotonic() + 2.0, set()
         while time.monotonic() < deadline and len(ran) < 3:
             c.heartbeat()
-            c.latest_state()
-            ran |= {i for cid, i, _ in c.status.get("executed", []) if cid == c.chunk_id}
-            time.sleep(0.01)
+            ran |= {i for status, _ in c.new_states(0.01) for cid, i, _ in status["executed"] if cid == c.chunk_id}
         assert ran == {0, 1, 2} and not [d for k, d in c.drain_events() if k == "chunk_rejected"]
         c.disarm()
 
@@ -540,3 +538,15 @@ def test_rt_priority_puts_the_io_process_just_below_the_servo(tmp_path):
             c.disarm()
     with ServerProcess(_cfg(tmp_path, "rt0", rt_priority=3, io_rt_priority=0)) as sp:
         assert os.sched_getscheduler(sp.proc.pid) != os.SCHED_FIFO
+
+
+def test_a_chunk_whose_later_waypoints_are_still_due_is_acked(server):
+    """Admission counts every waypoint of the chunk (H = 10 here), not some other length of its frame."""
+    with BridgeClient(server.endpoint) as c:
+        c.arm("joint_pos")
+        q = c.read_state().joint_pos_rad
+        c.send_chunk(np.repeat(q[None], 10, 0), c.server_now_ns() - 45 * MS, 10 * MS, "joint_pos")  # 5 still due
+        with pytest.raises(BridgeError) as err:
+            c.send_chunk(np.repeat(q[None], 10, 0), c.server_now_ns() - 200 * MS, 10 * MS, "joint_pos")
+        assert err.value.code == "stale"
+        c.disarm()

@@ -234,7 +234,7 @@ def test_a_raw_chunk_is_validated_like_an_ndarray_one():
     frames = P.encode("CHUNK", {"chunk_id": 1, "obs_seq": 0, "t0_ns": 10, "dt_ns": 10_000_000,
                                 "action_space": "joint_pos"}, {"actions": np.ones((4, 7), np.float32), "gripper": grip})
     actions, gripper = P.validate_chunk(P.decode([bytes(f) for f in frames], raw=True), DIMS)
-    assert isinstance(actions, P.RawArray) and (actions.dtype, actions.shape) == ("<f4", (4, 7))
+    assert isinstance(actions, P.RawArray) and (actions.dtype, actions.shape, len(actions)) == ("<f4", (4, 7), 4)
     np.testing.assert_array_equal(actions.to_numpy(), np.ones((4, 7), np.float32))
     np.testing.assert_array_equal(np.asarray(gripper.values()), grip)
     for arrays, code in (({"actions": np.ones((4, 7)), "gripper": np.full(4, 1.5)}, "bad_field"),
