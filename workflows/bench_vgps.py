@@ -57,6 +57,11 @@ def evaluate(cfg: DictConfig, ckpt: str, out: Path, steering: dict | None = None
     return result
 
 
+def diagnostics(run: dict) -> dict:
+    """A run's summarised steering diagnostics (this bench's eval.json, or `armflow evaluate steering=...`'s)."""
+    return run.get("diagnostics") or (run.get("steering") or {}).get("diagnostics", {})
+
+
 def main(cfg: DictConfig) -> dict:
     from armflow.workflows.critic import train_critic
 
@@ -82,7 +87,7 @@ def main(cfg: DictConfig) -> dict:
             key = f"{method}_k{int(k)}"
             result.update({f"{key}_success": run["success_rate"],
                            f"{key}_gain": 100 * (run["success_rate"] - base["success_rate"]),
-                           f"{key}_chunk_ms_p50": run["diagnostics"].get("latency_ms_p50")})
+                           f"{key}_chunk_ms_p50": diagnostics(run).get("latency_ms_p50")})
             print(f"[bench vgps] {method} K={k}: {run['success_rate']:.2f} ({result[f'{key}_gain']:+.0f} points)",
                   flush=True)
     write_json(out / "bench_vgps.json", result)

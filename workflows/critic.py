@@ -119,6 +119,7 @@ def train_critic(cfg: DictConfig, out: Path) -> dict:
     if cfg.method not in METHODS:
         raise SystemExit(f"armflow critic: method={cfg.method!r}; valid: {', '.join(METHODS)}")
     torch.manual_seed(int(cfg.seed))
+    torch.set_num_threads(int(cfg.num_threads))
     policy = load_policy(cfg.checkpoint, steered=False)
     critic = ChunkCritic.for_policy(policy, int(cfg.hidden), int(cfg.n_layers), cfg.method)
     paths = [cfg.dataset] if isinstance(cfg.dataset, str) else list(plain(cfg.dataset))
