@@ -90,8 +90,8 @@ class CubeEnv(gym.Env):
         self._ee_pos, self._ee_xmat = d.site_xpos[self.arm.site_id], d.site_xmat[self.arm.site_id]
         self._buf_ee, self._buf_quat = buf[0:3], buf[3:7]
         # per cube: (its qpos pos+quat, its pos, buffer pos+quat, buffer quat, buffer cube - ee)
-        self._cube_views = [(d.qpos[a : a + 7], d.qpos[a : a + 3], buf[b : b + 7], buf[b + 3 : b + 7], buf[b + 7 : b + 10])
-                            for a, b in zip(self._cube_qpos, range(p, len(buf), 10))]
+        self._cube_views = [(d.qpos[a : a + 7], d.qpos[a : a + 3], buf[b : b + 7], buf[b + 3 : b + 7],
+                             buf[b + 7 : b + 10]) for a, b in zip(self._cube_qpos, range(p, len(buf), 10))]
         combined = self.cfg.state_layout == "combined"  # one vector, the layout before the split (sim/obs_layout.py)
         self._obs_views = [(STATE_KEY, buf)] if combined else [(STATE_KEY, buf[:p]), (ENV_STATE_KEY, buf[p:])]
 
