@@ -57,7 +57,7 @@ def load_encoder_weights(net: ClassifierNet, path: str | Path) -> list[str]:
     return loaded
 
 
-def episode_labels(success: np.ndarray, positive_frames: int | None = None, boundary_skip: int = 2) -> np.ndarray:
+def episode_labels(success: np.ndarray, positive_frames: int | None = None, boundary_skip: int = 0) -> np.ndarray:
     """Per-frame labels (T,) int8 of one episode from what each frame shows (``success``, (T,) bool, e.g.
     ``frame_success(next_success)``): 1 positive, 0 negative, -1 not used (see module doc)."""
     success = np.asarray(success, dtype=bool).reshape(-1)
