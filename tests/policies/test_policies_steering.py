@@ -148,6 +148,11 @@ def test_gpc_with_weights_one_zero_is_the_first_policy_bit_for_bit_and_exports_l
     tiny(seed=2, action_dim=3).save_pretrained(tmp_path / "wide")
     with pytest.raises(ValueError, match="wide has action_dim=3 but the steered policy has 2"):
         steer(first, {"type": "gpc", "policies": [str(tmp_path / "wide")], "weights": [0.5, 0.5]})
+    tiny(seed=3, lo=-2.0).save_pretrained(tmp_path / "other_stats")  # trained on other demos: other action stats
+    with pytest.raises(ValueError, match="other_stats has another action normaliser"):
+        steer(first, {"type": "gpc", "policies": [str(tmp_path / "other_stats")], "weights": [0.5, 0.5]})
+    with pytest.raises(ValueError, match="need 2 weights"):
+        steer(first, {"type": "gpc", "policies": [str(tmp_path / "second")], "weights": [1.0]})
 
 
 def test_vgps_export_loads_steered_with_its_critic(critic_dir, tmp_path):
