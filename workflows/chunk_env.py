@@ -106,7 +106,7 @@ class ChunkVecEnv:
         task: registry name for ``armflow.sim.make_env``.
         n_envs: N parallel envs.
         n_obs_steps: T_o, obs window length.
-        obs_keys: observation keys the policy reads.
+        obs_keys: observation keys windowed (the policy's; None: every key the env has).
         n_workers: 0 = in-process; otherwise that many subprocesses (None: ``make_vec_env``'s choice).
         overrides: task config overrides passed to ``make_env``.
         reward_mode: a ``REWARDS`` name, or a batched reward function (see module docstring).
@@ -123,10 +123,11 @@ class ChunkVecEnv:
         from armflow.sim.vector import make_vec_env
 
         self.reward_fn = reward_function(reward_mode, shaping_scale) if isinstance(reward_mode, str) else reward_mode
-        self.n_envs, self.obs_keys, self.n_obs_steps = int(n_envs), tuple(obs_keys), int(n_obs_steps)
+        self.n_envs, self.n_obs_steps = int(n_envs), int(n_obs_steps)
         self.keep_steps = max(self.n_obs_steps, int(keep_steps))
         self.venv = venv if venv is not None else make_vec_env(task, self.n_envs, n_workers,
                                                                **dict(overrides or {}))
+        self.obs_keys = tuple(self.venv.single_observation_space.spaces if obs_keys is None else obs_keys)
         self.max_episode_steps = int(self.venv.max_episode_steps)
         self.action_dim = int(self.venv.single_action_space.shape[0])
         self.windows = BatchedObsHistory(self.n_obs_steps)

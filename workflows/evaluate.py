@@ -90,7 +90,8 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
                          "(a success rate over no episodes is undefined)")
     n_envs = min(n_envs, episodes)
     keep = max(policy.n_action_steps, policy.n_obs_steps + 1) if record else 0
-    env = ChunkVecEnv(task, n_envs, policy.n_obs_steps, tuple(policy.obs_spec), n_workers,
+    # a recording keeps every observation the env has (cameras for a reward model), the policy reads its own keys
+    env = ChunkVecEnv(task, n_envs, policy.n_obs_steps, None if record else tuple(policy.obs_spec), n_workers,
                       dict(env_overrides or {}), keep_steps=keep)
     recorder = None
     try:
