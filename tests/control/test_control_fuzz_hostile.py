@@ -130,6 +130,14 @@ class Fuzzer:
             self.arms.append((time.monotonic_ns(), epoch))
         return self.request("ARM", {"mode": mode} if claim == "none" else {"mode": mode, "estop_epoch": epoch})
 
+    def stopped_since(self, t_send: int) -> bool:
+        """ESTOP latched after ``t_send``, or already latched then (an e-stop that came just before, e.g. a frame
+        the server read as one) and not left since: either way this e-stop holds the arm stopped."""
+        if any(s == "ESTOP" and t >= t_send for s, _, t in self.transitions):
+            return True
+        before = [s for s, _, t in self.transitions if t < t_send]
+        return bool(before) and before[-1] == "ESTOP" and not any(t >= t_send for _, _, t in self.transitions)
+
     def saw_epoch(self, epoch) -> None:
         if type(epoch) is int:
             self.epoch_seen = max(self.epoch_seen, epoch)
@@ -364,7 +372,7 @@ class Fuzzer:
             self.on_reply(m, sock)  # (the ESTOP's ACK is time-stamped here, as it arrives)
             acked += [m.type == "ACK"] if m.type in ("ACK", "NACK") and m.body["ack_seq"] == seq else []
         # ESTOP latched after the send; that it stays latched until an acknowledging ARM is on_estop_exit's check
-        stopped = self.wait(lambda: any(s == "ESTOP" and t >= t_send for s, _, t in self.transitions), ESTOP_WAIT_S)
+        stopped = self.wait(lambda: self.stopped_since(t_send), ESTOP_WAIT_S)
         t_stopped = time.monotonic_ns()
         if not (stopped and acked == [True]):
             self.stats["estops_refused"] += 1
