@@ -22,18 +22,18 @@ session's WELCOME: it is refused once any e-stop happened since that client conn
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
 
+from armflow.control.frames import (ALLOWED_DTYPES, MAX_FRAMES, MAX_NDIM, SMALL_FLOAT_FRAME, ProtocolError,  # noqa: F401
+                                    RawArray, _DTYPES, canonical_dtype, check_frames, dtype_of, frame_buffer, is_int)
+
 PROTOCOL_VERSION = (1, 1)
 
 MAX_HEADER_BYTES = 16 * 1024
-MAX_FRAMES = 16
-MAX_NDIM = 4
 #: Requests from clients are small; published state may carry camera images.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_PUB_BYTES = 64 * 1024 * 1024
@@ -52,25 +52,9 @@ MAX_REQUEST_FRAME_BYTES = 4 * 1024 * 1024
 MAX_PUB_FRAME_BYTES = 64 * 1024 * 1024
 MAX_SUBSCRIPTION_BYTES = 64 * 1024
 
-ALLOWED_DTYPES = ("<f4", "<f8", "<i4", "<i8", "|u1", "|b1")
-_ITEMSIZE = {d: np.dtype(d).itemsize for d in ALLOWED_DTYPES}
-_DTYPES = {d: np.dtype(d) for d in ALLOWED_DTYPES}
-#: memoryview formats of the float dtypes on this (little-endian) host: NaN/inf checks without numpy
-_FLOAT_FORMATS = {"<f4": "f", "<f8": "d"} if sys.byteorder == "little" else {}
-#: Float frames up to this many elements are checked in plain Python (numpy's first call after the process
-#: slept costs tens of microseconds of cold caches; a short Python sum costs a few).
-SMALL_FLOAT_FRAME = 512
 ROLES = ("controller", "observer")
 ACTION_SPACES = ("joint_pos", "joint_vel", "ee_pose", "ee_delta")
 MERGE_RULES = ("replace",)
-
-
-class ProtocolError(ValueError):
-    """A message that violates the schema; ``code`` is a short machine-readable reason."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
 
 
 # body schema: type -> {field: (accepted python types, required)}
@@ -114,33 +98,6 @@ _RANGED = {tuple(k.split(".", 1)) for k in FIELD_RANGES}
 _INT64_MIN = -INT64_MAX - 1
 
 
-class RawArray:
-    """An array frame checked like any other (descriptor, size, finite) but left as bytes: what the server
-    hands on without looking at the values keeps numpy off the command round trip. ``len``, ``shape`` and
-    ``ndim`` behave as an ndarray's."""
-
-    __slots__ = ("dtype", "shape", "data")
-
-    def __init__(self, dtype: str, shape: tuple, data: memoryview):
-        self.dtype, self.shape, self.data = dtype, shape, data  # dtype: one of ALLOWED_DTYPES
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        if not self.shape:
-            raise TypeError("len() of a 0-d array")
-        return self.shape[0]
-
-    def values(self) -> memoryview:
-        """The elements, flat (a float frame's as Python floats)."""
-        return self.data.cast(_FLOAT_FORMATS[self.dtype]) if self.dtype in _FLOAT_FORMATS else self.to_numpy().ravel()
-
-    def to_numpy(self) -> np.ndarray:
-        return np.frombuffer(self.data, dtype=_DTYPES[self.dtype]).reshape(self.shape)
-
-
 @dataclass
 class Message:
     """A decoded message; ``arrays`` maps frame name -> ndarray (read-only views when received)."""
@@ -154,14 +111,6 @@ class Message:
     version: tuple = PROTOCOL_VERSION
 
 
-def _canonical_dtype(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    if arr.dtype.str not in ALLOWED_DTYPES:
-        raise ProtocolError("bad_dtype", f"dtype {arr.dtype} not allowed; allowed: {ALLOWED_DTYPES}")
-    return np.ascontiguousarray(arr)
-
-
 def encode(msg_type: str, body: dict | None = None, arrays: dict | None = None, *, seq: int = 0,
            session: str = "", t_send_ns: int | None = None) -> list:
     """Return the multipart frames ``[header bytes, *array buffers]`` (array buffers are not copied)."""
@@ -171,7 +120,7 @@ def encode(msg_type: str, body: dict | None = None, arrays: dict | None = None, 
     if arrays:
         for name, value in arrays.items():
             if not (type(value) is np.ndarray and value.dtype.str in _DTYPES and value.flags.c_contiguous):
-                value = _canonical_dtype(np.asarray(value))
+                value = canonical_dtype(np.asarray(value))
             descs.append([name, value.dtype.str, list(value.shape)])
             buffers.append(memoryview(value).cast("B") if value.size else b"")
     header = {"v": list(PROTOCOL_VERSION), "type": msg_type, "seq": int(seq), "session": session,
@@ -209,14 +158,6 @@ def _fit_body(body: dict):
     return body
 
 
-def _frame_buffer(frame) -> memoryview:
-    if type(frame) is bytes:
-        return memoryview(frame)
-    if hasattr(frame, "buffer"):  # zmq.Frame received with copy=False
-        return frame.buffer
-    return memoryview(frame)
-
-
 def _unpack_header(raw: memoryview) -> dict:
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", f"header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
@@ -232,12 +173,8 @@ def _unpack_header(raw: memoryview) -> dict:
     return header
 
 
-def _is_int(x) -> bool:
-    return type(x) is int
-
-
 def _check_version(v) -> tuple[int, int]:
-    if not (isinstance(v, list) and len(v) == 2 and all(_is_int(x) and 0 <= x < 1000 for x in v)):
+    if not (isinstance(v, list) and len(v) == 2 and all(is_int(x) and 0 <= x < 1000 for x in v)):
         raise ProtocolError("bad_version", f"'v' must be [major, minor], got {v!r}")
     return int(v[0]), int(v[1])
 
@@ -282,49 +219,6 @@ def _check_body(msg_type: str, body, minor: int) -> dict:
     return {k: v for k, v in body.items() if k in schema} if unknown else body
 
 
-def _finite(view: memoryview, dtype: str, n: int) -> bool:
-    """True if no element of a float frame is NaN or inf. A finite sum proves it (NaN and inf propagate);
-    only a sum that overflowed needs the element-wise check."""
-    fmt = _FLOAT_FORMATS.get(dtype)
-    if fmt is not None and n <= SMALL_FLOAT_FRAME:
-        values = view.cast(fmt)
-        return math.isfinite(sum(values)) or all(map(math.isfinite, values))
-    arr = np.frombuffer(view, dtype=_DTYPES[dtype])
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is expected here, not an error
-        return math.isfinite(arr.sum()) or bool(np.isfinite(arr).all())
-
-
-def _check_frames(descs, buffers: list, max_bytes: int, raw: bool = False) -> dict:
-    if not isinstance(descs, list) or len(descs) != len(buffers) or len(descs) > MAX_FRAMES:
-        raise ProtocolError("bad_frames", f"'frames' must list one [name, dtype, shape] per array frame "
-                                          f"(<= {MAX_FRAMES}); got {len(buffers)} frames")
-    arrays, total = {}, 0
-    for desc, buf in zip(descs, buffers):
-        if not (isinstance(desc, list) and len(desc) == 3 and isinstance(desc[0], str) and len(desc[0]) <= 64
-                and desc[1] in ALLOWED_DTYPES and isinstance(desc[2], list) and len(desc[2]) <= MAX_NDIM
-                and all(_is_int(s) and 0 <= s <= max_bytes for s in desc[2])):
-            raise ProtocolError("bad_frames", f"bad frame descriptor {desc!r}; dtypes allowed: {ALLOWED_DTYPES}")
-        name, dtype, shape = desc
-        if name in arrays:
-            raise ProtocolError("bad_frames", f"duplicate frame name {name!r}")
-        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
-        total += nbytes
-        if total > max_bytes:
-            raise ProtocolError("too_large", f"array frames exceed {max_bytes} bytes")
-        view = _frame_buffer(buf)
-        if view.nbytes != nbytes:
-            raise ProtocolError("bad_frames", f"frame {name!r}: {view.nbytes} bytes, descriptor needs {nbytes}")
-        if nbytes and dtype[1] == "f" and not _finite(view, dtype, nbytes // _ITEMSIZE[dtype]):
-            raise ProtocolError("not_finite", f"frame {name!r} contains NaN or inf")
-        if raw:
-            arrays[name] = RawArray(dtype, tuple(shape), view)
-            continue
-        arr = np.frombuffer(view, dtype=_DTYPES[dtype]).reshape(shape) if nbytes else np.zeros(shape, dtype)
-        arr.flags.writeable = False  # a view over the received frame: never mutate it in place
-        arrays[name] = arr
-    return arrays
-
-
 def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[str, ...] | None = None,
            raw: bool = False) -> Message:
     """Parse and validate multipart ``frames``; raise ``ProtocolError`` on anything off-schema.
@@ -335,7 +229,7 @@ def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[st
     """
     if not frames:
         raise ProtocolError("bad_frames", "empty message")
-    header = _unpack_header(_frame_buffer(frames[0]))
+    header = _unpack_header(frame_buffer(frames[0]))
     major, minor = _check_version(header["v"])
     msg_type = header["type"]
     if not isinstance(msg_type, str) or msg_type not in BODY_SCHEMAS:
@@ -351,7 +245,7 @@ def decode(frames: list, *, max_bytes: int = MAX_REQUEST_BYTES, expect: tuple[st
     if major != PROTOCOL_VERSION[0]:  # a HELLO from another major: only enough to REJECT it
         return Message(msg_type, {}, {}, header["seq"], header["session"], header["t_send_ns"], (major, minor))
     body = _check_body(msg_type, header["body"], minor)
-    arrays = _check_frames(header["frames"], list(frames[1:]), max_bytes, raw)
+    arrays = check_frames(header["frames"], list(frames[1:]), max_bytes, raw)
     return Message(msg_type, body, arrays, header["seq"], header["session"], header["t_send_ns"], (major, minor))
 
 
@@ -359,7 +253,7 @@ def peek(frames: list) -> tuple[str | None, int]:
     """Best-effort ``(type, seq)`` of a message ``decode`` refused, read without building the rest of the
     header (msgpack ``skip``), so the server can still honour an e-stop that is malformed in any other way.
     ``type`` is upper-cased and stripped; a leading empty frame (REQ-style delimiter) is skipped."""
-    if len(frames) > 1 and not _frame_buffer(frames[0]).nbytes:
+    if len(frames) > 1 and not frame_buffer(frames[0]).nbytes:
         frames = frames[1:]
     if not frames:
         return None, 0
@@ -367,7 +261,7 @@ def peek(frames: list) -> tuple[str | None, int]:
                                 max_bin_len=MAX_HEADER_BYTES, max_array_len=1024, max_map_len=256, max_ext_len=0)
     found: dict = {}
     try:
-        unpacker.feed(bytes(_frame_buffer(frames[0])[:MAX_REQUEST_BYTES]))
+        unpacker.feed(bytes(frame_buffer(frames[0])[:MAX_REQUEST_BYTES]))
         for _ in range(min(unpacker.read_map_header(), 256)):
             key = unpacker.unpack()
             if key in ("type", "seq") and key not in found:
@@ -381,11 +275,7 @@ def peek(frames: list) -> tuple[str | None, int]:
         kind = kind.decode("latin-1")
     kind = kind.strip(" \t\r\n\x00").upper() if isinstance(kind, str) else None
     seq = found.get("seq")
-    return kind, seq if _is_int(seq) and 0 <= seq <= INT64_MAX else 0
-
-
-def _dtype(arr) -> np.dtype:
-    return _DTYPES[arr.dtype] if type(arr) is RawArray else arr.dtype
+    return kind, seq if is_int(seq) and 0 <= seq <= INT64_MAX else 0
 
 
 def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple:
@@ -405,16 +295,16 @@ def validate_chunk(msg: Message, action_dims: dict[str, int]) -> tuple:
         raise ProtocolError("bad_frames", f"CHUNK needs 'actions' (+ optional 'gripper'), got {sorted(msg.arrays)}")
     actions = msg.arrays["actions"]
     dim = action_dims[space]
-    if _dtype(actions).kind != "f" or actions.ndim != 2 or not 1 <= actions.shape[0] <= MAX_CHUNK_H \
+    if dtype_of(actions).kind != "f" or actions.ndim != 2 or not 1 <= actions.shape[0] <= MAX_CHUNK_H \
             or actions.shape[1] != dim:
         raise ProtocolError("bad_shape", f"actions must be float (H<={MAX_CHUNK_H}, {dim}) for {space}, "
-                                         f"got {_dtype(actions)} {actions.shape}")
+                                         f"got {dtype_of(actions)} {actions.shape}")
     if body["t0_ns"] + (actions.shape[0] - 1) * body["dt_ns"] > INT64_MAX:
         raise ProtocolError("bad_field", f"t0_ns={body['t0_ns']} + {actions.shape[0] - 1} * dt_ns={body['dt_ns']} "
                                          "overflows int64 ns")
     gripper = msg.arrays.get("gripper")
     if gripper is not None:
-        if _dtype(gripper).kind != "f" or tuple(gripper.shape) != (actions.shape[0],):
+        if dtype_of(gripper).kind != "f" or tuple(gripper.shape) != (actions.shape[0],):
             raise ProtocolError("bad_shape", f"gripper must be float ({actions.shape[0]},), got {gripper.shape}")
         if type(gripper) is RawArray:
             values = gripper.values()
