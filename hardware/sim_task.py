@@ -5,7 +5,19 @@ One ``command("ee_delta", a6, gripper)`` is exactly one ``env.step`` with the 7-
 driver's 0 open .. 1 closed), so a policy deployed through the bridge sees the same dynamics as in
 direct evaluation. ``native_rate_hz = 1 / env.ctrl_dt``. ``read_state().extras`` carries the task
 observation and the episode flags: ``observation.state``, ``observation.images.<cam>``, ``success``,
-``terminated``, ``truncated``, ``reward``, ``episode_step``.
+``terminated``, ``truncated``, ``reward``, ``episode_step``, and ``scene_resets`` (int: ``env.reset`` calls
+since connect, the connect's own included). On the native cube tasks it also carries privileged audit flags
+of the current sim state, for a reset-free improvement loop to audit its learned success detector and count
+resets (never a reward): ``success.lift`` (bool, ``armflow.sim.tasks.place.lifted``: lift's success
+predicate), ``success.place`` (bool, ``placed``: some cube set down in its region and let go) and
+``in_workspace`` (bool, every cube inside ``armflow.sim.persistent.in_workspace``'s box).
+
+Persistent stream (no time limit, the env keeps stepping after a success)::
+
+    armflow serve robot=sim_panda task=lift mode=lockstep +robot_options.env.max_episode_steps=null
+
+(``robot_options.env`` reaches ``SimTaskConfig.env``, the task's config overrides). The env then never
+truncates; ``success`` / ``terminated`` still report the lift predicate on every step where it holds.
 """
 from __future__ import annotations
 
@@ -18,6 +30,9 @@ import numpy as np
 from armflow.hardware.driver import Driver, DriverError, MotionLimits, RobotInfo, RobotState
 from armflow.hardware.sim_contact import body_ids_matching, ee_contact_force_n
 from armflow.hardware.sim_scene import subtree_body_ids
+from armflow.sim.persistent import in_workspace
+from armflow.sim.tasks.cube_env import CubeEnv
+from armflow.sim.tasks.place import lifted, placed
 
 TASK_MODES = ("ee_delta",)
 PANDA_VEL_MAX_RAD_S = (2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61)
@@ -63,6 +78,7 @@ class SimTaskDriver(Driver):
         self._obs: dict = {}
         self._flags = {"success": False, "terminated": False, "truncated": False, "reward": 0.0}
         self._steps = 0
+        self._scene_resets = 0  # env.reset calls since connect
 
     def info(self) -> RobotInfo:
         return RobotInfo(
@@ -85,7 +101,7 @@ class SimTaskDriver(Driver):
 
     def connect(self) -> None:
         if not self._connected:
-            self._connected = True
+            self._connected, self._scene_resets = True, 0
             self.reset(self.cfg.seed)
 
     def close(self) -> None:
@@ -96,6 +112,7 @@ class SimTaskDriver(Driver):
         """Sim only: a new episode (``env.reset(seed=seed)``); returns its first state."""
         self._require_connected()
         self._obs, _ = self.env.reset(seed=seed)
+        self._scene_resets += 1
         self._flags = {"success": False, "terminated": False, "truncated": False, "reward": 0.0}
         self._steps, self._grip, self._stopped = 0, 0.0, False
         return self.read_state()
@@ -105,7 +122,8 @@ class SimTaskDriver(Driver):
         pos, quat = self.env.ee_pose()
         opening = float(self.env.gripper_opening_m())
         extras = {key: np.array(value, copy=True) for key, value in self._obs.items()}
-        extras.update(self._flags, episode_step=self._steps)
+        extras.update(self._flags, episode_step=self._steps, scene_resets=self._scene_resets)
+        extras.update(self._audit_flags())
         return RobotState(
             t_capture_ns=time.monotonic_ns(),
             joint_pos_rad=np.asarray(self.env.joint_pos(), float).copy(),
@@ -114,6 +132,15 @@ class SimTaskDriver(Driver):
             gripper=float(np.clip(1.0 - opening / FINGER_OPENING_MAX_M, 0.0, 1.0)),
             ee_force_n=ee_contact_force_n(self.env.model, self.env.data, self._ee_bodies), extras=extras,
         )
+
+    def _audit_flags(self) -> dict[str, bool]:
+        """Privileged success predicates of the current sim state (module docstring); none off the cube tasks."""
+        env = self.env
+        if not isinstance(env, CubeEnv):
+            return {}
+        cubes = range(env.n_cubes)
+        return {"success.lift": lifted(env), "success.place": any(placed(env, i) for i in cubes),
+                "in_workspace": all(in_workspace(env, i) for i in cubes)}
 
     def command(self, mode: str, setpoint: np.ndarray, gripper: float | None = None) -> np.ndarray:
         self._require_connected()

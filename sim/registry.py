@@ -8,6 +8,7 @@ from typing import Any
 ENVS: dict[str, tuple[str, str]] = {
     "lift": ("armflow.sim.tasks.lift", "make_lift"),
     "lift_hard": ("armflow.sim.tasks.lift", "make_lift_hard"),
+    "place": ("armflow.sim.tasks.place", "make_place"),
     "pick_either": ("armflow.sim.tasks.pick_either", "make_pick_either"),
     "toy2d": ("armflow.sim.toy2d", "make_toy2d"),
     "robosuite/Lift": ("armflow.sim.robosuite_env", "make_robosuite_lift"),

@@ -13,6 +13,7 @@ from typing import Any
 EXPERTS: dict[str, tuple[str, str]] = {
     "lift": ("armflow.sim.experts.pick", "PickExpert"),
     "lift_hard": ("armflow.sim.experts.pick", "PickExpert"),
+    "place": ("armflow.sim.experts.place", "PlaceExpert"),
     "pick_either": ("armflow.sim.experts.pick", "PickExpert"),
     "toy2d": ("armflow.sim.toy2d", "Toy2DExpert"),
     "robosuite/Lift": ("armflow.sim.robosuite_env", "RobosuiteLiftExpert"),
