@@ -7,6 +7,9 @@
 - ``ur``, ``franka``, ``xarm``: real adapters (``URConfig``/``FrankaConfig``/``XArmConfig`` keys);
   ``sdk=fake`` runs them against the faithful SDK fakes in ``armflow.hardware.fakes``.
 Unknown config keys raise ``armflow.configs.ConfigError`` listing the valid ones.
+
+``make_intervention(name, **cfg)`` (``keyboard`` | ``spacemouse`` | ``none``) builds the human takeover
+``Intervention`` of ``armflow improve``; see ``armflow.hardware.intervention``.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import importlib
 
 from armflow.configs import ConfigError, build_config
 from armflow.hardware.driver import MODES, Driver, DriverError, RobotInfo, RobotState
+from armflow.hardware.intervention import INTERVENTION_DEVICES, Intervention, make_intervention
 
 # name -> (module, driver class, config class, fixed config values)
 DRIVERS: dict[str, tuple[str, str, str, dict]] = {
@@ -47,4 +51,5 @@ def make_driver(name: str, **cfg) -> Driver:
     return getattr(mod, cls_name)(config)
 
 
-__all__ = ["DRIVERS", "MODES", "Driver", "DriverError", "RobotInfo", "RobotState", "make_driver"]
+__all__ = ["DRIVERS", "INTERVENTION_DEVICES", "MODES", "Driver", "DriverError", "Intervention", "RobotInfo",
+           "RobotState", "make_driver", "make_intervention"]

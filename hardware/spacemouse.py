@@ -9,7 +9,8 @@ HID input reports (little-endian int16 axes, about +-350 full scale):
 
 Mapping to the 7-D action (user in front of the robot, facing it): dx = -ty, dy = -tx, dz = -tz,
 roll = -ry, pitch = -rx, yaw = -rz, each scaled by ``1 / full_scale``, zeroed inside ``deadzone`` and
-clipped to [-1, 1]. Left button (press) toggles the gripper; right button (press) = "save".
+clipped to [-1, 1]. Left button (press) toggles the gripper; right button (press) emits the event
+``right_button_event`` ("save" for recording; ``armflow.hardware.intervention`` sets "takeover").
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class SpaceMouseDevice:
     """``read() -> (action (7,), events)``; ``hid_module`` is the ``hid`` module (injectable for tests)."""
 
     def __init__(self, hid_module=None, deadzone: float = 0.05, full_scale: float = FULL_SCALE,
-                 speed: float = 1.0, max_reports_per_read: int = 64):
+                 speed: float = 1.0, max_reports_per_read: int = 64, right_button_event: str = "save"):
         if hid_module is None:
             try:
                 import hid as hid_module
@@ -48,6 +49,7 @@ class SpaceMouseDevice:
                 raise ImportError("the SpaceMouse needs hidapi: `pip install armflow[spacemouse]`") from None
         self.deadzone, self.full_scale, self.speed = deadzone, full_scale, speed
         self.max_reports = max_reports_per_read
+        self.right_button_event = right_button_event
         infos = [d for d in hid_module.enumerate() if d["vendor_id"] in VENDOR_IDS]
         if not infos:
             raise RuntimeError(f"no 3Dconnexion device found (vendor ids {[hex(v) for v in VENDOR_IDS]}); "
@@ -79,7 +81,7 @@ class SpaceMouseDevice:
                 if pressed & 1:
                     self._gripper = -self._gripper
                 if pressed & 2:
-                    events.add("save")
+                    events.add(self.right_button_event)
                 self._buttons = parsed["buttons"]
         t, r = self._axis(self._trans), self._axis(self._rot)
         action = np.array([-t[1], -t[0], -t[2], -r[1], -r[0], -r[2], 0.0]) * self.speed

@@ -1,7 +1,8 @@
 """Teleop devices with one interface, ``read() -> (action (7,) in [-1, 1], events: set[str])``.
 
 ``action`` = end-effector delta (dx, dy, dz, rx, ry, rz; base frame, the env's OSC_POSE convention)
-+ gripper (-1 open, +1 closed). ``events`` subset of {"save", "discard", "quit", "success"}.
++ gripper (-1 open, +1 closed). ``events`` subset of {"save", "discard", "quit", "success", "takeover"}
+("takeover" toggles who drives the arm; only ``armflow.hardware.intervention`` acts on it).
 
 Keyboard (``KeyboardDevice``): a live OpenCV viewer window (``cv2.imshow``; works under Xvfb); keys
 are read with ``cv2.waitKey`` and consumed ONE PER ``read()`` in the order typed (holding a key
@@ -14,6 +15,7 @@ r / f                 +z / -z (up / down)
 i / k, j / l, u / o   roll +/-, pitch +/-, yaw +/-
 space                 toggle the gripper (open <-> closed)
 y                     toggle the human success label (frames recorded while on: next.success = true)
+t                     take over from the policy / hand back to it ("takeover"; ``armflow improve``)
 enter                 save the episode
 backspace / x         discard the episode
 q / esc               quit
@@ -33,7 +35,7 @@ KEY_AXES: dict[str, tuple[int, float]] = {
     "i": (3, 1.0), "k": (3, -1.0), "j": (4, 1.0), "l": (4, -1.0), "u": (5, 1.0), "o": (5, -1.0),
 }
 KEY_EVENTS: dict[int, str] = {13: "save", 10: "save", 8: "discard", 127: "discard", ord("x"): "discard",
-                              ord("q"): "quit", 27: "quit", ord("y"): "success"}
+                              ord("q"): "quit", 27: "quit", ord("y"): "success", ord("t"): "takeover"}
 SPACE = 32
 DEVICES = ("keyboard", "spacemouse")
 

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,39 +13,7 @@ import pytest
 pytestmark = [pytest.mark.display, pytest.mark.slow]
 
 
-def _free_display() -> int:
-    for n in range(90 + os.getpid() % 50, 400):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            return n
-    raise RuntimeError("no free X display number")
-
-
-@pytest.fixture
-def xvfb():
-    if not (shutil.which("Xvfb") and shutil.which("xdotool")):
-        pytest.skip("needs Xvfb and xdotool (apt-get install xvfb xdotool)")
-    n = _free_display()
-    proc = subprocess.Popen(["Xvfb", f":{n}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail(f"Xvfb :{n} did not start")
-        time.sleep(0.05)
-    yield f":{n}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _xdotool(display: str, *args: str) -> str:
-    out = subprocess.run(["xdotool", *args], env={**os.environ, "DISPLAY": display}, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def test_keyboard_teleop_records_what_was_typed(xvfb, tmp_path):
+def test_keyboard_teleop_records_what_was_typed(xvfb, xdotool, tmp_path):
     from armflow.data import LeRobotDataset
 
     root = tmp_path / "teleop_ds"
@@ -58,12 +24,12 @@ def test_keyboard_teleop_records_what_was_typed(xvfb, tmp_path):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # the title gains "[recording]" once the episode loop runs (env built, writer open)
-        wid = _xdotool(xvfb, "search", "--sync", "--name", r"armflow teleop \[recording\]").split()[0]
-        _xdotool(xvfb, "windowfocus", "--sync", wid)
+        wid = xdotool("search", "--sync", "--name", r"armflow teleop \[recording\]").split()[0]
+        xdotool("windowfocus", "--sync", wid)
         # 6 x up, 4 x forward (+x), close the gripper, then save the episode and quit.
-        _xdotool(xvfb, "key", "--delay", "150", *(["r"] * 6), *(["w"] * 4), "space")
+        xdotool("key", "--delay", "150", *(["r"] * 6), *(["w"] * 4), "space")
         time.sleep(0.5)
-        _xdotool(xvfb, "key", "--delay", "200", "Return", "q")
+        xdotool("key", "--delay", "200", "Return", "q")
         out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
