@@ -21,7 +21,8 @@ Who drives (``make_intervention(name, **cfg)``):
 
 Gripper: the human starts from the gripper the policy last commanded (``policy_gripper``; sign: >= 0
 closed) so a takeover never drops a held object; the device's toggle then flips it. ``handback_gripper``
-is the gripper the human left at the last hand-back (None before one), for the loop to keep.
+is the gripper the human left at the last hand-back (None before one), for the loop to keep;
+``hand_back()`` lets the loop end a takeover itself (e.g. at an episode reset).
 
 Bookkeeping for the loop's logs: ``takeovers``, ``handbacks``, ``steps_in_control`` (ticks ``poll``
 returned an action), ``events`` = [("takeover" | "handback", t [s, ``clock``])], and ``device_events``,
@@ -113,6 +114,11 @@ class Intervention:
             self.steps_in_control += 1
         self._show(frame_rgb, status_text)
         return human
+
+    def hand_back(self) -> None:
+        """Give control back to the policy now (e.g. the loop resets the episode while the human drives)."""
+        if self._active:
+            self._hand_back(self.clock())
 
     def _take_over(self, now: float, device_gripper: float, policy_gripper: float | None) -> None:
         start = device_gripper if policy_gripper is None else (1.0 if policy_gripper >= 0.0 else -1.0)

@@ -73,6 +73,15 @@ def test_keyboard_motion_alone_never_takes_over_and_other_events_pass_through():
     assert iv.poll() is None and iv.device_events == {"quit"}
 
 
+def test_the_loop_can_hand_back():
+    iv = Intervention(ScriptedKeys("t "))
+    iv.hand_back()  # not in control: nothing happens
+    assert iv.poll() is not None and iv.poll()[6] == 1.0
+    iv.hand_back()
+    assert not iv.active and iv.handback_gripper == 1.0 and iv.poll() is None
+    assert (iv.takeovers, iv.handbacks) == (1, 1)
+
+
 def test_takeover_starts_from_the_policy_gripper():
     # the policy holds an object (gripper closed); the device's own toggle says open: the human must not drop it
     iv = Intervention(ScriptedKeys("t. .t"))
