@@ -12,12 +12,16 @@ resets (never a reward): ``success.lift`` (bool, ``armflow.sim.tasks.place.lifte
 predicate), ``success.place`` (bool, ``placed``: some cube set down in its region and let go) and
 ``in_workspace`` (bool, every cube inside ``armflow.sim.persistent.in_workspace``'s box).
 
-Persistent stream (no time limit, the env keeps stepping after a success)::
+Persistent stream (reset-free improvement: one scene, the arm keeps moving after a success)::
 
-    armflow serve robot=sim_panda task=lift mode=lockstep +robot_options.env.max_episode_steps=null
+    armflow serve robot=sim_panda task=lift mode=lockstep +robot_options.persistent=true
 
-(``robot_options.env`` reaches ``SimTaskConfig.env``, the task's config overrides). The env then never
-truncates; ``success`` / ``terminated`` still report the lift predicate on every step where it holds.
+``persistent=true`` switches the env's time limit off and publishes ``success`` / ``terminated`` /
+``truncated`` as False: lockstep serving ends an episode on any of them (``ServoLoop._end_episode_if_done``
+drops every queued waypoint after each step while one holds, so a chunk would run one step), and the
+skills' predicates stay readable as ``success.lift`` / ``success.place``. The time limit alone is
+``+robot_options.env={max_episode_steps:null}`` (``robot_options.env`` reaches ``SimTaskConfig.env``); with
+it alone the env never truncates but a lockstep server still stops each chunk once lift succeeds.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class SimTaskConfig:
     seed: int = 0  # seed of the first reset (connect); later resets take theirs from reset(seed)
     cameras: tuple[str, ...] = ()  # env cameras to render into extras
     env: dict = field(default_factory=dict)  # further env config overrides (unknown keys raise in sim)
+    persistent: bool = False  # reset-free stream: no time limit, episode flags always False (module docstring)
 
 
 class SimTaskDriver(Driver):
@@ -60,6 +65,11 @@ class SimTaskDriver(Driver):
         overrides = dict(cfg.env)
         if cfg.cameras:
             overrides["cameras"] = tuple(cfg.cameras)
+        if cfg.persistent:
+            if overrides.get("max_episode_steps") is not None:
+                raise ValueError(f"sim task driver: persistent=true has no time limit; drop env.max_episode_steps="
+                                 f"{overrides['max_episode_steps']}")
+            overrides["max_episode_steps"] = None
         self.env = make_env(cfg.task, **overrides)
         if tuple(self.env.action_space.shape) != (7,):
             raise ValueError(f"sim task driver: task {cfg.task!r} has action shape {self.env.action_space.shape}; "
@@ -157,8 +167,9 @@ class SimTaskDriver(Driver):
         action = np.concatenate([sent, [2.0 * self._grip - 1.0]]).astype(np.float32)
         self._obs, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
-        self._flags = {"success": bool(info["success"]), "terminated": bool(terminated),
-                       "truncated": bool(truncated), "reward": float(reward)}
+        ends = not self.cfg.persistent  # a persistent stream never ends an episode (module docstring)
+        self._flags = {"success": ends and bool(info["success"]), "terminated": ends and bool(terminated),
+                       "truncated": ends and bool(truncated), "reward": float(reward)}
         return sent
 
     def hold(self) -> None:

@@ -145,20 +145,31 @@ def test_sim_task_driver_audit_extras_over_a_place_run():
     driver.close()
 
 
-def test_sim_task_driver_without_a_time_limit_steps_on_after_success():
-    """The persistent stream: ``env.max_episode_steps=None`` never truncates, stepping after success works."""
-    driver = SimTaskDriver(SimTaskConfig(task="lift", seed=0, env={"max_episode_steps": None}))
+@pytest.mark.parametrize("persistent", [False, True])
+def test_sim_task_driver_without_a_time_limit_steps_on_after_success(persistent):
+    """The persistent stream: no time limit, stepping after success works; ``persistent`` also keeps the
+    episode flags False (lockstep serving ends an episode on them) while ``success.lift`` reports the skill."""
+    cfg = SimTaskConfig(task="lift", seed=0, persistent=True) if persistent else \
+        SimTaskConfig(task="lift", seed=0, env={"max_episode_steps": None})
+    driver = SimTaskDriver(cfg)
     driver.connect()
     env = driver.env
     assert env.max_episode_steps is None
     expert = make_expert(env, seed=0)
     expert.reset()
-    successes = 0
-    for step in range(150):
+    lifted_steps, success_steps = 0, 0
+    for _ in range(150):
         action = expert()
         driver.command("ee_delta", action[:6], gripper=(float(action[6]) + 1.0) / 2.0)
         extras = driver.read_state().extras
         assert not extras["truncated"]
-        successes += extras["success"]
-    assert successes > 50 and extras["episode_step"] == 150 and extras["success.lift"]
+        lifted_steps += extras["success.lift"]
+        success_steps += extras["success"]
+    assert lifted_steps > 100 and extras["episode_step"] == 150
+    assert success_steps == (0 if persistent else lifted_steps)
     driver.close()
+
+
+def test_sim_task_driver_persistent_refuses_a_time_limit():
+    with pytest.raises(ValueError, match="max_episode_steps"):
+        SimTaskDriver(SimTaskConfig(task="lift", persistent=True, env={"max_episode_steps": 100}))
