@@ -101,16 +101,19 @@ def stage_finetune(cfg: DictConfig, out: Path, checkpoint: str) -> dict:
     return summary
 
 
-def start_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0, env: dict | None = None
-                 ) -> subprocess.Popen:
+def start_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0, env: dict | None = None,
+                 persistent: bool = False) -> subprocess.Popen:
     """Start ``armflow serve`` (simulated Panda wrapping ``task``, lockstep) as its own process; ``env``:
-    ``cameras`` it publishes with the state and further task config (``image_size``)."""
+    ``cameras`` it publishes with the state and further task config (``image_size``); ``persistent``: one
+    continuous stream, no time limit, episodes never end (the sim task driver's ``persistent``)."""
     out.mkdir(parents=True, exist_ok=True)
     ready = out / "serve.json"
     ready.unlink(missing_ok=True)
     log = open(out / "serve.log", "w")
     cmd = [sys.executable, "-m", "armflow.workflows.cli", "serve", "robot=sim_panda", f"task={task}",
            "mode=lockstep", f"endpoint={endpoint}", f"out={out}"]
+    if persistent:
+        cmd.append("+robot_options.persistent=true")
     env = dict(env or {})
     if env.get("cameras"):
         cmd.append(f"cameras=[{','.join(env.pop('cameras'))}]")

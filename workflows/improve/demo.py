@@ -1,0 +1,69 @@
+"""The assets of ``armflow improve``'s measured demonstration on ``lift`` (used for a skill without a checkpoint or
+a detector without a path), each stage cached in ``<out>/assets/<stage>`` so a rerun skips what is done:
+
+1. forward skill: ``demo.forward_demos`` scripted ``lift`` demos -> a flow policy (``demo.train_steps``);
+2. reset skill: ``demo.reset_demos`` scripted ``place`` demos (cube carried to a new spot, released) -> a flow policy;
+3. detectors: per skill ``demo.detector_episodes`` scripted episodes with both outcomes (half scripted failures,
+   success frames held), the served cameras only -> ``armflow reward fit`` success classifiers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from armflow.workflows.config import compose_config
+
+STATE_KEYS = ["observation.state", "observation.environment_state"]
+SKILL_TASKS = {"forward": "lift", "reset": "place"}  # the scripted task whose demos teach each demo skill
+
+
+def _policy(task: str, demos: int, cfg: DictConfig, out: Path) -> str:
+    from armflow.workflows import train
+    from armflow.workflows.collect import collect_scripted
+
+    ckpt = out / "policy" / "checkpoint"
+    if (ckpt / "config.json").exists():
+        return str(ckpt)
+    dataset = out / "demos"
+    if not (dataset / "meta" / "info.json").exists():
+        collect_scripted(task, dataset, demos, 0.0, int(cfg.demo.seed), progress=bool(cfg.progress))
+    tcfg = compose_config("train", [f"dataset={dataset}", f"out={out / 'policy'}", f"steps={cfg.demo.train_steps}",
+                                    f"seed={cfg.demo.seed}", f"obs_keys=[{','.join(STATE_KEYS)}]"])
+    return train.train(tcfg)["checkpoint"]
+
+
+def _detector(task: str, cfg: DictConfig, out: Path) -> str:
+    from armflow.workflows import reward_fit
+    from armflow.workflows.collect import collect_scripted
+
+    ckpt = out / "checkpoint"
+    if (ckpt / "config.json").exists():
+        return str(ckpt)
+    dataset = out / "episodes"
+    if not (dataset / "meta" / "info.json").exists():
+        collect_scripted(task, dataset, int(cfg.demo.detector_episodes), 0.0, int(cfg.demo.seed) + 1000,
+                         cameras=list(cfg.cameras), only_success=False, failures=0.5, success_hold_steps=10,
+                         progress=bool(cfg.progress), env_overrides={"image_size": int(cfg.image_size)})
+    fcfg = compose_config("reward_fit", [f"dataset={dataset}", f"out={out}", f"cameras=[{','.join(cfg.cameras)}]",
+                                         f"seed={cfg.demo.seed}", "progress=false"])
+    return reward_fit.main(fcfg)["checkpoint"]
+
+
+def prepare_assets(cfg: DictConfig) -> DictConfig:
+    """Fill every missing skill checkpoint / detector path of ``cfg`` (a copy) with the demonstration's assets."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    root = Path(cfg.out) / "assets"
+    for name, skill in cfg.skills.items():
+        task = SKILL_TASKS.get(name)
+        need = not skill.checkpoint or (skill.detector.backend == "classifier" and not skill.detector.path)
+        if need and task is None:
+            raise SystemExit(f"armflow improve: skills.{name} has no checkpoint / detector path and the demonstration "
+                             f"only builds {sorted(SKILL_TASKS)}; give skills.{name}.checkpoint and .detector.path")
+        with open_dict(cfg):
+            if not skill.checkpoint:
+                demos = cfg.demo.forward_demos if name == "forward" else cfg.demo.reset_demos
+                skill.checkpoint = _policy(task, int(demos), cfg, root / f"{name}_policy")
+            if skill.detector.backend == "classifier" and not skill.detector.path:
+                skill.detector.path = _detector(task, cfg, root / f"{name}_detector")
+    return cfg

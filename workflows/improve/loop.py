@@ -1,0 +1,234 @@
+"""The control loop of ``armflow improve``: one continuous robot stream through the bridge, cut into virtual
+episodes by the task graph, each chunk from a skill's policy (its DSRL noise actor exploring) or from the human
+who took over, every step recorded, every chunk transition handed to the skill's learner.
+
+The robot is a ``BridgeClient`` exactly as on a real arm: the only scene reset is the first (``client.reset``,
+sim only), or one a needs-human event asks for. Between attempts of a skill with ``rest_before`` the arm makes a
+scripted rest move (gripper open, up to the rest height, back over the rest position): arm motion only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from armflow.workflows.deploy import send_and_follow
+from armflow.workflows.improve.graph import Skill, StuckDetector, TaskGraph
+
+ACTION_SPACE = "ee_delta"
+
+
+@dataclass
+class SkillRuntime:
+    """A skill's live parts: its base policy, obs windows (a ``PolicyRunner``), learner (or None: frozen)
+    and detector."""
+
+    skill: Skill
+    policy: object
+    runner: object
+    learner: object | None
+    detector: object
+
+
+@dataclass
+class Attempt:
+    skill: str
+    steps: int = 0
+    frames: int = 0
+    intervened: bool = False
+
+
+@dataclass
+class Counters:
+    """Everything the loop counts (saved with the learners, so a resumed run continues them)."""
+
+    robot_steps: int = 0
+    attempts: dict = field(default_factory=dict)  # skill -> attempts ended
+    detected: dict = field(default_factory=dict)  # skill -> attempts ended by a detected success
+    privileged: dict = field(default_factory=dict)  # skill -> attempts whose end state was a privileged success
+    needs_human: int = 0
+    needs_human_reasons: list = field(default_factory=list)
+    interventions: int = 0  # takeovers
+    intervention_steps: int = 0
+    rest_moves: int = 0
+    skill: str = ""
+    steps_on_skill: int = 0
+    wall_s: float = 0.0
+
+    def bump(self, table: str, skill: str, by: int = 1) -> None:
+        getattr(self, table)[skill] = getattr(self, table).get(skill, 0) + by
+
+
+class ImproveLoop:
+    def __init__(self, client, runtimes: dict[str, SkillRuntime], graph: TaskGraph, stuck: StuckDetector,
+                 recorder, audit, intervention=None, counters: Counters | None = None, rest_pose=None,
+                 human_reset: str = "auto", workspace_key: str = "in_workspace", log=print):
+        self.client, self.rt, self.graph, self.stuck = client, runtimes, graph, stuck
+        self.recorder, self.audit, self.intervention = recorder, audit, intervention
+        self.counters = counters or Counters(skill=graph.start)
+        self.rest_pose = rest_pose  # (ee position (3,) [m]) the arm returns to before rest_before skills
+        self.human_reset, self.workspace_key, self.log = human_reset, workspace_key, log
+        self.dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
+        self.state = client.latest_state()
+        self.attempt: Attempt | None = None
+        self.seed = 0
+
+    # -- one attempt at a time ------------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Start an attempt of the current skill (rest move first when the skill asks for one)."""
+        rt = self.rt[self.counters.skill]
+        self.ensure_armed()
+        if rt.skill.rest_before and self.rest_pose is not None:
+            self.rest_move()
+        rt.runner.start(self._obs(rt), seeds=None)
+        self.attempt = Attempt(rt.skill.name)
+
+    def step(self) -> dict | None:
+        """Run one chunk of the current attempt; returns the attempt's result when it ended."""
+        if self.attempt is None:
+            self.begin()
+        rt, att = self.rt[self.counters.skill], self.attempt
+        self.ensure_armed()
+        windows = {k: v.copy() for k, v in rt.runner.history.get().items()}
+        human = self.intervention is not None and self.intervention.poll(_frame(self.state.extras), "POLICY") is not None
+        chunk, record = (self.human_chunk(rt, windows), {}) if human else ([], {})
+        human = len(chunk) > 0  # a human who handed back at once leaves the chunk to the policy
+        if not human and rt.learner is not None:
+            chunk, record = rt.learner.act(windows)
+            chunk = chunk[: rt.policy.n_action_steps]
+        elif not human:
+            chunk = rt.runner.predict(windows)[0][: rt.policy.n_action_steps]
+        version = rt.learner.version if rt.learner is not None else 0
+        executed, t_before = [], att.steps / rt.skill.time_limit_steps
+
+        def on_state(st) -> bool:
+            self.recorder.add(self.state.extras, chunk[len(executed)], rt.skill.name, version,
+                              rt.detector.version, human)
+            executed.append(chunk[len(executed)])
+            self.state = st
+            rt.runner.observe(self._obs(rt, st))
+            return False
+
+        if human:  # the human's actions were already executed one by one (human_chunk)
+            executed = list(chunk)
+        else:
+            self.state = send_and_follow(self.client, self.state, np.asarray(chunk, np.float64), ACTION_SPACE,
+                                         self.dt_ns, on_state)
+        n = len(executed)
+        att.steps += n
+        self.counters.robot_steps += n
+        self.counters.steps_on_skill += n
+        att.intervened |= human
+        value, valid = rt.detector(self.state.extras)
+        detected = valid and rt.detector.success(value)
+        truth = self.state.extras.get(rt.skill.audit_key)
+        self.audit.add(detected, None if truth is None else bool(truth))
+        truncated = not detected and att.steps >= rt.skill.time_limit_steps
+        self.recorder.amend_last(reward=float(detected), success=detected, detector_value=value,
+                                 privileged=bool(truth), terminated=detected, truncated=truncated)
+        if rt.learner is not None:
+            normalise = rt.policy.normalizer.normalize
+            action = record.get("action")
+            if action is None:  # a human chunk: the executed actions, normalised as the policy's own
+                import torch
+
+                acts = np.asarray(executed, np.float32)[: rt.policy.n_action_steps]
+                acts = np.concatenate([acts, np.repeat(acts[-1:], rt.policy.n_action_steps - len(acts), 0)])
+                action = normalise("action", torch.as_tensor(acts)).reshape(-1).numpy()
+            rt.learner.add({"obs": {k: v[0] for k, v in windows.items()},
+                            "next_obs": {k: v[0].copy() for k, v in rt.runner.history.get().items()},
+                            "w": record.get("w", np.zeros(rt.learner.learner.w_dim, np.float32)), "action": action,
+                            "reward": float(detected), "terminated": detected, "time": t_before,
+                            "next_time": att.steps / rt.skill.time_limit_steps, "intervened": human})
+        if detected or truncated:
+            return self.end(detected, truth)
+        return None
+
+    def end(self, detected: bool, truth) -> dict:
+        """Close the attempt: record it, count it, check for a stuck state, pick the next skill."""
+        c, name = self.counters, self.counters.skill
+        episode = self.recorder.end(name)
+        c.bump("attempts", name)
+        c.bump("detected", name, int(detected))
+        c.bump("privileged", name, int(bool(truth)))
+        result = {"skill": name, "detected": detected, "privileged": None if truth is None else bool(truth),
+                  "steps": self.attempt.steps, "episode": episode, "intervened": self.attempt.intervened}
+        reason = self.stuck.attempt(name, detected) or self.stuck.workspace(
+            self.state.extras.get(self.workspace_key) if self.workspace_key in self.state.extras else None)
+        if reason:
+            self.needs_human(reason)
+            result["needs_human"] = reason
+        nxt = self.graph.next(name, "success" if detected else "timeout", c.steps_on_skill)
+        if nxt != name:
+            c.skill, c.steps_on_skill = nxt, 0
+        self.attempt = None
+        return result
+
+    # -- the arm between attempts ----------------------------------------------------------------------------
+    def ensure_armed(self) -> None:
+        self.client.latest_state()
+        if self.client.status.get("status") not in ("ARMED", "RUNNING"):
+            self.client.arm(ACTION_SPACE)
+
+    def rest_move(self, tol_m: float = 0.01, max_steps: int = 60) -> None:
+        """Open the gripper, rise to the rest height, return over the rest position (ee_delta, a chunk per
+        step): arm motion only, the object stays where it is."""
+        unit = float(self.client.info().ee_delta_m_per_unit or 0.05)
+        target = np.asarray(self.rest_pose, float)
+        for k in range(max_steps):
+            pos = np.asarray(self.state.ee_pos_m, float)
+            goal = target.copy() if pos[2] >= target[2] - 0.02 else np.array([pos[0], pos[1], target[2]])
+            err = goal - pos
+            if np.linalg.norm(target - pos) < tol_m and k >= 3:
+                break
+            delta = np.clip(err / unit, -0.7, 0.7)
+            act = np.concatenate([delta, np.zeros(3), [-1.0]])[None]
+            self.state = send_and_follow(self.client, self.state, act, ACTION_SPACE, self.dt_ns, lambda st: False)
+            self.counters.robot_steps += 1
+        self.counters.rest_moves += 1
+
+    def needs_human(self, reason: str) -> None:
+        """Count the event; ``human_reset=auto`` (sim): a scene reset through the bridge stands in for the person
+        (counted as a scene reset); ``wait``: hold until the operator's teleop device hands back."""
+        self.counters.needs_human += 1
+        self.counters.needs_human_reasons.append(reason)
+        self.log(f"[improve] NEEDS HUMAN: {reason}")
+        if self.human_reset == "auto":
+            self.seed += 1
+            self.state = self.client.reset(10_000_000 + self.counters.needs_human)
+        elif self.human_reset == "wait" and self.intervention is not None:
+            while not self.intervention.active:  # take over, fix the scene, hand back
+                self.intervention.poll(None, f"needs human: {reason}")
+                self.client.heartbeat()
+                time.sleep(0.05)
+        self.stuck.cleared()
+
+    def human_chunk(self, rt: SkillRuntime, windows: dict) -> list[np.ndarray]:
+        """Up to T_a steps of the human's device actions, one bridge step each at the control rate; stops early
+        when the human hands back (an empty list: handed back before acting)."""
+        out, version = [], rt.learner.version if rt.learner is not None else 0
+        for _ in range(rt.policy.n_action_steps):
+            act = self.intervention.poll(_frame(self.state.extras), f"HUMAN ({rt.skill.name})")
+            if act is None:
+                break
+            t0 = time.monotonic()
+            self.recorder.add(self.state.extras, act, rt.skill.name, version, rt.detector.version, True)
+            self.state = send_and_follow(self.client, self.state, np.asarray(act, np.float64)[None], ACTION_SPACE,
+                                         self.dt_ns, lambda st: False)
+            rt.runner.observe(self._obs(rt, self.state))
+            out.append(np.asarray(act, np.float32))
+            self.counters.intervention_steps += 1
+            time.sleep(max(0.0, self.dt_ns / 1e9 - (time.monotonic() - t0)))
+        return out
+
+    def _obs(self, rt: SkillRuntime, state=None) -> dict:
+        extras = (state or self.state).extras
+        return {k: np.asarray(extras[k])[None] for k in rt.policy.obs_spec}
+
+
+def _frame(extras: dict):
+    for k in sorted(extras):
+        if k.startswith("observation.images."):
+            return np.asarray(extras[k])
+    return None
