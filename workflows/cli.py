@@ -51,6 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench steering": ("armflow.workflows.bench_steering", "bench_steering"),
     "bench vgps": ("armflow.workflows.bench_vgps", "bench_vgps"),
     "bench cfg": ("armflow.workflows.bench_cfg", "bench_cfg"),
+    "improve": ("armflow.workflows.improve", "improve"),
 }
 # commands with sub-commands ("bench sim", "reward fit"): group -> what a sub-command is called in errors
 GROUPS = {"bench": "benchmark", "reward": "reward command"}

@@ -97,22 +97,38 @@ def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, act
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     steps, ret, done, success = 0, 0.0, False, False
+
+    def on_state(st) -> bool:
+        nonlocal steps, ret, done, success
+        steps += 1
+        ret += float(st.extras.get("reward", 0.0))
+        agent.observe(st)
+        _add_frame(frames, st)
+        done, success = _done(st)
+        return done or steps >= max_steps
+
     while not done and steps < max_steps:
-        acts, grip = split_action(agent.next_chunk(), action_space)
-        client.send_chunk(acts, t0_ns=state.t_capture_ns, dt_ns=dt_ns, action_space=action_space, gripper=grip,
-                          obs_seq=steps)
-        for _ in range(len(acts)):
-            target = steps + 1
-            state = client.wait_state(lambda b: b["episode"] == episode and b["step"] >= target, timeout_s=30.0)
-            steps += 1
-            ret += float(state.extras.get("reward", 0.0))
-            agent.observe(state)
-            _add_frame(frames, state)
-            done, success = _done(state)
-            if done or steps >= max_steps:
-                break
+        state = send_and_follow(client, state, agent.next_chunk(), action_space, dt_ns, on_state, episode)
     client.disarm()
     return {"seed": seed, "success": success, "return": ret, "length": steps}
+
+
+def send_and_follow(client: BridgeClient, state, acts: np.ndarray, action_space: str, dt_ns: int, on_state,
+                    episode: int | None = None):
+    """Lockstep: send the chunk ``acts`` (T, D_a), conditioned on ``state``, and read the T states it makes, in
+    order, calling ``on_state(state)`` on each (a True return stops reading: the caller disarms, which drops the
+    rest). Returns the last state read."""
+    episode = client.status["episode"] if episode is None else episode
+    step0 = int(client.status["step"])
+    acts, grip = split_action(acts, action_space)
+    client.send_chunk(acts, t0_ns=state.t_capture_ns, dt_ns=dt_ns, action_space=action_space, gripper=grip,
+                      obs_seq=step0)
+    for k in range(len(acts)):
+        target = step0 + k + 1
+        state = client.wait_state(lambda b: b["episode"] == episode and b["step"] >= target, timeout_s=30.0)
+        if on_state(state):
+            break
+    return state
 
 
 @dataclass

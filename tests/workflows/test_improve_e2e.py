@@ -10,40 +10,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from armflow.workflows.common import compose_config
 
-LIFT_KEYS = (("observation.state", 8), ("observation.environment_state", 10))
 SUMMARY_KEYS = ("success_rate", "scene_resets", "needs_human", "detector", "interventions", "wall_time_s")
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from armflow.policies import make_policy
-    from armflow.rewards.classifier import ClassifierConfig, SuccessClassifier
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("improve_assets")
-    unit = lambda d: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa: E731
-    stats = {key: unit(d) for key, d in LIFT_KEYS}
-    stats["action"] = {k: 0.1 * v for k, v in unit(7).items()}
-    policy = make_policy("flow", dict((k, (d,)) for k, d in LIFT_KEYS), 7, stats, horizon=8, n_action_steps=4,
-                         mlp_width=32, mlp_blocks=1, state_hidden_dim=16, state_feature_dim=8, time_dim=8,
-                         num_inference_steps=2)
-    ckpt = policy.save_pretrained(root / "policy")
-    clf = SuccessClassifier(ClassifierConfig(cameras=("agentview",), image_size=(32, 32), channels=(8, 8, 8)))
-    return {"policy": str(ckpt), "classifier": str(clf.save(root / "classifier"))}
-
-
-def _overrides(assets, out, threshold: float, extra=()):
-    """Both skills on the tiny policy; the classifier's own threshold decides every detection (0: always, 1: never)."""
-    return [f"out={out}", "image_size=32", "budget_minutes=0.12", "eval.episodes=2", "eval.final_episodes=2",
-            "eval.n_envs=2", "eval.every_minutes=100", "wsrl_steps=8", "broadcast_every=1", "algo.hidden=16",
-            "algo.batch_size=4", "progress=false",
-            *[f"skills.{s}.{k}" for s in ("forward", "reset") for k in
-              (f"checkpoint={assets['policy']}", "time_limit_steps=8", f"detector.path={assets['classifier']}")],
-            *[f"+skills.{s}.detector.options.threshold={threshold}" for s in ("forward", "reset")], *extra]
 
 
 def _improve(overrides):
@@ -58,9 +28,9 @@ def _dataset(out):
     return LeRobotDataset(out / "dataset")
 
 
-def test_serl_stream_alternates_skills_with_no_scene_reset(assets, tmp_path):
+def test_serl_stream_alternates_skills_with_no_scene_reset(improve_assets, improve_overrides, tmp_path):
     out = tmp_path / "run"
-    summary = _improve(_overrides(assets, out, threshold=0.0))
+    summary = _improve(improve_overrides(improve_assets, out, threshold=0.0))
     assert set(SUMMARY_KEYS) <= set(summary)
     assert set(summary["success_rate"]) >= {"start", "final"} and set(summary["detector"]) >= {"fp_rate", "fn_rate"}
     assert summary["scene_resets"] == 0 and summary["needs_human"] == 0
@@ -89,9 +59,9 @@ def test_serl_stream_alternates_skills_with_no_scene_reset(assets, tmp_path):
     assert (out / "policy" / "dsrl_noise_actor.safetensors").exists() and (out / "report.md").exists()
 
 
-def test_never_detected_raises_needs_human_and_counts_the_resets(assets, tmp_path):
+def test_never_detected_raises_needs_human_and_counts_the_resets(improve_assets, improve_overrides, tmp_path):
     out = tmp_path / "run"
-    summary = _improve(_overrides(assets, out, threshold=1.0, extra=["max_failures=2"]))
+    summary = _improve(improve_overrides(improve_assets, out, threshold=1.0, extra=["max_failures=2"]))
     assert summary["attempts"] == {"forward": summary["attempts"]["forward"]}  # never left the forward skill
     assert summary["needs_human"] == summary["attempts"]["forward"] // 2 >= 1
     assert summary["scene_resets"] == summary["needs_human"]  # human_reset=auto: one scene reset per event
@@ -111,7 +81,7 @@ def _complete_states(out):
 
 
 @pytest.mark.slow
-def test_sigkill_holds_the_arm_and_resume_continues(assets, tmp_path):
+def test_sigkill_holds_the_arm_and_resume_continues(improve_assets, improve_overrides, tmp_path):
     from armflow.control.client import BridgeClient
     from armflow.workflows.quickstart import start_server, stop_server
 
@@ -120,7 +90,7 @@ def test_sigkill_holds_the_arm_and_resume_continues(assets, tmp_path):
                           persistent=True)
     out = tmp_path / "run"
     args = [sys.executable, "-m", "armflow.workflows.cli", "improve", f"endpoint={endpoint}",
-            *_overrides(assets, out, threshold=0.0, extra=["budget_minutes=5"])]
+            *improve_overrides(improve_assets, out, threshold=0.0, extra=["budget_minutes=5"])]
     try:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         _wait(lambda: _complete_states(out) > 60, 240, "a committed state after some attempts")
@@ -138,7 +108,7 @@ def test_sigkill_holds_the_arm_and_resume_continues(assets, tmp_path):
         finally:
             observer.close()
         time.sleep(5.5)  # the dead controller's lease expires
-        summary = _improve(_overrides(assets, out, threshold=0.0, extra=[
+        summary = _improve(improve_overrides(improve_assets, out, threshold=0.0, extra=[
             "budget_minutes=0.25", "resume=true", f"endpoint={endpoint}"]))
     finally:
         stop_server(server)

@@ -72,7 +72,9 @@ class ImproveLoop:
         self.dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
         self.state = client.latest_state()
         self.attempt: Attempt | None = None
-        self.seed = 0
+        self.gripper = -1.0  # the last gripper command sent (-1 open .. 1 closed): a takeover starts from it
+        # with a person watching (a takeover device), the stream runs at the control rate, not as fast as lockstep can
+        self.pace_s = 0.0 if intervention is None else self.dt_ns / 1e9
 
     # -- one attempt at a time ------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -91,7 +93,9 @@ class ImproveLoop:
         rt, att = self.rt[self.counters.skill], self.attempt
         self.ensure_armed()
         windows = {k: v.copy() for k, v in rt.runner.history.get().items()}
-        human = self.intervention is not None and self.intervention.poll(_frame(self.state.extras), "POLICY") is not None
+        t_chunk = time.monotonic()
+        human = self.intervention is not None and self.intervention.poll(
+            _frame(self.state.extras), f"POLICY ({rt.skill.name})", policy_gripper=self.gripper) is not None
         chunk, record = (self.human_chunk(rt, windows), {}) if human else ([], {})
         human = len(chunk) > 0  # a human who handed back at once leaves the chunk to the policy
         if not human and rt.learner is not None:
@@ -116,6 +120,9 @@ class ImproveLoop:
             self.state = send_and_follow(self.client, self.state, np.asarray(chunk, np.float64), ACTION_SPACE,
                                          self.dt_ns, on_state)
         n = len(executed)
+        self.gripper = float(executed[-1][-1])
+        if not human and self.pace_s:
+            time.sleep(max(0.0, n * self.pace_s - (time.monotonic() - t_chunk)))
         att.steps += n
         self.counters.robot_steps += n
         self.counters.steps_on_skill += n
@@ -184,6 +191,7 @@ class ImproveLoop:
                 break
             delta = np.clip(err / unit, -0.7, 0.7)
             act = np.concatenate([delta, np.zeros(3), [-1.0]])[None]
+            self.gripper = -1.0
             self.state = send_and_follow(self.client, self.state, act, ACTION_SPACE, self.dt_ns, lambda st: False)
             self.counters.robot_steps += 1
         self.counters.rest_moves += 1
@@ -195,8 +203,7 @@ class ImproveLoop:
         self.counters.needs_human_reasons.append(reason)
         self.log(f"[improve] NEEDS HUMAN: {reason}")
         if self.human_reset == "auto":
-            self.seed += 1
-            self.state = self.client.reset(10_000_000 + self.counters.needs_human)
+            self.state = self.client.reset(10_000_000 + self.counters.needs_human)  # a new scene per event
         elif self.human_reset == "wait" and self.intervention is not None:
             while not self.intervention.active:  # take over, fix the scene, hand back
                 self.intervention.poll(None, f"needs human: {reason}")
@@ -209,7 +216,8 @@ class ImproveLoop:
         when the human hands back (an empty list: handed back before acting)."""
         out, version = [], rt.learner.version if rt.learner is not None else 0
         for _ in range(rt.policy.n_action_steps):
-            act = self.intervention.poll(_frame(self.state.extras), f"HUMAN ({rt.skill.name})")
+            act = self.intervention.poll(_frame(self.state.extras), f"HUMAN ({rt.skill.name})",
+                                         policy_gripper=self.gripper)
             if act is None:
                 break
             t0 = time.monotonic()

@@ -200,6 +200,7 @@ def attempt_metrics(result: dict, counters: Counters, audit: DetectorAudit, runt
         if rt.learner is not None:
             m[f"learner/{name}_version"] = rt.learner.version
             m[f"learner/{name}_buffer"] = rt.learner.learner.buffer.size
+            m[f"learner/{name}_interventions"] = rt.learner.interventions.size
             m.update({f"{name}/{k}": v for k, v in rt.learner.logs.items()})
     return m
 
