@@ -161,7 +161,7 @@ def make_intervention(name: str, **cfg) -> Intervention:
     if name == "keyboard":
         from armflow.hardware.teleop import KeyboardDevice
 
-        device = KeyboardDevice(**{"window": KEYBOARD_WINDOW, **cfg})
+        device = KeyboardDevice(**{"window": KEYBOARD_WINDOW, "background": True, **cfg})
     elif name == "spacemouse":
         from armflow.hardware.spacemouse import SpaceMouseDevice
 

@@ -25,6 +25,7 @@ SpaceMouse: see ``armflow.hardware.spacemouse``.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -41,21 +42,55 @@ DEVICES = ("keyboard", "spacemouse")
 
 
 class KeyboardDevice:
-    """Keyboard teleop through an OpenCV window; ``show(frame)`` updates the viewer."""
+    """Keyboard teleop through an OpenCV window; ``show(frame)`` updates the viewer.
+
+    ``background=True``: one daemon thread owns the window (every OpenCV call) and polls keys every ~5 ms, so
+    keys typed while the caller is busy (a checkpoint, a video encode) are never lost; OpenCV's ``waitKey``
+    keeps only the last key of those that arrived during one call. ``show`` then only hands the frame over."""
 
     def __init__(self, window: str = "armflow teleop", speed: float = 1.0, view_size_px: int = 480,
-                 wait_ms: int = 1):
+                 wait_ms: int = 1, background: bool = False):
         import cv2
 
         self._cv2, self.window, self.speed = cv2, window, float(speed)
         self.view_size_px, self.wait_ms = int(view_size_px), int(wait_ms)
         self._keys: deque[int] = deque()
         self._gripper = -1.0
-        cv2.namedWindow(window, cv2.WINDOW_AUTOSIZE)
-        self.show(np.zeros((self.view_size_px, self.view_size_px, 3), np.uint8))
+        self._thread, self._pending, self._closing = None, None, threading.Event()
+        blank = np.zeros((self.view_size_px, self.view_size_px, 3), np.uint8)
+        if background:
+            self._pending = (blank, None)
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._pump, args=(ready,), name="keyboard-pump", daemon=True)
+            self._thread.start()
+            ready.wait(10.0)
+        else:
+            cv2.namedWindow(window, cv2.WINDOW_AUTOSIZE)
+            self.show(blank)
+
+    def _pump(self, ready: threading.Event) -> None:
+        cv2 = self._cv2
+        cv2.namedWindow(self.window, cv2.WINDOW_AUTOSIZE)
+        ready.set()
+        while not self._closing.is_set():
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._draw(*pending)
+            key = cv2.waitKey(5)
+            if key != -1:
+                self._keys.append(key & 0xFF)
+        cv2.destroyWindow(self.window)
+        cv2.waitKey(1)
 
     def show(self, frame_rgb: np.ndarray, text: str | None = None) -> None:
         """Display an RGB frame (upscaled to the viewer size), optionally with a status line."""
+        if self._thread is not None:
+            self._pending = (frame_rgb, text)
+            return
+        self._draw(frame_rgb, text)
+        self._poll()
+
+    def _draw(self, frame_rgb: np.ndarray, text: str | None) -> None:
         cv2 = self._cv2
         h, w = frame_rgb.shape[:2]
         scale = self.view_size_px / max(h, w)
@@ -64,9 +99,10 @@ class KeyboardDevice:
         if text:
             cv2.putText(img, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
         cv2.imshow(self.window, img)
-        self._poll()
 
     def _poll(self) -> None:
+        if self._thread is not None:
+            return  # the pump thread collects keys
         key = self._cv2.waitKey(self.wait_ms)
         while key != -1:
             self._keys.append(key & 0xFF)
@@ -75,6 +111,9 @@ class KeyboardDevice:
     def wait(self, seconds: float) -> None:
         """Keep polling keys while the caller paces its loop (OpenCV's waitKey reports only the LAST key
         pressed during one call, so sleeping and then polling once would lose keys typed meanwhile)."""
+        if self._thread is not None:
+            time.sleep(max(0.0, seconds))
+            return
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             key = self._cv2.waitKey(1)
@@ -100,10 +139,15 @@ class KeyboardDevice:
     def reset(self) -> None:
         """New episode: gripper open; the window title says "recording" (keys typed so far still count)."""
         self._gripper = -1.0
-        self._cv2.setWindowTitle(self.window, f"{self.window} [recording]")
+        if self._thread is None:
+            self._cv2.setWindowTitle(self.window, f"{self.window} [recording]")
         self._poll()
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._closing.set()
+            self._thread.join(timeout=5)
+            return
         self._cv2.destroyWindow(self.window)
         self._cv2.waitKey(1)
 

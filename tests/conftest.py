@@ -74,4 +74,5 @@ def _improve_overrides(assets: dict, out, threshold: float, extra=()) -> list[st
             "algo.batch_size=4", "progress=false",
             *[f"skills.{s}.{k}" for s in ("forward", "reset") for k in
               (f"checkpoint={assets['policy']}", "time_limit_steps=8", f"detector.path={assets['classifier']}")],
-            *[f"+skills.{s}.detector.options.threshold={threshold}" for s in ("forward", "reset")], *extra]
+            *[f"+skills.{s}.detector.options.threshold={threshold}" for s in ("forward", "reset")],
+            *[f"skills.{s}.detector.gate=null" for s in ("forward", "reset")], *extra]

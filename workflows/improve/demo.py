@@ -1,5 +1,5 @@
 """The assets of ``armflow improve``'s measured demonstration on ``lift`` (used for a skill without a checkpoint or
-a detector without a path), each stage cached in ``<out>/assets/<stage>`` so a rerun skips what is done:
+a detector without a path), each stage cached in ``demo.assets`` (default ``<out>/assets``) / ``<stage>`` so a rerun skips what is done:
 
 1. forward skill: ``demo.forward_demos`` scripted ``lift`` demos -> a flow policy (``demo.train_steps``);
 2. reset skill: ``demo.reset_demos`` scripted ``place`` demos (cube carried to a new spot, released) -> a flow policy;
@@ -18,7 +18,7 @@ STATE_KEYS = ["observation.state", "observation.environment_state"]
 SKILL_TASKS = {"forward": "lift", "reset": "place"}  # the scripted task whose demos teach each demo skill
 
 
-def _policy(task: str, demos: int, cfg: DictConfig, out: Path) -> str:
+def _policy(task: str, demos: int, steps: int, cfg: DictConfig, out: Path) -> str:
     from armflow.workflows import train
     from armflow.workflows.collect import collect_scripted
 
@@ -28,7 +28,7 @@ def _policy(task: str, demos: int, cfg: DictConfig, out: Path) -> str:
     dataset = out / "demos"
     if not (dataset / "meta" / "info.json").exists():
         collect_scripted(task, dataset, demos, 0.0, int(cfg.demo.seed), progress=bool(cfg.progress))
-    tcfg = compose_config("train", [f"dataset={dataset}", f"out={out / 'policy'}", f"steps={cfg.demo.train_steps}",
+    tcfg = compose_config("train", [f"dataset={dataset}", f"out={out / 'policy'}", f"steps={steps}",
                                     f"seed={cfg.demo.seed}", f"obs_keys=[{','.join(STATE_KEYS)}]"])
     return train.train(tcfg)["checkpoint"]
 
@@ -53,7 +53,7 @@ def _detector(task: str, cfg: DictConfig, out: Path) -> str:
 def prepare_assets(cfg: DictConfig) -> DictConfig:
     """Fill every missing skill checkpoint / detector path of ``cfg`` (a copy) with the demonstration's assets."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    root = Path(cfg.out) / "assets"
+    root = Path(cfg.demo.assets or Path(cfg.out) / "assets")
     for name, skill in cfg.skills.items():
         task = SKILL_TASKS.get(name)
         need = not skill.checkpoint or (skill.detector.backend == "classifier" and not skill.detector.path)
@@ -62,8 +62,9 @@ def prepare_assets(cfg: DictConfig) -> DictConfig:
                              f"only builds {sorted(SKILL_TASKS)}; give skills.{name}.checkpoint and .detector.path")
         with open_dict(cfg):
             if not skill.checkpoint:
-                demos = cfg.demo.forward_demos if name == "forward" else cfg.demo.reset_demos
-                skill.checkpoint = _policy(task, int(demos), cfg, root / f"{name}_policy")
+                demos, steps = ((cfg.demo.forward_demos, cfg.demo.train_steps) if name == "forward" else
+                                (cfg.demo.reset_demos, cfg.demo.reset_train_steps))
+                skill.checkpoint = _policy(task, int(demos), int(steps), cfg, root / f"{name}_policy")
             if skill.detector.backend == "classifier" and not skill.detector.path:
                 skill.detector.path = _detector(task, cfg, root / f"{name}_detector")
     return cfg

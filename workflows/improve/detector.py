@@ -3,7 +3,8 @@ camera frames, optionally AND-gated on proprioception (HIL-SERL: classifier AND 
 the simulator's object state; the bridge's privileged flags only audit it (``DetectorAudit``).
 
 Spec keys: ``backend`` (classifier | openai | hf_vlm | embedding), ``path``, ``cameras`` (list), ``threshold``
-(0.5), ``options`` (backend keys), ``gate`` (optional ``{index, op, threshold}`` on ``observation.state``).
+(0.5), ``options`` (backend keys), ``gate`` (optional: one ``{index, op, threshold}`` on ``observation.state`` or a
+list of them, all must hold).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ class Detector:
         options = {**({"path": spec["path"]} if spec.get("path") else {}), **dict(spec.get("options") or {})}
         self.threshold, self.cameras = float(spec.get("threshold", 0.5)), list(spec["cameras"])
         model = make_reward_model(str(spec["backend"]), **options)
-        gate = spec.get("gate")
-        if gate:
+        gates = spec.get("gate") or []
+        for gate in [gates] if isinstance(gates, dict) else gates:
             predicate = StatePredicate(int(gate["index"]), float(gate["threshold"]), str(gate.get("op", ">")))
             model = AndGate(model, predicate, self.threshold)
         self.model, self.instruction = model, instruction

@@ -94,9 +94,9 @@ class ImproveLoop:
         self.ensure_armed()
         windows = {k: v.copy() for k, v in rt.runner.history.get().items()}
         t_chunk = time.monotonic()
-        human = self.intervention is not None and self.intervention.poll(
-            _frame(self.state.extras), f"POLICY ({rt.skill.name})", policy_gripper=self.gripper) is not None
-        chunk, record = (self.human_chunk(rt, windows), {}) if human else ([], {})
+        first = None if self.intervention is None else self.intervention.poll(
+            _frame(self.state.extras), f"POLICY ({rt.skill.name})", policy_gripper=self.gripper)
+        chunk, record = (self.human_chunk(rt, first), {}) if first is not None else ([], {})
         human = len(chunk) > 0  # a human who handed back at once leaves the chunk to the policy
         if not human and rt.learner is not None:
             chunk, record = rt.learner.act(windows)
@@ -211,15 +211,11 @@ class ImproveLoop:
                 time.sleep(0.05)
         self.stuck.cleared()
 
-    def human_chunk(self, rt: SkillRuntime, windows: dict) -> list[np.ndarray]:
-        """Up to T_a steps of the human's device actions, one bridge step each at the control rate; stops early
-        when the human hands back (an empty list: handed back before acting)."""
-        out, version = [], rt.learner.version if rt.learner is not None else 0
-        for _ in range(rt.policy.n_action_steps):
-            act = self.intervention.poll(_frame(self.state.extras), f"HUMAN ({rt.skill.name})",
-                                         policy_gripper=self.gripper)
-            if act is None:
-                break
+    def human_chunk(self, rt: SkillRuntime, first: np.ndarray) -> list[np.ndarray]:
+        """The human's device actions, ``first`` (this tick's) then one per control period, up to T_a steps, each one
+        bridge step; stops early when the human hands back."""
+        out, version, act = [], rt.learner.version if rt.learner is not None else 0, first
+        while act is not None:
             t0 = time.monotonic()
             self.recorder.add(self.state.extras, act, rt.skill.name, version, rt.detector.version, True)
             self.state = send_and_follow(self.client, self.state, np.asarray(act, np.float64)[None], ACTION_SPACE,
@@ -227,7 +223,11 @@ class ImproveLoop:
             rt.runner.observe(self._obs(rt, self.state))
             out.append(np.asarray(act, np.float32))
             self.counters.intervention_steps += 1
-            time.sleep(max(0.0, self.dt_ns / 1e9 - (time.monotonic() - t0)))
+            if len(out) == rt.policy.n_action_steps:
+                break
+            self.intervention.wait(self.dt_ns / 1e9 - (time.monotonic() - t0))
+            act = self.intervention.poll(_frame(self.state.extras), f"HUMAN ({rt.skill.name})",
+                                         policy_gripper=self.gripper)
         return out
 
     def _obs(self, rt: SkillRuntime, state=None) -> dict:
