@@ -40,15 +40,37 @@ def select_obs_keys(dataset, obs_keys=None) -> list[str]:
     return keys
 
 
-def build_policy(dataset, policy_cfg: dict, obs_keys=None):
-    """Make the policy named by ``policy_cfg["type"]`` for ``obs_keys`` (``select_obs_keys``) of this dataset."""
+def build_policy(dataset, policy_cfg: dict, obs_keys=None, obs_std_floor: float = 0.0):
+    """Make the policy named by ``policy_cfg["type"]`` for ``obs_keys`` (``select_obs_keys``) of this dataset;
+    ``obs_std_floor``: see ``floor_obs_stats``."""
     from armflow.policies import make_policy
 
     cfg = dict(policy_cfg)
     policy_type = cfg.pop("type")
     obs_spec = {k: tuple(dataset.features[k]["shape"]) for k in select_obs_keys(dataset, obs_keys)}
     action_dim = int(dataset.features["action"]["shape"][0])
-    return make_policy(policy_type, obs_spec=obs_spec, action_dim=action_dim, stats=dataset.stats, **cfg)
+    stats = floor_obs_stats(dataset.stats, obs_spec, float(obs_std_floor))
+    return make_policy(policy_type, obs_spec=obs_spec, action_dim=action_dim, stats=stats, **cfg)
+
+
+def floor_obs_stats(stats: dict, obs_spec: dict, floor: float) -> dict:
+    """Stats whose vector observation features have std >= ``floor`` and (max - min) / 2 >= ``floor`` (widened
+    around the middle): a feature that barely varied in the demos (a cube's orientation while it sits flat) must
+    not swamp the policy's input when it varies a little at deployment (1 degree of yaw was 19 std)."""
+    if floor <= 0:
+        return stats
+    out = dict(stats)
+    for key, shape in obs_spec.items():
+        if len(shape) != 1 or key not in stats:
+            continue
+        s = {k: np.asarray(v, np.float64) for k, v in stats[key].items()}
+        if "std" in s:
+            s["std"] = np.maximum(s["std"], floor)
+        if "min" in s and "max" in s:
+            mid, half = (s["max"] + s["min"]) / 2, np.maximum((s["max"] - s["min"]) / 2, floor)
+            s["min"], s["max"] = mid - half, mid + half
+        out[key] = {**stats[key], **s}
+    return out
 
 
 def resolve_num_workers(num_workers, num_threads) -> int:
@@ -123,7 +145,8 @@ def train(cfg: DictConfig) -> dict:
         cfg.obs_keys = obs_keys  # the run's config states what the policy reads
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    policy = build_policy(dataset, OmegaConf.to_container(cfg.policy, resolve=True), obs_keys).to(cfg.device)
+    policy = build_policy(dataset, OmegaConf.to_container(cfg.policy, resolve=True), obs_keys,
+                          float(cfg.get("obs_std_floor") or 0.0)).to(cfg.device)
     windows = WindowDataset(dataset, policy.n_obs_steps, policy.horizon, keys=obs_keys,
                             cache_mb=float(cfg.get("cache_mb", 4096)), uint8_images=True)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))

@@ -1,7 +1,8 @@
 """``place``: put a held cube down somewhere new in ``lift``'s region: the reset skill of reset-free improvement.
 
 Same scene, placement region and observation layout as ``lift`` (one recorder and one bridge serve both).
-``reset(seed)`` starts from the state a successful ``lift`` leaves: it resets the ``lift`` scene with
+``reset(seed)`` starts (with probability ``held_start_prob``, default 1; otherwise from lift's own start) from the
+state a successful ``lift`` leaves: it resets the ``lift`` scene with
 ``seed`` and steps the scripted ``PickExpert`` (privileged, sim-only) until ``lifted`` first holds, so the
 cube is grasped and held just above its random start spot; the episode step count then restarts at 0.
 Deterministic given ``seed`` (MuJoCo is deterministic; the pick has no noise). ~20 ms per reset.
@@ -41,6 +42,8 @@ class PlaceConfig(LiftConfig):
 
     max_episode_steps: int | None = 50  # the noise-free PlaceExpert needs 19-25 steps (x2: room for a learned policy)
     min_move_m: float = 0.04  # success: cube xy moved at least this far from the episode start [m]
+    held_start_prob: float = 1.0  # P(start with the cube held, as lift leaves it); else lift's start (cube on the
+    # table, arm at home): the reset skill also fetches a cube a failed forward attempt left on the table
     move_weight: float = 1.0  # reward: move = w * clip(|cube xy - start xy| / min_move_m, 0, 1)
     lower_weight: float = 1.0  # reward: lower = w * move * (1 - tanh(20 * max(cube z - rest z, 0)))
     release_weight: float = 0.5  # reward: release = w * move * [cube on the table, not grasped, gripper open]
@@ -83,8 +86,9 @@ class PlaceEnv(CubeEnv):
     def __init__(self, cfg: PlaceConfig, render_mode: str | None = None):
         if len(cfg.cube_centers_xy_m) != 1:
             raise ValueError(f"place: needs exactly one cube, got cube_centers_xy_m={cfg.cube_centers_xy_m}")
-        if cfg.min_move_m < 0:
-            raise ValueError(f"place: min_move_m must be >= 0, got {cfg.min_move_m}")
+        if cfg.min_move_m < 0 or not 0.0 <= cfg.held_start_prob <= 1.0:
+            raise ValueError(f"place: need min_move_m >= 0 and held_start_prob in [0, 1], got {cfg.min_move_m}, "
+                             f"{cfg.held_start_prob}")
         super().__init__(cfg, task_name="place", render_mode=render_mode)
         self.start_xy_m = np.zeros(2)  # cube xy when the episode started [m]
 
@@ -92,6 +96,9 @@ class PlaceEnv(CubeEnv):
         from armflow.sim.experts.pick import PickExpert  # sim-only privileged setup; experts import tasks
 
         super().reset(seed=seed, options=options)
+        if self.cfg.held_start_prob < 1.0 and self.np_random.random() >= self.cfg.held_start_prob:  # lift's start: the cube where lift put it
+            self.start_xy_m = self.cube_pos(0)[:2].copy()
+            return self._obs(), {"success": False}
         pick = PickExpert(self, noise_std=0.0, seed=0)
         while True:
             pick.reset()

@@ -51,3 +51,27 @@ def test_unknown_obs_key_is_a_clear_error(extra_feature_dataset, tmp_path, capsy
     assert _train(extra_feature_dataset, tmp_path / "run", "obs_keys=[observation.images.wrist]") == 2
     err = capsys.readouterr().err
     assert "observation.images.wrist" in err and "observation.environment_state" in err and "Traceback" not in err
+
+
+def test_obs_std_floor_keeps_a_barely_varying_feature_from_swamping_the_input():
+    """A flat cube's orientation had std ~1e-3 in the demos: 1 degree of yaw at deployment was 19 std. The floor
+    bounds that (vector features only; actions and images keep their stats)."""
+    import numpy as np
+    import torch
+
+    from armflow.policies import make_policy
+    from armflow.workflows.train import floor_obs_stats
+
+    stats = {"observation.state": {"mean": np.zeros(2), "std": np.array([1e-3, 0.5]), "min": np.array([0.0, -1.0]),
+                                   "max": np.array([1e-3, 1.0])},
+             "action": {"mean": np.zeros(2), "std": np.full(2, 1e-3), "min": -np.ones(2), "max": np.ones(2)}}
+    floored = floor_obs_stats(stats, {"observation.state": (2,)}, 0.02)
+    assert np.allclose(floored["observation.state"]["std"], [0.02, 0.5])
+    assert np.allclose(floored["observation.state"]["max"] - floored["observation.state"]["min"], [0.04, 2.0])
+    assert floored["action"] is stats["action"] and floor_obs_stats(stats, {}, 0.0) is stats
+    x = torch.tensor([[0.017, 0.0]])
+    z = {}
+    for name, st in (("raw", stats), ("floored", floored)):
+        policy = make_policy("flow", obs_spec={"observation.state": (2,)}, action_dim=2, stats=st)
+        z[name] = policy.normalizer.normalize("observation.state", x)[0, 0].item()
+    assert abs(z["raw"]) > 10 and abs(z["floored"]) < 1

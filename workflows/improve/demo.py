@@ -16,6 +16,10 @@ from armflow.workflows.config import compose_config
 
 STATE_KEYS = ["observation.state", "observation.environment_state"]
 SKILL_TASKS = {"forward": "lift", "reset": "place"}  # the scripted task whose demos teach each demo skill
+# the reset skill also fetches a cube a failed forward attempt left on the table (half its demos start there), and
+# its demos go on 10 steps after success (released, rising): the policy learns to stay released, not to re-grasp
+TASK_OVERRIDES = {"place": {"held_start_prob": 0.5}}
+HOLD_STEPS = {"place": 10}
 
 
 def _policy(task: str, demos: int, steps: int, cfg: DictConfig, out: Path) -> str:
@@ -27,9 +31,11 @@ def _policy(task: str, demos: int, steps: int, cfg: DictConfig, out: Path) -> st
         return str(ckpt)
     dataset = out / "demos"
     if not (dataset / "meta" / "info.json").exists():
-        collect_scripted(task, dataset, demos, 0.0, int(cfg.demo.seed), progress=bool(cfg.progress))
+        collect_scripted(task, dataset, demos, 0.0, int(cfg.demo.seed), progress=bool(cfg.progress),
+                         env_overrides=TASK_OVERRIDES.get(task), success_hold_steps=HOLD_STEPS.get(task, 0))
     tcfg = compose_config("train", [f"dataset={dataset}", f"out={out / 'policy'}", f"steps={steps}",
-                                    f"seed={cfg.demo.seed}", f"obs_keys=[{','.join(STATE_KEYS)}]"])
+                                    f"seed={cfg.demo.seed}", f"obs_keys=[{','.join(STATE_KEYS)}]",
+                                    f"obs_std_floor={cfg.demo.obs_std_floor}"])
     return train.train(tcfg)["checkpoint"]
 
 
@@ -44,7 +50,8 @@ def _detector(task: str, cfg: DictConfig, out: Path) -> str:
     if not (dataset / "meta" / "info.json").exists():
         collect_scripted(task, dataset, int(cfg.demo.detector_episodes), 0.0, int(cfg.demo.seed) + 1000,
                          cameras=list(cfg.cameras), only_success=False, failures=0.5, success_hold_steps=10,
-                         progress=bool(cfg.progress), env_overrides={"image_size": int(cfg.image_size)})
+                         progress=bool(cfg.progress),
+                         env_overrides={"image_size": int(cfg.image_size), **TASK_OVERRIDES.get(task, {})})
     fcfg = compose_config("reward_fit", [f"dataset={dataset}", f"out={out}", f"cameras=[{','.join(cfg.cameras)}]",
                                          f"seed={cfg.demo.seed}", "progress=false"])
     return reward_fit.main(fcfg)["checkpoint"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 PRESETS = ("serl", "robofume", "medal")
 OUTCOMES = ("success", "timeout")
+REST_MODES = ("always", "after_failure", "never")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class Skill:
     """One node of the graph. ``checkpoint``: the frozen base policy dir; ``learn``: its DSRL noise actor learns
     online (else the base runs as is); ``detector``: the reward model spec (``build_detector``);
     ``time_limit_steps``: robot steps per attempt; ``rest_before``: a scripted rest move (open, up, home) before
-    each attempt, so the skill starts where its demos started; ``audit_key``: the bridge state's privileged
+    attempts (``always``; ``after_failure``: only after a failed attempt of this skill, e.g. a reset skill whose demos
+    start holding what the forward skill lifted; ``never``), so the skill starts where its demos started; ``audit_key``: the bridge state's privileged
     success flag that audits the detector (sim only, never a reward)."""
 
     name: str
@@ -38,13 +40,15 @@ class Skill:
     instruction: str = ""
     time_limit_steps: int = 100
     learn: bool = True
-    rest_before: bool = True
+    rest_before: str = "always"
     detector: dict = field(default_factory=dict)
     audit_key: str = "success"
 
     def __post_init__(self):
         if self.time_limit_steps < 1:
             raise ValueError(f"skill {self.name!r}: time_limit_steps={self.time_limit_steps}; expected >= 1")
+        if self.rest_before not in REST_MODES:
+            raise ValueError(f"skill {self.name!r}: rest_before={self.rest_before!r}; valid: {', '.join(REST_MODES)}")
         if not self.checkpoint:
             raise ValueError(f"skill {self.name!r}: no checkpoint (a policy dir with config.json)")
 

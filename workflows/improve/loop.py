@@ -35,6 +35,7 @@ class SkillRuntime:
 class Attempt:
     skill: str
     steps: int = 0
+    failed_before: bool = False  # the previous attempt was this skill's, and it failed
     frames: int = 0
     intervened: bool = False
 
@@ -63,7 +64,7 @@ class Counters:
 class ImproveLoop:
     def __init__(self, client, runtimes: dict[str, SkillRuntime], graph: TaskGraph, stuck: StuckDetector,
                  recorder, audit, intervention=None, counters: Counters | None = None, rest_pose=None,
-                 human_reset: str = "auto", workspace_key: str = "in_workspace", log=print):
+                 human_reset: str = "auto", workspace_key: str = "in_workspace", log=print, rest_quat=None):
         self.client, self.rt, self.graph, self.stuck = client, runtimes, graph, stuck
         self.recorder, self.audit, self.intervention = recorder, audit, intervention
         self.counters = counters or Counters(skill=graph.start)
@@ -72,6 +73,8 @@ class ImproveLoop:
         self.dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
         self.state = client.latest_state()
         self.attempt: Attempt | None = None
+        self.last_failed = False  # the last attempt failed and the graph stayed on its skill
+        self.rest_quat = np.asarray(self.state.ee_quat_wxyz, float).copy() if rest_quat is None else np.asarray(rest_quat)
         self.gripper = -1.0  # the last gripper command sent (-1 open .. 1 closed): a takeover starts from it
         # with a person watching (a takeover device), the stream runs at the control rate, not as fast as lockstep can
         self.pace_s = 0.0 if intervention is None else self.dt_ns / 1e9
@@ -81,7 +84,8 @@ class ImproveLoop:
         """Start an attempt of the current skill (rest move first when the skill asks for one)."""
         rt = self.rt[self.counters.skill]
         self.ensure_armed()
-        if rt.skill.rest_before and self.rest_pose is not None:
+        mode = rt.skill.rest_before
+        if self.rest_pose is not None and (mode == "always" or (mode == "after_failure" and self.last_failed)):
             self.rest_move()
         rt.runner.start(self._obs(rt), seeds=None)
         self.attempt = Attempt(rt.skill.name)
@@ -167,6 +171,7 @@ class ImproveLoop:
             self.needs_human(reason)
             result["needs_human"] = reason
         nxt = self.graph.next(name, "success" if detected else "timeout", c.steps_on_skill)
+        self.last_failed = not detected and nxt == name
         if nxt != name:
             c.skill, c.steps_on_skill = nxt, 0
         self.attempt = None
@@ -178,22 +183,26 @@ class ImproveLoop:
         if self.client.status.get("status") not in ("ARMED", "RUNNING"):
             self.client.arm(ACTION_SPACE)
 
-    def rest_move(self, tol_m: float = 0.01, max_steps: int = 60) -> None:
-        """Open the gripper, rise to the rest height, return over the rest position (ee_delta, a chunk per
-        step): arm motion only, the object stays where it is."""
-        unit = float(self.client.info().ee_delta_m_per_unit or 0.05)
+    def rest_move(self, tol_m: float = 0.01, tol_rad: float = 0.05, max_steps: int = 80) -> None:
+        """Open the gripper, rise to the rest height, return over the rest position with the rest orientation
+        (ee_delta, one step per chunk): arm motion only, the object stays where it is."""
+        from armflow.hardware.kinematics import quat_error
+
+        info = self.client.info()
+        unit_m, unit_rad = float(info.ee_delta_m_per_unit or 0.05), float(info.ee_delta_rad_per_unit or 0.5)
         target = np.asarray(self.rest_pose, float)
         for k in range(max_steps):
             pos = np.asarray(self.state.ee_pos_m, float)
-            goal = target.copy() if pos[2] >= target[2] - 0.02 else np.array([pos[0], pos[1], target[2]])
-            err = goal - pos
-            if np.linalg.norm(target - pos) < tol_m and k >= 3:
+            rot = quat_error(self.rest_quat, np.asarray(self.state.ee_quat_wxyz, float))
+            if np.linalg.norm(target - pos) < tol_m and np.linalg.norm(rot) < tol_rad and k >= 3:
                 break
-            delta = np.clip(err / unit, -0.7, 0.7)
-            act = np.concatenate([delta, np.zeros(3), [-1.0]])[None]
-            self.gripper = -1.0
-            self.state = send_and_follow(self.client, self.state, act, ACTION_SPACE, self.dt_ns, lambda st: False)
+            goal = target if pos[2] >= target[2] - 0.02 else np.array([pos[0], pos[1], target[2]])
+            act = np.concatenate([np.clip((goal - pos) / unit_m, -0.7, 0.7), np.clip(rot / unit_rad, -0.5, 0.5),
+                                  [-1.0]])
+            self.state = send_and_follow(self.client, self.state, act[None], ACTION_SPACE, self.dt_ns,
+                                         lambda st: False)
             self.counters.robot_steps += 1
+        self.gripper = -1.0
         self.counters.rest_moves += 1
 
     def needs_human(self, reason: str) -> None:

@@ -44,7 +44,7 @@ def skills_from(cfg: DictConfig) -> list[Skill]:
         s = OmegaConf.to_container(s, resolve=True)
         out.append(Skill(name=name, checkpoint=s["checkpoint"], instruction=s["instruction"],
                          time_limit_steps=int(s["time_limit_steps"]), learn=bool(s["learn"]),
-                         rest_before=bool(s["rest_before"]), detector=s["detector"], audit_key=s["audit_key"]))
+                         rest_before=str(s["rest_before"]), detector=s["detector"], audit_key=s["audit_key"]))
     return out
 
 
@@ -131,8 +131,9 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
                                                             np.asarray(first.ee_pos_m).tolist())
     fps = int(round(client.welcome["servo_rate_hz"]))
     recorder = StreamRecorder(out / "dataset", fps, first.extras, 7, [s.name for s in skills])
+    rest_quat = extra["rest_quat"] if extra and "rest_quat" in extra else np.asarray(first.ee_quat_wxyz).tolist()
     loop = ImproveLoop(client, runtimes, graph, StuckDetector(int(cfg.max_failures)), recorder, audit, intervention,
-                       counters, rest, str(cfg.human_reset), log=log)
+                       counters, rest, str(cfg.human_reset), log=log, rest_quat=rest_quat)
     if not history["eval"]:
         history["eval"].append({"wall_s": 0.0, "robot_steps": 0, **evaluate_skill(forward, cfg, int(cfg.eval.episodes))})
         log(f"[improve] start: forward success {history['eval'][0]['success_rate']:.2f}")
@@ -165,7 +166,7 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
                     f" (policy v{forward.learner.version if forward.learner else 0}); detector {audit.summary()['recent']}")
                 since_eval, t_last = 0.0, time.monotonic()
             if attempts_since_save >= int(cfg.checkpoint_every_attempts):
-                save_state(out, runtimes, _extra(counters, audit, history, rest, resets0), counters.robot_steps)
+                save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
                 attempts_since_save, t_last = 0, time.monotonic()
     finally:
         for rt in runtimes.values():
@@ -175,18 +176,19 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
         recorder.close()
         logger.close()
     client.disarm()
-    save_state(out, runtimes, _extra(counters, audit, history, rest, resets0), counters.robot_steps)
+    save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
     final = evaluate_skill(forward, cfg, int(cfg.eval.final_episodes))
     if forward.learner is not None:
         forward.learner.learner.export(str(out / "policy"))
     return summarise(out, client, counters, audit, history, final, intervention, recorder, resets0)
 
 
-def _extra(counters: Counters, audit: DetectorAudit, history: dict, rest, resets0: int) -> dict:
+def _extra(counters: Counters, audit: DetectorAudit, history: dict, rest, resets0: int, rest_quat) -> dict:
     import dataclasses
 
     return {"scene_resets_at_start": resets0, "counters": dataclasses.asdict(counters), "audit": {"counts": audit.counts, "recent": audit.recent},
-            "history": history, "rest_pose": list(map(float, rest))}
+            "history": history, "rest_pose": list(map(float, rest)),
+            "rest_quat": list(map(float, rest_quat))}
 
 
 def attempt_metrics(result: dict, counters: Counters, audit: DetectorAudit, runtimes: dict) -> dict:
