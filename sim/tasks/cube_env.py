@@ -14,7 +14,8 @@ observation.state[0:3]                      3      grip-site position [m], world
 observation.state[3:7]                      4      grip-site quaternion wxyz, sign on the hemisphere of (0, 1, 0, 0)
 observation.state[7]                        1      gripper opening [m] (0 closed, ~0.08 open)
 observation.environment_state[10i:10i+3]    3      cube i position [m]
-observation.environment_state[10i+3:10i+7]  4      cube i quaternion wxyz, sign with w >= 0
+observation.environment_state[10i+3:10i+7]  4      cube i quaternion wxyz, sign with w >= 0; turned > 45 deg:
+                                                   its symmetric pose nearest the identity (a cube has 24)
 observation.environment_state[10i+7:10i+10] 3      cube i position - grip-site position [m]
 ==========================================  =====  ==========================================================
 
@@ -43,6 +44,37 @@ VIDEO_SIZE = 256  # render_video() side [px]
 _EE_REF_AXIS = 1  # grip-site quat sign: on HOME_EE_QUAT's hemisphere, i.e. quat . (0, 1, 0, 0) = quat[1] >= 0
 assert HOME_EE_QUAT == (0.0, 1.0, 0.0, 0.0), "update _EE_REF_AXIS with HOME_EE_QUAT"
 _CUBE_REF = np.array((1.0, 0.0, 0.0, 0.0))
+_SYM_FAST_W = math.cos(math.pi / 8)  # w >= this: rotation < 45 deg, identity is already the nearest symmetric pose
+
+
+def _cube_rotations() -> np.ndarray:
+    """The cube's 24 proper symmetry rotations as matrices (24, 3, 3): signed permutations with det +1."""
+    import itertools
+
+    out = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            m = np.zeros((3, 3))
+            m[range(3), perm] = signs
+            if np.linalg.det(m) > 0:
+                out.append(m)
+    return np.array(out)
+
+
+_CUBE_SYMMETRIES = _cube_rotations()
+
+
+def cube_symmetric_canonical(quat_wxyz: np.ndarray) -> np.ndarray:
+    """The orientation (wxyz, w >= 0) of the same cube that is nearest the identity: all six faces look alike, so
+    a cube knocked onto another face is observed as the flat cube it is (a policy that only saw flat cubes would
+    read a flipped one as 50 std away). ``R S`` over the 24 symmetries S, the one with the largest trace."""
+    r = np.zeros(9)
+    mujoco.mju_quat2Mat(r, np.asarray(quat_wxyz, np.float64))
+    cands = r.reshape(3, 3) @ _CUBE_SYMMETRIES
+    best = cands[int(np.argmax(np.trace(cands, axis1=1, axis2=2)))]
+    out = np.zeros(4)
+    mujoco.mju_mat2Quat(out, best.reshape(-1))
+    return out if out[0] >= 0 else -out
 
 
 class CubeEnv(gym.Env):
@@ -236,6 +268,8 @@ class CubeEnv(gym.Env):
             np.copyto(dst, cube)
             if not cube[3] >= 0.0:
                 np.negative(dst_quat, out=dst_quat)
+            if dst_quat[0] < _SYM_FAST_W:  # turned > 45 deg: the same cube as its nearest symmetric pose
+                dst_quat[:] = cube_symmetric_canonical(dst_quat)
             np.subtract(cube_pos, ee, out=dst_rel)
         obs = {key: view.astype(np.float32) for key, view in self._obs_views}
         for cam in self.cfg.cameras:

@@ -1,7 +1,9 @@
 """The native cube tasks' dynamics are frozen: replaying the golden actions gives the golden trajectories.
 
 ``fixtures/lift_golden.npz`` was recorded (``fixtures/make_lift_golden.py``) before the env step was made
-faster (issue 11); any change to physics, controller, reward, success or observation shows up here.
+faster (issue 11); any change to physics, controller, reward, success or observation shows up here. The cube
+orientation entries of ``observation.environment_state`` were re-recorded (replayed here, only columns 3-6 of each
+cube block changed) when a cube turned > 45 deg became observed as its nearest symmetric pose (issue 16).
 """
 from __future__ import annotations
 
