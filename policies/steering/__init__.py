@@ -4,7 +4,8 @@
 node, or the method's config dataclass); the result is a wrapper that keeps the Policy contract and records
 per-chunk diagnostics in ``.diagnostics`` (:func:`summarise_diagnostics` for a run's summary). Methods
 (``STEERING``): ``vgps`` (critic reranking of K samples), ``gpc`` (convex mix of several policies' predictions),
-``cfg`` (classifier-free guidance of a policy trained with condition dropout).
+``cfg`` (classifier-free guidance of a policy trained with condition dropout), ``itps`` (a point goal or
+sketched path through the ee-delta path: post-hoc ranking, biased init, guided / stochastic sampling).
 A steered policy's ``save_pretrained`` writes an export that ``armflow.policies.load_policy`` loads steered.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .cfg import CFGConfig, CFGPolicy, load_cfg_export
 from .critic import ChunkCritic, CriticConfig, check_critic, load_critic
 from .critic_losses import calql_loss, expectile_loss, iql_loss, td_target
 from .gpc import GPCConfig, GPCPolicy, load_gpc_export
+from .itps import ITPSConfig, ITPSPolicy, check_goal, load_itps_export
 from .vgps import VGPSConfig, VGPSPolicy, load_vgps_export, pick_candidates
 
 # type -> (config dataclass, wrapper class, export loader (directory, base, spec dict) -> wrapper)
@@ -25,6 +27,7 @@ STEERING: dict[str, tuple[type, type, Any]] = {
     "vgps": (VGPSConfig, VGPSPolicy, load_vgps_export),
     "gpc": (GPCConfig, GPCPolicy, load_gpc_export),
     "cfg": (CFGConfig, CFGPolicy, load_cfg_export),
+    "itps": (ITPSConfig, ITPSPolicy, load_itps_export),
 }
 
 
@@ -61,6 +64,6 @@ def load_steered_export(kind: str, directory, base, spec: Mapping) -> SteeredPol
     return STEERING[kind][2](directory, base, dict(spec))
 
 
-__all__ = ["STEERING", "CFGConfig", "CFGPolicy", "ChunkCritic", "CriticConfig", "GPCConfig", "GPCPolicy", "SteeredPolicy", "VGPSConfig",
-           "VGPSPolicy", "calql_loss", "check_critic", "expectile_loss", "iql_loss", "load_critic",
+__all__ = ["STEERING", "CFGConfig", "CFGPolicy", "ChunkCritic", "CriticConfig", "GPCConfig", "GPCPolicy", "ITPSConfig", "ITPSPolicy", "SteeredPolicy", "VGPSConfig",
+           "VGPSPolicy", "calql_loss", "check_critic", "check_goal", "expectile_loss", "iql_loss", "load_critic",
            "load_steered_export", "parse_spec", "pick_candidates", "steer", "summarise_diagnostics", "td_target"]
