@@ -31,7 +31,7 @@ class Skill:
     """One node of the graph. ``checkpoint``: the frozen base policy dir; ``learn``: its DSRL noise actor learns
     online (else the base runs as is); ``detector``: the reward model spec (``build_detector``);
     ``time_limit_steps``: robot steps per attempt; ``rest_before``: a scripted rest move (open, up, home) before
-    attempts (``always``; ``after_failure``: only after a failed attempt of this skill, e.g. a reset skill whose demos
+    attempts (``always``; ``after_failure``: only after a failed attempt (of any skill), e.g. a reset skill whose demos
     start holding what the forward skill lifted; ``never``), so the skill starts where its demos started; ``audit_key``: the bridge state's privileged
     success flag that audits the detector (sim only, never a reward)."""
 

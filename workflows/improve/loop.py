@@ -73,7 +73,7 @@ class ImproveLoop:
         self.dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
         self.state = client.latest_state()
         self.attempt: Attempt | None = None
-        self.last_failed = False  # the last attempt failed and the graph stayed on its skill
+        self.last_failed = False  # the last attempt (of any skill) failed: the scene is not what a success leaves
         self.rest_quat = np.asarray(self.state.ee_quat_wxyz, float).copy() if rest_quat is None else np.asarray(rest_quat)
         self.gripper = -1.0  # the last gripper command sent (-1 open .. 1 closed): a takeover starts from it
         # with a person watching (a takeover device), the stream runs at the control rate, not as fast as lockstep can
@@ -171,7 +171,7 @@ class ImproveLoop:
             self.needs_human(reason)
             result["needs_human"] = reason
         nxt = self.graph.next(name, "success" if detected else "timeout", c.steps_on_skill)
-        self.last_failed = not detected and nxt == name
+        self.last_failed = not detected
         if nxt != name:
             c.skill, c.steps_on_skill = nxt, 0
         self.attempt = None
