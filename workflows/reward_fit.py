@@ -29,8 +29,8 @@ def dataset_cameras(ds) -> list[str]:
     return [k.removeprefix(IMAGE_PREFIX) for k in ds.video_keys if k.startswith(IMAGE_PREFIX)]
 
 
-def check_dataset(ds, cameras: list[str]) -> None:
-    """Unknown cameras or a dataset without ``next.success`` raise, naming what the dataset has."""
+def check_dataset(ds, cameras: list[str], label_key: str = SUCCESS_KEY) -> None:
+    """Unknown cameras or a dataset without the ``label_key`` column raise, naming what the dataset has."""
     have = dataset_cameras(ds)
     if not cameras:
         raise ValueError(f"cameras=[]: name at least one camera of {ds.root} (it has {have or 'no cameras'})")
@@ -38,18 +38,20 @@ def check_dataset(ds, cameras: list[str]) -> None:
     if unknown:
         raise ValueError(f"cameras={list(cameras)}: {unknown} not in the dataset {ds.root}; its cameras: "
                          f"{have or 'none (record with cameras=[...])'}")
-    if SUCCESS_KEY not in ds.features:
-        raise ValueError(f"{ds.root}: no {SUCCESS_KEY!r} column; the classifier learns from per-frame success "
-                         "labels (armflow collect writes them)")
+    if label_key not in ds.features:
+        bools = sorted(k for k, f in ds.features.items() if f["dtype"] == "bool")
+        raise ValueError(f"{ds.root}: no {label_key!r} column; the classifier learns from per-frame success "
+                         f"labels (armflow collect writes next.success; bool columns here: {bools})")
 
 
-def episode_outcomes(ds) -> list[bool]:
-    success = np.asarray(ds.column(SUCCESS_KEY), dtype=bool).reshape(-1)
+def episode_outcomes(ds, label_key: str = SUCCESS_KEY) -> list[bool]:
+    success = np.asarray(ds.column(label_key), dtype=bool).reshape(-1)
     return [bool(success[lo:hi].any()) for lo, hi in ds.episode_ranges]
 
 
 def labelled_frames(ds, episodes: list[int], cameras: list[str], positive_frames: int | None,
-                    boundary_skip: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+                    boundary_skip: int, label_key: str = SUCCESS_KEY
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(camera -> uint8 (N, H, W, 3), labels (N,) 0/1, episode index (N,)) of the labelled frames of ``episodes``."""
     from armflow.rewards.classifier_fit import episode_labels
     from armflow.rewards.metrics import frame_success
@@ -57,7 +59,7 @@ def labelled_frames(ds, episodes: list[int], cameras: list[str], positive_frames
     images: dict[str, list] = {c: [] for c in cameras}
     labels, owners = [], []
     for i in episodes:
-        lab = episode_labels(frame_success(ds.episode(i)[SUCCESS_KEY]), positive_frames, boundary_skip)
+        lab = episode_labels(frame_success(ds.episode(i)[label_key]), positive_frames, boundary_skip)
         keep = np.flatnonzero(lab >= 0)
         for cam in cameras:
             images[cam].append(ds.episode_frames(i, IMAGE_PREFIX + cam)[keep])
@@ -94,12 +96,13 @@ def fit_on_dataset(cfg: DictConfig) -> tuple[object, dict, tuple[dict, np.ndarra
 
     ds = LeRobotDataset(cfg.dataset)
     cameras = list(cfg.cameras)
-    check_dataset(ds, cameras)
-    outcomes = episode_outcomes(ds)
+    label_key = str(cfg.get("label_key") or SUCCESS_KEY)
+    check_dataset(ds, cameras, label_key)
+    outcomes = episode_outcomes(ds, label_key)
     train_ids, val_ids = split_episodes(outcomes, float(cfg.val_fraction), int(cfg.seed))
     k = int(cfg.positive_frames) if cfg.positive_frames else None
-    train_x, train_y, _ = labelled_frames(ds, train_ids, cameras, k, int(cfg.boundary_skip))
-    val_x, val_y, _ = labelled_frames(ds, val_ids, cameras, k, int(cfg.boundary_skip))
+    train_x, train_y, _ = labelled_frames(ds, train_ids, cameras, k, int(cfg.boundary_skip), label_key)
+    val_x, val_y, _ = labelled_frames(ds, val_ids, cameras, k, int(cfg.boundary_skip), label_key)
     check_classes(train_y, "train", ds.root)
     check_classes(val_y, "validation", ds.root)
     height, width, _ = ds.features[IMAGE_PREFIX + cameras[0]]["shape"]
@@ -114,7 +117,7 @@ def fit_on_dataset(cfg: DictConfig) -> tuple[object, dict, tuple[dict, np.ndarra
     train_s = time.monotonic() - t0
     model = calibrate_and_threshold(model, val_x, val_y, float(cfg.target_fp), float(cfg.min_threshold),
                                     bool(cfg.calibrate))
-    summary = {"dataset": str(ds.root), "cameras": cameras, "episodes_train": train_ids, "episodes_val": val_ids,
+    summary = {"dataset": str(ds.root), "label_key": label_key, "cameras": cameras, "episodes_train": train_ids, "episodes_val": val_ids,
                "train_frames": {"positive": int(train_y.sum()), "negative": int((train_y == 0).sum())},
                "val_frames": {"positive": int(val_y.sum()), "negative": int((val_y == 0).sum())},
                "steps": int(cfg.steps), "best_step": result["best_step"], "train_wall_s": train_s,

@@ -30,7 +30,7 @@ def _dataset(out):
 
 def test_serl_stream_alternates_skills_with_no_scene_reset(improve_assets, improve_overrides, tmp_path):
     out = tmp_path / "run"
-    summary = _improve(improve_overrides(improve_assets, out, threshold=0.0))
+    summary = _improve(improve_overrides(improve_assets, out, threshold=0.0, extra=["preset=serl"]))
     assert set(SUMMARY_KEYS) <= set(summary)
     assert set(summary["success_rate"]) >= {"start", "final"} and set(summary["detector"]) >= {"fp_rate", "fn_rate"}
     assert summary["scene_resets"] == 0 and summary["needs_human"] == 0
@@ -61,7 +61,7 @@ def test_serl_stream_alternates_skills_with_no_scene_reset(improve_assets, impro
 
 def test_never_detected_raises_needs_human_and_counts_the_resets(improve_assets, improve_overrides, tmp_path):
     out = tmp_path / "run"
-    summary = _improve(improve_overrides(improve_assets, out, threshold=1.0, extra=["max_failures=2"]))
+    summary = _improve(improve_overrides(improve_assets, out, threshold=1.0, extra=["max_failures=2", "preset=serl"]))
     assert summary["attempts"] == {"forward": summary["attempts"]["forward"]}  # never left the forward skill
     assert summary["needs_human"] == summary["attempts"]["forward"] // 2 >= 1
     assert summary["scene_resets"] == summary["needs_human"]  # human_reset=auto: one scene reset per event

@@ -119,3 +119,37 @@ def test_bench_reward_tiny_emits_the_bench_json_keys(tmp_path, capsys):
     assert 0.0 <= res["classifier_accuracy"] <= 1.0 and res["classifier_frames_per_s"] > 0
     assert res["vlm_lost_or_mismatched"] == 0 and res["vlm_cache_rerun_requests"] == 0
     assert res["episodes"] == 8 and res["test_frames"] > 0
+
+
+def test_reward_fit_label_key_trains_on_another_label_column(dataset, tmp_path, capsys):
+    """The flywheel: an improve dataset's `next.success` is the old detector's decision; `label_key=` names the
+    column to learn from (in sim `improve.privileged_success`). Here a copy whose `next.success` is all false and
+    whose real labels sit in `audit.success`: the default has no positives, the label key finds them."""
+    from armflow.data import LeRobotDataset, LeRobotWriter
+
+    src = LeRobotDataset(dataset)
+    feats = {k: {"dtype": f["dtype"], "shape": tuple(f["shape"]), "names": f.get("names")}
+             for k, f in src.features.items() if not k.startswith(("timestamp", "frame_index", "episode_index",
+                                                                   "index", "task_index"))}
+    feats["audit.success"] = {"dtype": "bool", "shape": (1,), "names": None}
+    root = tmp_path / "relabelled"
+    with LeRobotWriter(root, fps=src.fps, features=feats) as w:
+        for i in range(src.num_episodes):
+            ep = src.episode(i)
+            frames = src.episode_frames(i, "observation.images.agentview")
+            for t in range(len(frames)):
+                row = {k: ep[k][t] for k in feats if k in ep and not k.startswith("observation.images.")}
+                row["observation.images.agentview"] = frames[t]
+                row["audit.success"], row["next.success"] = ep["next.success"][t], np.array([False])
+                w.add_frame(row)
+            w.save_episode(task="lift")
+    assert cli_main(["reward", "fit", f"dataset={root}", "cameras=[agentview]", *SMALL_FIT,
+                     f"out={tmp_path / 'default'}"]) == 1
+    assert "positive" in capsys.readouterr().err
+    assert cli_main(["reward", "fit", f"dataset={root}", "cameras=[agentview]", "label_key=audit.success",
+                     *SMALL_FIT, f"out={tmp_path / 'keyed'}"]) == 0
+    metrics = json.loads((tmp_path / "keyed" / "metrics.json").read_text())
+    assert metrics["label_key"] == "audit.success" and metrics["train_frames"]["positive"] > 0
+    assert cli_main(["reward", "fit", f"dataset={root}", "cameras=[agentview]", "label_key=nope",
+                     f"out={tmp_path / 'bad'}"]) == 1
+    assert "audit.success" in capsys.readouterr().err  # the error lists the bool columns

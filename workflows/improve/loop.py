@@ -112,7 +112,7 @@ class ImproveLoop:
 
         def on_state(st) -> bool:
             self.recorder.add(self.state.extras, chunk[len(executed)], rt.skill.name, version,
-                              rt.detector.version, human)
+                              rt.detector.version, human, bool(st.extras.get(rt.skill.audit_key, False)))
             executed.append(chunk[len(executed)])
             self.state = st
             rt.runner.observe(self._obs(rt, st))
@@ -137,7 +137,7 @@ class ImproveLoop:
         self.audit.add(detected, None if truth is None else bool(truth))
         truncated = not detected and att.steps >= rt.skill.time_limit_steps
         self.recorder.amend_last(reward=float(detected), success=detected, detector_value=value,
-                                 privileged=bool(truth), terminated=detected, truncated=truncated)
+                                 terminated=detected, truncated=truncated)
         if rt.learner is not None:
             normalise = rt.policy.normalizer.normalize
             action = record.get("action")
@@ -226,9 +226,11 @@ class ImproveLoop:
         out, version, act = [], rt.learner.version if rt.learner is not None else 0, first
         while act is not None:
             t0 = time.monotonic()
-            self.recorder.add(self.state.extras, act, rt.skill.name, version, rt.detector.version, True)
+            before = self.state.extras
             self.state = send_and_follow(self.client, self.state, np.asarray(act, np.float64)[None], ACTION_SPACE,
                                          self.dt_ns, lambda st: False)
+            self.recorder.add(before, act, rt.skill.name, version, rt.detector.version, True,
+                              bool(self.state.extras.get(rt.skill.audit_key, False)))
             rt.runner.observe(self._obs(rt, self.state))
             out.append(np.asarray(act, np.float32))
             self.counters.intervention_steps += 1

@@ -6,7 +6,7 @@ detector's reward), ``next.done`` / ``next.truncated`` (terminated = detected su
 ``next.success`` (the detector's decision: what a relabelling pass replaces), ``improve.skill`` (index into
 ``meta/improve.json`` skills), ``improve.policy_version``, ``improve.reward_model_version`` (index into its
 versions), ``improve.intervention`` (a human drove this step), ``improve.detector_value`` and, in sim only,
-``improve.privileged_success`` (audit). ``meta/improve.json`` maps the indices to names.
+``improve.privileged_success`` (the audit flag after every step: ``armflow reward fit label_key=`` trains on it). ``meta/improve.json`` maps the indices to names.
 """
 from __future__ import annotations
 
@@ -58,10 +58,11 @@ class StreamRecorder:
         return self.writer.num_episodes
 
     def add(self, extras: dict, action: np.ndarray, skill: str, policy_version: int, reward_model_version: str,
-            intervened: bool) -> None:
-        """One robot step: the state the action was taken in and the action. Its outcome columns (reward, done,
-        the detector) stay pending until ``amend_last`` or the next ``add``: unscored steps get reward 0 and
-        ``improve.detector_value`` NaN (the detector runs at chunk ends)."""
+            intervened: bool, privileged: bool = False) -> None:
+        """One robot step: the state the action was taken in, the action and ``privileged``: the audit flag of the
+        state it led to (sim). The detector's columns (reward, done, success, value) stay pending until
+        ``amend_last`` or the next ``add``: unscored steps get reward 0 and ``improve.detector_value`` NaN (the
+        detector runs at chunk ends)."""
         self._flush()
         if reward_model_version not in self.versions:
             self.versions.append(reward_model_version)
@@ -74,15 +75,15 @@ class StreamRecorder:
                       "improve.intervention": np.array([intervened])})
         self._pending = frame
         self.amend_last()
+        self._pending["improve.privileged_success"] = np.array([privileged])
 
     def amend_last(self, reward: float = 0.0, success: bool = False, detector_value: float = float("nan"),
-                   privileged: bool = False, terminated: bool = False, truncated: bool = False) -> None:
+                   terminated: bool = False, truncated: bool = False) -> None:
         """Set the outcome columns of the newest step (the chunk's last, once the detector has scored it)."""
         self._pending.update({"next.reward": np.array([reward], np.float32),
                               "next.done": np.array([terminated or truncated]),
                               "next.truncated": np.array([truncated]), "next.success": np.array([success]),
-                              "improve.detector_value": np.array([detector_value], np.float32),
-                              "improve.privileged_success": np.array([privileged])})
+                              "improve.detector_value": np.array([detector_value], np.float32)})
 
     def _flush(self) -> None:
         if self._pending is not None:
