@@ -85,7 +85,9 @@ class PlaceExpert:
         norm = float(np.linalg.norm(dpos))
         if norm > pick.max_speed:
             dpos *= pick.max_speed / norm
-        drot = pick._rotation_error(self.env.cube_yaw_rad(0)) / cfg.max_drot_rad
+        # carrying, the gripper turns the held cube square to the world (lift's start: no yaw), else it follows the cube
+        yaw = 0.0 if self.phase in ("carry", "lower") else self.env.cube_yaw_rad(0)
+        drot = pick._rotation_error(yaw) / cfg.max_drot_rad
         return np.concatenate((dpos, drot, [grip]))
 
     def _phase_target(self, cube: np.ndarray, ee: np.ndarray) -> tuple[np.ndarray, float]:

@@ -123,3 +123,13 @@ def test_sigkill_holds_the_arm_and_resume_continues(improve_assets, improve_over
     assert resets_after_kill == saved["scene_resets_at_start"]
     assert saved["learners"]["forward"]["version"] <= max(
         json.loads(line).get("learner/forward_version", 0) for line in (out / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_detection_counts_only_after_the_skills_requires_held(improve_assets, improve_overrides, tmp_path):
+    """The reset skill's `requires` (fingers on something at some chunk end) never holds here: its detector fires at
+    every chunk end (threshold 0) yet no reset attempt succeeds, while the forward skill (no requires) does."""
+    out = tmp_path / "run"
+    summary = _improve(improve_overrides(improve_assets, out, threshold=0.0, extra=[
+        "preset=serl", "max_failures=1000", "skills.reset.requires=[{index:7,op:'>',threshold:10.0}]"]))
+    assert summary["attempts"]["forward"] == 1 and summary["detected_successes"]["forward"] == 1
+    assert summary["attempts"]["reset"] >= 2 and summary["detected_successes"]["reset"] == 0

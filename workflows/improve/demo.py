@@ -18,7 +18,7 @@ STATE_KEYS = ["observation.state", "observation.environment_state"]
 SKILL_TASKS = {"forward": "lift", "reset": "place"}  # the scripted task whose demos teach each demo skill
 # the reset skill also fetches a cube a failed forward attempt left on the table (half its demos start there), and
 # its demos go on 10 steps after success (released, rising): the policy learns to stay released, not to re-grasp
-TASK_OVERRIDES = {"place": {"held_start_prob": 0.5}}
+TASK_OVERRIDES = {"place": {"held_start_prob": 0.5, "cube_yaw_range_rad": 0.3}}  # it squares a turned cube
 HOLD_STEPS = {"place": 10}
 
 

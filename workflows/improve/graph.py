@@ -14,9 +14,8 @@ medal      stay on a skill for ``switch_every_steps`` robot steps (attempts insi
            timeout), then switch
 =========  ==============================================================================================
 
-Stuck detection (``StuckDetector``): ``max_failures`` failed attempts of one skill with no success of any skill in
-between, or the object out of the workspace, raise a needs-human event; the loop counts them and asks for (or, in
-sim, performs) a human reset.
+Stuck detection (``StuckDetector``): ``max_failures`` failed attempts of one skill in a row, or the object out of
+the workspace, raise a needs-human event; the loop counts them and asks for (or, in sim, performs) a human reset.
 """
 from __future__ import annotations
 
@@ -44,6 +43,9 @@ class Skill:
     rest_before: str = "always"
     detector: dict = field(default_factory=dict)
     audit_key: str = "success"
+    requires: list = field(default_factory=list)  # gate dicts on observation.state that must all have held at some
+    # chunk end of the attempt (or its start) before a detection counts: a reset skill that starts where a placed cube
+    # already "looks placed" must first have held it
 
     def __post_init__(self):
         if self.time_limit_steps < 1:
@@ -96,14 +98,12 @@ class StuckDetector:
     failures_in_row: dict = field(default_factory=dict)
 
     def attempt(self, skill: str, success: bool) -> str | None:
-        """Record an attempt; returns the needs-human reason or None. A success of any skill clears every count:
-        the scene moved on (robofume alternates; a forward failure followed by a reset success is not stuck)."""
-        if success:
-            self.failures_in_row.clear()
-            return None
-        n = self.failures_in_row[skill] = self.failures_in_row.get(skill, 0) + 1
+        """Record an attempt; returns the needs-human reason or None. Counted per skill (another skill's success in
+        between does not clear it: robofume's reset succeeding every time while forward keeps failing is stuck)."""
+        n = 0 if success else self.failures_in_row.get(skill, 0) + 1
+        self.failures_in_row[skill] = n
         if n >= self.max_failures:
-            return f"{skill}: {n} failed attempts in a row (no success of any skill since)"
+            return f"{skill}: {n} failed attempts in a row"
         return None
 
     def workspace(self, in_workspace: bool | None) -> str | None:

@@ -17,6 +17,7 @@ from armflow.workflows.deploy import send_and_follow
 from armflow.workflows.improve.graph import Skill, StuckDetector, TaskGraph
 
 ACTION_SPACE = "ee_delta"
+_OPS = {">": float.__gt__, "<": float.__lt__, ">=": float.__ge__, "<=": float.__le__}
 
 
 @dataclass
@@ -35,7 +36,7 @@ class SkillRuntime:
 class Attempt:
     skill: str
     steps: int = 0
-    failed_before: bool = False  # the previous attempt was this skill's, and it failed
+    ready: bool = False  # the skill's ``requires`` predicates have all held at a chunk end (or the start)
     frames: int = 0
     intervened: bool = False
 
@@ -88,7 +89,7 @@ class ImproveLoop:
         if self.rest_pose is not None and (mode == "always" or (mode == "after_failure" and self.last_failed)):
             self.rest_move()
         rt.runner.start(self._obs(rt), seeds=None)
-        self.attempt = Attempt(rt.skill.name)
+        self.attempt = Attempt(rt.skill.name, ready=self._requires_met(rt))
 
     def step(self) -> dict | None:
         """Run one chunk of the current attempt; returns the attempt's result when it ended."""
@@ -132,7 +133,8 @@ class ImproveLoop:
         self.counters.steps_on_skill += n
         att.intervened |= human
         value, valid = rt.detector(self.state.extras)
-        detected = valid and rt.detector.success(value)
+        att.ready = att.ready or self._requires_met(rt)
+        detected = valid and rt.detector.success(value) and att.ready
         truth = self.state.extras.get(rt.skill.audit_key)
         self.audit.add(detected, None if truth is None else bool(truth))
         truncated = not detected and att.steps >= rt.skill.time_limit_steps
@@ -240,6 +242,10 @@ class ImproveLoop:
             act = self.intervention.poll(_frame(self.state.extras), f"HUMAN ({rt.skill.name})",
                                          policy_gripper=self.gripper)
         return out
+
+    def _requires_met(self, rt: SkillRuntime) -> bool:
+        state = np.asarray(self.state.extras.get("observation.state", []), float).reshape(-1)
+        return all(_OPS[g.get("op", ">")](float(state[int(g["index"])]), float(g["threshold"])) for g in rt.skill.requires)
 
     def _obs(self, rt: SkillRuntime, state=None) -> dict:
         extras = (state or self.state).extras

@@ -44,7 +44,8 @@ def skills_from(cfg: DictConfig) -> list[Skill]:
         s = OmegaConf.to_container(s, resolve=True)
         out.append(Skill(name=name, checkpoint=s["checkpoint"], instruction=s["instruction"],
                          time_limit_steps=int(s["time_limit_steps"]), learn=bool(s["learn"]),
-                         rest_before=str(s["rest_before"]), detector=s["detector"], audit_key=s["audit_key"]))
+                         rest_before=str(s["rest_before"]), detector=s["detector"], audit_key=s["audit_key"],
+                         requires=list(s.get("requires") or [])))
     return out
 
 
