@@ -114,8 +114,8 @@ def _load_steered(kind: str, directory: Path, base: BasePolicy):
         from armflow.policies.rl.dsrl import wrap_dsrl_export
 
         return wrap_dsrl_export(directory, base)
-    if kind in ("vgps", "gpc", "cfg"):  # inference-time steering (armflow.policies.steering)
-        from armflow.policies.steering import load_steered_export
+    from armflow.policies.steering import STEERING, load_steered_export  # inference-time steering methods
 
+    if kind in STEERING:
         return load_steered_export(kind, directory, base, _read_config(directory)["steering"])
-    raise PolicyLoadError(directory / CONFIG_FILE, f"unknown steering type {kind!r}; valid: dsrl, vgps, gpc, cfg")
+    raise PolicyLoadError(directory / CONFIG_FILE, f"unknown steering type {kind!r}; valid: dsrl, {', '.join(STEERING)}")

@@ -2,9 +2,9 @@
 
 Per method, ms per ``predict_chunk`` at batch 1 on one thread (p50/p99) and ``<method>_ratio`` = p50 / the base
 policy's p50 measured in the same rounds. ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
-``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``, ``cfg``: ``<method>_p50_ms``, ``<method>_p99_ms``,
-``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``; a fresh policy of
-the same shapes plus a 2-D condition). ITPS and DynaGuide are not built (README "Known limits").
+``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``, ``cfg``, ``dynaguide``: ``<method>_p50_ms``,
+``<method>_p99_ms``, ``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``;
+a fresh policy of the same shapes plus a 2-D condition). ITPS and DynaGuide are not built (README "Known limits").
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
     conditioned = fresh_policy(int(cfg.seed), condition=True)
     methods["cfg_base"] = conditioned
     methods["cfg"] = steer(conditioned, {"type": "cfg", "w": 2.0, "value": [1.0, 0.0]})
+    from armflow.workflows.dynamics import untrained_dynaguide  # DynaGuide: untrained model, 8 + 8 random goals
+
+    methods["dynaguide"] = untrained_dynaguide(base, out, int(cfg.seed))
     return methods
 
 

@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reward eval": ("armflow.workflows.reward_eval", "reward_eval"),
     "bench reward": ("armflow.workflows.bench_reward", "bench_reward"),
     "critic": ("armflow.workflows.critic", "critic"),
+    "dynamics": ("armflow.workflows.dynamics", "dynamics"),
     "bench steering": ("armflow.workflows.bench_steering", "bench_steering"),
     "bench vgps": ("armflow.workflows.bench_vgps", "bench_vgps"),
     "bench cfg": ("armflow.workflows.bench_cfg", "bench_cfg"),

@@ -18,6 +18,8 @@ from .base import SteeredPolicy, summarise_diagnostics
 from .cfg import CFGConfig, CFGPolicy, load_cfg_export
 from .critic import ChunkCritic, CriticConfig, check_critic, load_critic
 from .critic_losses import calql_loss, expectile_loss, iql_loss, td_target
+from .dynaguide import DynaGuideConfig, DynaGuidePolicy, goal_score, load_dynaguide_export
+from .dynamics import LatentDynamics, check_dynamics, load_dynamics
 from .gpc import GPCConfig, GPCPolicy, load_gpc_export
 from .itps import ITPSConfig, ITPSPolicy, check_goal, load_itps_export
 from .vgps import VGPSConfig, VGPSPolicy, load_vgps_export, pick_candidates
@@ -28,6 +30,7 @@ STEERING: dict[str, tuple[type, type, Any]] = {
     "gpc": (GPCConfig, GPCPolicy, load_gpc_export),
     "cfg": (CFGConfig, CFGPolicy, load_cfg_export),
     "itps": (ITPSConfig, ITPSPolicy, load_itps_export),
+    "dynaguide": (DynaGuideConfig, DynaGuidePolicy, load_dynaguide_export),
 }
 
 
@@ -67,3 +70,4 @@ def load_steered_export(kind: str, directory, base, spec: Mapping) -> SteeredPol
 __all__ = ["STEERING", "CFGConfig", "CFGPolicy", "ChunkCritic", "CriticConfig", "GPCConfig", "GPCPolicy", "ITPSConfig", "ITPSPolicy", "SteeredPolicy", "VGPSConfig",
            "VGPSPolicy", "calql_loss", "check_critic", "check_goal", "expectile_loss", "iql_loss", "load_critic",
            "load_steered_export", "parse_spec", "pick_candidates", "steer", "summarise_diagnostics", "td_target"]
+__all__ += ["DynaGuideConfig", "DynaGuidePolicy", "LatentDynamics", "check_dynamics", "goal_score", "load_dynamics"]
