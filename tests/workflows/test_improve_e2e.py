@@ -57,6 +57,8 @@ def test_serl_stream_alternates_skills_with_no_scene_reset(improve_assets, impro
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(r.get("learner/forward_version", 0) for r in rows) >= 1
     assert (out / "policy" / "dsrl_noise_actor.safetensors").exists() and (out / "report.md").exists()
+    assert len(summary["videos"]) == 2 and all(os.path.getsize(v) > 1000 for v in summary["videos"])
+    assert "## The improved forward skill" in (out / "report.md").read_text()
 
 
 def test_never_detected_raises_needs_human_and_counts_the_resets(improve_assets, improve_overrides, tmp_path):

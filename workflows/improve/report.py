@@ -45,6 +45,10 @@ def write_report(out: Path, summary: dict) -> Path:
         strip = save_filmstrip(out / "stream_filmstrip.png", videos[-1], n_frames=8)
         lines += ["## The stream", "", f"The continuous run as the robot's camera saw it (no scene resets): [{rel}]({rel})",
                   "", f"![stream]({strip.name})", ""]
+    if summary.get("videos"):
+        lines += ["## The improved forward skill", ""] + [
+            f"- [{Path(v).name}]({Path(v).resolve().relative_to(out.resolve())}) (evaluation seed, third person)"
+            for v in summary["videos"]] + [""]
     if summary.get("needs_human_reasons"):
         lines += ["## Needs-human events", ""] + [f"- {r}" for r in summary["needs_human_reasons"]] + [""]
     path = out / "report.md"

@@ -94,6 +94,14 @@ def acting_policy(rt: SkillRuntime):
     return DSRLPolicy(rt.policy, copy.deepcopy(rt.learner.acting))
 
 
+def final_videos(rt: SkillRuntime, cfg: DictConfig, out: Path) -> list[str]:
+    """The improved forward skill on the first ``eval.video_episodes`` evaluation seeds (third-person MP4s)."""
+    from armflow.workflows.evaluate import record_videos
+
+    seeds = [int(cfg.eval.seed) + i for i in range(int(cfg.eval.get("video_episodes", 2)))]
+    return record_videos(acting_policy(rt), cfg.task, seeds, out / "videos", {})["videos"]
+
+
 def evaluate_skill(rt: SkillRuntime, cfg: DictConfig, episodes: int) -> dict:
     from armflow.workflows.evaluate import evaluate_policy
 
@@ -179,6 +187,7 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
     client.disarm()
     save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
     final = evaluate_skill(forward, cfg, int(cfg.eval.final_episodes))
+    final["videos"] = final_videos(forward, cfg, out)
     if forward.learner is not None:
         forward.learner.learner.export(str(out / "policy"))
     return summarise(out, client, counters, audit, history, final, intervention, recorder, resets0)
@@ -226,7 +235,7 @@ def summarise(out: Path, client, counters: Counters, audit: DetectorAudit, histo
         "detected_successes": counters.detected, "privileged_successes": counters.privileged,
         "rest_moves": counters.rest_moves, "eval_history": history["eval"], "audit_history": history["audit"],
         "dataset": {"root": str(out / "dataset"), "episodes": recorder.episodes},
-        "policy": str(out / "policy"),
+        "policy": str(out / "policy"), "videos": final.get("videos", []),
     }
     write_json(out / "summary.json", summary)
     summary["report"] = str(write_report(out, summary))
