@@ -1,10 +1,11 @@
 """``armflow bench steering``: latency of each steering method against the unsteered sample of the same policy.
 
 Per method, ms per ``predict_chunk`` at batch 1 on one thread (p50/p99) and ``<method>_ratio`` = p50 / the base
-policy's p50 measured in the same rounds. ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
+policy's p50 measured in the same rounds (ITPS: ``itps_pr``, ``itps_bi``, ``itps_gd``, ``itps_ss``, a point goal
+``itps_goal``). ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
 ``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``, ``cfg``, ``dynaguide``: ``<method>_p50_ms``,
 ``<method>_p99_ms``, ``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``;
-a fresh policy of the same shapes plus a 2-D condition). ITPS and DynaGuide are not built (README "Known limits").
+a fresh policy of the same shapes plus a 2-D condition).
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
         members.append(str(other.save_pretrained(out / f"bench_gpc_member_{i + 1}")))
     n = len(members) + 1
     methods["gpc"] = steer(base, {"type": "gpc", "policies": members, "weights": [1.0 / n] * n})
+    for strategy in ("pr", "bi", "gd", "ss"):  # ITPS at its defaults (K 32, guidance 60, 4 MCMC steps)
+        methods[f"itps_{strategy}"] = steer(base, {"type": "itps", "goal": list(cfg.itps_goal), "strategy": strategy})
     conditioned = fresh_policy(int(cfg.seed), condition=True)
     methods["cfg_base"] = conditioned
     methods["cfg"] = steer(conditioned, {"type": "cfg", "w": 2.0, "value": [1.0, 0.0]})

@@ -4,7 +4,8 @@ and the run summary's ``steering`` entry (the spec and the summarised per-chunk 
 The YAML lists every method's keys with null (null = the method's default), so ``steering.type=vgps
 steering.critic=DIR steering.K=16`` needs no ``+``; a non-null key the chosen method does not have fails listing
 its valid keys. GPC with ``weights`` null searches the weights on a few episodes first (``gpc_search``; evaluate
-only: the search needs the simulator).
+only: the search needs the simulator). ITPS runs add ``alignment_m_mean`` and ``guidance_norm_mean`` to the
+summarised diagnostics; its interactive viewer is ``armflow.workflows.itps_viewer``.
 """
 from __future__ import annotations
 
@@ -64,5 +65,11 @@ def steering_summary(policy, entry: dict | None) -> dict | None:
 
     if entry is None:
         return None
-    return {**entry, "diagnostics": summarise_diagnostics(getattr(policy, "diagnostics", []))}
+    diagnostics = getattr(policy, "diagnostics", [])
+    summary = summarise_diagnostics(diagnostics)
+    for key in ("alignment_m", "guidance_norm"):  # ITPS: distance of the executed chunks, |g| per level
+        values = [v for d in diagnostics for v in d.get(key) or ()]
+        if values:
+            summary[f"{key}_mean"] = float(sum(values) / len(values))
+    return {**entry, "diagnostics": summary}
 

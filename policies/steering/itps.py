@@ -10,8 +10,8 @@ ee-delta chunk implies (``itps_math``). Four strategies, each one sampler hook (
 
 Goal: ``spec.goal`` (a point [x, y, z] or a path [[x, y, z], ...]) inside ``WORKSPACE_LOW_M .. WORKSPACE_HIGH_M``
 (the box the Panda's grip site reaches, ``armflow.sim.persistent``); :meth:`ITPSPolicy.set_goal` changes it between
-chunks (the viewer's click, or one goal per batch row). The grip site p_0 is ``observation.state[..., -1, 0:3]``.
-Diagnostics per chunk: ``alignment_m`` (B,), ``guidance_norm`` (mean |g| per level), for ``pr`` ``scores`` (B, K)
+chunks (the viewer's click, or one goal per batch row); with no goal yet it samples as the base policy. The grip site p_0 is ``observation.state[..., -1, 0:3]``.
+Diagnostics per chunk: ``goal_m`` (the shared goal, None per-row / none), ``alignment_m`` (B,), ``guidance_norm`` (mean |g| per level), for ``pr`` ``scores`` (B, K)
 = -D and ``chosen`` (B,), ``hook_ms``.
 """
 from __future__ import annotations
@@ -39,17 +39,21 @@ class ITPSConfig:
     goal: tuple = ()            # point [x, y, z] or path [[x, y, z], ...] [m], world frame; () = set_goal() later
     strategy: str = "ss"        # pr | bi | gd | ss (module docstring)
     K: int = 32                 # pr: candidate chunks sampled in one batch
-    guidance: float = 20.0      # gd / ss: weight of -dD/dx_hat added each level [1/m in normalised action units]
+    guidance: float = 60.0      # gd / ss: weight of -dD/dx_hat added each level (pick_either: 60 for both)
     mcmc_steps: int = 4         # ss: corrector steps per level
     bi_skip: float = 0.5        # bi: fraction of the sampler levels skipped (the goal chunk's noise level)
     max_dpos_m: float = 0.05    # the env's position delta at |action| = 1 [m per step] (lift / pick_either: 0.05)
+    radius_m: float = 0.0       # distances up to this count as aligned (the goal is a ball of this radius) [m]
+    tracking: float = 0.5       # fraction of a commanded delta the arm realises per step (sim Panda's servo lag ~0.5)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"steering.strategy={self.strategy!r}: valid: {', '.join(STRATEGIES)}")
-        if int(self.K) < 2 or float(self.guidance) < 0 or int(self.mcmc_steps) < 0 or float(self.max_dpos_m) <= 0:
+        if (int(self.K) < 2 or float(self.guidance) < 0 or int(self.mcmc_steps) < 0 or float(self.max_dpos_m) <= 0
+                or float(self.radius_m) < 0 or not 0 < float(self.tracking) <= 1):
             raise ValueError(f"steering: K={self.K} must be >= 2, guidance={self.guidance} >= 0, mcmc_steps="
-                             f"{self.mcmc_steps} >= 0, max_dpos_m={self.max_dpos_m} > 0")
+                             f"{self.mcmc_steps} >= 0, max_dpos_m={self.max_dpos_m} > 0, radius_m={self.radius_m} >= 0, "
+                             f"tracking={self.tracking} in (0, 1]")
         if not 0.0 < float(self.bi_skip) < 1.0:
             raise ValueError(f"steering.bi_skip={self.bi_skip} must be in (0, 1)")
         self.goal = tuple(tuple(float(v) for v in p) if np.ndim(p) else float(p) for p in self.goal)
@@ -101,6 +105,13 @@ class ITPSPolicy(SteeredPolicy):
         if spec.goal:
             self.set_goal(spec.goal)
 
+    @property
+    def step_m(self) -> float:
+        """Realised grip-site motion per unit position action [m per step]: ``max_dpos_m * tracking`` (the sim Panda
+        re-anchors its target every step, so a sustained delta moves it about half as far: a commanded path
+        overshoots the real one twice, and steering it would stop the arm short of the goal)."""
+        return float(self.spec.max_dpos_m) * float(self.spec.tracking)
+
     def set_goal(self, goal, per_row: bool = False) -> None:
         """A point (3,) or path (M, 3) for every row, or with ``per_row`` one per batch row ((B, 3) or (B, M, 3));
         used from the next ``predict_chunk``."""
@@ -132,27 +143,26 @@ class ITPSPolicy(SteeredPolicy):
 
     # ----------------------------------------------------------------- steering
     def _goal_rows(self, n: int) -> torch.Tensor:
-        if self.goal_m is None:
-            raise ValueError("itps: no goal; give steering.goal=[x, y, z] or call set_goal() (the viewer's click)")
         if len(self.goal_m) not in (1, n):
             raise ValueError(f"itps: {len(self.goal_m)} per-row goals for a batch of {n}")
         return self.goal_m.expand(n, -1, -1) if len(self.goal_m) == 1 else self.goal_m
 
-    def distance(self, p0_m: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Alignment distance D (N,) [m] of chunks (N, T_p, D_a) in robot units from grip sites p0 (N, 3)."""
-        goal = self._goal_rows(len(p0_m))
-        return im.alignment(im.ee_path(p0_m, actions.float(), float(self.spec.max_dpos_m)), goal)[0]
+    def distance(self, p0_m: torch.Tensor, actions: torch.Tensor, goal: torch.Tensor | None = None) -> torch.Tensor:
+        """Alignment distance D (N,) [m] of chunks (N, T_p, D_a) in robot units from grip sites p0 (N, 3) to ``goal``
+        (N or 1, M, 3; default the policy's goal)."""
+        goal = self._goal_rows(len(p0_m)) if goal is None else goal
+        return im.alignment(im.ee_path(p0_m, actions.float(), self.step_m), goal, p0_m, float(self.spec.radius_m))[0]
 
     def _guidance_term(self, p0_m: torch.Tensor, goal: torch.Tensor, diag: dict):
         """g(x, x_hat, k) = -w dD/dx_hat, x_hat in normalised units: da/dx_n is the normaliser's out_scale."""
         nz = self.base.normalizer
         offset, out_scale = nz._buffer(ACTION_KEY, "offset"), nz._buffer(ACTION_KEY, "out_scale")
-        w, dpos = float(self.spec.guidance), float(self.spec.max_dpos_m)
+        w, dpos, radius = float(self.spec.guidance), self.step_m, float(self.spec.radius_m)
 
         def term(x, x_hat, k):
             t0 = time.perf_counter()
             a_hat = x_hat.detach().clamp(-1.0, 1.0) * out_scale + offset
-            _, dpath = im.alignment(im.ee_path(p0_m, a_hat, dpos), goal)
+            _, dpath = im.alignment(im.ee_path(p0_m, a_hat, dpos), goal, p0_m, radius)
             g = -w * im.action_grad(dpath, dpos, a_hat.shape[-1]).to(x_hat) * out_scale
             diag["guidance_norm"].append(float(g.norm(dim=(1, 2)).mean()))
             diag["hook_ms"] += (time.perf_counter() - t0) * 1e3
@@ -165,7 +175,7 @@ class ITPSPolicy(SteeredPolicy):
         base = self.base
         n_levels = base.num_inference_steps
         s = min(max(int(round(float(self.spec.bi_skip) * n_levels)), 1), n_levels - 1)
-        chunk = im.goal_chunk(p0_m, goal, base.horizon, base.n_action_steps, float(self.spec.max_dpos_m),
+        chunk = im.goal_chunk(p0_m, goal, base.horizon, base.n_action_steps, self.step_m,
                               base.action_dim)
         a_n = base.normalizer.normalize(ACTION_KEY, chunk).clamp(-1.0, 1.0)
         a_n[..., 3:] = 0.0  # rotation and gripper: the range's middle, left to the policy
@@ -181,13 +191,17 @@ class ITPSPolicy(SteeredPolicy):
             raise ValueError("itps: hooks.reranker/n_candidates/start_level are ITPS's own; pass other hooks only")
         p0_m = torch.as_tensor(obs[STATE_KEY], dtype=torch.float32)[:, -1, :3]
         batch, strategy = len(p0_m), self.spec.strategy
-        goal = self._goal_rows(batch)
         diag["guidance_norm"] = []
+        diag["goal_m"] = None if self.goal_m is None or len(self.goal_m) > 1 else self.goal_m[0].squeeze(0).tolist()
+        if self.goal_m is None:  # the viewer before its first click: the policy as trained
+            return self.base.predict_chunk(obs, noise=noise, hooks=hooks)
+        goal = self._goal_rows(batch)
         if strategy == "pr":
             def rerank(obs_, candidates):
                 t0 = time.perf_counter()
                 k = candidates.shape[1]
-                d = self.distance(p0_m.repeat_interleave(k, 0), candidates.reshape(batch * k, *candidates.shape[2:]))
+                d = self.distance(p0_m.repeat_interleave(k, 0), candidates.reshape(batch * k, *candidates.shape[2:]),
+                                  goal.repeat_interleave(k, 0))
                 scores = -d.reshape(batch, k)
                 chosen = scores.argmax(dim=1)
                 diag.update(scores=scores.tolist(), chosen=chosen.tolist())

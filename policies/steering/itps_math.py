@@ -9,8 +9,8 @@ grip site p_0 (N, 3) implies the path
 (the commanded path; the servos realise about half of a sustained delta per step, which shortens the real path but
 keeps its direction). Alignment distance to a goal (G, M, 3), G in {1, N}:
 
-- a point (M = 1): the closest approach ``D = min_t |p_t - g|`` (a chunk that reaches the point and then lifts away
-  from it is aligned);                                                                                 (2)
+- a point (M = 1): the closest approach ``D = min_{t >= 0} |p_t - g|`` (a chunk that reaches the point and then lifts
+  away from it is aligned; from an arm already there every chunk is);                                                                                 (2)
 - a sketched path (M > 1): DTW between the path and the sketch, the mean Euclidean cost over the optimal warping.  (3)
 
 The gradient is closed form (no autograd): dD/dp_t is the unit vector from the goal at the point(s) aligned with
@@ -29,15 +29,18 @@ def ee_path(p0_m: torch.Tensor, actions: torch.Tensor, max_dpos_m: float) -> tor
     return p0_m[:, None, :] + max_dpos_m * torch.cumsum(actions[..., :3], dim=1)
 
 
-def point_distance(path_m: torch.Tensor, point_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2): path (N, T, 3), point (G, 3) -> (closest approach D (N,) [m], dD/dpath (N, T, 3))."""
+def point_distance(path_m: torch.Tensor, point_m: torch.Tensor, radius_m: float = 0.0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2): path (N, T, 3), point (G, 3) -> (closest approach beyond ``radius_m``, max(D - r, 0) (N,) [m],
+    its gradient dD/dpath (N, T, 3); zero inside the radius)."""
     diff = path_m - point_m[:, None, :]
     d = diff.norm(dim=-1)  # (N, T)
     t_star = d.argmin(dim=1)
     rows = torch.arange(len(path_m))
+    d_star = d[rows, t_star]
     grad = torch.zeros_like(path_m)
-    grad[rows, t_star] = diff[rows, t_star] / d[rows, t_star, None].clamp_min(EPS_M)
-    return d[rows, t_star], grad
+    grad[rows, t_star] = diff[rows, t_star] / d_star[:, None].clamp_min(EPS_M) * (d_star > radius_m)[:, None]
+    return (d_star - radius_m).clamp_min(0.0), grad
 
 
 def _dtw_alignment(cost: np.ndarray) -> list[tuple[int, int]]:
@@ -56,7 +59,8 @@ def _dtw_alignment(cost: np.ndarray) -> list[tuple[int, int]]:
     return pairs[::-1]
 
 
-def sketch_distance(path_m: torch.Tensor, sketch_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sketch_distance(path_m: torch.Tensor, sketch_m: torch.Tensor, radius_m: float = 0.0
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(3): path (N, T, 3), sketch (G, M, 3) -> (mean DTW cost D (N,) [m], dD/dpath (N, T, 3)) with the warping
     held fixed (it is piecewise constant in the path)."""
     n = len(path_m)
@@ -67,15 +71,26 @@ def sketch_distance(path_m: torch.Tensor, sketch_m: torch.Tensor) -> tuple[torch
     for r, c in enumerate(cost.detach().cpu().numpy()):
         pairs = _dtw_alignment(c)
         i_idx, j_idx = torch.tensor([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs])
-        dist[r] = cost[r, i_idx, j_idx].mean()
-        unit = diff[r, i_idx, j_idx] / cost[r, i_idx, j_idx, None].clamp_min(EPS_M)
+        c = cost[r, i_idx, j_idx]
+        dist[r] = (c - radius_m).clamp_min(0.0).mean()
+        unit = diff[r, i_idx, j_idx] / c[:, None].clamp_min(EPS_M) * (c > radius_m)[:, None]
         grad[r].index_add_(0, i_idx, unit / len(pairs))
     return dist, grad
 
 
-def alignment(path_m: torch.Tensor, goal_m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Path (N, T, 3), goal (G, M, 3) (M = 1: a point) -> (D (N,) [m], dD/dpath (N, T, 3))."""
-    return point_distance(path_m, goal_m[:, 0]) if goal_m.shape[1] == 1 else sketch_distance(path_m, goal_m)
+def alignment(path_m: torch.Tensor, goal_m: torch.Tensor, p0_m: torch.Tensor | None = None, radius_m: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Path (N, T, 3), goal (G, M, 3) (M = 1: a point) -> (D (N,) [m], dD/dpath (N, T, 3)). With the grip site
+    ``p0_m`` (N, 3) the path starts there (p_0 of eq. 1): an arm already at the point (or past it, lifting away)
+    has D = |p_0 - g| whatever the chunk does, so the gradient is zero and every candidate ties: steering says
+    where to go, not what to do there. ``radius_m``: distances up to it count as 0 (the goal is a ball, as precise as
+    a click; inside it the policy places the gripper itself)."""
+    if p0_m is not None:
+        d, grad = alignment(torch.cat([p0_m[:, None, :], path_m], dim=1), goal_m, None, radius_m)
+        return d, grad[:, 1:]
+    if goal_m.shape[1] == 1:
+        return point_distance(path_m, goal_m[:, 0], radius_m)
+    return sketch_distance(path_m, goal_m, radius_m)
 
 
 def action_grad(dpath: torch.Tensor, max_dpos_m: float, action_dim: int) -> torch.Tensor:

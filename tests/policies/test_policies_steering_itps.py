@@ -82,19 +82,21 @@ def test_goal_chunk_reaches_a_point_after_n_reach_steps_and_holds():
 def test_each_strategy_moves_the_chunk_toward_the_goal(strategy, ptype):
     policy, o = tiny(ptype), obs()
     noise = policy.default_noise(16, torch.Generator().manual_seed(0))
-    params = {"type": "itps", "goal": list(GOAL), "strategy": strategy, "K": 8, "guidance": 20.0, "mcmc_steps": 2}
+    params = {"type": "itps", "goal": list(GOAL), "strategy": strategy, "K": 32, "guidance": 60.0, "mcmc_steps": 2}
     steered = steer(policy, params)
     p0 = o[STATE][:, -1, :3]
     d_base = steered.distance(p0, policy.predict_chunk(o, noise)).mean()
     d_steered = steered.distance(p0, steered.predict_chunk(o, noise)).mean()
-    # bi only biases where sampling starts (the untrained net's remaining levels wander): a smaller margin
-    assert d_steered < (0.9 if strategy == "bi" else 0.7) * d_base, (strategy, float(d_steered), float(d_base))
+    # pr picks the best of the untrained net's own spread, bi only biases where sampling starts (the net's
+    # remaining levels wander): smaller margins than guidance, which pushes every level
+    margin = {"pr": 0.85, "bi": 0.9}.get(strategy, 0.7)
+    assert d_steered < margin * d_base, (strategy, float(d_steered), float(d_base))
     diag = steered.diagnostics[-1]
     assert len(diag["alignment_m"]) == 16 and diag["hook_ms"] > 0
     if strategy in ("gd", "ss"):
         assert len(diag["guidance_norm"]) >= policy.num_inference_steps and diag["guidance_norm"][0] > 0
     if strategy == "pr":
-        assert np.shape(diag["scores"]) == (16, 8) and len(diag["chosen"]) == 16
+        assert np.shape(diag["scores"]) == (16, 32) and len(diag["chosen"]) == 16
 
 
 def test_zero_guidance_is_the_unsteered_policy_bit_for_bit():
@@ -132,8 +134,18 @@ def test_bad_input_gets_a_clear_error():
         steer(tiny(action_range=2.5), {"type": "itps", "goal": list(GOAL)})
     with pytest.raises(ValueError, match="'gaussian'"):
         steer(tiny("gaussian"), {"type": "itps", "goal": list(GOAL)})
-    with pytest.raises(ValueError, match="no goal"):
-        steer(policy, {"type": "itps"}).predict_chunk(obs(1))
+
+
+def test_no_goal_yet_samples_as_the_base_policy():
+    """The viewer before its first click: the policy as trained, and the diagnostics say no goal."""
+    policy, o = tiny(), obs(2)
+    steered = steer(policy, {"type": "itps", "strategy": "ss"})
+    noise = policy.default_noise(2, torch.Generator().manual_seed(0))
+    assert torch.equal(steered.predict_chunk(o, noise), policy.predict_chunk(o, noise))
+    assert steered.diagnostics[-1]["goal_m"] is None
+    steered.set_goal(list(GOAL))
+    steered.predict_chunk(o, noise)
+    assert steered.diagnostics[-1]["goal_m"] == pytest.approx(list(GOAL))
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -159,8 +171,23 @@ def test_spec_round_trips_through_save_pretrained_and_the_steering_registry(tmp_
     torch.testing.assert_close(loaded.predict_chunk(o, noise), a)
 
 
-@pytest.mark.xfail(strict=True, reason="policies/factory.py lists the steering kinds by hand (vgps, gpc, cfg); "
-                                       "fix: dispatch every kind in armflow.policies.steering.STEERING")
 def test_load_policy_returns_the_itps_policy(tmp_path):
     steered = steer(tiny(), {"type": "itps", "goal": list(GOAL), "strategy": "pr", "K": 4})
     assert load_policy(steered.save_pretrained(tmp_path / "itps")).steering == steered.steering
+
+
+def test_an_arm_already_at_the_point_is_not_steered():
+    """From p_0 at the goal (the grasp), a chunk lifting away has D = 0 and a zero gradient: the lift is the
+    policy's own."""
+    p0, a = torch.tensor([[0.5, 0.1, 0.02]]), torch.zeros(1, 8, 7)
+    a[..., 2] = 1.0
+    d, dpath = im.alignment(im.ee_path(p0, a, 0.05), torch.tensor([[[0.5, 0.1, 0.02]]]), p0)
+    assert float(d) == 0.0 and dpath.abs().max() == 0
+
+
+def test_radius_makes_the_goal_a_ball():
+    path = torch.tensor([[[0.5, 0.0, 0.1], [0.5, 0.0, 0.05]]])
+    d, dpath = im.alignment(path, torch.tensor([[[0.5, 0.0, 0.02]]]), None, 0.02)
+    torch.testing.assert_close(d, torch.tensor([0.01]))
+    d, dpath = im.alignment(path, torch.tensor([[[0.5, 0.0, 0.02]]]), None, 0.04)
+    assert float(d) == 0.0 and dpath.abs().max() == 0
