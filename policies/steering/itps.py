@@ -10,8 +10,9 @@ ee-delta chunk implies (``itps_math``). Four strategies, each one sampler hook (
 
 Goal: ``spec.goal`` (a point [x, y, z] or a path [[x, y, z], ...]) inside ``WORKSPACE_LOW_M .. WORKSPACE_HIGH_M``
 (the box the Panda's grip site reaches, ``armflow.sim.persistent``); :meth:`ITPSPolicy.set_goal` changes it between
-chunks (the viewer's click, or one goal per batch row); with no goal yet it samples as the base policy. The grip site p_0 is ``observation.state[..., -1, 0:3]``.
-Diagnostics per chunk: ``goal_m`` (the shared goal, None per-row / none), ``alignment_m`` (B,), ``guidance_norm`` (mean |g| per level), for ``pr`` ``scores`` (B, K)
+chunks (the viewer's click, or one goal per batch row); with no goal yet it samples as the base policy. The grip
+site p_0 is ``observation.state[..., -1, 0:3]``. Diagnostics per chunk: ``goal_m`` (the shared goal; None for
+per-row goals or none), ``alignment_m`` (B,), ``guidance_norm`` (mean |g| per level), for ``pr`` ``scores`` (B, K)
 = -D and ``chosen`` (B,), ``hook_ms``.
 """
 from __future__ import annotations
@@ -52,8 +53,8 @@ class ITPSConfig:
         if (int(self.K) < 2 or float(self.guidance) < 0 or int(self.mcmc_steps) < 0 or float(self.max_dpos_m) <= 0
                 or float(self.radius_m) < 0 or not 0 < float(self.tracking) <= 1):
             raise ValueError(f"steering: K={self.K} must be >= 2, guidance={self.guidance} >= 0, mcmc_steps="
-                             f"{self.mcmc_steps} >= 0, max_dpos_m={self.max_dpos_m} > 0, radius_m={self.radius_m} >= 0, "
-                             f"tracking={self.tracking} in (0, 1]")
+                             f"{self.mcmc_steps} >= 0, max_dpos_m={self.max_dpos_m} > 0, radius_m={self.radius_m} "
+                             f">= 0, tracking={self.tracking} in (0, 1]")
         if not 0.0 < float(self.bi_skip) < 1.0:
             raise ValueError(f"steering.bi_skip={self.bi_skip} must be in (0, 1)")
         self.goal = tuple(tuple(float(v) for v in p) if np.ndim(p) else float(p) for p in self.goal)

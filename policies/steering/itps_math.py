@@ -4,17 +4,18 @@ Frames and units: world frame, metres. An arm task's action is ``[dx, dy, dz, rx
 position part scaled by ``max_dpos_m`` per control step (``armflow.sim.arm``), so a chunk a (N, T_p, D_a) from the
 grip site p_0 (N, 3) implies the path
 
-    p_t = p_0 + max_dpos_m * sum_{s <= t} a_s[0:3],   t = 1 .. T_p                                  (1)
+    p_t = p_0 + step_m * sum_{s <= t} a_s[0:3],   t = 1 .. T_p                                       (1)
 
-(the commanded path; the servos realise about half of a sustained delta per step, which shortens the real path but
-keeps its direction). Alignment distance to a goal (G, M, 3), G in {1, N}:
+with ``step_m`` the realised motion per unit action: ``max_dpos_m`` times the fraction the servos realise (the sim
+Panda re-anchors its target every step, so about half: the commanded path overshoots the real one twice). Alignment
+distance to a goal (G, M, 3), G in {1, N}, and p_0 included in the path:
 
 - a point (M = 1): the closest approach ``D = min_{t >= 0} |p_t - g|`` (a chunk that reaches the point and then lifts
-  away from it is aligned; from an arm already there every chunk is);                                                                                 (2)
+  away from it is aligned; from an arm already there every chunk is);                                         (2)
 - a sketched path (M > 1): DTW between the path and the sketch, the mean Euclidean cost over the optimal warping.  (3)
 
 The gradient is closed form (no autograd): dD/dp_t is the unit vector from the goal at the point(s) aligned with
-p_t, and by (1) dD/da_s[0:3] = max_dpos_m * sum_{t >= s} dD/dp_t (a reverse cumulative sum).          (4)
+p_t, and by (1) dD/da_s[0:3] = step_m * sum_{t >= s} dD/dp_t (a reverse cumulative sum).              (4)
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ import torch
 EPS_M = 1e-6  # distances below this give a zero gradient direction
 
 
-def ee_path(p0_m: torch.Tensor, actions: torch.Tensor, max_dpos_m: float) -> torch.Tensor:
+def ee_path(p0_m: torch.Tensor, actions: torch.Tensor, step_m: float) -> torch.Tensor:
     """(1): grip site p0 (N, 3) [m], chunk (N, T_p, D_a) in robot units -> path (N, T_p, 3) [m] after each action."""
-    return p0_m[:, None, :] + max_dpos_m * torch.cumsum(actions[..., :3], dim=1)
+    return p0_m[:, None, :] + step_m * torch.cumsum(actions[..., :3], dim=1)
 
 
 def point_distance(path_m: torch.Tensor, point_m: torch.Tensor, radius_m: float = 0.0
@@ -93,14 +94,14 @@ def alignment(path_m: torch.Tensor, goal_m: torch.Tensor, p0_m: torch.Tensor | N
     return sketch_distance(path_m, goal_m, radius_m)
 
 
-def action_grad(dpath: torch.Tensor, max_dpos_m: float, action_dim: int) -> torch.Tensor:
+def action_grad(dpath: torch.Tensor, step_m: float, action_dim: int) -> torch.Tensor:
     """(4): dD/dpath (N, T, 3) -> dD/da (N, T, D_a) (zero on the rotation and gripper dims)."""
     grad = torch.zeros(*dpath.shape[:2], action_dim, dtype=dpath.dtype)
-    grad[..., :3] = max_dpos_m * torch.flip(torch.cumsum(torch.flip(dpath, [1]), 1), [1])
+    grad[..., :3] = step_m * torch.flip(torch.cumsum(torch.flip(dpath, [1]), 1), [1])
     return grad
 
 
-def goal_chunk(p0_m: torch.Tensor, goal_m: torch.Tensor, horizon: int, n_reach: int, max_dpos_m: float,
+def goal_chunk(p0_m: torch.Tensor, goal_m: torch.Tensor, horizon: int, n_reach: int, step_m: float,
                action_dim: int) -> torch.Tensor:
     """Biased initialisation's chunk (N, T_p, D_a) in robot units: the position deltas that follow the polyline
     p0 -> goal points at a constant pace, reaching a point goal after ``n_reach`` steps (a sketch over the whole
@@ -117,6 +118,6 @@ def goal_chunk(p0_m: torch.Tensor, goal_m: torch.Tensor, horizon: int, n_reach: 
         s = arc[r, -1] * torch.clamp(torch.arange(1, horizon + 1, dtype=poly.dtype) / steps, max=1.0)
         for c in range(3):
             targets[r, :, c] = torch.from_numpy(np.interp(s.numpy(), arc[r].numpy(), poly[r, :, c].numpy()))
-    deltas = torch.diff(torch.cat([p0_m[:, None], targets], 1), dim=1) / max_dpos_m
+    deltas = torch.diff(torch.cat([p0_m[:, None], targets], 1), dim=1) / step_m
     chunk[..., :3] = deltas.clamp(-1.0, 1.0)
     return chunk

@@ -52,7 +52,8 @@ def test_closed_form_gradients_equal_autograd_for_points_and_sketches():
     gen = torch.Generator().manual_seed(3)
     a = (torch.rand(4, 10, 7, generator=gen) * 2 - 1).requires_grad_(True)
     p0 = torch.tensor([P0] * 4)
-    for goal in (torch.tensor([[[0.45, 0.1, 0.05]]]), torch.tensor([[[0.5, 0.0, 0.15], [0.5, 0.1, 0.1], [0.4, 0.1, 0.05]]])):
+    sketch = torch.tensor([[[0.5, 0.0, 0.15], [0.5, 0.1, 0.1], [0.4, 0.1, 0.05]]])
+    for goal in (torch.tensor([[[0.45, 0.1, 0.05]]]), sketch):
         d, dpath = im.alignment(im.ee_path(p0, a, 0.05), goal)
         d.sum().backward()
         torch.testing.assert_close(im.action_grad(dpath, 0.05, 7), a.grad, atol=1e-6, rtol=1e-5)
