@@ -63,13 +63,14 @@ def main() -> dict:
             run = json.loads(path.read_text())
         else:
             policy = load_policy(args.policy)
-            if w > 0:
+            steered = w > 0 or args.mcmc_steps > 0  # w = 0 without the corrector: the policy itself, bit for bit
+            if steered:
                 policy = steer(policy, {"type": "dynaguide", "dynamics": args.dynamics, "goals": args.demos,
                                         "goal_episodes": pos, "negatives": "" if args.no_negatives else args.demos,
                                         "negative_episodes": neg, "goal_frames": args.goal_frames, "guidance": w,
                                         "alpha": args.alpha, "mcmc_steps": args.mcmc_steps})
             run = evaluate_policy(policy, "pick_either", args.episodes, args.seed, args.n_envs, 0, progress=False)
-            if w > 0:
+            if steered:
                 from armflow.policies.steering import summarise_diagnostics
 
                 diags = policy.diagnostics
