@@ -118,7 +118,7 @@ def start_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0, e
     if env.get("cameras"):
         cmd.append(f"cameras=[{','.join(env.pop('cameras'))}]")
     if env:
-        cmd.append("+robot_options.env={" + ",".join(f"{k}:{v}" for k, v in env.items()) + "}")
+        cmd.append("+robot_options.env={" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in env.items()) + "}")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
     while not ready.exists():
@@ -128,6 +128,10 @@ def start_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0, e
             raise RuntimeError(f"quickstart: `armflow serve` did not become ready (see {out / 'serve.log'}):\n{tail}")
         time.sleep(0.1)
     return proc
+
+
+def _hydra_value(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

@@ -29,6 +29,8 @@ class CubeTaskConfig:
     success_bonus: float = 5.0  # reward: success = bonus on the success step
     max_dpos_m: float = 0.05  # action scale: position delta at |a| = 1 [m / step]
     max_drot_rad: float = 0.5  # action scale: rotation delta at |a| = 1 [rad / step]
+    cube_orientation_obs: bool = True  # False: observation.environment_state leaves out the cube quaternions (6 per cube):
+    # a policy whose demos only had flat, square cubes reads a turned cube as far out of distribution (armflow improve)
     cameras: tuple = ()  # camera names to add as observation.images.<cam>: agentview, wrist, topview
     image_size: int = 84  # rendered images are image_size x image_size
     state_layout: str = "split"  # split: proprio in observation.state, cubes in observation.environment_state;
@@ -46,6 +48,8 @@ def build_config(cls: type[C], overrides: dict[str, Any], where: str) -> C:
 
 def _validate(cfg: CubeTaskConfig, where: str) -> None:
     check_state_layout(cfg.state_layout, where)
+    if not cfg.cube_orientation_obs and cfg.state_layout == "combined":
+        raise ValueError(f"{where}: cube_orientation_obs=false needs state_layout=split (the combined layout is fixed)")
     substeps = (1.0 / cfg.ctrl_hz) / cfg.sim_dt_s
     if abs(substeps - round(substeps)) > 1e-6 or round(substeps) < 1:
         raise ValueError(f"{where}: 1/ctrl_hz={1 / cfg.ctrl_hz} s is not a multiple of sim_dt_s={cfg.sim_dt_s}")

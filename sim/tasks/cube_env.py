@@ -17,6 +17,7 @@ observation.environment_state[10i:10i+3]    3      cube i position [m]
 observation.environment_state[10i+3:10i+7]  4      cube i quaternion wxyz, sign with w >= 0; turned > 45 deg:
                                                    its symmetric pose nearest the identity (a cube has 24)
 observation.environment_state[10i+7:10i+10] 3      cube i position - grip-site position [m]
+(``cube_orientation_obs=False``: 6 per cube, the position and the position relative to the grip site)
 ==========================================  =====  ==========================================================
 
 Joint angles are not in the state: actions are end-effector deltas, so the ee pose is the controlled
@@ -44,6 +45,16 @@ VIDEO_SIZE = 256  # render_video() side [px]
 _EE_REF_AXIS = 1  # grip-site quat sign: on HOME_EE_QUAT's hemisphere, i.e. quat . (0, 1, 0, 0) = quat[1] >= 0
 assert HOME_EE_QUAT == (0.0, 1.0, 0.0, 0.0), "update _EE_REF_AXIS with HOME_EE_QUAT"
 _CUBE_REF = np.array((1.0, 0.0, 0.0, 0.0))
+class _Gather:
+    """Some entries of a buffer, read when the obs is built (``astype`` like the plain views beside it)."""
+
+    def __init__(self, buf: np.ndarray, index: np.ndarray):
+        self.buf, self.index = buf, index
+
+    def astype(self, dtype) -> np.ndarray:
+        return self.buf[self.index].astype(dtype)
+
+
 _SYM_FAST_W = math.cos(math.pi / 8)  # w >= this: rotation < 45 deg, identity is already the nearest symmetric pose
 
 
@@ -106,7 +117,8 @@ class CubeEnv(gym.Env):
         self.proprio_dim, self.object_dim = 8, 10 * self.n_cubes
         combined = cfg.state_layout == "combined"
         self.state_dim = self.proprio_dim + self.object_dim if combined else self.proprio_dim
-        self.env_state_dim = 0 if combined else self.object_dim  # observation.environment_state (absent when 0)
+        per_cube = 10 if cfg.cube_orientation_obs else 6
+        self.env_state_dim = 0 if combined else per_cube * self.n_cubes  # observation.environment_state (absent when 0)
         self.observation_space = gym.spaces.Dict(self._obs_spaces())
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
         self._renderer = None
@@ -125,7 +137,10 @@ class CubeEnv(gym.Env):
         self._cube_views = [(d.qpos[a : a + 7], d.qpos[a : a + 3], buf[b : b + 7], buf[b + 3 : b + 7],
                              buf[b + 7 : b + 10]) for a, b in zip(self._cube_qpos, range(p, len(buf), 10))]
         combined = self.cfg.state_layout == "combined"  # one vector, the layout before the split (sim/obs_layout.py)
-        self._obs_views = [(STATE_KEY, buf)] if combined else [(STATE_KEY, buf[:p]), (ENV_STATE_KEY, buf[p:])]
+        objects = buf[p:]
+        if not self.cfg.cube_orientation_obs:  # position and position relative to the grip site only, per cube
+            objects = _Gather(buf[p:], np.array([10 * i + j for i in range(self.n_cubes) for j in (0, 1, 2, 7, 8, 9)]))
+        self._obs_views = [(STATE_KEY, buf)] if combined else [(STATE_KEY, buf[:p]), (ENV_STATE_KEY, objects)]
 
     @property
     def data(self) -> mujoco.MjData:

@@ -32,3 +32,23 @@ def test_the_result_is_a_symmetric_pose_of_the_input_and_nearest_identity():
         rel = _mat(q).T @ _mat(canon)
         assert np.min([np.abs(rel - s).max() for s in _CUBE_SYMMETRIES]) < 1e-9
         assert canon[0] >= np.cos(np.deg2rad(62.8) / 2) - 1e-9  # the cube group's cell around identity
+
+
+def test_cube_orientation_obs_false_keeps_positions_only():
+    import pytest
+
+    from armflow.sim import make_env
+
+    full, pos_only = make_env("pick_either"), make_env("pick_either", cube_orientation_obs=False)
+    a, _ = full.reset(seed=3)
+    b, _ = pos_only.reset(seed=3)
+    assert pos_only.observation_space["observation.environment_state"].shape == (12,)
+    keep = [10 * i + j for i in range(2) for j in (0, 1, 2, 7, 8, 9)]
+    assert np.array_equal(b["observation.environment_state"], a["observation.environment_state"][keep])
+    for _ in range(5):  # and after steps (the buffer is read when the obs is built)
+        act = np.full(7, 0.3, np.float32)
+        a, *_ = full.step(act)
+        b, *_ = pos_only.step(act)
+    assert np.array_equal(b["observation.environment_state"], a["observation.environment_state"][keep])
+    with pytest.raises(ValueError, match="state_layout=split"):
+        make_env("lift", cube_orientation_obs=False, state_layout="combined")

@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> dict:
     if not endpoint:  # the simulated arm in its own process, a persistent scene: the task never truncates
         endpoint = f"ipc:///tmp/armflow-improve-{os.getpid()}"
         server = start_server(cfg.task, endpoint, out / "serve", env={
-            "cameras": list(cfg.cameras), "image_size": int(cfg.image_size)}, persistent=True)
+            "cameras": list(cfg.cameras), "image_size": int(cfg.image_size), **dict(cfg.env or {})}, persistent=True)
     intervention = None
     if cfg.intervention != "none":
         from armflow.hardware.intervention import make_intervention

@@ -18,7 +18,7 @@ STATE_KEYS = ["observation.state", "observation.environment_state"]
 SKILL_TASKS = {"forward": "lift", "reset": "place"}  # the scripted task whose demos teach each demo skill
 # the reset skill also fetches a cube a failed forward attempt left on the table (half its demos start there), and
 # its demos go on 10 steps after success (released, rising): the policy learns to stay released, not to re-grasp
-TASK_OVERRIDES = {"place": {"held_start_prob": 0.5, "cube_yaw_range_rad": 0.3}}  # it squares a turned cube
+TASK_OVERRIDES = {"place": {"held_start_prob": 0.5}}
 HOLD_STEPS = {"place": 10}
 
 
@@ -32,7 +32,8 @@ def _policy(task: str, demos: int, steps: int, cfg: DictConfig, out: Path) -> st
     dataset = out / "demos"
     if not (dataset / "meta" / "info.json").exists():
         collect_scripted(task, dataset, demos, 0.0, int(cfg.demo.seed), progress=bool(cfg.progress),
-                         env_overrides=TASK_OVERRIDES.get(task), success_hold_steps=HOLD_STEPS.get(task, 0))
+                         env_overrides={**dict(cfg.env or {}), **TASK_OVERRIDES.get(task, {})},
+                         success_hold_steps=HOLD_STEPS.get(task, 0))
     tcfg = compose_config("train", [f"dataset={dataset}", f"out={out / 'policy'}", f"steps={steps}",
                                     f"seed={cfg.demo.seed}", f"obs_keys=[{','.join(STATE_KEYS)}]",
                                     f"obs_std_floor={cfg.demo.obs_std_floor}"])

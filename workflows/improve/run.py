@@ -99,14 +99,15 @@ def final_videos(rt: SkillRuntime, cfg: DictConfig, out: Path) -> list[str]:
     from armflow.workflows.evaluate import record_videos
 
     seeds = [int(cfg.eval.seed) + i for i in range(int(cfg.eval.get("video_episodes", 2)))]
-    return record_videos(acting_policy(rt), cfg.task, seeds, out / "videos", {})["videos"]
+    return record_videos(acting_policy(rt), cfg.task, seeds, out / "videos", dict(cfg.env or {}))["videos"]
 
 
 def evaluate_skill(rt: SkillRuntime, cfg: DictConfig, episodes: int) -> dict:
     from armflow.workflows.evaluate import evaluate_policy
 
     res = evaluate_policy(acting_policy(rt), cfg.task, episodes, seed=int(cfg.eval.seed), n_envs=int(cfg.eval.n_envs),
-                          n_workers=0, progress=False, source=f"improve skill {rt.skill.name}")
+                          n_workers=0, progress=False, source=f"improve skill {rt.skill.name}",
+                          env_overrides=dict(cfg.env or {}))
     return {"success_rate": res["success_rate"], "episodes": res["episodes"],
             "policy_version": rt.learner.version if rt.learner else 0}
 
