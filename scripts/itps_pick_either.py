@@ -2,13 +2,14 @@
 
     python scripts/itps_pick_either.py POLICY OUT [--target 1] [--strategies base,pr,bi,gd,ss] [--episodes 100]
         [--eval-seed 100000] [--n-envs 10] [--K 32] [--guidance-gd 60] [--guidance-ss 60] [--mcmc-steps 4]
-        [--bi-skip 0.5] [--radius-m 0]
+        [--bi-skip 0.5] [--radius-m 0] [--tracking 0.5] [--goal-at-rest]
 
 POLICY: a flow policy trained on scripted ``pick_either`` demos (unsteered it lifts each cube about half the time).
 The goal of every chunk is the target cube's position read from ``observation.environment_state`` (what a user's
 click on that cube gives: the viewer maps a click to within a few mm of it, tests/hardware), one goal per env row
-(``ITPSPolicy.set_goal(per_row=True)``). For each strategy the policy is evaluated on the same unseen seeds
-(``eval_seed``..): success, alignment (the successful episodes that lifted ``target``, per-episode ``mode`` as in
+(``ITPSPolicy.set_goal(per_row=True)``); ``--goal-at-rest``: its last resting position instead (the click a user
+made before the grasp, kept while the cube is carried). For each strategy the policy is evaluated on the same unseen
+seeds (``eval_seed``..): success, alignment (the successful episodes that lifted ``target``, per-episode ``mode`` as in
 ``armflow bench cfg``), mean alignment distance [m] and ms per chunk call (batch ``n_envs``; batch-1 latency is
 ``armflow bench steering``'s). Results are cached per strategy under OUT; prints a table and a ``BENCH_JSON`` line.
 """
@@ -25,14 +26,16 @@ from torch import nn
 from armflow.workflows.bench_cfg import CUBE_STRIDE
 
 ENV_KEY = "observation.environment_state"
+REST_Z_M = 0.025  # a cube centre below this rests on the table (resting: 0.02)
 
 
 class CubeGoal(nn.Module):
-    """A Policy: the ITPS policy with each row's goal set to cube ``target``'s position before every chunk."""
+    """A Policy: the ITPS policy with each row's goal set to cube ``target``'s position before every chunk;
+    ``at_rest``: its last position resting on the table (a click before the grasp, held while the cube is carried)."""
 
-    def __init__(self, itps, target: int):
+    def __init__(self, itps, target: int, at_rest: bool = False):
         super().__init__()
-        self.itps, self.target = itps, target
+        self.itps, self.target, self.at_rest, self.rest_goal = itps, target, at_rest, None
 
     def __getattr__(self, name):
         try:
@@ -46,7 +49,14 @@ class CubeGoal(nn.Module):
     @torch.no_grad()
     def predict_chunk(self, obs, noise=None, hooks=None):
         i = CUBE_STRIDE * self.target
-        self.itps.set_goal(torch.as_tensor(obs[ENV_KEY])[:, -1, i:i + 3].numpy(), per_row=True)
+        cube = torch.as_tensor(obs[ENV_KEY])[:, -1, i:i + 3].numpy()
+        if self.at_rest:
+            resting = cube[:, 2] < REST_Z_M
+            if self.rest_goal is None or len(self.rest_goal) != len(cube):
+                self.rest_goal = cube.copy()
+            self.rest_goal[resting] = cube[resting]
+            cube = self.rest_goal
+        self.itps.set_goal(cube, per_row=True)
         return self.itps.predict_chunk(obs, noise, hooks)
 
 
@@ -67,7 +77,7 @@ def run_one(ckpt: str, strategy: str, args, out: Path) -> dict:
         policy = steer(base, {"type": "itps", "strategy": strategy, "K": args.K, "guidance": guidance,
                               "mcmc_steps": args.mcmc_steps, "bi_skip": args.bi_skip,
                               "radius_m": args.radius_m, "tracking": args.tracking})
-    run = evaluate_policy(CubeGoal(policy, args.target), "pick_either", args.episodes, args.eval_seed, args.n_envs, 0,
+    run = evaluate_policy(CubeGoal(policy, args.target, args.goal_at_rest), "pick_either", args.episodes, args.eval_seed, args.n_envs, 0,
                           progress=False)
     diag = policy.diagnostics
     run["steering"] = {"spec": policy.steering, "diagnostics": summarise_diagnostics(diag),
@@ -95,6 +105,7 @@ def main() -> dict:
     p.add_argument("--bi-skip", type=float, default=0.5)
     p.add_argument("--radius-m", type=float, default=0.0)
     p.add_argument("--tracking", type=float, default=None)
+    p.add_argument("--goal-at-rest", action="store_true", help="goal: the cube's last resting position")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
