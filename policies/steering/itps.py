@@ -6,7 +6,8 @@ ee-delta chunk implies (``itps_math``). Four strategies, each one sampler hook (
 - ``bi`` biased initialisation: the initial x is the goal's chunk noised to level ``bi_skip * levels``
   (``x_s = c_a a_goal + c_z z``, the family's own renoise) and the sampler starts there (``start_level``);
 - ``gd`` guided diffusion: each level adds ``-guidance * dD/dx_hat`` (closed form, eq. 4 of ``itps_math``);
-- ``ss`` stochastic sampling: ``gd`` plus ``mcmc_steps`` re-noise/predict corrector steps per level.
+- ``ss`` stochastic sampling: ``gd`` plus ``mcmc_steps`` re-noise/predict corrector steps per level (the re-noise
+  drawn from a generator seeded by the given noise, so the chunk is deterministic given the noise).
 
 Goal: ``spec.goal`` (a point [x, y, z] or a path [[x, y, z], ...]) inside ``WORKSPACE_LOW_M .. WORKSPACE_HIGH_M``
 (the box the Panda's grip site reaches, ``armflow.sim.persistent``); :meth:`ITPSPolicy.set_goal` changes it between
@@ -219,12 +220,25 @@ class ITPSPolicy(SteeredPolicy):
             term = self._guidance_term(p0_m, goal, diag)
             hooks = dataclasses.replace(hooks, guidance=(*hooks.guidance, term),
                                         mcmc_steps=int(self.spec.mcmc_steps) if strategy == "ss" else hooks.mcmc_steps)
-        actions = self.base.predict_chunk(obs, noise=noise, hooks=hooks)
+        if hooks.mcmc_steps and noise is not None:  # the corrector's re-noise from a generator seeded by the noise:
+            with torch.random.fork_rng(devices=[]):  # deterministic given the noise, as the Policy contract says
+                torch.manual_seed(_noise_seed(noise))
+                actions = self.base.predict_chunk(obs, noise=noise, hooks=hooks)
+        else:
+            actions = self.base.predict_chunk(obs, noise=noise, hooks=hooks)
         diag["alignment_m"] = self.distance(p0_m, actions).tolist()
         return actions
 
     def _save_extras(self, directory) -> dict:
         return self.steering
+
+
+def _noise_seed(noise) -> int:
+    """A 63-bit seed that is a deterministic function of the noise's bytes."""
+    import hashlib
+
+    data = torch.as_tensor(noise).detach().cpu().float().numpy().tobytes()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
 
 
 def load_itps_export(directory, base, spec: dict) -> ITPSPolicy:
