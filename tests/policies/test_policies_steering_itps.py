@@ -192,3 +192,14 @@ def test_radius_makes_the_goal_a_ball():
     torch.testing.assert_close(d, torch.tensor([0.01]))
     d, dpath = im.alignment(path, torch.tensor([[[0.5, 0.0, 0.02]]]), None, 0.04)
     assert float(d) == 0.0 and dpath.abs().max() == 0
+
+
+def test_the_run_summary_reports_alignment_and_guidance_means():
+    from armflow.workflows.steering import steering_summary
+
+    policy, o = tiny(), obs(2)
+    steered = steer(policy, {"type": "itps", "goal": list(GOAL), "strategy": "gd"})
+    steered.predict_chunk(o, policy.default_noise(2, torch.Generator().manual_seed(0)))
+    diag = steering_summary(steered, {"spec": steered.steering})["diagnostics"]
+    assert diag["alignment_m_mean"] == pytest.approx(np.mean(steered.diagnostics[0]["alignment_m"]))
+    assert diag["guidance_norm_mean"] > 0 and diag["chunk_calls"] == 1
