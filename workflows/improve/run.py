@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,25 @@ def skills_from(cfg: DictConfig) -> list[Skill]:
                          rest_before=str(s["rest_before"]), detector=s["detector"], audit_key=s["audit_key"],
                          requires=list(s.get("requires") or [])))
     return out
+
+
+@contextmanager
+def keepalive(client, period_s: float = 0.5):
+    """Heartbeat the bridge from a thread while the loop does slow work that does not touch the client (an
+    evaluation, a checkpoint): the lease (and the watchdog) must not expire for a living controller."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(period_s):
+            client.heartbeat()
+
+    thread = threading.Thread(target=beat, name="improve-keepalive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 # -- resumable state ---------------------------------------------------------------------------------------------
@@ -145,7 +166,9 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
     loop = ImproveLoop(client, runtimes, graph, StuckDetector(int(cfg.max_failures)), recorder, audit, intervention,
                        counters, rest, str(cfg.human_reset), log=log, rest_quat=rest_quat)
     if not history["eval"]:
-        history["eval"].append({"wall_s": 0.0, "robot_steps": 0, **evaluate_skill(forward, cfg, int(cfg.eval.episodes))})
+        with keepalive(client):
+            start = evaluate_skill(forward, cfg, int(cfg.eval.episodes))
+        history["eval"].append({"wall_s": 0.0, "robot_steps": 0, **start})
         log(f"[improve] start: forward success {history['eval'][0]['success_rate']:.2f}")
     logger = MetricLogger(out, tensorboard=False)
     for rt in runtimes.values():
@@ -169,14 +192,17 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
             attempts_since_save += 1
             if since_eval >= float(cfg.eval.every_minutes) * 60.0:
                 client.disarm()  # the arm holds still while the learner's copy is evaluated in sim
-                history["eval"].append({"wall_s": counters.wall_s, "robot_steps": counters.robot_steps,
-                                        **evaluate_skill(forward, cfg, int(cfg.eval.episodes))})
+                with keepalive(client):
+                    now_eval = evaluate_skill(forward, cfg, int(cfg.eval.episodes))
+                history["eval"].append({"wall_s": counters.wall_s, "robot_steps": counters.robot_steps, **now_eval})
                 history["audit"].append({"wall_s": counters.wall_s, **audit.summary()})
                 log(f"[improve] {counters.wall_s / 60:.1f} min: forward success {history['eval'][-1]['success_rate']:.2f}"
                     f" (policy v{forward.learner.version if forward.learner else 0}); detector {audit.summary()['recent']}")
                 since_eval, t_last = 0.0, time.monotonic()
             if attempts_since_save >= int(cfg.checkpoint_every_attempts):
-                save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
+                with keepalive(client):
+                    save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat),
+                               counters.robot_steps)
                 attempts_since_save, t_last = 0, time.monotonic()
     finally:
         for rt in runtimes.values():
@@ -186,9 +212,10 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
         recorder.close()
         logger.close()
     client.disarm()
-    save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
-    final = evaluate_skill(forward, cfg, int(cfg.eval.final_episodes))
-    final["videos"] = final_videos(forward, cfg, out)
+    with keepalive(client):
+        save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
+        final = evaluate_skill(forward, cfg, int(cfg.eval.final_episodes))
+        final["videos"] = final_videos(forward, cfg, out)
     if forward.learner is not None:
         forward.learner.learner.export(str(out / "policy"))
     return summarise(out, client, counters, audit, history, final, intervention, recorder, resets0)
