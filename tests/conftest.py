@@ -71,7 +71,7 @@ def _improve_overrides(assets: dict, out, threshold: float, extra=()) -> list[st
     8-step attempts, the classifier's own threshold deciding every detection (0: always, 1: never)."""
     return [f"out={out}", "image_size=32", "budget_minutes=0.12", "eval.episodes=2", "eval.final_episodes=2",
             "eval.n_envs=2", "eval.every_minutes=100", "wsrl_steps=8", "broadcast_every=1", "algo.hidden=16",
-            "algo.batch_size=4", "progress=false",
+            "algo.batch_size=4", "progress=false", "env.cube_orientation_obs=true",
             *[f"skills.{s}.{k}" for s in ("forward", "reset") for k in
               (f"checkpoint={assets['policy']}", "time_limit_steps=8", f"detector.path={assets['classifier']}")],
             *[f"+skills.{s}.detector.options.threshold={threshold}" for s in ("forward", "reset")],

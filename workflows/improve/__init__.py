@@ -32,7 +32,8 @@ def main(cfg: DictConfig) -> dict:
         from armflow.hardware.intervention import make_intervention
 
         intervention = make_intervention(str(cfg.intervention))
-    client = BridgeClient(endpoint)
+    # a lockstep sim on a loaded 2-core box can take over the default 0.5 s to ACK (the watchdog's T_cmd is 5 s)
+    client = BridgeClient(endpoint, reply_timeout_s=float(cfg.reply_timeout_s))
     try:
         try:
             client.connect()
