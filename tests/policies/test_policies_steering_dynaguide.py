@@ -75,8 +75,9 @@ def test_the_dynamics_model_learns_the_toy_transition():
     assert err < 0.05  # the action's whole effect spans 0.6
 
 
-def test_guidance_moves_the_outcome_toward_the_positive_goal(tmp_path):
-    policy = toy_policy()
+@pytest.mark.parametrize("ptype", ["flow", "diffusion"])
+def test_guidance_moves_the_outcome_toward_the_positive_goal(tmp_path, ptype):
+    policy = toy_policy(ptype)
     model, _ = toy_dynamics(policy)
     path = goals(tmp_path, model)
     gen = torch.Generator().manual_seed(3)
