@@ -128,7 +128,8 @@ class DynaGuidePolicy(SteeredPolicy):
     def _steered_chunk(self, obs, noise, hooks: SamplerHooks, diag: dict) -> torch.Tensor:
         diag["guidance_norm"] = []  # mean ||w dS/dx_hat|| over rows, one per sampler level (and corrector step)
         feat = self.dynamics.features({k: obs[k] for k in self.dynamics.dims})
-        steered = dataclasses.replace(hooks, guidance=(*hooks.guidance, self.guidance_term(feat, diag)),
+        term = (self.guidance_term(feat, diag),) if float(self.spec.guidance) != 0 else ()  # w = 0: no backward
+        steered = dataclasses.replace(hooks, guidance=(*hooks.guidance, *term),
                                       mcmc_steps=max(hooks.mcmc_steps, int(self.spec.mcmc_steps)))
         actions = self.base.predict_chunk(obs, noise=noise, hooks=steered)
         t0 = time.perf_counter()
