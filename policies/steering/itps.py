@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from armflow.policies.sampler import SamplerHooks
-from armflow.sim.persistent import WORKSPACE_HIGH_M, WORKSPACE_LOW_M
+# the box the Panda's grip site reaches on the cube tasks [m] (armflow.sim.persistent's; policies may not import sim)
+WORKSPACE_LOW_M, WORKSPACE_HIGH_M = (0.25, -0.30, 0.0), (0.75, 0.30, 0.40)
 
 from . import itps_math as im
 from .base import SteeredPolicy

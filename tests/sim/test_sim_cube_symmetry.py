@@ -52,3 +52,11 @@ def test_cube_orientation_obs_false_keeps_positions_only():
     assert np.array_equal(b["observation.environment_state"], a["observation.environment_state"][keep])
     with pytest.raises(ValueError, match="state_layout=split"):
         make_env("lift", cube_orientation_obs=False, state_layout="combined")
+
+
+def test_itps_workspace_box_is_the_sims():
+    from armflow.policies.steering import itps
+    from armflow.sim import persistent
+
+    assert tuple(itps.WORKSPACE_LOW_M) == tuple(persistent.WORKSPACE_LOW_M)
+    assert tuple(itps.WORKSPACE_HIGH_M) == tuple(persistent.WORKSPACE_HIGH_M)
