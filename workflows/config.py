@@ -99,6 +99,10 @@ CHOICES: dict[tuple[str, str], Callable[[], list[str]]] = {
     ("bench_multimodal", "policies"): _POLICIES,
     ("bench_finetune", "algos"): lambda: group_options("algo"),
     ("quickstart", "finetune_algo"): lambda: group_options("algo"),
+    ("improve", "task"): _TASKS,
+    ("improve", "preset"): _names("armflow.workflows.improve.graph:PRESETS"),
+    ("improve", "human_reset"): _names("armflow.workflows.improve.graph:HUMAN_RESETS"),
+    ("improve", "intervention"): _names("armflow.hardware.intervention:INTERVENTION_DEVICES"),
 }
 
 

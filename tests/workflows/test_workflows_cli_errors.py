@@ -40,6 +40,8 @@ def checkpoint_without_config(tmp_path):
 
 # (argv, exit code, fragments the message must contain)
 USAGE_CASES = [
+    (["improve", "preset=bogus"], ["preset=bogus", "serl, robofume, medal"]),  # refused before any demo is recorded
+    (["improve", "intervention=joystick"], ["joystick", "keyboard, spacemouse, none"]),
     (["collect", "+stepz=10"], ["'stepz'", "no armflow code reads it", "episodes"]),
     (["train", "+stepz=10"], ["'stepz'", "Did you mean 'steps'"]),
     (["train", "stepz=10"], ["'stepz'", "Did you mean 'steps'"]),

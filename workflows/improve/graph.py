@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 PRESETS = ("serl", "robofume", "medal")
 OUTCOMES = ("success", "timeout")
+HUMAN_RESETS = ("auto", "wait", "none")  # what a needs-human event does (loop.ImproveLoop.needs_human)
 REST_MODES = ("always", "after_failure", "never")
 
 
