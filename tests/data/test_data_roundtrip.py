@@ -73,7 +73,8 @@ def test_video_timestamps_are_exact_and_keyframes_every_two(tmp_path):
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         packets = sorted((p.pts, p.is_keyframe) for p in c.demux(s) if p.pts is not None)
-    times = [pts * s.time_base for pts, _ in packets]
+        time_base = s.time_base  # av >= 18.1.1 refuses stream attributes once the container is closed
+    times = [pts * time_base for pts, _ in packets]
     assert times == [__import__("fractions").Fraction(k, 20) for k in range(9)]
     keys = [k for k, (_, key) in enumerate(packets) if key]
     assert set(keys) >= {0, 2, 4, 5, 7}  # every 2 frames within an episode, and at each episode start
