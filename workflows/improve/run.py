@@ -198,12 +198,12 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
                 history["audit"].append({"wall_s": counters.wall_s, **audit.summary()})
                 log(f"[improve] {counters.wall_s / 60:.1f} min: forward success {history['eval'][-1]['success_rate']:.2f}"
                     f" (policy v{forward.learner.version if forward.learner else 0}); detector {audit.summary()['recent']}")
-                since_eval, t_last = 0.0, time.monotonic()
+                since_eval = 0.0  # the evaluation's time counts in wall_s: the budget is wall time
             if attempts_since_save >= int(cfg.checkpoint_every_attempts):
                 with keepalive(client):
                     save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat),
                                counters.robot_steps)
-                attempts_since_save, t_last = 0, time.monotonic()
+                attempts_since_save = 0
     finally:
         for rt in runtimes.values():
             if rt.learner is not None:
