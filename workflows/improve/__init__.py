@@ -14,11 +14,20 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 
+def _client_class():
+    from armflow.control.client import BridgeClient
+    from armflow.workflows.improve.run import HeartbeatClient
+
+    return type("ImproveClient", (HeartbeatClient, BridgeClient), {})
+
+
 def main(cfg: DictConfig) -> dict:
     from armflow.control.client import BridgeClient, BridgeError
     from armflow.workflows.improve.demo import prepare_assets
     from armflow.workflows.improve.run import run_improve
     from armflow.workflows.quickstart import start_server, stop_server
+
+    ImproveClient = _client_class()
 
     out = Path(cfg.out)
     cfg = prepare_assets(cfg)
@@ -33,12 +42,13 @@ def main(cfg: DictConfig) -> dict:
 
         intervention = make_intervention(str(cfg.intervention))
     # a lockstep sim on a loaded 2-core box can take over the default 0.5 s to ACK (the watchdog's T_cmd is 5 s)
-    client = BridgeClient(endpoint, reply_timeout_s=float(cfg.reply_timeout_s))
+    client = ImproveClient(endpoint, reply_timeout_s=float(cfg.reply_timeout_s))
     try:
         try:
             client.connect()
         except BridgeError as exc:
             raise SystemExit(f"armflow improve: cannot connect to {endpoint}: {exc} (is `armflow serve` running?)")
+        client.start_heartbeat()
         summary = run_improve(cfg, client, intervention)
     finally:
         client.close()

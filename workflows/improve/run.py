@@ -13,7 +13,6 @@ import copy
 import shutil
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,23 +50,39 @@ def skills_from(cfg: DictConfig) -> list[Skill]:
     return out
 
 
-@contextmanager
-def keepalive(client, period_s: float = 0.5):
-    """Heartbeat the bridge from a thread while the loop does slow work that does not touch the client (an
-    evaluation, a checkpoint): the lease (and the watchdog) must not expire for a living controller."""
-    stop = threading.Event()
+class HeartbeatClient:
+    """Mixin for a ``BridgeClient``: one lock around every request, and a daemon thread that heartbeats whenever the
+    control loop has sent nothing for ``idle_s`` (an evaluation, a checkpoint, an episode's video encode or an fsync
+    stalled by other I/O): a living controller must never lose its lease (a run died at 16 min when one did)."""
 
-    def beat() -> None:
-        while not stop.wait(period_s):
-            client.heartbeat()
+    def start_heartbeat(self, idle_s: float = 1.0) -> None:
+        self._io_lock, self._last_request, self._stop_beat = threading.RLock(), time.monotonic(), threading.Event()
+        self._beat = threading.Thread(target=self._beat_loop, args=(idle_s,), name="improve-heartbeat", daemon=True)
+        self._beat.start()
 
-    thread = threading.Thread(target=beat, name="improve-keepalive", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    def request(self, *args, **kwargs):
+        lock = getattr(self, "_io_lock", None)
+        if lock is None:
+            return super().request(*args, **kwargs)
+        with lock:
+            try:
+                return super().request(*args, **kwargs)
+            finally:
+                self._last_request = time.monotonic()
+
+    def _beat_loop(self, idle_s: float) -> None:
+        while not self._stop_beat.wait(idle_s / 4):
+            if time.monotonic() - self._last_request >= idle_s:
+                try:
+                    self.heartbeat()
+                except Exception:  # noqa: BLE001  the control loop sees a lost session on its next request
+                    pass
+
+    def close(self) -> None:
+        if getattr(self, "_stop_beat", None) is not None:
+            self._stop_beat.set()
+            self._beat.join(timeout=5)
+        super().close()
 
 
 # -- resumable state ---------------------------------------------------------------------------------------------
@@ -166,8 +181,7 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
     loop = ImproveLoop(client, runtimes, graph, StuckDetector(int(cfg.max_failures)), recorder, audit, intervention,
                        counters, rest, str(cfg.human_reset), log=log, rest_quat=rest_quat)
     if not history["eval"]:
-        with keepalive(client):
-            start = evaluate_skill(forward, cfg, int(cfg.eval.episodes))
+        start = evaluate_skill(forward, cfg, int(cfg.eval.episodes))
         history["eval"].append({"wall_s": 0.0, "robot_steps": 0, **start})
         log(f"[improve] start: forward success {history['eval'][0]['success_rate']:.2f}")
     logger = MetricLogger(out, tensorboard=False)
@@ -192,17 +206,15 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
             attempts_since_save += 1
             if since_eval >= float(cfg.eval.every_minutes) * 60.0:
                 client.disarm()  # the arm holds still while the learner's copy is evaluated in sim
-                with keepalive(client):
-                    now_eval = evaluate_skill(forward, cfg, int(cfg.eval.episodes))
+                now_eval = evaluate_skill(forward, cfg, int(cfg.eval.episodes))
                 history["eval"].append({"wall_s": counters.wall_s, "robot_steps": counters.robot_steps, **now_eval})
                 history["audit"].append({"wall_s": counters.wall_s, **audit.summary()})
                 log(f"[improve] {counters.wall_s / 60:.1f} min: forward success {history['eval'][-1]['success_rate']:.2f}"
                     f" (policy v{forward.learner.version if forward.learner else 0}); detector {audit.summary()['recent']}")
                 since_eval = 0.0  # the evaluation's time counts in wall_s: the budget is wall time
             if attempts_since_save >= int(cfg.checkpoint_every_attempts):
-                with keepalive(client):
-                    save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat),
-                               counters.robot_steps)
+                save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat),
+                           counters.robot_steps)
                 attempts_since_save = 0
     finally:
         for rt in runtimes.values():
@@ -212,10 +224,9 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
         recorder.close()
         logger.close()
     client.disarm()
-    with keepalive(client):
-        save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
-        final = evaluate_skill(forward, cfg, int(cfg.eval.final_episodes))
-        final["videos"] = final_videos(forward, cfg, out)
+    save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
+    final = evaluate_skill(forward, cfg, int(cfg.eval.final_episodes))
+    final["videos"] = final_videos(forward, cfg, out)
     if forward.learner is not None:
         forward.learner.learner.export(str(out / "policy"))
     return summarise(out, client, counters, audit, history, final, intervention, recorder, resets0)
