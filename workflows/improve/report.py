@@ -43,7 +43,8 @@ def write_report(out: Path, summary: dict) -> Path:
     if videos:
         rel = videos[-1].relative_to(out)
         strip = save_filmstrip(out / "stream_filmstrip.png", videos[-1], n_frames=8)
-        lines += ["## The stream", "", f"The continuous run as the robot's camera saw it (no scene resets): [{rel}]({rel})",
+        lines += ["## The stream", "", f"The stream as the robot's camera saw it (its newest video file; scene resets: see the table): "
+                  f"[{rel}]({rel})",
                   "", f"![stream]({strip.name})", ""]
     if summary.get("videos"):
         lines += ["## The improved forward skill", ""] + [
