@@ -12,20 +12,18 @@ actions enter normalised, as the sampler holds them, so guidance differentiates 
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
-from armflow.configs import build_config
 from armflow.policies.normalizer import Normalizer
+from armflow.policies.steering.model_io import CONFIG_FILE, WEIGHTS_FILE, load_model, save_model
 
 FORMAT_NAME, FORMAT_VERSION = "armflow-dynamics", 1
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 ACTION = "action"
 
 
@@ -116,40 +114,14 @@ class LatentDynamics(nn.Module):
 
     # ----------------------------------------------------------------- checkpoint
     def save_pretrained(self, directory: str | os.PathLike, extra: Mapping | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_FILE))
-        stats = {k: {"offset": self.normalizer._buffer(k, "offset").tolist(),
-                     "scale": self.normalizer._buffer(k, "scale").tolist()} for k in (*self.dims, ACTION)}
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": asdict(self.cfg),
-                "normalizer": stats, **dict(extra or {})}
-        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
-        return out
+        return save_model(self, directory, (FORMAT_NAME, FORMAT_VERSION), self.cfg, (*self.dims, ACTION), extra)
 
 
 def load_dynamics(directory: str | os.PathLike) -> LatentDynamics:
     """Rebuild a model saved by ``LatentDynamics.save_pretrained``; errors name the file and what was expected."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE} (is this a model from `armflow dynamics`?)")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format {meta.get('format')!r} v{meta.get('format_version')}; expected "
-                         f"{FORMAT_NAME!r} v{FORMAT_VERSION} (a dynamics model from `armflow dynamics`)")
-    model = LatentDynamics(build_config(DynamicsConfig, meta["config"], str(path)))
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE}")
-    try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{weights} does not match {path}: {str(exc).splitlines()[0]}") from None
-    return model.eval()
+    model = load_model(directory, (FORMAT_NAME, FORMAT_VERSION), LatentDynamics, DynamicsConfig,
+                       "a dynamics model from `armflow dynamics`")
+    return model
 
 
 def check_dynamics(model: LatentDynamics, policy, source: str) -> None:
