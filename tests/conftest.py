@@ -38,17 +38,14 @@ def shared_fixtures() -> Path:
 
 
 @pytest.fixture(scope="session")
-def improve_assets(tmp_path_factory) -> dict:
-    """Tiny local models for ``armflow improve`` runs: a random lift flow policy (both skills) and an untrained
-    success classifier on a 32 px agentview (its own threshold option makes it always / never detect)."""
+def tiny_lift_ckpt(tmp_path_factory) -> Path:
+    """A random tiny flow policy for ``lift``'s full state (8 + 10), horizon 8, 4 executed steps, seed 0."""
     import numpy as np
     import torch
 
     from armflow.policies import make_policy
-    from armflow.rewards.classifier import ClassifierConfig, SuccessClassifier
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("improve_assets")
     keys = (("observation.state", 8), ("observation.environment_state", 10))
     unit = lambda d: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa: E731
     stats = {key: unit(d) for key, d in keys}
@@ -56,8 +53,21 @@ def improve_assets(tmp_path_factory) -> dict:
     policy = make_policy("flow", dict((k, (d,)) for k, d in keys), 7, stats, horizon=8, n_action_steps=4,
                          mlp_width=32, mlp_blocks=1, state_hidden_dim=16, state_feature_dim=8, time_dim=8,
                          num_inference_steps=2)
+    return policy.save_pretrained(tmp_path_factory.mktemp("lift") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def improve_assets(tmp_path_factory, tiny_lift_ckpt) -> dict:
+    """Tiny local models for ``armflow improve`` runs: ``tiny_lift_ckpt`` (both skills) and an untrained success
+    classifier on a 32 px agentview (its own threshold option makes it always / never detect)."""
+    import torch
+
+    from armflow.rewards.classifier import ClassifierConfig, SuccessClassifier
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("improve_assets")
     clf = SuccessClassifier(ClassifierConfig(cameras=("agentview",), image_size=(32, 32), channels=(8, 8, 8)))
-    return {"policy": str(policy.save_pretrained(root / "policy")), "classifier": str(clf.save(root / "classifier"))}
+    return {"policy": str(tiny_lift_ckpt), "classifier": str(clf.save(root / "classifier"))}
 
 
 @pytest.fixture(scope="session")

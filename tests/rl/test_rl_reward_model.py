@@ -7,21 +7,11 @@ import torch
 from armflow.workflows.common import compose_config, read_jsonl
 from armflow.workflows.finetune import run_finetune
 
-LIFT_KEYS = (("observation.state", 8), ("observation.environment_state", 10))
 
 
 @pytest.fixture(scope="module")
-def lift_ckpt(tmp_path_factory):
-    from armflow.policies import make_policy
-
-    torch.manual_seed(0)
-    unit = lambda d: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa: E731
-    stats = {key: unit(d) for key, d in LIFT_KEYS}
-    stats["action"] = {k: 0.1 * v for k, v in unit(7).items()}
-    policy = make_policy("flow", dict((k, (d,)) for k, d in LIFT_KEYS), 7, stats, horizon=8, n_action_steps=4,
-                         mlp_width=32, mlp_blocks=1, state_hidden_dim=16, state_feature_dim=8, time_dim=8,
-                         num_inference_steps=2)
-    return policy.save_pretrained(tmp_path_factory.mktemp("lift") / "ckpt")
+def lift_ckpt(tiny_lift_ckpt):
+    return tiny_lift_ckpt
 
 
 @pytest.fixture(scope="module")
