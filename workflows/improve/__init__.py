@@ -14,20 +14,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 
-def _client_class():
-    from armflow.control.client import BridgeClient
-    from armflow.workflows.improve.run import HeartbeatClient
-
-    return type("ImproveClient", (HeartbeatClient, BridgeClient), {})
-
-
 def main(cfg: DictConfig) -> dict:
-    from armflow.control.client import BridgeClient, BridgeError
+    from armflow.control.client import BridgeError
     from armflow.workflows.improve.demo import prepare_assets
-    from armflow.workflows.improve.run import run_improve
+    from armflow.workflows.improve.run import ImproveClient, run_improve
     from armflow.workflows.quickstart import start_server, stop_server
-
-    ImproveClient = _client_class()
 
     out = Path(cfg.out)
     cfg = prepare_assets(cfg)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from armflow.control.client import BridgeClient
 from armflow.workflows.common import MetricLogger, write_json
 from armflow.workflows.improve.detector import Detector, DetectorAudit
 from armflow.workflows.improve.graph import Skill, StuckDetector, TaskGraph
@@ -50,8 +51,8 @@ def skills_from(cfg: DictConfig) -> list[Skill]:
     return out
 
 
-class HeartbeatClient:
-    """Mixin for a ``BridgeClient``: one lock around every request, and a daemon thread that heartbeats whenever the
+class ImproveClient(BridgeClient):
+    """A ``BridgeClient`` with one lock around every request and a daemon thread that heartbeats whenever the
     control loop has sent nothing for ``idle_s`` (an evaluation, a checkpoint, an episode's video encode or an fsync
     stalled by other I/O): a living controller must never lose its lease (a run died at 16 min when one did)."""
 
