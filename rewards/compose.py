@@ -115,6 +115,19 @@ class AndGate(RewardModel):
         self.model.close()
 
 
+def gated(model: RewardModel, gates: dict | Sequence[dict] | None, threshold: float = 0.5) -> RewardModel:
+    """``model`` AND-gated on every ``{index, op, threshold}`` of ``gates`` (one dict or a list; all must hold) on
+    ``observation.state``: HIL-SERL's classifier AND gripper check, from plain config data. No gates: ``model``."""
+    for i, gate in enumerate([gates] if isinstance(gates, dict) else list(gates or [])):
+        missing = [k for k in ("index", "threshold") if k not in gate]
+        if missing:
+            raise ValueError(f"gate[{i}] = {dict(gate)}: missing {missing}; expected {{index, op, threshold}} on "
+                             "observation.state, e.g. {index: 2, op: '>', threshold: 0.058}")
+        predicate = StatePredicate(int(gate["index"]), float(gate["threshold"]), str(gate.get("op", ">")))
+        model = AndGate(model, predicate, threshold)
+    return model
+
+
 class Debounce(RewardModel):
     """1.0 once a stream has had ``k`` consecutive positives (value >= threshold), else 0.0.
 

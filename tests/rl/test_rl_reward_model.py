@@ -56,14 +56,14 @@ def test_injected_false_negatives_flip_every_positive(lift_ckpt, classifier_dir,
     assert all(r["eval/rl_return"] == 0.0 for r in evals)
 
 
-def test_reward_cameras_are_rendered_but_not_stored(lift_ckpt, classifier_dir):
+def _collect(lift_ckpt, classifier_dir, **reward_model):
     from armflow.policies import load_policy
     from armflow.policies.rl import make_learner
     from armflow.workflows.finetune_rollout import EnvSpec, RolloutWorker
 
     spec = EnvSpec("lift", 2, 0, {"max_episode_steps": 8, "image_size": 32}, 0, reward_mode="model",
                    reward_model={"backend": "classifier", "path": str(classifier_dir), "cameras": ["agentview"],
-                                 "options": {"threshold": 0.0}})
+                                 "options": {"threshold": 0.0}, **reward_model})
     policy = load_policy(lift_ckpt)
     learner = make_learner("dsrl", policy, {"hidden": 16}, 2)
     worker = RolloutWorker(spec, policy.n_obs_steps, tuple(policy.obs_spec), policy.n_action_steps, learner=learner)
@@ -71,8 +71,25 @@ def test_reward_cameras_are_rendered_but_not_stored(lift_ckpt, classifier_dir):
         batch, _ = worker.collect(2)
     finally:
         worker.close()
+    return batch, policy
+
+
+def test_reward_cameras_are_rendered_but_not_stored(lift_ckpt, classifier_dir):
+    batch, policy = _collect(lift_ckpt, classifier_dir)
     assert set(batch["obs"]) == set(policy.obs_spec) == set(batch["next_obs"])  # no camera in the replay
     np.testing.assert_array_equal(batch["reward"], np.ones((2, 2), np.float32))
+
+
+def test_a_proprioceptive_gate_vetoes_the_classifier(lift_ckpt, classifier_dir):
+    # the classifier (threshold 0) says success everywhere; the gate on the grip height decides
+    never = [{"index": 2, "op": ">", "threshold": 10.0}]  # the gripper 10 m up
+    batch, _ = _collect(lift_ckpt, classifier_dir, gate=never)
+    np.testing.assert_array_equal(batch["reward"], np.zeros((2, 2), np.float32))
+    always = [{"index": 2, "op": ">", "threshold": -10.0}, {"index": 7, "op": "<", "threshold": 1.0}]
+    batch, _ = _collect(lift_ckpt, classifier_dir, gate=always)
+    np.testing.assert_array_equal(batch["reward"], np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"gate\[0\].*missing \['threshold'\]"):
+        _collect(lift_ckpt, classifier_dir, gate=[{"index": 2}])
 
 
 def test_bad_reward_configs_fail_before_any_work(lift_ckpt, tmp_path):

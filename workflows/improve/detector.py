@@ -17,7 +17,7 @@ STATE_KEY = "observation.state"
 
 class Detector:
     def __init__(self, spec: dict, instruction: str = ""):
-        from armflow.rewards.compose import AndGate, StatePredicate
+        from armflow.rewards.compose import gated
         from armflow.rewards.registry import make_reward_model
 
         spec = dict(spec)
@@ -25,11 +25,7 @@ class Detector:
             raise ValueError(f"improve: a skill's detector needs backend and cameras; got {spec}")
         options = {**({"path": spec["path"]} if spec.get("path") else {}), **dict(spec.get("options") or {})}
         self.threshold, self.cameras = float(spec.get("threshold", 0.5)), list(spec["cameras"])
-        model = make_reward_model(str(spec["backend"]), **options)
-        gates = spec.get("gate") or []
-        for gate in [gates] if isinstance(gates, dict) else gates:
-            predicate = StatePredicate(int(gate["index"]), float(gate["threshold"]), str(gate.get("op", ">")))
-            model = AndGate(model, predicate, self.threshold)
+        model = gated(make_reward_model(str(spec["backend"]), **options), spec.get("gate"), self.threshold)
         self.model, self.instruction = model, instruction
 
     @property
