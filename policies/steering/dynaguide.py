@@ -9,7 +9,9 @@ embeddings z+_i and negative ones z-_j (DynaGuide's guidance metric):
 Each sampler level adds ``w * dS/dx_hat`` as a guidance term of ``SamplerHooks`` (the sampler shifts the level's
 clean-chunk estimate by (noise fraction) x the term: flow adds it to the velocity, diffusion to -eps); the gradient
 runs through the dynamics model only (one backward per level), at the clean estimate x_hat, normalised units.
-``mcmc_steps`` > 0 adds the stochastic-sampling corrector (the reference uses 4).
+``mcmc_steps`` > 0 adds the stochastic-sampling corrector (the reference uses 4); its re-noise is drawn from a
+generator seeded by the chunk's initial noise (as ITPS's), so a chunk is deterministic given its noise and a seeded
+run (evaluate, deploy: noise from the episode seed) is reproducible.
 
 Goals are observation frames: the last ``goal_frames`` frames of the episodes ``goal_episodes`` of a LeRobot dataset
 ``goals`` (e.g. the demos that lifted cube 1), likewise ``negatives``; an export keeps the frames it used in
@@ -29,6 +31,7 @@ from armflow.policies.sampler import SamplerHooks
 
 from .base import SteeredPolicy
 from .dynamics import ACTION, LatentDynamics, check_dynamics, load_dynamics
+from .itps import _noise_seed as noise_seed
 
 DYNAMICS_DIR, GOALS_FILE = "steering_dynamics", "steering_goals.safetensors"  # where an export keeps them
 
@@ -131,7 +134,12 @@ class DynaGuidePolicy(SteeredPolicy):
         term = (self.guidance_term(feat, diag),) if float(self.spec.guidance) != 0 else ()  # w = 0: no backward
         steered = dataclasses.replace(hooks, guidance=(*hooks.guidance, *term),
                                       mcmc_steps=max(hooks.mcmc_steps, int(self.spec.mcmc_steps)))
-        actions = self.base.predict_chunk(obs, noise=noise, hooks=steered)
+        if steered.mcmc_steps and noise is not None:  # the corrector's re-noise from a generator seeded by the
+            with torch.random.fork_rng(devices=[]):     # given noise (as ITPS's): a seeded rollout is reproducible
+                torch.manual_seed(noise_seed(noise))
+                actions = self.base.predict_chunk(obs, noise=noise, hooks=steered)
+        else:
+            actions = self.base.predict_chunk(obs, noise=noise, hooks=steered)
         t0 = time.perf_counter()
         with torch.no_grad():  # the executed chunk's score: how close its predicted outcome is to the goals
             a_n = self.dynamics.normalizer.normalize(ACTION, actions)
