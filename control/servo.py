@@ -52,6 +52,14 @@ class ServoConfig:
     rt_priority: int = 0  # > 0: run the servo process SCHED_FIFO at this priority (needs CAP_SYS_NICE)
 
 
+def safety_for(driver, limits: SafetyLimits) -> SafetyLayer:
+    """The safety layer for ``driver`` under ``limits``, with the driver's own IK / integration told the motion
+    limits (``set_motion_limits``); shared with ``control.sim_limits`` (evaluation under the bridge's limits)."""
+    safety = SafetyLayer(limits, driver.info(), fk=getattr(driver, "forward_pose", None))
+    driver.set_motion_limits(safety.motion_limits())
+    return safety
+
+
 class ServoLoop:
     """State for one servo process; ``run`` is its main loop (see module docstring)."""
 
@@ -64,8 +72,7 @@ class ServoLoop:
         self.dims = action_dims(self.info.dof)
         self.rate_hz = float(cfg.servo_rate_hz or self.info.native_rate_hz)
         self.period_ns = int(1e9 / self.rate_hz)
-        self.safety = SafetyLayer(self.limits, self.info, fk=getattr(self.driver, "forward_pose", None))
-        self.driver.set_motion_limits(self.safety.motion_limits())  # for a driver's own IK/integration
+        self.safety = safety_for(self.driver, self.limits)
         self.watchdog = Watchdog(int(cfg.t_cmd_ms * 1e6))
         self.scheduler: ChunkScheduler | None = None
         self.mode: str | None = None

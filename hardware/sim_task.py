@@ -89,6 +89,7 @@ class SimTaskDriver(Driver):
         self._flags = {"success": False, "terminated": False, "truncated": False, "reward": 0.0}
         self._steps = 0
         self._scene_resets = 0  # env.reset calls since connect
+        self._last_step: tuple = ({}, 0.0, False, False, {"success": False})  # the last env.step's return
 
     def info(self) -> RobotInfo:
         return RobotInfo(
@@ -165,12 +166,24 @@ class SimTaskDriver(Driver):
         if gripper is not None:
             self._grip = float(np.clip(gripper, 0.0, 1.0))
         action = np.concatenate([sent, [2.0 * self._grip - 1.0]]).astype(np.float32)
-        self._obs, reward, terminated, truncated, info = self.env.step(action)
+        self._last_step = self.env.step(action)
+        self._obs, reward, terminated, truncated, info = self._last_step
         self._steps += 1
         ends = not self.cfg.persistent  # a persistent stream never ends an episode (module docstring)
         self._flags = {"success": ends and bool(info["success"]), "terminated": ends and bool(terminated),
                        "truncated": ends and bool(truncated), "reward": float(reward)}
         return sent
+
+    def last_obs(self) -> dict:
+        """The task observation of the current state (the env's own arrays, as its reset / step returned them)."""
+        self._require_connected()
+        return self._obs
+
+    def last_step(self) -> tuple:
+        """The last ``command``'s ``env.step`` return ``(obs, reward, terminated, truncated, info)`` as the env gave
+        it (``armflow.control.sim_limits`` runs evaluation through this driver and returns it unchanged)."""
+        self._require_connected()
+        return self._last_step
 
     def hold(self) -> None:
         """Nothing to do: the env's servos keep their last targets until the next step."""
