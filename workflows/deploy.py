@@ -90,10 +90,12 @@ def _add_frame(frames: list | None, state) -> None:
 
 
 def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, action_space: str, max_steps: int,
-                         frames: list | None = None) -> dict:
+                         frames: list | None = None, viewer=None) -> dict:
     state = client.reset(seed)
     episode = client.status["episode"]
     agent.reset(state, seed)
+    if viewer is not None:  # viewer=true: the window (a goal given before the first chunk steers it)
+        viewer.start(state, seed)
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     steps, ret, done, success = 0, 0.0, False, False
@@ -105,7 +107,7 @@ def run_episode_lockstep(client: BridgeClient, agent: ChunkAgent, seed: int, act
         agent.observe(st)
         _add_frame(frames, st)
         done, success = _done(st)
-        return done or steps >= max_steps
+        return done or steps >= max_steps or (viewer is not None and viewer.on_state(st, steps))
 
     while not done and steps < max_steps:
         state = send_and_follow(client, state, agent.next_chunk(), action_space, dt_ns, on_state, episode)
@@ -160,12 +162,14 @@ def _rtc_hooks(agent: ChunkAgent, prev: np.ndarray, shift: int, d_hat: int, beta
 
 def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, action_space: str, max_steps: int,
                          margin_ms: float, frames: list | None = None, stall_s: float = 10.0,
-                         opts: RealtimeOptions | None = None) -> dict:
+                         opts: RealtimeOptions | None = None, viewer=None) -> dict:
     from armflow.policies.executors import DelayEstimator
 
     opts = opts or RealtimeOptions()
     state = client.reset(seed) if client.info().is_sim else client.read_state()
     agent.reset(state, seed)
+    if viewer is not None:
+        viewer.start(state, seed)
     client.arm(action_space)
     dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
     last_step, steps, ret, done, success = client.status["step"], 0, 0.0, False, False
@@ -185,6 +189,7 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
                 agent.observe(st)
                 _add_frame(frames, st)
                 done, success = _done(st)
+                done = (viewer is not None and viewer.on_state(st, steps)) or done
         lead_ns = estimator.steps * dt_ns + margin_ms * 1e6  # the recent-max delay, the cold inference excluded
         if pending is None and not done and (first or buffer_end_ns - client.server_now_ns() <= lead_ns):
             obs_step = last_step + opts.action_offset_steps  # the servo step of this chunk's action 0
@@ -222,7 +227,7 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
 
 def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space: str = "ee_delta",
            max_steps: int = 1000, margin_ms: float = 30.0, video_episodes: int = 0,
-           opts: RealtimeOptions | None = None) -> tuple[dict, list]:
+           opts: RealtimeOptions | None = None, viewer=None) -> tuple[dict, list]:
     """Run ``episodes`` episodes; return (summary, per-episode frame lists for videos)."""
     if action_space not in client.welcome["action_dims"]:
         raise SystemExit(f"armflow deploy: robot does not accept {action_space}; "
@@ -232,14 +237,17 @@ def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space:
         agent = ChunkAgent(policy)
         frames = [] if i < video_episodes else None
         if client.lockstep:
-            res = run_episode_lockstep(client, agent, seed + i, action_space, max_steps, frames)
+            res = run_episode_lockstep(client, agent, seed + i, action_space, max_steps, frames, viewer)
         else:
-            res = run_episode_realtime(client, agent, seed + i, action_space, max_steps, margin_ms, frames, opts=opts)
+            res = run_episode_realtime(client, agent, seed + i, action_space, max_steps, margin_ms, frames, opts=opts,
+                                       viewer=viewer)
         res["inference_ms_p50"] = float(np.median(agent.inference_ms))
         per.append(res)
         if frames:
             videos.append((res, frames))
         print(f"[deploy] episode {i} seed {seed + i}: success={res['success']} length={res['length']}", flush=True)
+        if viewer is not None and viewer.session.quit:  # q in the window ends the run
+            break
     rtt_us = np.asarray(client.rtt_ns, float) / 1e3
     summary = {"episodes": len(per), "success_rate": float(np.mean([r["success"] for r in per])),
                "mean_return": float(np.mean([r["return"] for r in per])),
@@ -263,6 +271,7 @@ def main(cfg: DictConfig) -> dict:
     from armflow.workflows.common import write_json
     from armflow.workflows.media import write_mp4
     from armflow.workflows.steering import apply_steering, steering_summary
+    from armflow.workflows.viewer_rollout import BridgeViewer, wants_viewer
 
     if not cfg.get("checkpoint"):
         raise SystemExit("armflow deploy: set checkpoint=DIR (a policy dir with config.json + model.safetensors)")
@@ -275,12 +284,16 @@ def main(cfg: DictConfig) -> dict:
         client.connect()
     except BridgeError as exc:
         raise SystemExit(f"armflow deploy: cannot connect to {cfg.endpoint}: {exc} (is `armflow serve` running?)")
+    viewer = None
     try:
+        viewer = BridgeViewer(policy, client, cfg) if wants_viewer(cfg) else None
         summary, videos = deploy(client, policy, int(cfg.episodes), int(cfg.seed), cfg.action_space,
                                  int(cfg.max_steps), float(cfg.inference_margin_ms), int(cfg.video_episodes),
-                                 realtime_options(cfg))
+                                 realtime_options(cfg), viewer)
     finally:
         client.close()
+        if viewer is not None:
+            viewer.close()
     fps = float(client.welcome["servo_rate_hz"])
     summary["videos"] = []
     for res, frames in videos:
@@ -289,6 +302,8 @@ def main(cfg: DictConfig) -> dict:
     summary["checkpoint"], summary["endpoint"] = str(cfg.checkpoint), cfg.endpoint
     if steering is not None:
         summary["steering"] = steering_summary(policy, steering)
+    if viewer is not None:  # the goals given (viewer.goals) and, steered, the chunks they were applied to
+        viewer.finish(summary, policy)
     write_json(out / "summary.json", summary)
     print(f"[deploy] success {summary['success_rate']:.2f} over {summary['episodes']} episodes; "
           f"rtt p50 {summary['rtt_p50_us']:.0f} us p99 {summary['rtt_p99_us']:.0f} us")

@@ -115,15 +115,19 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
         env.close()
         if recorder is not None:
             recorder.close()
+    return {**episode_summary(task, results), **({"realtime": act.metrics(results)} if execution is not None else {}),
+            **({"recorded": {"dataset": str(record), "episodes": recorder.episodes}} if recorder else {})}
+
+
+def episode_summary(task: str, results: list[dict]) -> dict:
+    """Success rate, the successful episodes' modes, mean return and length of per-episode ``results``."""
     successes = np.array([r["success"] for r in results])
     modes = [r["mode"] for r in results if r["success"] and r["mode"] >= 0]
     mode_counts = {str(m): modes.count(m) for m in sorted(set(modes))}
     return {"task": task, "episodes": len(results), "success_rate": float(successes.mean()),
             "successful_modes": mode_counts,
             "mean_return": float(np.mean([r["return"] for r in results])),
-            "mean_length": float(np.mean([r["length"] for r in results])), "per_episode": results,
-            **({"realtime": act.metrics(results)} if execution is not None else {}),
-            **({"recorded": {"dataset": str(record), "episodes": recorder.episodes}} if recorder else {})}
+            "mean_length": float(np.mean([r["length"] for r in results])), "per_episode": results}
 
 
 def plot_eval(out: Path, result: dict) -> list[Path]:
@@ -142,7 +146,9 @@ def main(cfg: DictConfig) -> dict:
     from armflow.policies import load_policy
     from armflow.workflows.common import write_json
     from armflow.workflows.realtime_exec import execution_from_cfg, plot_actions
+    from armflow.workflows.itps_viewer import add_goal_record
     from armflow.workflows.steering import apply_steering, steering_summary
+    from armflow.workflows.viewer_rollout import evaluate_viewer, wants_viewer
 
     if not cfg.get("checkpoint"):
         raise SystemExit("armflow evaluate: set checkpoint=DIR (a policy dir with config.json + model.safetensors)")
@@ -155,14 +161,19 @@ def main(cfg: DictConfig) -> dict:
                                        int(cfg.seed) - 10_000, int(cfg.n_envs), cfg.n_workers, overrides, False)[
         "success_rate"]  # GPC weight search on seeds below the evaluated ones
     policy, steering = apply_steering(policy, cfg.get("steering"), search)
-    execution = execution_from_cfg(cfg)
-    result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
-                             overrides, source=f"checkpoint {cfg.checkpoint}", record=cfg.get("record"),
-                             execution=execution)
+    if wants_viewer(cfg):  # the rollout in the ITPS viewer's window (one env), or a replay of its goals
+        result, session = evaluate_viewer(policy, cfg, overrides, out, f"checkpoint {cfg.checkpoint}")
+    else:
+        result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
+                                 overrides, source=f"checkpoint {cfg.checkpoint}", record=cfg.get("record"),
+                                 execution=execution_from_cfg(cfg))
     if steering is not None:
         result["steering"] = steering_summary(policy, steering)
-    result.update(record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
-                                out / "videos", overrides))
+    if wants_viewer(cfg):
+        add_goal_record(result, session, policy, str(cfg.viewer_camera))
+    else:
+        result.update(record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
+                                    out / "videos", overrides))
     result["task_overrides"] = overrides
     result["plots"] = [str(p) for p in plot_eval(out, result)]
     if "realtime" in result:  # the first episode's executed actions with its chunk switches

@@ -1,20 +1,20 @@
-"""The ITPS viewer: an OpenCV window on the rendered scene where a left click sets a point goal and a drag sketches a
-path for an ITPS-steered policy (``armflow.policies.steering.itps``); the policy picks it up at its next chunk.
+"""The ITPS viewer of ``armflow evaluate viewer=true`` and ``armflow deploy viewer=true``: an OpenCV window on the
+rollout where a left click sets a point goal and a drag sketches a path for an ITPS-steered policy
+(``steering.type=itps``, ``armflow.policies.steering.itps``); the policy uses it from its next chunk.
 
 Pixel -> workspace: the camera's pose (``MjData.cam_xpos``, ``cam_xmat``: MuJoCo cameras look along their -z with
 +y up) and vertical field of view (``MjModel.cam_fovy``) give the ray through the pixel centre; the goal is where
-it meets the horizontal plane ``z = plane_z_m`` (default: a resting cube's centre height), so a click on a cube
-gives that cube's position up to its half height's parallax. Points outside the workspace box are refused in the
-window's status line, not sent.
+it meets the horizontal plane ``z = plane_z_m`` (a resting cube's centre height), so a click on a cube gives that
+cube's position up to its half height's parallax. A point outside the workspace box, or a click on a run that is
+not ITPS-steered, is refused in the window's status line (and printed), never sent.
 
-    python -m armflow.workflows.itps_viewer CHECKPOINT [--task pick_either] [--camera topview] [--episodes 1]
-        [--strategy ss] [--seed 100000] [--log LOG.json]
-
-``--log`` writes every chunk's received goal (``diagnostics[i]["goal_m"]``) and the clicks (the Xvfb test reads it).
+Every accepted goal is saved with the episode seed and the step it was applied at (``viewer.goals`` in eval.json /
+summary.json) and the steering diagnostics gain ``goals_applied`` (the goal each run of chunks was sampled with);
+``viewer_goals=RUN/eval.json`` sets a run's goals again at the same seeds and steps (with or without the window),
+which reproduces it. At each episode start the goal is reset to ``steering.goal`` (none: the policy as trained).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -28,15 +28,25 @@ DRAG_MIN_PX = 8  # a press-release that moved less than this is a click (a point
 def camera_ray(model, data, camera: str, u: float, v: float, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """(origin (3,), unit direction (3,)) in the world frame of the ray through pixel (u, v) [px, top-left origin]
     of a ``width`` x ``height`` render of ``camera``."""
-    import mujoco
-
-    cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
-    if cid < 0:
-        raise ValueError(f"itps viewer: the model has no camera {camera!r}")
+    cid = camera_id(model, camera)
     f = 0.5 * height / np.tan(np.deg2rad(model.cam_fovy[cid]) / 2)  # focal length [px]
     d_cam = np.array([(u + 0.5 - width / 2) / f, -(v + 0.5 - height / 2) / f, -1.0])
     d = data.cam_xmat[cid].reshape(3, 3) @ d_cam
     return data.cam_xpos[cid].copy(), d / np.linalg.norm(d)
+
+
+def camera_id(model, camera: str, fixed: bool = False) -> int:
+    """The camera's id; ``fixed``: refuse a camera that moves with a body (its pose would need the robot's state)."""
+    import mujoco
+
+    cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cid < 0:
+        names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+        raise ValueError(f"viewer_camera={camera!r}: the model has no such camera (it has {names})")
+    if fixed and model.cam_bodyid[cid] != 0:
+        raise ValueError(f"viewer_camera={camera!r} moves with the robot; the viewer needs a fixed camera (topview, "
+                         "agentview)")
+    return cid
 
 
 def pixel_to_plane(model, data, camera: str, u: float, v: float, width: int, height: int,
@@ -50,23 +60,32 @@ def pixel_to_plane(model, data, camera: str, u: float, v: float, width: int, hei
 
 def world_to_pixel(model, data, camera: str, p: np.ndarray, width: int, height: int) -> tuple[int, int]:
     """The inverse of :func:`camera_ray`: pixel of world point ``p`` (for drawing the goal)."""
-    import mujoco
-
-    cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    cid = camera_id(model, camera)
     f = 0.5 * height / np.tan(np.deg2rad(model.cam_fovy[cid]) / 2)
     q = data.cam_xmat[cid].reshape(3, 3).T @ (np.asarray(p) - data.cam_xpos[cid])
     return int(round(width / 2 - 0.5 + f * q[0] / -q[2])), int(round(height / 2 - 0.5 - f * q[1] / -q[2]))
 
 
+def goal_refusal(policy) -> str | None:
+    """Why ``policy`` takes no goal (None: it does, an ITPS-steered policy)."""
+    kind = (getattr(policy, "steering", None) or {}).get("type")
+    if kind == "itps":
+        return None
+    return ("goals need steering.type=itps (this run is unsteered)" if kind is None
+            else f"steering.type={kind} takes no goal; goals need steering.type=itps")
+
+
 class GoalViewer:
     """The window: ``show(frame)`` draws it and pumps mouse events; ``take_goal()`` returns a new goal (a point (3,)
-    or a path (M, 3) [m]) once per click or drag, else None."""
+    or a path (M, 3) [m]) once per accepted click or drag, else None. ``refuse``: why every goal is refused."""
 
-    def __init__(self, model, data, camera: str, size_px: int, plane_z_m: float):
+    def __init__(self, model, data, camera: str, size_px: int, plane_z_m: float, refuse: str | None = None):
         import cv2
 
+        camera_id(model, camera, fixed=True)
         self.cv2, self.model, self.data, self.camera, self.size = cv2, model, data, camera, size_px
-        self.plane_z_m, self.status = plane_z_m, "click: point goal, drag: path"
+        self.plane_z_m, self.refuse = plane_z_m, refuse
+        self.status = "click: point goal, drag: path, q: quit" if refuse is None else f"view only: {refuse}"
         self._stroke: list[tuple[int, int]] | None = None
         self._new: np.ndarray | None = None
         self.goal: np.ndarray | None = None
@@ -98,8 +117,11 @@ class GoalViewer:
             if any(p is None for p in pts):
                 raise ValueError("the ray misses the table plane")
             goal = check_goal(np.asarray(pts) if drag else pts[0])
+            if self.refuse is not None:
+                raise ValueError(self.refuse)
         except ValueError as exc:
-            self.status = f"refused: {exc}"[:90]
+            self.status, self.clicks[-1]["refused"] = f"refused: {exc}", str(exc)
+            print(f"[viewer] {self.status}", flush=True)
             return
         self._new = goal
         self.status = f"goal {'path' if drag else np.round(goal, 3).tolist()}"
@@ -107,101 +129,125 @@ class GoalViewer:
 
     def take_goal(self) -> np.ndarray | None:
         goal, self._new = self._new, None
-        if goal is not None:
-            self.goal = goal
         return goal
 
     def show(self, frame_rgb: np.ndarray, wait_ms: int = 1) -> int:
+        """Draw ``frame_rgb`` (resized to the window), the current goal and the status; the key pressed or -1."""
         cv2 = self.cv2
         img = np.ascontiguousarray(frame_rgb[..., ::-1])
+        if img.shape[:2] != (self.size, self.size):  # a served camera image: its geometry scales with the window
+            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         if self.goal is not None:
             pts = [world_to_pixel(self.model, self.data, self.camera, p, self.size, self.size)
                    for p in self.goal.reshape(-1, 3)]
             for a, b in zip(pts, pts[1:]):
                 cv2.line(img, a, b, (0, 200, 255), 2)
             cv2.circle(img, pts[-1], 6, (0, 0, 255), 2)
-        cv2.putText(img, self.status, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+        for i in range(0, min(len(self.status), 180), 60):  # wrapped: a refusal names the box it left
+            cv2.putText(img, self.status[i:i + 60], (6, 16 + 16 * (i // 60)), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
+                        (255, 255, 255), 1)
         cv2.imshow(WINDOW, img)
-        return cv2.waitKey(wait_ms) & 0xFF
+        return cv2.waitKey(max(1, int(wait_ms))) & 0xFF
 
     def close(self) -> None:
         self.cv2.destroyWindow(WINDOW)
+        self.cv2.waitKey(1)
 
 
-def interactive_episodes(policy, task: str, seeds: list[int], camera: str = "topview", size_px: int = 480,
-                         step_delay_s: float = 0.05, wait_first_goal_s: float = 0.0) -> dict:
-    """Roll ``seeds`` in one in-process env with the window: each step renders ``camera`` and polls the mouse; a new
-    goal goes to ``policy.set_goal`` and the steered policy uses it from its next chunk. ``q`` ends the run.
-    ``wait_first_goal_s``: hold the arm (no steps) until the first goal or this long. Returns per-episode results
-    and the clicks."""
-    import mujoco
-
-    from armflow.sim import make_env
-    from armflow.workflows.rollout import PolicyRunner
-
-    env = make_env(task)
-    base = env.unwrapped
-    renderer = mujoco.Renderer(base.model, size_px, size_px)
-    viewer = GoalViewer(base.model, base._data, camera, size_px, float(getattr(base, "rest_height_m", 0.0)))
-    runner, episodes, quit_ = PolicyRunner(policy, 1), [], False
-
-    def frame():
-        renderer.update_scene(base._data, camera=camera)
-        return renderer.render()
+def load_goals(path) -> dict[tuple[int, int], np.ndarray]:
+    """``viewer_goals=PATH``: a viewer run's eval.json / summary.json (its ``viewer.goals``) or a JSON list of
+    ``{seed, step, goal_m}`` -> {(seed, step): goal}."""
+    from armflow.policies.steering import check_goal
 
     try:
-        for seed in seeds:
-            obs, _ = env.reset(seed=seed)
-            runner.start({k: v[None] for k, v in obs.items()}, seeds=[seed])
-            deadline = time.monotonic() + wait_first_goal_s
-            while viewer.goal is None and time.monotonic() < deadline:
-                viewer.show(frame(), 20)
-                if (g := viewer.take_goal()) is not None:
-                    policy.set_goal(g)
-            info, steps = {"success": False}, 0
-            while not quit_:
-                if (g := viewer.take_goal()) is not None:
-                    policy.set_goal(g)
-                obs, _, terminated, truncated, info = env.step(runner.act()[0])
-                runner.observe({k: v[None] for k, v in obs.items()})
-                steps += 1
-                quit_ = viewer.show(frame(), max(1, int(step_delay_s * 1e3))) == ord("q")
-                if terminated or truncated:
-                    break
-            episodes.append({"seed": seed, "success": bool(info["success"]), "length": steps,
-                             "mode": int(info.get("mode", -1))})
-            if quit_:
+        data = json.loads(Path(path).read_text())
+        rows = data["viewer"]["goals"] if isinstance(data, dict) else data
+        return {(int(r["seed"]), int(r["step"])): check_goal(r["goal_m"]) for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"viewer_goals={path}: expected a viewer run's eval.json / summary.json (viewer.goals) or "
+                         f"a JSON list of {{seed, step, goal_m}}: {exc}") from None
+
+
+class GoalSession:
+    """One run's goals: the window (None: headless replay), the replayed goals, the record of every goal applied.
+    ``begin(seed)`` at each episode start, ``poll(step)`` before each step's action, ``show(frame)`` per frame."""
+
+    def __init__(self, policy, viewer: GoalViewer | None, replay: dict | None = None):
+        self.policy, self.viewer, self.replay = policy, viewer, dict(replay or {})
+        self.goals: list[dict] = []
+        self.seed, self.quit = -1, False
+
+    def begin(self, seed: int) -> None:
+        self.seed = int(seed)
+        if goal_refusal(self.policy) is None:  # the episode starts with the configured goal (or none)
+            spec_goal = self.policy.spec.goal
+            self.policy.goal_m = None  # ITPSPolicy: no goal = the base policy's chunk
+            if spec_goal:
+                self.policy.set_goal(spec_goal)
+        if self.viewer is not None:
+            self.viewer.goal = None
+
+    def poll(self, step: int) -> None:
+        """Apply the goal the user gave (or the replay holds) for this step; the next chunk is sampled with it."""
+        goal = self.replay.pop((self.seed, int(step)), None)
+        live = self.viewer.take_goal() if self.viewer is not None else None
+        goal = live if live is not None else goal
+        if goal is None:
+            return
+        refusal = goal_refusal(self.policy)
+        if refusal is not None:
+            raise SystemExit(f"viewer_goals: {refusal}")
+        self.policy.set_goal(goal)
+        if self.viewer is not None:
+            self.viewer.goal = goal
+        self.goals.append({"seed": self.seed, "step": int(step), "goal_m": np.asarray(goal).tolist(),
+                           "kind": "path" if np.ndim(goal) == 2 else "point"})
+        print(f"[viewer] seed {self.seed} step {step}: goal {np.round(goal, 3).tolist()}", flush=True)
+
+    def show(self, frame: np.ndarray | None, wait_ms: int = 1) -> bool:
+        """Draw a frame; True when the user pressed q (end the run)."""
+        if self.viewer is not None and frame is not None:
+            self.quit = self.quit or self.viewer.show(frame, wait_ms) == ord("q")
+        return self.quit
+
+    def hold(self, frame_fn, wait_s: float, tick=None) -> None:
+        """Before an episode's first step: keep showing ``frame_fn()`` until the first goal or ``wait_s`` [s];
+        ``tick()`` runs every frame (deploy: the bridge heartbeat)."""
+        deadline = time.monotonic() + float(wait_s)
+        while self.viewer is not None and self.viewer._new is None and time.monotonic() < deadline:
+            if self.show(frame_fn(), 20):
                 break
-    finally:
-        viewer.close()
-        renderer.close()
-        env.close()
-    return {"episodes": episodes, "clicks": viewer.clicks}
+            if tick is not None:
+                tick()
+
+    def record(self, camera: str) -> dict:
+        clicks = self.viewer.clicks if self.viewer is not None else []
+        return {"camera": camera, "goals": self.goals, "clicks": clicks,
+                "refused": [c for c in clicks if "refused" in c], "quit": self.quit}
+
+    def close(self) -> None:
+        if self.viewer is not None:
+            self.viewer.close()
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("checkpoint")
-    p.add_argument("--task", default="pick_either")
-    p.add_argument("--camera", default="topview")
-    p.add_argument("--episodes", type=int, default=1)
-    p.add_argument("--seed", type=int, default=100000)
-    p.add_argument("--strategy", default="ss")
-    p.add_argument("--size", type=int, default=480)
-    p.add_argument("--wait-first-goal-s", type=float, default=0.0)
-    p.add_argument("--log", default=None)
-    args = p.parse_args(argv)
-    from armflow.policies import load_policy
-    from armflow.policies.steering import steer
-
-    policy = steer(load_policy(args.checkpoint, steered=False), {"type": "itps", "strategy": args.strategy})
-    result = interactive_episodes(policy, args.task, [args.seed + i for i in range(args.episodes)], args.camera,
-                                  args.size, wait_first_goal_s=args.wait_first_goal_s)
-    result["goals_received"] = [d.get("goal_m") for d in policy.diagnostics]
-    if args.log:
-        Path(args.log).write_text(json.dumps(result, indent=1))
-    return result
+def goal_timeline(diagnostics: list[dict]) -> list[dict]:
+    """The goal each run of consecutive chunk calls was sampled with: ``[{first_chunk, chunks, goal_m}]`` (calls
+    without a goal left out): the steering diagnostics' proof that a clicked goal was applied."""
+    runs: list[dict] = []
+    for i, d in enumerate(diagnostics):
+        g = d.get("goal_m")
+        if g is None:
+            continue
+        if runs and runs[-1]["goal_m"] == g and runs[-1]["first_chunk"] + runs[-1]["chunks"] == i:
+            runs[-1]["chunks"] += 1
+        else:
+            runs.append({"first_chunk": i, "chunks": 1, "goal_m": g})
+    return runs
 
 
-if __name__ == "__main__":
-    main()
+def add_goal_record(result: dict, session: GoalSession, policy, camera: str) -> None:
+    """The run's summary gains ``viewer`` (the goals, clicks, refusals) and the steering diagnostics
+    ``goals_applied``."""
+    result["viewer"] = session.record(camera)
+    if result.get("steering"):
+        result["steering"]["diagnostics"]["goals_applied"] = goal_timeline(getattr(policy, "diagnostics", []))
