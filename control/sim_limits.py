@@ -50,7 +50,8 @@ class SafetyLimitedEnv:
         self.dt_s = int(1e9 / float(self.driver.info().native_rate_hz)) / 1e9
         self.clamps_total: Counter = Counter()
         self.episode_clamps: Counter = Counter()
-        self._state = None
+        self.clamps_by_seed: dict[int, dict] = {}  # the clamps of each seeded episode (evaluate reports them)
+        self._state, self._seed = None, None
 
     def __getattr__(self, name):
         if name in ("env", "driver"):  # not built yet (a failed __init__): never recurse
@@ -61,7 +62,9 @@ class SafetyLimitedEnv:
         self._state = self.driver.reset(seed)
         self.safety.clamps.clear()
         self.safety.reset(MODE, self._state)
-        self.episode_clamps = Counter()
+        self.episode_clamps, self._seed = Counter(), seed
+        if seed is not None:
+            self.clamps_by_seed[int(seed)] = {}
         return self.driver.last_obs(), {"success": False}
 
     def step(self, action):
@@ -80,6 +83,8 @@ class SafetyLimitedEnv:
         new = self.safety.clamps - self.episode_clamps
         self.episode_clamps.update(new)
         self.clamps_total.update(new)
+        if self._seed is not None:
+            self.clamps_by_seed[int(self._seed)] = dict(self.episode_clamps)
         return {**info, "safety_clamps": dict(self.episode_clamps)}
 
     def _hold(self, reason: str):
@@ -99,3 +104,13 @@ def limited_vec_env(task: str, n_envs: int, limits: str | None = None, overrides
 
     make = functools.partial(SafetyLimitedEnv, task, limits, **dict(overrides or {}))
     return SyncVectorEnv.from_env_fns([make] * int(n_envs))
+
+
+def add_episode_clamps(results: list[dict], venv) -> None:
+    """Set ``clamps`` (safety-layer clamp counts by name, as ``armflow deploy`` reports them) on each per-episode
+    result ``{"seed", ...}`` run on ``venv`` (``limited_vec_env``)."""
+    by_seed: dict = {}
+    for part in venv.get_attr("clamps_by_seed"):
+        by_seed.update(part)
+    for r in results:
+        r["clamps"] = by_seed.get(int(r["seed"]), {})

@@ -78,11 +78,14 @@ def gripper_dim(task: str, action_dim: int) -> int | None:
 def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_envs: int = 8,
                     n_workers: int | None = None, env_overrides: dict | None = None,
                     progress: bool = True, source: str = "evaluate", record: str | None = None,
-                    execution=None) -> dict:
+                    execution=None, safety_limits: str | None = None) -> dict:
     """Success rate of ``policy`` on ``task`` over ``episodes`` seeded episodes (``source`` names the policy in
     errors); ``record``: a dir where the episodes are written as a LeRobot v3 dataset (``workflows.record``);
     ``execution``: a :class:`~armflow.workflows.realtime_exec.Execution` (chunk executor, simulated inference
-    delay), which adds ``realtime`` metrics and per-episode discontinuity / time to success."""
+    delay), which adds ``realtime`` metrics and per-episode discontinuity / time to success; ``safety_limits``: run
+    the envs (in-process) behind the bridge's safety layer with these limits (a name under configs/safety_limits/
+    or a YAML path; ``auto``: the file ``armflow serve`` picks for the task), as lockstep ``armflow deploy`` runs
+    them: the same episodes, and per-episode ``clamps`` (``armflow.control.sim_limits``)."""
     from armflow.workflows.chunk_env import ChunkVecEnv
 
     if episodes < 1 or n_envs < 1:
@@ -91,8 +94,13 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
     n_envs = min(n_envs, episodes)
     keep = max(policy.n_action_steps, policy.n_obs_steps + 1) if record else 0
     # a recording keeps every observation the env has (cameras for a reward model), the policy reads its own keys
+    venv = None
+    if safety_limits:
+        from armflow.control.sim_limits import limited_vec_env
+
+        venv = limited_vec_env(task, n_envs, None if safety_limits == "auto" else safety_limits, env_overrides)
     env = ChunkVecEnv(task, n_envs, policy.n_obs_steps, None if record else tuple(policy.obs_spec), n_workers,
-                      dict(env_overrides or {}), keep_steps=keep)
+                      dict(env_overrides or {}), keep_steps=keep, venv=venv)
     recorder = None
     try:
         check_compatible(policy, env.venv.single_observation_space, env.action_dim, source, task)
@@ -111,6 +119,10 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
         with tqdm(total=episodes, desc=f"evaluate {task}", unit="ep", disable=not progress) as bar:
             results = run_episodes(env, act, [seed + i for i in range(episodes)], t_a,
                                    on_start=on_start, progress=bar, on_step=recorder)
+        if venv is not None:
+            from armflow.control.sim_limits import add_episode_clamps
+
+            add_episode_clamps(results, venv)
     finally:
         env.close()
         if recorder is not None:
@@ -158,7 +170,8 @@ def main(cfg: DictConfig) -> dict:
     policy = load_policy(cfg.checkpoint)
     overrides = dict(OmegaConf.to_container(cfg.task_overrides, resolve=True) or {})
     search = lambda p: evaluate_policy(p, cfg.task, int(cfg.steering.search_episodes or 20),  # noqa: E731
-                                       int(cfg.seed) - 10_000, int(cfg.n_envs), cfg.n_workers, overrides, False)[
+                                       int(cfg.seed) - 10_000, int(cfg.n_envs), cfg.n_workers, overrides, False,
+                                       safety_limits=cfg.get("limits"))[
         "success_rate"]  # GPC weight search on seeds below the evaluated ones
     policy, steering = apply_steering(policy, cfg.get("steering"), search)
     if wants_viewer(cfg):  # the rollout in the ITPS viewer's window (one env), or a replay of its goals
@@ -166,7 +179,7 @@ def main(cfg: DictConfig) -> dict:
     else:
         result = evaluate_policy(policy, cfg.task, int(cfg.episodes), int(cfg.seed), int(cfg.n_envs), cfg.n_workers,
                                  overrides, source=f"checkpoint {cfg.checkpoint}", record=cfg.get("record"),
-                                 execution=execution_from_cfg(cfg))
+                                 execution=execution_from_cfg(cfg), safety_limits=cfg.get("limits"))
     if steering is not None:
         result["steering"] = steering_summary(policy, steering)
     if wants_viewer(cfg):
