@@ -1,7 +1,8 @@
 """``armflow evaluate``: success rate of a checkpoint over N seeded episodes in vectorised envs.
 
 Seeds are ``seed, seed+1, ...`` (default 100000+, never used by ``armflow collect``'s defaults);
-writes ``eval.json``, PNG plots and MP4 rollouts of the first ``video_episodes`` seeds.
+writes ``eval.json``, PNG plots and MP4 rollouts of the first ``video_episodes`` seeds. ``viewer=true``: the
+rollout in the ITPS viewer's window, one env (``armflow.workflows.viewer_rollout``).
 """
 from __future__ import annotations
 
