@@ -12,7 +12,7 @@ from the obs at t and available at t + d)::
 - ``sync`` (lockstep): the world waits for inference; the block is A[0:s] (d ignored).
 - ``naive`` (asynchronous): P keeps running during the delay, then A from index d; A knows nothing of P, so
   the switch jumps wherever A and P disagree.
-- ``rtc`` (Black et al. 2025): the same schedule, but A is sampled with guidance toward P's remaining actions
+- ``rtc`` (Black et al. 2025): the same schedule, but A is sampled inpainting P's remaining actions
   (:meth:`RTCExecutor.prefix`): the first d (frozen) exactly, the overlap with a decaying soft mask.
 - ``ensemble`` (ACT, Zhao et al. 2023): every step averages all available chunks covering it, weighted
   ``exp(-k i)`` with i = 0 the oldest; with d = 0 it equals ``ActionChunker(s, temporal_ensemble=k)``.
@@ -29,14 +29,18 @@ import numpy as np
 EXECUTORS = ("sync", "naive", "ensemble", "rtc")
 
 
-def soft_mask(horizon: int, d: int, s: int) -> np.ndarray:
+def soft_mask(horizon: int, d: int, s: int, overlap: float = 1.0) -> np.ndarray:
     """RTC's prefix weights W (H,): 1 for the d frozen actions (i < d), an exponential decay over the rest of the
-    overlap with the previous chunk (d <= i < H - s), 0 beyond it (Black et al. 2025, eq. 5)."""
+    overlap with the previous chunk (d <= i < H - s), 0 beyond it (Black et al. 2025, eq. 5); the decay is scaled by
+    ``overlap`` in [0, 1] (how hard the new chunk is held to the old plan after the frozen actions: with
+    :func:`armflow.policies.realtime.rtc_hooks`' exact inpainting, 1 copies the old, staler plan nearly verbatim)."""
     if not 0 <= d <= s <= horizon - d:
         raise ValueError(f"soft_mask: need 0 <= d <= s <= H - d; got d={d}, s={s}, H={horizon}")
+    if not 0.0 <= overlap <= 1.0:
+        raise ValueError(f"soft_mask: overlap={overlap} must be in [0, 1]")
     i = np.arange(horizon, dtype=np.float64)
     c = (horizon - s - i) / (horizon - s - d + 1)
-    w = np.where(i < d, 1.0, c * np.expm1(c) / (math.e - 1.0))
+    w = np.where(i < d, 1.0, overlap * c * np.expm1(c) / (math.e - 1.0))
     return np.where(i < horizon - s, w, 0.0)
 
 
@@ -54,6 +58,10 @@ class DelayEstimator:
     never used; the estimate is the maximum over the last ``window`` measurements (a short spike is covered, an
     old one forgotten); a measurement is clamped to the actions the robot actually consumed while it ran (a
     stall that the robot waited out must not make the next chunk skip actions); the result lies in [0, d_max].
+    Until a warm measurement exists the cold one (clamped) stands in for it, else ``prior_steps``: the chunk after
+    the first also runs late, and an estimate of 0 there leaves the actions executed during its inference unfrozen
+    (lift episodes are ~3 chunks, so that was a third of all switches); a cold overestimate only freezes more of the
+    previous plan, which RTC's schedule executes anyway.
     """
 
     def __init__(self, ctrl_dt_s: float, d_max: int, window: int = 5, prior_steps: int = 0):
@@ -62,19 +70,21 @@ class DelayEstimator:
                              f"{d_max}, {window}")
         self.ctrl_dt_s, self.d_max, self.prior = float(ctrl_dt_s), int(d_max), int(prior_steps)
         self.recent: deque[int] = deque(maxlen=int(window))
-        self.n_seen = 0
+        self.n_seen, self.cold = 0, None
 
     def record(self, latency_s: float, consumed_steps: int | None = None) -> None:
         """One inference's latency [s] and, where known, the actions the robot executed meanwhile."""
         self.n_seen += 1
-        if self.n_seen == 1:  # cold first inference: excluded
-            return
         d = math.ceil(latency_s / self.ctrl_dt_s - 1e-9)
-        self.recent.append(d if consumed_steps is None else min(d, int(consumed_steps)))
+        d = d if consumed_steps is None else min(d, int(consumed_steps))
+        if self.n_seen == 1:  # cold first inference: kept apart, never in the recent window
+            self.cold = d
+            return
+        self.recent.append(d)
 
     @property
     def steps(self) -> int:
-        d = max(self.recent) if self.recent else self.prior
+        d = max(self.recent) if self.recent else (self.prior if self.cold is None else self.cold)
         return int(min(max(d, 0), self.d_max))
 
 
@@ -94,6 +104,9 @@ class ChunkExecutor:
         self.prev: np.ndarray | None = None  # the chunk whose actions run at the start of the next block
         self.actions: list[np.ndarray] = []  # every action handed out, (D,) each
         self.switches: list[int] = []  # indices into actions where a new chunk's first action runs
+        # per switch: the action the running plan would have executed at that step had no new chunk come (None at
+        # an episode's first chunk): the switch's own discontinuity is |executed - planned| there
+        self.planned: list[np.ndarray | None] = []
 
     def prefix(self) -> np.ndarray | None:
         """The previous chunk advanced by the s steps it has run, padded with its last action (None at the start)."""
@@ -112,12 +125,16 @@ class ChunkExecutor:
         self.prev = chunk
         return block
 
+    def _switch(self, index: int, planned: np.ndarray | None) -> None:
+        self.switches.append(index)
+        self.planned.append(None if planned is None else np.array(planned, dtype=np.float64))
+
     def _block(self, chunk: np.ndarray, d: int) -> np.ndarray:
         """Delayed schedule: the previous chunk's next d actions, then the new chunk from index d."""
         if self.prev is None:  # the first chunk: the robot waited for it
-            self.switches.append(len(self.actions))
+            self._switch(len(self.actions), None)
             return chunk[: self.s].copy()
-        self.switches.append(len(self.actions) + d)
+        self._switch(len(self.actions) + d, shifted(self.prev, self.s)[d])
         return np.concatenate([self.prev[self.s: self.s + d], chunk[d: self.s]])
 
 
@@ -130,7 +147,7 @@ class SyncExecutor(ChunkExecutor):
         pass  # no overlap, any delay
 
     def _block(self, chunk, d):
-        self.switches.append(len(self.actions))
+        self._switch(len(self.actions), None if self.prev is None else shifted(self.prev, self.s)[0])
         return chunk[: self.s].copy()
 
 
@@ -140,12 +157,16 @@ class NaiveExecutor(ChunkExecutor):
 
 class RTCExecutor(ChunkExecutor):
     """Naive's schedule; the new chunk is sampled with :func:`armflow.policies.realtime.rtc_hooks` toward
-    ``prefix()`` weighted by ``soft_mask(H, d_hat, s)``."""
+    ``prefix()`` weighted by :meth:`weights` (the soft mask at the estimated delay)."""
 
     name = "rtc"
 
+    def __init__(self, horizon: int, exec_horizon: int, overlap: float = 0.5):
+        self.overlap = float(overlap)
+        super().__init__(horizon, exec_horizon)
+
     def weights(self, d_hat: int) -> np.ndarray:
-        return soft_mask(self.horizon, min(d_hat, self.s, self.horizon - self.s), self.s)
+        return soft_mask(self.horizon, min(d_hat, self.s, self.horizon - self.s), self.s, self.overlap)
 
 
 class EnsembleExecutor(ChunkExecutor):
@@ -162,39 +183,61 @@ class EnsembleExecutor(ChunkExecutor):
         self.t, self.live = 0, []  # live: (start step, available step, chunk), oldest first
 
     def _block(self, chunk, d):
-        start = self.t
-        self.switches.append(len(self.actions) + (d if self.live else 0))
-        self.live = [c for c in self.live if c[0] + self.horizon > start] + [(start, start + (d if self.live else 0),
-                                                                             chunk)]
-        block = []
-        for t in range(start, start + self.s):
-            preds = np.stack([c[t - s0] for s0, avail, c in self.live if avail <= t and t - s0 < self.horizon])
-            w = np.exp(-self.k * np.arange(len(preds)))
-            block.append((w[:, None] * preds).sum(0) / w.sum())
+        start, delay = self.t, (d if self.live else 0)
+        self.live = [c for c in self.live if c[0] + self.horizon > start]
+        old = list(self.live)
+        self.live.append((start, start + delay, chunk))
+        self._switch(len(self.actions) + delay, self._average(old, start + delay) if old else None)
+        block = np.stack([self._average(self.live, t) for t in range(start, start + self.s)])
         self.t += self.s
-        return np.stack(block)
+        return block
+
+    def _average(self, live: list, t: int) -> np.ndarray:
+        """The weighted mean at step t of the chunks in ``live`` available by then and covering t (if none covers t,
+        the newest padded with its last action, as :func:`shifted` does)."""
+        preds = [c[t - s0] for s0, avail, c in live if avail <= t and t - s0 < self.horizon]
+        if not preds:
+            return np.array(live[-1][2][-1])
+        w = np.exp(-self.k * np.arange(len(preds)))
+        return (w[:, None] * np.stack(preds)).sum(0) / w.sum()
 
 
-def make_executor(name: str, horizon: int, exec_horizon: int, ensemble_k: float = 0.01) -> ChunkExecutor:
-    classes = {"sync": SyncExecutor, "naive": NaiveExecutor, "rtc": RTCExecutor}
+def make_executor(name: str, horizon: int, exec_horizon: int, ensemble_k: float = 0.01,
+                  rtc_overlap: float = 0.5) -> ChunkExecutor:
     if name == "ensemble":
         return EnsembleExecutor(horizon, exec_horizon, ensemble_k)
+    if name == "rtc":
+        return RTCExecutor(horizon, exec_horizon, rtc_overlap)
+    classes = {"sync": SyncExecutor, "naive": NaiveExecutor}
     if name not in classes:
         raise ValueError(f"executor={name!r}; expected one of {', '.join(EXECUTORS)}")
     return classes[name](horizon, exec_horizon)
 
 
-def switch_discontinuity(actions: np.ndarray, switches, dims=None) -> dict[str, float]:
+def switch_discontinuity(actions: np.ndarray, switches, dims=None, planned=None) -> dict[str, float]:
     """Max and mean of |a_t - a_{t-1}| (inf-norm over ``dims``, default all) at chunk switches and within chunks,
-    over a stream of executed actions (T, D); a switch at index i is the step from a_{i-1} to a_i."""
+    over a stream of executed actions (T, D); a switch at index i is the step from a_{i-1} to a_i.
+
+    ``planned`` (one per switch, None for none): the action the running plan had for step i. ``gap_max`` /
+    ``gap_mean`` are |a_i - planned_i|, the part of the switch's jump that the switch itself makes: a_i - a_{i-1} =
+    (planned_i - a_{i-1}) + (a_i - planned_i), where the first term is the motion the old plan made anyway. The raw
+    switch jump cannot drop below the task's own motion (a lift's descend -> grasp -> raise steps are as large as
+    any switch jump), so the gap is what tells a smooth switch from a jumpy one."""
     a = np.asarray(actions, dtype=np.float64)
     a = a if dims is None else a[:, dims]
+    out = {"switch_max": 0.0, "within_max": 0.0, "switch_mean": 0.0, "within_mean": 0.0, "gap_max": 0.0,
+           "gap_mean": 0.0}
     if len(a) < 2:
-        return {"switch_max": 0.0, "within_max": 0.0, "switch_mean": 0.0, "within_mean": 0.0}
+        return out
     jumps = np.abs(np.diff(a, axis=0)).max(axis=1)  # jumps[i - 1]: a_{i-1} -> a_i
     at = np.zeros(len(jumps), bool)
     idx = np.asarray([i - 1 for i in switches if 1 <= i < len(a)], dtype=int)
     at[idx] = True
-    stat = lambda f, m: float(f(jumps[m])) if m.any() else 0.0  # noqa: E731
-    return {"switch_max": stat(np.max, at), "within_max": stat(np.max, ~at), "switch_mean": stat(np.mean, at),
-            "within_mean": stat(np.mean, ~at)}
+    stat = lambda f, x, m: float(f(x[m])) if m.any() else 0.0  # noqa: E731
+    out.update(switch_max=stat(np.max, jumps, at), within_max=stat(np.max, jumps, ~at),
+               switch_mean=stat(np.mean, jumps, at), within_mean=stat(np.mean, jumps, ~at))
+    gaps = [np.abs(a[i] - (p if dims is None else np.asarray(p)[dims])).max()
+            for i, p in zip(switches, planned or [None] * len(switches)) if p is not None and 1 <= i < len(a)]
+    if gaps:
+        out.update(gap_max=float(np.max(gaps)), gap_mean=float(np.mean(gaps)))
+    return out

@@ -1,16 +1,20 @@
 """``armflow bench realtime``: chunk executors under inference delay, RTI-DP warm starts, RTC's cost.
 
 1. A lift checkpoint: ``checkpoint=DIR``, or collect ``demos`` scripted demos and train a flow policy briefly.
-2. The table, on ``episodes`` unseen seeds through ``armflow evaluate``'s simulated delay (deterministic): lockstep,
-   then ``naive``, ``ensemble`` and ``rtc`` at each of ``delays_ms``; the chunk-switch discontinuity at 100 ms.
-3. RTI-DP: the lockstep executor with warm-started chunks (denoiser evaluations per chunk, success delta).
+2. The table, on ``episodes`` unseen seeds through ``armflow evaluate``'s simulated delay (deterministic): lockstep
+   at the policy's own n_action_steps (today's lockstep deploy) and at the bench's ``exec_horizon`` s, then
+   ``naive``, ``ensemble`` and ``rtc`` at each of ``delays_ms`` with s; the chunk-switch discontinuity at 100 ms.
+3. RTI-DP: the lockstep executor at s with warm-started chunks (denoiser evaluations per chunk over whole episodes,
+   the cold first chunk included; success delta to lockstep at the same s).
 4. RTC's sampling time per chunk over the unguided sample (batch 1, one thread, a real observation).
 5. Optionally (``bridge_episodes > 0``) one delay through the real bridge: ``armflow serve mode=realtime`` with
    ``deploy`` injecting ``bridge_delay_ms`` of inference delay, naive and rtc.
 
 Prints ``BENCH_JSON`` with ``lockstep_success``, ``<executor>_success_at_<d>ms``,
-``rtc_discontinuity_ratio_100ms`` (RTC / naive, max jump at switches; ``..._mean_...``: mean jump),
-``rtidp_nfe_ratio`` (full / warm evaluations), ``rtidp_success_delta`` (warm - full), ``rtc_latency_ratio``.
+``rtc_discontinuity_ratio_100ms`` (RTC / naive, the switch's own jump: the executed action vs the running plan's
+action for that step, :func:`armflow.policies.executors.switch_discontinuity`; ``rtc_switch_jump_ratio_100ms``: the
+raw max |a_t - a_{t-1}| at switches, which the task's own motion bounds from below), ``rtidp_nfe_ratio`` (full /
+warm-started evaluations), ``rtidp_success_delta`` (warm - full), ``rtc_latency_ratio``.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from armflow.workflows.common import bench_line, write_json
+
+LOCKSTEP_CELLS = ("sync", "sync_s", "rtidp")  # cells of the lockstep executor (no delay)
 
 
 def get_checkpoint(cfg: DictConfig, out: Path) -> str:
@@ -50,12 +56,14 @@ def run_table(cfg: DictConfig, policy, execution_kw: dict) -> dict:
                               cfg.n_workers, progress=False, execution=ex)
         row = {"success": res["success_rate"],
                **{k: v for k, v in res["realtime"].items() if not k.startswith("trace_")}}
-        print(f"[bench realtime] {ex.executor:8s} rtidp={ex.rtidp!s:5s} delay {ex.delay_ms:5.0f} ms: success "
-              f"{row['success']:.2f}, switch jump {row['discontinuity_switch']:.3f} (within "
-              f"{row['discontinuity_within']:.3f}), nfe {row['nfe_per_chunk']:.1f}", flush=True)
+        print(f"[bench realtime] {ex.executor:8s} s={row['exec_horizon']} rtidp={ex.rtidp!s:5s} delay "
+              f"{ex.delay_ms:5.0f} ms: success {row['success']:.2f}, switch jump {row['discontinuity_switch']:.3f} "
+              f"(within {row['discontinuity_within']:.3f}), switch vs plan {row['switch_gap']:.3f}, nfe "
+              f"{row['nfe_per_chunk']:.2f}", flush=True)
         return row
 
-    cells = {"sync@0": run(executor="sync"), "rtidp@0": run(executor="sync", rtidp=True)}
+    cells = {"sync@0": run(executor="sync", exec_horizon=None), "sync_s@0": run(executor="sync"),
+             "rtidp@0": run(executor="sync", rtidp=True)}
     for d in cfg.delays_ms:
         for name in cfg.executors:
             cells[f"{name}@{int(d)}"] = run(executor=name, delay_ms=float(d))
@@ -63,7 +71,7 @@ def run_table(cfg: DictConfig, policy, execution_kw: dict) -> dict:
 
 
 def latency_ratio(cfg: DictConfig, policy, execution_kw: dict) -> dict:
-    """Median per-chunk sampling time of RTC (VJP and identity Jacobian) over the unguided sample."""
+    """Median per-chunk sampling time of RTC (inpainting at d = 2) over the unguided sample."""
     from armflow.policies.executors import shifted, soft_mask
     from armflow.policies.realtime import rtc_hooks
     from armflow.sim import make_env
@@ -75,11 +83,10 @@ def latency_ratio(cfg: DictConfig, policy, execution_kw: dict) -> dict:
     s = int(execution_kw.get("exec_horizon") or policy.n_action_steps)
     with torch.inference_mode():
         prev = policy.predict_chunk(window).numpy()
-    y, w = shifted(prev[0], s)[None], soft_mask(policy.horizon, min(2, s), s)[None]
+    d = min(2, s, policy.horizon - s)
+    y, w = shifted(prev[0], s)[None], soft_mask(policy.horizon, d, s, float(cfg.rtc_overlap))[None]
     calls = {"unguided": lambda: policy.predict_chunk(window),
-             "rtc": lambda: policy.predict_chunk(window, hooks=rtc_hooks(policy, window, y, w, cfg.rtc_beta)),
-             "rtc_identity": lambda: policy.predict_chunk(
-                 window, hooks=rtc_hooks(policy, window, y, w, cfg.rtc_beta, vjp=False))}
+             "rtc": lambda: policy.predict_chunk(window, hooks=rtc_hooks(policy, y, w))}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -95,29 +102,31 @@ def latency_ratio(cfg: DictConfig, policy, execution_kw: dict) -> dict:
             ms[name] = float(np.median(times))
     finally:
         torch.set_num_threads(threads)
-    return {"unguided_ms": ms["unguided"], "rtc_ms": ms["rtc"], "rtc_identity_ms": ms["rtc_identity"],
-            "rtc_latency_ratio": ms["rtc"] / ms["unguided"],
-            "rtc_identity_latency_ratio": ms["rtc_identity"] / ms["unguided"]}
+    return {"unguided_ms": ms["unguided"], "rtc_ms": ms["rtc"], "rtc_latency_ratio": ms["rtc"] / ms["unguided"]}
 
 
 def summarise(cells: dict, delays) -> dict:
-    bench = {"lockstep_success": cells["sync@0"]["success"]}
+    bench = {"lockstep_success": cells["sync@0"]["success"], "lockstep_success_at_s": cells["sync_s@0"]["success"],
+             "exec_horizon": cells["sync_s@0"]["exec_horizon"]}
     for key, row in cells.items():
         name, d = key.split("@")
-        if name not in ("sync", "rtidp"):
+        if name not in LOCKSTEP_CELLS:
             bench[f"{name}_success_at_{d}ms"] = row["success"]
             bench[f"{name}_time_to_success_s_at_{d}ms"] = row["time_to_success_s"]
     if "rtc@100" in cells and "naive@100" in cells:
         rtc, naive = cells["rtc@100"], cells["naive@100"]
-        bench["rtc_discontinuity_ratio_100ms"] = rtc["discontinuity_switch"] / max(naive["discontinuity_switch"], 1e-12)
-        bench["rtc_discontinuity_mean_ratio_100ms"] = (rtc["discontinuity_switch_mean"]
-                                                       / max(naive["discontinuity_switch_mean"], 1e-12))
-    full, warm = cells["sync@0"], cells["rtidp@0"]
+        ratio = lambda key: rtc[key] / max(naive[key], 1e-12)  # noqa: E731
+        bench.update(rtc_discontinuity_ratio_100ms=ratio("switch_gap"),
+                     rtc_discontinuity_mean_ratio_100ms=ratio("switch_gap_mean"),
+                     rtc_switch_jump_ratio_100ms=ratio("discontinuity_switch"))
+    full, warm = cells["sync_s@0"], cells["rtidp@0"]
     bench["rtidp_nfe_ratio"] = full["nfe_per_chunk"] / warm["nfe_per_chunk"]
     bench["rtidp_success_delta"] = warm["success"] - full["success"]
     bench["rtc_worst_gap_to_lockstep"] = max(
         (bench["lockstep_success"] - cells[f"rtc@{int(d)}"]["success"] for d in delays if f"rtc@{int(d)}" in cells),
         default=0.0)
+    bench["rtc_worst_gap_to_lockstep_at_s"] = bench["rtc_worst_gap_to_lockstep"] + (
+        bench["lockstep_success_at_s"] - bench["lockstep_success"])
     return bench
 
 
@@ -125,8 +134,9 @@ def plot_table(out: Path, cells: dict, delays) -> str:
     from armflow.workflows.media import plot_curves
 
     series = {name: ([float(d) for d in delays], [cells[f"{name}@{int(d)}"]["success"] for d in delays])
-              for name in sorted({k.split("@")[0] for k in cells} - {"sync", "rtidp"})}
+              for name in sorted({k.split("@")[0] for k in cells} - set(LOCKSTEP_CELLS))}
     series["lockstep"] = ([float(d) for d in delays], [cells["sync@0"]["success"]] * len(delays))
+    series["lockstep at s"] = ([float(d) for d in delays], [cells["sync_s@0"]["success"]] * len(delays))
     return str(plot_curves(out / "success_vs_delay.png", series, "inference delay [ms]", "success rate",
                            "lift: executors under delay"))
 
@@ -139,7 +149,7 @@ def main(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.num_threads))
     checkpoint = get_checkpoint(cfg, out)
     policy = load_policy(checkpoint).eval()
-    execution_kw = {"exec_horizon": cfg.exec_horizon, "rtc_beta": float(cfg.rtc_beta),
+    execution_kw = {"exec_horizon": cfg.exec_horizon, "rtc_overlap": float(cfg.rtc_overlap),
                     "jitter_ms": float(cfg.jitter_ms), "rtidp_start_level": cfg.rtidp_start_level}
     cells = run_table(cfg, policy, execution_kw)
     bench = summarise(cells, list(cfg.delays_ms))

@@ -135,10 +135,10 @@ def send_and_follow(client: BridgeClient, state, acts: np.ndarray, action_space:
 
 @dataclass
 class RealtimeOptions:
-    """Realtime deploy: the executor (naive | rtc), RTC's beta, the action alignment and injected delay."""
+    """Realtime deploy: the executor (naive | rtc), RTC's overlap weight, the action alignment and injected delay."""
 
     executor: str = "naive"
-    rtc_beta: float = 5.0
+    rtc_overlap: float = 0.5  # inpainting weight of the overlap after the frozen actions (policies.executors.soft_mask)
     action_offset_steps: int = 0  # action 0 <-> the servo tick that read the obs (1: the tick after, before the fix)
     inject_delay_ms: float = 0.0  # extra inference delay slept on the policy side (a bigger model, a remote GPU)
     jitter_ms: float = 0.0  # + U[0, jitter_ms) per chunk, seeded by the episode seed
@@ -149,15 +149,14 @@ class RealtimeOptions:
                              "(sync is lockstep mode: serve mode=lockstep)")
 
 
-def _rtc_hooks(agent: ChunkAgent, prev: np.ndarray, shift: int, d_hat: int, beta: float):
+def _rtc_hooks(agent: ChunkAgent, prev: np.ndarray, shift: int, d_hat: int, overlap: float):
     from armflow.policies.executors import shifted, soft_mask
     from armflow.policies.realtime import rtc_hooks
 
     h = agent.policy.horizon
     d = min(d_hat, h // 2)
     s = min(max(shift, d), h - d)  # RTC needs d <= s <= H - d
-    obs = {k: torch.as_tensor(v) for k, v in agent.runner.history.get().items()}
-    return rtc_hooks(agent.policy, obs, shifted(prev, shift)[None], soft_mask(h, d, s)[None], beta)
+    return rtc_hooks(agent.policy, shifted(prev, shift)[None], soft_mask(h, d, s, overlap)[None])
 
 
 def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, action_space: str, max_steps: int,
@@ -194,7 +193,7 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
         if pending is None and not done and (first or buffer_end_ns - client.server_now_ns() <= lead_ns):
             obs_step = last_step + opts.action_offset_steps  # the servo step of this chunk's action 0
             hooks = None if opts.executor == "naive" or prev is None else _rtc_hooks(
-                agent, prev, obs_step - prev_step, estimator.steps, opts.rtc_beta)
+                agent, prev, obs_step - prev_step, estimator.steps, opts.rtc_overlap)
             inject = opts.inject_delay_ms + rng.random() * opts.jitter_ms
             # inference runs in its own thread on the windows of now, so this loop keeps reading states and
             # heartbeating the watchdog however long the model (or the injected delay) takes
@@ -265,7 +264,7 @@ def deploy(client: BridgeClient, policy, episodes: int, seed: int, action_space:
 
 def realtime_options(cfg: DictConfig) -> RealtimeOptions:
     rt = cfg.get("realtime") or {}
-    return RealtimeOptions(executor=str(cfg.get("executor") or "naive"), rtc_beta=float(rt.get("rtc_beta", 5.0)),
+    return RealtimeOptions(executor=str(cfg.get("executor") or "naive"), rtc_overlap=float(rt.get("rtc_overlap", 0.5)),
                            action_offset_steps=int(rt.get("action_offset_steps", 0)),
                            inject_delay_ms=float(cfg.get("inject_delay_ms") or 0.0),
                            jitter_ms=float(cfg.get("jitter_ms") or 0.0))

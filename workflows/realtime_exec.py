@@ -27,8 +27,7 @@ class Execution:
     delay_ms: float = 0.0  # simulated inference delay [ms] (evaluate); deploy measures its own
     jitter_ms: float = 0.0  # extra delay ~ U[0, jitter_ms) per chunk [ms]
     exec_horizon: int | None = None  # s: actions per chunk before the next one is started (None: n_action_steps)
-    rtc_beta: float = 5.0  # RTC guidance-weight clip
-    rtc_vjp: bool = True  # RTC: VJP through the denoiser (False: identity Jacobian)
+    rtc_overlap: float = 0.5  # RTC: weight of the soft mask after the frozen actions (policies.executors.soft_mask)
     ensemble_k: float = 0.01  # temporal ensembling weight exp(-k i), i = 0 the oldest chunk
     rtidp: bool = False  # RTI-DP warm start of every chunk after the first
     rtidp_start_level: int | None = None  # level the warm start enters at (None: K // 2)
@@ -39,6 +38,8 @@ class Execution:
             raise ValueError(f"executor={self.executor!r}; expected one of {', '.join(EXECUTORS)}")
         if self.delay_ms < 0 or self.jitter_ms < 0:
             raise ValueError(f"delay_ms={self.delay_ms}, jitter_ms={self.jitter_ms}: delays must be >= 0")
+        if not 0.0 <= self.rtc_overlap <= 1.0:
+            raise ValueError(f"rtc.overlap={self.rtc_overlap}: expected a weight in [0, 1]")
 
     def check(self, policy, ctrl_dt_s: float) -> int:
         """Validate against the policy and control period; returns s."""
@@ -66,13 +67,15 @@ class DelayedExecution:
         self.ctrl_dt_s, self.gripper_dim = float(ctrl_dt_s), gripper_dim
         self.s = execution.check(self.policy, ctrl_dt_s)
         n, h = runner.n_envs, self.policy.horizon
-        self.executors = [make_executor(execution.executor, h, self.s, execution.ensemble_k) for _ in range(n)]
+        self.executors = [make_executor(execution.executor, h, self.s, execution.ensemble_k, execution.rtc_overlap)
+                          for _ in range(n)]
         d_cap = min(self.s, h - self.s)
         self.estimators = [DelayEstimator(ctrl_dt_s, d_cap, execution.delay_window) for _ in range(n)]
         self.jitter = [np.random.default_rng(0) for _ in range(n)]
         self.seed_of = [None] * n
         self.episodes: dict[int, dict] = {}  # seed -> executed actions and switch indices
-        self.k0 = (execution.rtidp_start_level or max(self.policy.num_inference_steps // 2, 1)) if execution.rtidp else 0
+        k_half = max(self.policy.num_inference_steps // 2, 1)
+        self.k0 = (execution.rtidp_start_level or k_half) if execution.rtidp else 0
         self.nfe: list[int] = []  # denoiser evaluations of every chunk
 
     def on_start(self, mask, seeds) -> None:
@@ -87,7 +90,8 @@ class DelayedExecution:
     def _stash(self, i: int) -> None:
         if self.seed_of[i] is not None:
             ex = self.executors[i]
-            self.episodes[self.seed_of[i]] = {"actions": np.asarray(ex.actions), "switches": list(ex.switches)}
+            self.episodes[self.seed_of[i]] = {"actions": np.asarray(ex.actions), "switches": list(ex.switches),
+                                              "planned": list(ex.planned)}
 
     def finish(self) -> None:
         for i in range(len(self.executors)):
@@ -116,7 +120,6 @@ class DelayedExecution:
 
     def _predict(self, obs, rows, group, prefixes, z, warm_start: bool) -> np.ndarray:
         sub = rows[group]
-        windows = {k: v[sub] for k, v in obs.items() if k in self.runner.keys}
         zg = None if z is None else z[torch.as_tensor(group)]
         hooks = None
         if warm_start:
@@ -126,7 +129,7 @@ class DelayedExecution:
             zg = None  # the hook provides the initial x
         elif self.ex.executor == "rtc":
             y, w = self._rtc_targets(rows, group, prefixes)
-            hooks = rtc_hooks(self.policy, self._tensor_obs(windows), y, w, self.ex.rtc_beta, self.ex.rtc_vjp)
+            hooks = rtc_hooks(self.policy, y, w)
         self.nfe.extend([denoiser_evals(self.policy, self.k0 if warm_start else 0)] * len(group))
         return self.runner.predict(obs, sub, hooks=hooks, noise=zg)
 
@@ -139,9 +142,6 @@ class DelayedExecution:
                 w[j] = self.executors[rows[g]].weights(self.estimators[rows[g]].steps)
         return y, w
 
-    def _tensor_obs(self, windows: dict) -> dict:
-        return {k: torch.as_tensor(v) for k, v in windows.items()}
-
     def metrics(self, results: list[dict]) -> dict:
         """Per-episode discontinuity (arm dims: the gripper's open/close is a step by design) and time to success;
         adds keys to ``results`` in place and returns the aggregates."""
@@ -149,16 +149,18 @@ class DelayedExecution:
         dims = None if self.gripper_dim is None else [d for d in range(self.policy.action_dim) if d != self.gripper_dim]
         for r in results:
             ep = self.episodes.get(r["seed"], {"actions": np.zeros((0, self.policy.action_dim)), "switches": []})
-            r.update(switch_discontinuity(ep["actions"][: r["length"]], ep["switches"], dims))
+            r.update(switch_discontinuity(ep["actions"][: r["length"]], ep["switches"], dims, ep.get("planned")))
             r["time_to_success_s"] = r["length"] * self.ctrl_dt_s if r["success"] else None
         mean = lambda key: float(np.mean([r[key] for r in results]))  # noqa: E731
         tts = [r["time_to_success_s"] for r in results if r["time_to_success_s"] is not None]
         first = self.episodes.get(results[0]["seed"], {"actions": np.zeros((0, 1)), "switches": []})
         return {"trace_actions": first["actions"][: results[0]["length"]].tolist(),
-                "trace_switches": list(first["switches"]), "ctrl_dt_s": self.ctrl_dt_s, "executor": self.ex.executor, "delay_ms": self.ex.delay_ms, "jitter_ms": self.ex.jitter_ms,
+                "trace_switches": list(first["switches"]), "ctrl_dt_s": self.ctrl_dt_s, "executor": self.ex.executor,
+                "delay_ms": self.ex.delay_ms, "jitter_ms": self.ex.jitter_ms,
                 "exec_horizon": self.s, "discontinuity_switch": mean("switch_max"),
                 "discontinuity_within": mean("within_max"), "discontinuity_switch_mean": mean("switch_mean"),
-                "discontinuity_within_mean": mean("within_mean"),
+                "discontinuity_within_mean": mean("within_mean"), "switch_gap": mean("gap_max"),
+                "switch_gap_mean": mean("gap_mean"),
                 "time_to_success_s": float(np.mean(tts)) if tts else None,
                 "nfe_per_chunk": float(np.mean(self.nfe)) if self.nfe else 0.0}
 
@@ -171,7 +173,7 @@ def execution_from_cfg(cfg) -> Execution | None:
     rtc, rtidp = cfg.get("rtc") or {}, cfg.get("rtidp") or {}
     return Execution(executor=str(cfg.executor), delay_ms=float(cfg.get("delay_ms") or 0),
                      jitter_ms=float(cfg.get("jitter_ms") or 0), exec_horizon=cfg.get("exec_horizon"),
-                     rtc_beta=float(rtc.get("beta", 5.0)), rtc_vjp=bool(rtc.get("vjp", True)),
+                     rtc_overlap=float(rtc.get("overlap", 0.5)),
                      ensemble_k=float(cfg.get("ensemble_k", 0.01)), rtidp=bool(rtidp.get("enabled", False)),
                      rtidp_start_level=rtidp.get("start_level"))
 

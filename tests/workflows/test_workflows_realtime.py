@@ -46,7 +46,14 @@ def test_delayed_execution_is_deterministic_and_changes_the_episodes(executor):
     assert _episodes(a) == _episodes(b)
     assert a["realtime"] == b["realtime"]
     assert _episodes(a) != _episodes(_eval(policy, Execution("sync")))
-    assert {"switch_max", "within_max", "time_to_success_s"} <= set(a["per_episode"][0])
+    assert {"switch_max", "within_max", "gap_max", "time_to_success_s"} <= set(a["per_episode"][0])
+
+
+def test_rtc_switches_closer_to_the_running_plan_than_naive():
+    policy = _toy_policy()
+    gap = {(e, o): _eval(policy, Execution(e, delay_ms=50.0, rtc_overlap=o), episodes=9)["realtime"]["switch_gap"]
+           for e, o in [("naive", 0.5), ("rtc", 0.5), ("rtc", 1.0)]}
+    assert gap["rtc", 1.0] < gap["rtc", 0.5] < gap["naive", 0.5], gap
 
 
 def test_rtidp_reports_fewer_denoiser_evaluations():
@@ -85,7 +92,8 @@ def test_bench_realtime_at_toy_scale_emits_its_keys(tmp_path, capsys):
     _toy_policy().save_pretrained(tmp_path / "ckpt")
     cfg = compose_config("bench_realtime", [f"checkpoint={tmp_path / 'ckpt'}", "task=toy2d", "episodes=3",
                                             "n_envs=3", "delays_ms=[0,50,100]", "warmup=1", "iters=3",
-                                            f"out={tmp_path / 'bench'}", "progress=false"])
+                                            "exec_horizon=3", "rtidp_start_level=2", f"out={tmp_path / 'bench'}",
+                                            "progress=false"])
     bench = bench_realtime.main(cfg)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("BENCH_JSON: ") and json.loads(line.removeprefix("BENCH_JSON: ")) == bench
