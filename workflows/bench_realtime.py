@@ -7,8 +7,9 @@
 3. RTI-DP: the lockstep executor at s with warm-started chunks (denoiser evaluations per chunk over whole episodes,
    the cold first chunk included; success delta to lockstep at the same s).
 4. RTC's sampling time per chunk over the unguided sample (batch 1, one thread, a real observation).
-5. Optionally (``bridge_episodes > 0``) one delay through the real bridge: ``armflow serve mode=realtime`` with
-   ``deploy`` injecting ``bridge_delay_ms`` of inference delay, naive and rtc.
+5. Optionally (``bridge_episodes > 0``) the same seeds through the real bridge: ``armflow serve mode=realtime`` (its
+   own process, loopback) and ``armflow deploy`` with ``bridge_executors`` at each of ``bridge_delays_ms`` of
+   injected inference delay (wall clock: a loaded machine adds its own delay on top).
 
 Prints ``BENCH_JSON`` with ``lockstep_success``, ``<executor>_success_at_<d>ms``,
 ``rtc_discontinuity_ratio_100ms`` (RTC / naive, the switch's own jump: the executed action vs the running plan's
@@ -18,6 +19,10 @@ warm-started evaluations), ``rtidp_success_delta`` (warm - full), ``rtc_latency_
 """
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +135,56 @@ def summarise(cells: dict, delays) -> dict:
     return bench
 
 
+def start_realtime_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0) -> subprocess.Popen:
+    """``armflow serve robot=sim_panda mode=realtime`` in its own process; returns once it wrote serve.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    ready = out / "serve.json"
+    ready.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "armflow.workflows.cli", "serve", "robot=sim_panda", f"task={task}", "mode=realtime",
+           f"endpoint={endpoint}", f"out={out}"]
+    proc = subprocess.Popen(cmd, stdout=open(out / "serve.log", "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"bench realtime: `armflow serve` did not come up; see {out / 'serve.log'}")
+        time.sleep(0.1)
+    return proc
+
+
+def bridge_rows(cfg: DictConfig, checkpoint: str, out: Path) -> dict:
+    """Realtime deploy through a served simulated arm: ``bridge_<executor>_success_at_<d>ms`` and the stale chunks
+    (chunks that arrived after their first action was due) per cell."""
+    from armflow.workflows import deploy
+    from armflow.workflows.common import compose_config
+
+    endpoint = f"ipc:///tmp/armflow-bench-realtime-{os.getpid()}"
+    server = start_realtime_server(cfg.task, endpoint, out / "serve")
+    rows = {}
+    try:
+        for d in cfg.bridge_delays_ms:
+            for name in cfg.bridge_executors:
+                cell = out / f"deploy_{name}_{int(d)}ms"
+                dcfg = compose_config("deploy", [f"checkpoint={checkpoint}", f"endpoint={endpoint}",
+                                                 f"episodes={int(cfg.bridge_episodes)}", f"seed={int(cfg.eval_seed)}",
+                                                 "video_episodes=0", f"executor={name}", f"inject_delay_ms={d}",
+                                                 f"realtime.rtc_overlap={float(cfg.rtc_overlap)}", f"out={cell}"])
+                cell.mkdir(parents=True, exist_ok=True)
+                res = deploy.main(dcfg)
+                rows[f"bridge_{name}_success_at_{int(d)}ms"] = res["success_rate"]
+                rows[f"bridge_{name}_stale_chunks_at_{int(d)}ms"] = int(sum(r.get("stale_chunks", 0)
+                                                                            for r in res["per_episode"]))
+                print(f"[bench realtime] bridge {name:5s} delay {float(d):5.0f} ms: success {res['success_rate']:.2f} "
+                      f"over {res['episodes']} episodes", flush=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return rows
+
+
 def plot_table(out: Path, cells: dict, delays) -> str:
     from armflow.workflows.media import plot_curves
 
@@ -155,8 +210,7 @@ def main(cfg: DictConfig) -> dict:
     bench = summarise(cells, list(cfg.delays_ms))
     bench.update(latency_ratio(cfg, policy, execution_kw))
     if int(cfg.bridge_episodes) > 0:
-        raise SystemExit("armflow bench realtime: bridge_episodes > 0 is not built yet; run `armflow serve ... "
-                         "mode=realtime` and `armflow deploy executor=rtc inject_delay_ms=100` (README, Measured)")
+        bench.update(bridge_rows(cfg, checkpoint, out))
     bench.update({"task": cfg.task, "episodes": int(cfg.episodes), "checkpoint": checkpoint,
                   "delays_ms": list(cfg.delays_ms), "plot": plot_table(out, cells, list(cfg.delays_ms)),
                   "wall_time_s": time.monotonic() - t0})

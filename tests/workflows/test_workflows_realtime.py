@@ -102,3 +102,20 @@ def test_bench_realtime_at_toy_scale_emits_its_keys(tmp_path, capsys):
                                         for d in (0, 50, 100)]:
         assert key in bench, key
     assert bench["rtidp_nfe_ratio"] > 1.0 and bench["rtc_latency_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_bench_realtime_bridge_row_deploys_through_a_served_arm(tmp_path, capsys, tiny_lift_ckpt):
+    from armflow.workflows import bench_realtime
+    from armflow.workflows.common import compose_config
+
+    cfg = compose_config("bench_realtime", [f"checkpoint={tiny_lift_ckpt}", "task=lift", "episodes=2", "n_envs=2",
+                                            "delays_ms=[50]", "warmup=1", "iters=2", "rtidp_start_level=1",
+                                            "bridge_episodes=1", "bridge_delays_ms=[50]", f"out={tmp_path / 'b'}",
+                                            "progress=false"])
+    bench = bench_realtime.main(cfg)
+    for name in ("naive", "rtc"):
+        assert bench[f"bridge_{name}_success_at_50ms"] in (0.0, 1.0)
+        summary = json.loads((tmp_path / "b" / f"deploy_{name}_50ms" / "summary.json").read_text())
+        assert summary["episodes"] == 1 and summary["per_episode"][0]["length"] > 0  # the served arm stepped
+    assert "bridge up" in (tmp_path / "b" / "serve" / "serve.log").read_text()
