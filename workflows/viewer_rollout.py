@@ -65,7 +65,6 @@ def evaluate_viewer(policy, cfg, overrides: dict, out: Path, source: str) -> tup
     from armflow.sim import make_env
     from armflow.workflows.evaluate import check_compatible, episode_summary
     from armflow.workflows.media import write_mp4
-    from armflow.workflows.rollout import PolicyRunner
 
     check_evaluate_cfg(cfg)
     env = make_env(cfg.task, **overrides)
@@ -76,8 +75,7 @@ def evaluate_viewer(policy, cfg, overrides: dict, out: Path, source: str) -> tup
     replay = load_goals(cfg.viewer_goals) if cfg.get("viewer_goals") else None
     session = GoalSession(policy, _window(base, cfg, policy, "evaluate"), replay)
     renderer = mujoco.Renderer(base.model, size, size) if session.viewer is not None or n_video else None
-    runner, results, videos = PolicyRunner(policy, 1), [], []
-    dt = float(env.ctrl_dt) if session.viewer is not None else 0.0  # shown live at the control rate
+    results, videos = [], []
 
     def frame():
         renderer.update_scene(base._data, camera=camera)
@@ -85,25 +83,9 @@ def evaluate_viewer(policy, cfg, overrides: dict, out: Path, source: str) -> tup
 
     try:
         for i, seed in enumerate(int(cfg.seed) + k for k in range(int(cfg.episodes))):
-            obs, _ = env.reset(seed=seed)
-            runner.start({k: v[None] for k, v in obs.items()}, seeds=[seed])
-            session.begin(seed)
-            session.hold(frame, float(cfg.viewer_wait_s))
             frames = [] if i < n_video else None
-            info, steps, ret, t_next = {"success": False}, 0, 0.0, time.monotonic()
-            while not session.quit:
-                session.poll(steps)
-                obs, reward, terminated, truncated, info = env.step(runner.act()[0])
-                runner.observe({k: v[None] for k, v in obs.items()})
-                steps, ret, t_next = steps + 1, ret + float(reward), t_next + dt
-                img = frame() if renderer is not None else None
-                if frames is not None:
-                    frames.append(_small(img))
-                if session.show(img, int((t_next - time.monotonic()) * 1e3)) or terminated or truncated:
-                    break
-            results.append({"seed": seed, "success": bool(info["success"]), "return": ret, "rl_return": ret,
-                            "length": steps, "mode": int(info.get("mode", -1)), **({"quit": True} if session.quit
-                                                                                    else {})})
+            results.append(run_viewer_episode(env, policy, session, seed, frame if renderer else None, frames,
+                                              float(cfg.viewer_wait_s)))
             if frames:
                 tag = "success" if results[-1]["success"] else "failure"
                 videos.append(str(write_mp4(out / "videos" / f"seed{seed}_{tag}.mp4", frames, fps=1.0 / env.ctrl_dt)))
@@ -115,6 +97,33 @@ def evaluate_viewer(policy, cfg, overrides: dict, out: Path, source: str) -> tup
             renderer.close()
         env.close()
     return {**episode_summary(cfg.task, results), "n_envs": 1, "videos": videos, "policy_view_videos": []}, session
+
+
+def run_viewer_episode(env, policy, session: GoalSession, seed: int, frame, frames: list | None,
+                       wait_s: float) -> dict:
+    """One episode stepped one action at a time: each step polls the goals, then shows the frame (paced at the
+    control rate when there is a window); ``frames`` (a list) collects the video's frames."""
+    from armflow.workflows.rollout import PolicyRunner
+
+    runner = PolicyRunner(policy, 1)
+    obs, _ = env.reset(seed=seed)
+    runner.start({k: v[None] for k, v in obs.items()}, seeds=[seed])
+    session.begin(seed)
+    session.hold(frame, wait_s)
+    dt = float(env.ctrl_dt) if session.viewer is not None else 0.0
+    info, steps, ret, t_next = {"success": False}, 0, 0.0, time.monotonic()
+    while not session.quit:
+        session.poll(steps)
+        obs, reward, terminated, truncated, info = env.step(runner.act()[0])
+        runner.observe({k: v[None] for k, v in obs.items()})
+        steps, ret, t_next = steps + 1, ret + float(reward), t_next + dt
+        img = frame() if frame is not None else None
+        if frames is not None:
+            frames.append(_small(img))
+        if session.show(img, int((t_next - time.monotonic()) * 1e3)) or terminated or truncated:
+            break
+    return {"seed": seed, "success": bool(info["success"]), "return": ret, "rl_return": ret, "length": steps,
+            "mode": int(info.get("mode", -1)), **({"quit": True} if session.quit else {})}
 
 
 def _small(img: np.ndarray) -> np.ndarray:
