@@ -9,7 +9,7 @@
 4. RTC's sampling time per chunk over the unguided sample (batch 1, one thread, a real observation).
 5. Optionally (``bridge_episodes > 0``) the same seeds through the real bridge: ``armflow serve mode=realtime`` (its
    own process, loopback) and ``armflow deploy`` with ``bridge_executors`` at each of ``bridge_delays_ms`` of
-   injected inference delay (wall clock: a loaded machine adds its own delay on top).
+   injected inference delay, the same s (``realtime.exec_horizon``); wall clock: a loaded machine adds its own delay.
 
 Prints ``BENCH_JSON`` with ``lockstep_success``, ``<executor>_success_at_<d>ms``,
 ``rtc_discontinuity_ratio_100ms`` (RTC / naive, the switch's own jump: the executed action vs the running plan's
@@ -168,7 +168,8 @@ def bridge_rows(cfg: DictConfig, checkpoint: str, out: Path) -> dict:
                 dcfg = compose_config("deploy", [f"checkpoint={checkpoint}", f"endpoint={endpoint}",
                                                  f"episodes={int(cfg.bridge_episodes)}", f"seed={int(cfg.eval_seed)}",
                                                  "video_episodes=0", f"executor={name}", f"inject_delay_ms={d}",
-                                                 f"realtime.rtc_overlap={float(cfg.rtc_overlap)}", f"out={cell}"])
+                                                 f"realtime.rtc_overlap={float(cfg.rtc_overlap)}",
+                                                 f"realtime.exec_horizon={cfg.exec_horizon or 'null'}", f"out={cell}"])
                 cell.mkdir(parents=True, exist_ok=True)
                 res = deploy.main(dcfg)
                 rows[f"bridge_{name}_success_at_{int(d)}ms"] = res["success_rate"]

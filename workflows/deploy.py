@@ -142,6 +142,9 @@ class RealtimeOptions:
     action_offset_steps: int = 0  # action 0 <-> the servo tick that read the obs (1: the tick after, before the fix)
     inject_delay_ms: float = 0.0  # extra inference delay slept on the policy side (a bigger model, a remote GPU)
     jitter_ms: float = 0.0  # + U[0, jitter_ms) per chunk, seeded by the episode seed
+    # s: start the next inference s servo steps after the last one's obs (the schedule of `evaluate exec_horizon=`);
+    # None: when the current chunk's n_action_steps run out within the estimated delay + margin
+    exec_horizon: int | None = None
 
     def __post_init__(self) -> None:
         if self.executor not in ("naive", "rtc"):
@@ -190,10 +193,12 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
                 done, success = _done(st)
                 done = (viewer is not None and viewer.on_state(st, steps)) or done
         lead_ns = estimator.steps * dt_ns + margin_ms * 1e6  # the recent-max delay, the cold inference excluded
-        if pending is None and not done and (first or buffer_end_ns - client.server_now_ns() <= lead_ns):
+        due = (last_step + opts.action_offset_steps >= prev_step + opts.exec_horizon if opts.exec_horizon
+               else buffer_end_ns - client.server_now_ns() <= lead_ns)
+        if pending is None and not done and (first or due):
             obs_step = last_step + opts.action_offset_steps  # the servo step of this chunk's action 0
             hooks = None if opts.executor == "naive" or prev is None else _rtc_hooks(
-                agent, prev, obs_step - prev_step, estimator.steps, opts.rtc_overlap)
+                agent, prev, max(obs_step - prev_step, 0), estimator.steps, opts.rtc_overlap)
             inject = opts.inject_delay_ms + rng.random() * opts.jitter_ms
             # inference runs in its own thread on the windows of now, so this loop keeps reading states and
             # heartbeating the watchdog however long the model (or the injected delay) takes
@@ -214,7 +219,10 @@ def run_episode_realtime(client: BridgeClient, agent: ChunkAgent, seed: int, act
                     raise
                 stale_chunks += 1
                 continue
-            buffer_end_ns, first, prev, prev_step = t0 + agent.policy.n_action_steps * dt_ns, False, chunk, obs_step
+            # the servo step of the chunk's action 0 (later than obs_step for the first chunk, which started late):
+            # RTC's prefix and the exec_horizon schedule count the actions run since then
+            start_step = obs_step + round((t0 - asked.t_capture_ns) / dt_ns) - opts.action_offset_steps
+            buffer_end_ns, first, prev, prev_step = t0 + agent.policy.n_action_steps * dt_ns, False, chunk, start_step
         else:
             client.heartbeat()
             time.sleep(min(0.005, dt_ns / 4e9))
@@ -267,7 +275,8 @@ def realtime_options(cfg: DictConfig) -> RealtimeOptions:
     return RealtimeOptions(executor=str(cfg.get("executor") or "naive"), rtc_overlap=float(rt.get("rtc_overlap", 0.5)),
                            action_offset_steps=int(rt.get("action_offset_steps", 0)),
                            inject_delay_ms=float(cfg.get("inject_delay_ms") or 0.0),
-                           jitter_ms=float(cfg.get("jitter_ms") or 0.0))
+                           jitter_ms=float(cfg.get("jitter_ms") or 0.0),
+                           exec_horizon=int(rt["exec_horizon"]) if rt.get("exec_horizon") else None)
 
 
 def main(cfg: DictConfig) -> dict:
