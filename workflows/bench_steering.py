@@ -5,7 +5,8 @@ policy's p50 measured in the same rounds (ITPS: ``itps_pr``, ``itps_bi``, ``itps
 ``itps_goal``). ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
 ``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``, ``cfg``, ``dynaguide``: ``<method>_p50_ms``,
 ``<method>_p99_ms``, ``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``;
-a fresh policy of the same shapes plus a 2-D condition).
+a fresh policy of the same shapes plus a 2-D condition). ``vgps_sampler``: V-GPS's K=16 candidates sampled in one
+batch and the first kept (no critic): the part of V-GPS's cost that is the policy's own K-row sampling.
 """
 from __future__ import annotations
 
@@ -32,6 +33,22 @@ def fresh_policy(seed: int, condition: bool = False):
     return make_policy("flow", spec, 7, stats, **extra).eval()
 
 
+class CandidatesOnly:
+    """The base policy sampling K candidates in one batch and keeping the first: V-GPS without its critic."""
+
+    def __init__(self, base, k: int):
+        from armflow.policies.sampler import SamplerHooks
+
+        self.base, self.hooks = base, SamplerHooks(reranker=self.first, n_candidates=k)
+
+    @staticmethod
+    def first(obs, candidates: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(candidates), dtype=torch.long)
+
+    def predict_chunk(self, obs, noise=None):
+        return self.base.predict_chunk(obs, noise, hooks=self.hooks)
+
+
 def build_methods(cfg: DictConfig, out: Path) -> dict:
     """name -> policy: the base and each steered variant."""
     from armflow.policies import load_policy
@@ -42,6 +59,7 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
     methods = {"base": base}
     for k in cfg.Ks:
         methods[f"vgps_k{int(k)}"] = steer(base, {"type": "vgps", "critic": critic, "K": int(k)})
+    methods["vgps_sampler"] = CandidatesOnly(base, 16)
     members = []
     for i in range(int(cfg.gpc_members) - 1):  # same architecture, other weights
         torch.manual_seed(int(cfg.seed) + 1 + i)
