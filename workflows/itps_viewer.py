@@ -127,6 +127,11 @@ class GoalViewer:
         self.status = f"goal {'path' if drag else np.round(goal, 3).tolist()}"
         self.clicks[-1]["goal_m"] = goal.tolist()
 
+    @property
+    def pending(self) -> bool:
+        """A goal was given and not yet taken."""
+        return self._new is not None
+
     def take_goal(self) -> np.ndarray | None:
         goal, self._new = self._new, None
         return goal
@@ -214,7 +219,7 @@ class GoalSession:
         """Before an episode's first step: keep showing ``frame_fn()`` until the first goal or ``wait_s`` [s];
         ``tick()`` runs every frame (deploy: the bridge heartbeat)."""
         deadline = time.monotonic() + float(wait_s)
-        while self.viewer is not None and self.viewer._new is None and time.monotonic() < deadline:
+        while self.viewer is not None and not self.viewer.pending and time.monotonic() < deadline:
             if self.show(frame_fn(), 20):
                 break
             if tick is not None:

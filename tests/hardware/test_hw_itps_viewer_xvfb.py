@@ -154,6 +154,10 @@ def test_deploy_click_over_cube_one_steers_there_through_the_bridge(xvfb, xdotoo
     try:
         cmd = [ARMFLOW, "deploy", f"checkpoint={ckpt}", f"endpoint={endpoint}", "episodes=1", "video_episodes=0",
                "steering.type=itps", "steering.strategy=bi", "viewer=true", "viewer_wait_s=90", f"out={out}"]
+        unserved = subprocess.run(cmd + ["viewer_camera=agentview"], env={**os.environ, "DISPLAY": xvfb},
+                                  capture_output=True, text=True, timeout=120)
+        assert unserved.returncode != 0 and "no 'observation.images.agentview'" in unserved.stderr
+        assert "cameras=[agentview]" in unserved.stderr, unserved.stderr[-2000:]
         run_with_window(cmd, xvfb, xdotool, lambda wid: click(xdotool, wid, pix[1]))
     finally:
         stop_server(server)
