@@ -153,37 +153,63 @@ def start_realtime_server(task: str, endpoint: str, out: Path, timeout_s: float 
 
 
 def bridge_rows(cfg: DictConfig, checkpoint: str, out: Path) -> dict:
-    """Realtime deploy through a served simulated arm: ``bridge_<executor>_success_at_<d>ms`` and the stale chunks
-    (chunks that arrived after their first action was due) per cell."""
-    from armflow.workflows import deploy
-    from armflow.workflows.common import compose_config
-
+    """Realtime deploy through a served simulated arm: ``bridge_<executor>_success_at_<d>ms``, the stale chunks
+    (chunks that arrived after their first action was due) and the blocks retried per cell."""
     endpoint = f"ipc:///tmp/armflow-bench-realtime-{os.getpid()}"
     server = start_realtime_server(cfg.task, endpoint, out / "serve")
     rows = {}
     try:
         for d in cfg.bridge_delays_ms:
             for name in cfg.bridge_executors:
-                cell = out / f"deploy_{name}_{int(d)}ms"
-                dcfg = compose_config("deploy", [f"checkpoint={checkpoint}", f"endpoint={endpoint}",
-                                                 f"episodes={int(cfg.bridge_episodes)}", f"seed={int(cfg.eval_seed)}",
-                                                 "video_episodes=0", f"executor={name}", f"inject_delay_ms={d}",
-                                                 f"realtime.rtc_overlap={float(cfg.rtc_overlap)}",
-                                                 f"realtime.exec_horizon={cfg.exec_horizon or 'null'}", f"out={cell}"])
-                cell.mkdir(parents=True, exist_ok=True)
-                res = deploy.main(dcfg)
-                rows[f"bridge_{name}_success_at_{int(d)}ms"] = res["success_rate"]
-                rows[f"bridge_{name}_stale_chunks_at_{int(d)}ms"] = int(sum(r.get("stale_chunks", 0)
-                                                                            for r in res["per_episode"]))
-                print(f"[bench realtime] bridge {name:5s} delay {float(d):5.0f} ms: success {res['success_rate']:.2f} "
-                      f"over {res['episodes']} episodes", flush=True)
+                per, retries, server = _bridge_cell(cfg, checkpoint, out, endpoint, server, name, float(d))
+                key = f"{name}_{{}}_at_{int(d)}ms"
+                rows["bridge_" + key.format("success")] = float(np.mean([r["success"] for r in per]))
+                rows["bridge_" + key.format("stale_chunks")] = int(sum(r.get("stale_chunks", 0) for r in per))
+                rows["bridge_" + key.format("retried_blocks")] = retries
+                print(f"[bench realtime] bridge {name:5s} delay {float(d):5.0f} ms: success "
+                      f"{rows['bridge_' + key.format('success')]:.2f} over {len(per)} episodes", flush=True)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     return rows
+
+
+def _bridge_cell(cfg, checkpoint, out, endpoint, server, name: str, delay_ms: float, block: int = 10):
+    """One (executor, delay) cell in deploys of ``block`` episodes; a block the bridge broke off (a starved server
+    on a loaded machine: no HEARTBEAT answer, watchdog HOLD) is run again on a fresh server, once."""
+    from armflow.control.client import BridgeError
+    from armflow.workflows import deploy
+    from armflow.workflows.common import compose_config
+
+    per, retries, n = [], 0, int(cfg.bridge_episodes)
+    for start in range(0, n, block):
+        cell = out / f"deploy_{name}_{int(delay_ms)}ms" / f"seeds_{start}"
+        cell.mkdir(parents=True, exist_ok=True)
+        dcfg = compose_config("deploy", [
+            f"checkpoint={checkpoint}", f"endpoint={endpoint}", f"episodes={min(block, n - start)}",
+            f"seed={int(cfg.eval_seed) + start}", "video_episodes=0", f"executor={name}", f"inject_delay_ms={delay_ms:g}",
+            f"realtime.rtc_overlap={float(cfg.rtc_overlap)}", f"realtime.exec_horizon={cfg.exec_horizon or 'null'}",
+            "t_cmd_ms=500", f"out={cell}"])
+        for attempt in (0, 1):
+            try:
+                per += deploy.main(dcfg)["per_episode"]
+                break
+            except (BridgeError, SystemExit) as exc:
+                if attempt:
+                    raise
+                retries += 1
+                print(f"[bench realtime] bridge {cell.name} broke off ({exc}); again on a fresh server", flush=True)
+                stop_server(server)
+                server = start_realtime_server(cfg.task, endpoint, out / "serve")
+    return per, retries, server
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def plot_table(out: Path, cells: dict, delays) -> str:

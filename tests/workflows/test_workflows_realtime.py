@@ -116,6 +116,6 @@ def test_bench_realtime_bridge_row_deploys_through_a_served_arm(tmp_path, capsys
     bench = bench_realtime.main(cfg)
     for name in ("naive", "rtc"):
         assert bench[f"bridge_{name}_success_at_50ms"] in (0.0, 1.0)
-        summary = json.loads((tmp_path / "b" / f"deploy_{name}_50ms" / "summary.json").read_text())
+        summary = json.loads((tmp_path / "b" / f"deploy_{name}_50ms" / "seeds_0" / "summary.json").read_text())
         assert summary["episodes"] == 1 and summary["per_episode"][0]["length"] > 0  # the served arm stepped
     assert "bridge up" in (tmp_path / "b" / "serve" / "serve.log").read_text()
