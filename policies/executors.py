@@ -54,14 +54,14 @@ def shifted(chunk: np.ndarray, n: int) -> np.ndarray:
 class DelayEstimator:
     """Inference delay d [control steps] for the next chunk from measured latencies.
 
-    Rules (the failures users hit with real-time chunking): the first measurement (cold: warm-up, lazy init) is
-    never used; the estimate is the maximum over the last ``window`` measurements (a short spike is covered, an
-    old one forgotten); a measurement is clamped to the actions the robot actually consumed while it ran (a
-    stall that the robot waited out must not make the next chunk skip actions); the result lies in [0, d_max].
-    Until a warm measurement exists the cold one (clamped) stands in for it, else ``prior_steps``: the chunk after
-    the first also runs late, and an estimate of 0 there leaves the actions executed during its inference unfrozen
-    (lift episodes are ~3 chunks, so that was a third of all switches); a cold overestimate only freezes more of the
-    previous plan, which RTC's schedule executes anyway.
+    Rules (the failures users hit with real-time chunking): the first measurement (cold: warm-up, lazy init) never
+    enters the estimate once a warm one exists; the estimate is the maximum over the last ``window`` warm
+    measurements (a short spike is covered, an old one forgotten); a measurement is clamped to the actions the robot
+    actually consumed while it ran (a stall that the robot waited out must not make the next chunk skip actions);
+    the result lies in [0, d_max]. Before any warm measurement the cold one stands in (``prior_steps`` before any
+    at all): the second chunk also runs late, and the estimate 0 that excluding the cold one gave there left its
+    executed actions unfrozen (at s = 8 a lift episode has ~2 switches: half of them); a cold overestimate only
+    freezes more of the previous plan.
     """
 
     def __init__(self, ctrl_dt_s: float, d_max: int, window: int = 5, prior_steps: int = 0):
