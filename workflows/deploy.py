@@ -3,7 +3,9 @@
 * lockstep server (sim): each chunk of ``n_action_steps`` actions is sent at once, stamped with the
   sim time of the observation it was conditioned on; the server executes exactly one env step per
   waypoint and publishes every state, which feeds the observation history. With the same seeds
-  and the same sampler noise this rollout equals a direct in-sim rollout (see the e2e test).
+  and the same sampler noise this rollout equals a direct in-sim rollout where the server's safety layer clamps
+  nothing, and ``armflow evaluate limits=auto``'s rollout (the same layer in-process) always
+  (tests/control/test_control_deploy_equiv.py); each episode reports the layer's ``clamps``.
 * realtime server: asynchronous chunking. The robot executes the buffered chunk while the next one
   is computed; inference starts when the remaining buffered time <= p95(inference) + margin (the
   cold first inference excluded); stale waypoints are dropped by the server's scheduler.

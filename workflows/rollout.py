@@ -12,7 +12,9 @@ Two halves, each written once:
 :func:`run_episodes` drives them over a list of seeds with no lockstep rounds: an env whose episode ends starts
 the next seed at once, so N envs never wait for the slowest episode of a round. Each episode's sampler noise
 comes from a generator seeded with its env seed (one ``policy.default_noise`` draw per chunk), exactly as
-``armflow deploy`` draws it, so a seed gives the same episode in evaluation and through the bridge.
+``armflow deploy`` draws it, so a seed gives the same episode in evaluation and through the bridge (where the
+bridge's safety layer clamps an action, in evaluation under the same limits: ``evaluate limits=``, which runs
+the envs behind that layer, ``armflow.control.sim_limits``).
 """
 from __future__ import annotations
 
