@@ -16,10 +16,12 @@ from armflow.control.launch import ServerProcess, serve_until_signal
 from armflow.control.client import BridgeClient, BridgeError
 from armflow.control.chaos import ChaosConfig, ChaosProxy
 from armflow.control.fake_arm import FakeArm
+from armflow.control.sim_limits import SafetyLimitedEnv
 
 __all__ = [
     "PROTOCOL_VERSION", "Message", "ProtocolError", "decode", "encode", "ClockSync", "LimitsError", "SafetyLimits",
     "load_limits", "SafetyLayer", "SafetyViolation", "ChunkScheduler", "STATES", "Watchdog", "CurveConfig",
     "SecurityError", "generate_keys", "BridgeServer", "ServerConfig", "ServerError", "ServerProcess",
     "serve_until_signal", "BridgeClient", "BridgeError", "ChaosConfig", "ChaosProxy", "FakeArm",
+    "SafetyLimitedEnv",
 ]
