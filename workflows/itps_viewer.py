@@ -191,6 +191,7 @@ class GoalSession:
                 self.policy.set_goal(spec_goal)
         if self.viewer is not None:
             self.viewer.goal = None
+            print(f"[viewer] episode seed {self.seed}", flush=True)
 
     def poll(self, step: int) -> None:
         """Apply the goal the user gave (or the replay holds) for this step; the next chunk is sampled with it."""
