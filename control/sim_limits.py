@@ -35,12 +35,14 @@ GRIPPER_DIM = 6  # the 7-D task action = ee delta (6) + gripper (-1 open .. +1 c
 
 class SafetyLimitedEnv:
     """``make_env(task, **overrides)`` behind the bridge's safety layer (module docstring); the Gymnasium
-    ``reset`` / ``step`` / ``close`` API, every other attribute is the task env's."""
+    ``reset`` / ``step`` / ``close`` API, every other attribute is the task env's. ``limits``: a name under
+    configs/safety_limits/, a YAML path, or None / "auto" for the file the server uses for ``task``."""
 
     def __init__(self, task: str, limits: str | None = None, **overrides):
         from armflow.hardware import make_driver
 
-        self.limits_name = limits or default_limits_name("sim_panda", {"task": task})
+        auto = limits in (None, "auto")  # the file `armflow serve robot=sim_panda task=<task>` picks
+        self.limits_name = default_limits_name("sim_panda", {"task": task}) if auto else limits
         self.limits: SafetyLimits = load_limits(self.limits_name)
         self.driver = make_driver("sim_panda", task=task, env=dict(overrides))
         self.driver.connect()

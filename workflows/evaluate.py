@@ -38,16 +38,23 @@ def check_compatible(policy, env_obs_space, env_action_dim: int, source: str, ta
                              f"in task {task!r} but the policy expects {tuple(shape)}")
 
 
-def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_overrides: dict) -> dict[str, list[str]]:
+def record_videos(policy, task: str, seeds: list[int], video_dir: Path, env_overrides: dict,
+                  limits: str | None = None) -> dict[str, list[str]]:
     """Roll ``seeds`` in one in-process env; one MP4 per episode of the rendered scene (``videos``) and, for a
-    policy that reads cameras, one of the camera images it was given, side by side (``policy_view_videos``)."""
+    policy that reads cameras, one of the camera images it was given, side by side (``policy_view_videos``);
+    ``limits``: behind the bridge's safety layer, as ``evaluate_policy(safety_limits=...)`` ran them."""
     from armflow.sim import make_env
     from armflow.workflows.media import CAMERA_PREFIX, camera_row, write_mp4
 
     paths: dict[str, list[str]] = {"videos": [], "policy_view_videos": []}
     if not seeds:
         return paths
-    env = make_env(task, **env_overrides)
+    if limits:
+        from armflow.control.sim_limits import SafetyLimitedEnv
+
+        env = SafetyLimitedEnv(task, limits, **env_overrides)
+    else:
+        env = make_env(task, **env_overrides)
     render = getattr(env, "render_video", env.render)  # a larger 3/4 view where the task has one
     views = [k for k in policy.obs_spec if k.startswith(CAMERA_PREFIX)]
     runner = PolicyRunner(policy, 1)
@@ -99,7 +106,7 @@ def evaluate_policy(policy, task: str, episodes: int, seed: int = 100_000, n_env
     if safety_limits:
         from armflow.control.sim_limits import limited_vec_env
 
-        venv = limited_vec_env(task, n_envs, None if safety_limits == "auto" else safety_limits, env_overrides)
+        venv = limited_vec_env(task, n_envs, safety_limits, env_overrides)
     env = ChunkVecEnv(task, n_envs, policy.n_obs_steps, None if record else tuple(policy.obs_spec), n_workers,
                       dict(env_overrides or {}), keep_steps=keep, venv=venv)
     recorder = None
@@ -187,7 +194,7 @@ def main(cfg: DictConfig) -> dict:
         add_goal_record(result, session, policy, str(cfg.viewer_camera))
     else:
         result.update(record_videos(policy, cfg.task, [int(cfg.seed) + i for i in range(int(cfg.video_episodes))],
-                                    out / "videos", overrides))
+                                    out / "videos", overrides, cfg.get("limits")))
     result["task_overrides"] = overrides
     result["plots"] = [str(p) for p in plot_eval(out, result)]
     if "realtime" in result:  # the first episode's executed actions with its chunk switches
