@@ -122,6 +122,7 @@ def test_the_viewer_refuses_what_it_cannot_show(tmp_path, capsys):
     base = ["evaluate", f"checkpoint={ckpt}", "task=pick_either", "episodes=1", "viewer=true", f"out={tmp_path}"]
     for extra, words in [(["executor=rtc", "delay_ms=100"], "executor=rtc delay_ms=100 is not supported"),
                          ([f"record={tmp_path / 'rec'}"], "record= is not supported"),
-                         (["viewer_size=10"], "viewer_size=10 must be an int >= 64")]:
+                         (["viewer_size=10"], "viewer_size=10 must be an int >= 64"),
+                         (["viewer=maybe"], "viewer=maybe: expected true or false")]:
         assert run(base + extra) != 0
         assert words in capsys.readouterr().err
