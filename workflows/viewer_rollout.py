@@ -50,10 +50,12 @@ def check_evaluate_cfg(cfg) -> None:
     """The viewer runs the sync executor in one env; what it cannot honour is refused naming the key."""
     check_viewer_keys(cfg, "evaluate")
     if str(cfg.get("executor") or "sync") != "sync" or float(cfg.get("delay_ms") or 0) > 0:
-        raise SystemExit(f"armflow evaluate viewer=true: executor={cfg.get('executor')} delay_ms={cfg.get('delay_ms')}"
-                         " is not supported with the viewer (it steps the sync executor); drop executor=/delay_ms=")
+        raise SystemExit(f"armflow evaluate viewer=true / viewer_goals=: executor={cfg.get('executor')} delay_ms="
+                         f"{cfg.get('delay_ms')} is not supported with the viewer (it steps the sync executor); drop "
+                         "executor=/delay_ms=")
     if cfg.get("record"):
-        raise SystemExit("armflow evaluate viewer=true: record= is not supported with the viewer; record without it")
+        raise SystemExit("armflow evaluate viewer=true / viewer_goals=: record= is not supported with the viewer; "
+                         "record without it")
     if int(cfg.n_envs) > 1:
         print(f"[evaluate] viewer: one env in-process (n_envs={cfg.n_envs} ignored)", flush=True)
 
@@ -74,7 +76,8 @@ def evaluate_viewer(policy, cfg, overrides: dict, out: Path, source: str) -> tup
     n_video = int(cfg.video_episodes)
     replay = load_goals(cfg.viewer_goals) if cfg.get("viewer_goals") else None
     session = GoalSession(policy, _window(base, cfg, policy, "evaluate"), replay)
-    renderer = mujoco.Renderer(base.model, size, size) if session.viewer is not None or n_video else None
+    shown = (session.viewer is not None or n_video) and hasattr(base, "model")  # toy2d: no scene, no video
+    renderer = mujoco.Renderer(base.model, size, size) if shown else None
     results, videos = [], []
 
     def frame():
