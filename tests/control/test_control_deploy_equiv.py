@@ -3,6 +3,8 @@ under the bridge's safety limits (``limits=auto``: ``armflow.control.sim_limits`
 length, return and safety clamps, and the same chunk after chunk, with and without a steering spec (V-GPS with an
 untrained tiny critic). The policy asks for full-range actions, which the safety layer clamps, so the bare sim
 (no limits) runs other episodes: the test fails if evaluate stops applying the layer as the servo does."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,17 @@ def test_evaluate_limits_name_errors_list_the_bundled_files():
 
     with pytest.raises(LimitsError, match=r"limits file .*bogus\.yaml not found; bundled limits: \[.*sim_task_lift"):
         SafetyLimitedEnv("lift", "bogus")
+
+
+def test_evaluate_cli_limits_writes_the_clamps_and_names_a_bad_file(policy, tmp_path, capsys):
+    from armflow.workflows.cli import main as run
+
+    ckpt = policy.save_pretrained(tmp_path / "ckpt")
+    common = [f"checkpoint={ckpt}", "episodes=2", "n_envs=1", "video_episodes=0",
+              f"+task_overrides.max_episode_steps={STEPS}"]
+    assert run(["evaluate", *common, "limits=auto", f"out={tmp_path / 'eval'}"]) == 0
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())["per_episode"]
+    expected = _evaluate(policy, "auto")[:2]
+    assert [(r["return"], r["clamps"]) for r in saved] == [(r["return"], r["clamps"]) for r in expected]
+    assert run(["evaluate", *common, "limits=bogus", f"out={tmp_path / 'bad'}"]) != 0
+    assert "bogus.yaml not found; bundled limits" in capsys.readouterr().err
