@@ -153,54 +153,56 @@ def start_realtime_server(task: str, endpoint: str, out: Path, timeout_s: float 
 
 
 def bridge_rows(cfg: DictConfig, checkpoint: str, out: Path) -> dict:
-    """Realtime deploy through a served simulated arm: ``bridge_<executor>_success_at_<d>ms``, the stale chunks
-    (chunks that arrived after their first action was due) and the blocks retried per cell."""
-    endpoint = f"ipc:///tmp/armflow-bench-realtime-{os.getpid()}"
-    server = start_realtime_server(cfg.task, endpoint, out / "serve")
+    """Realtime deploy through a served simulated arm: ``bridge_<executor>_success_at_<d>ms`` over the episodes that
+    ran, the stale chunks (chunks that arrived after their first action was due), the blocks retried and the blocks
+    lost (broken off twice) per cell."""
+    server = {"endpoint": f"ipc:///tmp/armflow-bench-realtime-{os.getpid()}", "out": out / "serve", "task": cfg.task}
+    server["proc"] = start_realtime_server(cfg.task, server["endpoint"], server["out"])
     rows = {}
     try:
         for d in cfg.bridge_delays_ms:
             for name in cfg.bridge_executors:
-                per, retries, server = _bridge_cell(cfg, checkpoint, out, endpoint, server, name, float(d))
-                key = f"{name}_{{}}_at_{int(d)}ms"
-                rows["bridge_" + key.format("success")] = float(np.mean([r["success"] for r in per]))
-                rows["bridge_" + key.format("stale_chunks")] = int(sum(r.get("stale_chunks", 0) for r in per))
-                rows["bridge_" + key.format("retried_blocks")] = retries
+                per, retried, lost = _bridge_cell(cfg, checkpoint, out, server, name, float(d))
+                key = f"bridge_{name}_{{}}_at_{int(d)}ms"
+                rows[key.format("success")] = float(np.mean([r["success"] for r in per])) if per else None
+                rows[key.format("episodes")] = len(per)
+                rows[key.format("stale_chunks")] = int(sum(r.get("stale_chunks", 0) for r in per))
+                rows[key.format("retried_blocks")], rows[key.format("lost_blocks")] = retried, lost
                 print(f"[bench realtime] bridge {name:5s} delay {float(d):5.0f} ms: success "
-                      f"{rows['bridge_' + key.format('success')]:.2f} over {len(per)} episodes", flush=True)
+                      f"{rows[key.format('success')]} over {len(per)} episodes", flush=True)
     finally:
-        stop_server(server)
+        stop_server(server["proc"])
     return rows
 
 
-def _bridge_cell(cfg, checkpoint, out, endpoint, server, name: str, delay_ms: float, block: int = 10):
-    """One (executor, delay) cell in deploys of ``block`` episodes; a block the bridge broke off (a starved server
-    on a loaded machine: no HEARTBEAT answer, watchdog HOLD) is run again on a fresh server, once."""
+def _bridge_cell(cfg, checkpoint, out, server: dict, name: str, delay_ms: float, block: int = 10):
+    """One (executor, delay) cell in deploys of ``block`` episodes. A block the bridge broke off (a starved server or
+    controller on a loaded machine: no HEARTBEAT answer, watchdog HOLD) runs again on a fresh server; a block that
+    breaks off twice is counted lost and left out."""
     from armflow.control.client import BridgeError
     from armflow.workflows import deploy
     from armflow.workflows.common import compose_config
 
-    per, retries, n = [], 0, int(cfg.bridge_episodes)
+    per, retried, lost, n = [], 0, 0, int(cfg.bridge_episodes)
     for start in range(0, n, block):
         cell = out / f"deploy_{name}_{int(delay_ms)}ms" / f"seeds_{start}"
         cell.mkdir(parents=True, exist_ok=True)
         dcfg = compose_config("deploy", [
-            f"checkpoint={checkpoint}", f"endpoint={endpoint}", f"episodes={min(block, n - start)}",
-            f"seed={int(cfg.eval_seed) + start}", "video_episodes=0", f"executor={name}", f"inject_delay_ms={delay_ms:g}",
-            f"realtime.rtc_overlap={float(cfg.rtc_overlap)}", f"realtime.exec_horizon={cfg.exec_horizon or 'null'}",
-            "t_cmd_ms=500", f"out={cell}"])
+            f"checkpoint={checkpoint}", f"endpoint={server['endpoint']}", f"episodes={min(block, n - start)}",
+            f"seed={int(cfg.eval_seed) + start}", "video_episodes=0", f"executor={name}",
+            f"inject_delay_ms={delay_ms:g}", f"realtime.rtc_overlap={float(cfg.rtc_overlap)}",
+            f"realtime.exec_horizon={cfg.exec_horizon or 'null'}", "t_cmd_ms=500", f"out={cell}"])
         for attempt in (0, 1):
             try:
                 per += deploy.main(dcfg)["per_episode"]
                 break
             except (BridgeError, SystemExit) as exc:
-                if attempt:
-                    raise
-                retries += 1
-                print(f"[bench realtime] bridge {cell.name} broke off ({exc}); again on a fresh server", flush=True)
-                stop_server(server)
-                server = start_realtime_server(cfg.task, endpoint, out / "serve")
-    return per, retries, server
+                retried, lost = retried + (attempt == 0), lost + (attempt == 1)
+                print(f"[bench realtime] bridge {cell.parent.name}/{cell.name} broke off ({exc}); fresh server",
+                      flush=True)
+                stop_server(server["proc"])
+                server["proc"] = start_realtime_server(server["task"], server["endpoint"], server["out"])
+    return per, retried, lost
 
 
 def stop_server(proc: subprocess.Popen) -> None:
