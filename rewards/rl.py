@@ -13,6 +13,11 @@ Both write ``info["reward_valid"]`` and ``info["reward_model_version"]``; ``stat
 At an episode end (``info["terminated"] | info["truncated"]``) the held value and the model's per-env
 state (``Debounce.reset``) are cleared.
 
+``terminal=True``: a detection (valid, >= threshold) also ends the env's episode (``info["reward_terminated"]``;
+``ChunkVecEnv`` resets it), as on a real arm, where the detector and not a simulator says the task is done. With
+the simulator's own success ending episodes, a false-positive state pays at every chunk while a real success pays
+once, and RL learns to hover in the false positive.
+
 ``noise_fn`` / ``noise_fp`` inject detector errors for robustness runs (RoboFuME measured 60-81% false
 negatives and 1-6% false positives on real tasks): a valid positive (value >= threshold) becomes 0 with
 probability ``noise_fn``, a negative becomes 1 with probability ``noise_fp``, from a seeded generator.
@@ -77,14 +82,14 @@ class RewardModelFn:
     def __init__(self, model: RewardModel, cameras: list[str] | tuple[str, ...], instruction: str = "",
                  on_invalid: str = "hold", hold_init: float = 0.0, noise_fn: float = 0.0, noise_fp: float = 0.0,
                  seed: int = 0, threshold: float = 0.5, n_frames: int = 1, output: str = "value",
-                 state_key: str = "observation.state"):
+                 state_key: str = "observation.state", terminal: bool = False):
         if on_invalid not in ON_INVALID:
             raise ValueError(f"on_invalid={on_invalid!r}: expected one of {', '.join(ON_INVALID)}")
         if output not in ("value", "success") or n_frames < 1:
             raise ValueError(f"output={output!r} must be value or success and n_frames={n_frames} >= 1")
         self.model, self.cameras, self.instruction = model, tuple(cameras), instruction
         self.on_invalid, self.hold_init, self.threshold = on_invalid, float(hold_init), float(threshold)
-        self.n_frames, self.output, self.state_key = int(n_frames), output, state_key
+        self.n_frames, self.output, self.state_key, self.terminal = int(n_frames), output, state_key, bool(terminal)
         self.noise = DetectorNoise(noise_fn, noise_fp, seed, threshold)
         self.last: np.ndarray | None = None  # (N,) last valid reward per env
         self.stats = {"queries": 0, "invalid": 0, "held": 0, "skipped": 0}
@@ -120,6 +125,8 @@ class RewardModelFn:
         self.stats["invalid"] += n_bad
         self.stats["held" if self.on_invalid == "hold" else "skipped"] += n_bad
         if isinstance(info, dict):
+            if self.terminal:  # the detection ends the episode (the rollout core resets those envs)
+                info["reward_terminated"] = valid & (values >= self.threshold)
             info["reward_valid"] = valid
             info["reward_model_version"] = self.model.model_version
             self._episode_ends(info)
@@ -128,7 +135,8 @@ class RewardModelFn:
     def _episode_ends(self, info: dict) -> None:
         if "terminated" not in info and "truncated" not in info:
             return
-        done = np.asarray(info.get("terminated", False)) | np.asarray(info.get("truncated", False))
+        done = (np.asarray(info.get("terminated", False)) | np.asarray(info.get("truncated", False))
+                | np.asarray(info.get("reward_terminated", False)))
         done = np.broadcast_to(done, self.last.shape)
         self.last[done] = self.hold_init
         reset = getattr(self.model, "reset", None)

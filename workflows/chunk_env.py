@@ -166,6 +166,7 @@ class ChunkVecEnv:
                                              for name in out["reward_terms"]}}
         rl_reward = np.asarray(self.reward_fn(obs_before, np.asarray(actions), next_obs, info), dtype=np.float64)
         env_reward = env_reward_fn(None, actions, None, out)
+        ended = self._reward_ends(info, out, n, autoreset)
         done = out["terminated"] | out["truncated"]
         self._counters += np.where(n > 0, np.stack([env_reward, rl_reward]), 0.0)
         self._length += n
@@ -184,6 +185,20 @@ class ChunkVecEnv:
                          truncated=out["truncated"], success=out["success"], n_steps=n, elapsed=elapsed,
                          episodes=episodes, reward_terms=out["reward_terms"], step_reward=out["reward"],
                          step_obs=out["obs"] if self.keep_steps > self.n_obs_steps else None)
+
+    def _reward_ends(self, info: dict, out: dict, n: np.ndarray, autoreset: bool) -> np.ndarray:
+        """Episodes the reward function ended (``info["reward_terminated"]``, e.g. a success detector, as on a real
+        arm where no simulator says when the task is done): marked terminated in ``out`` and, with ``autoreset``,
+        reset here (their ``reset_obs`` filled in) like the envs that ended themselves."""
+        ended = np.asarray(info.get("reward_terminated", np.zeros(self.n_envs, bool)), bool)
+        ended = ended & (n > 0) & ~(out["terminated"] | out["truncated"])
+        if ended.any():
+            out["terminated"] = out["terminated"] | ended
+            if autoreset:
+                obs, _ = self.venv.reset(seed=[None] * self.n_envs, options={"reset_mask": ended})
+                out["reset_obs"] = {k: np.where(ended.reshape(-1, *[1] * (np.ndim(obs[k]) - 1)), obs[k],
+                                                out["reset_obs"][k]) for k in self.obs_keys}
+        return ended
 
     def close(self) -> None:
         self.venv.close()

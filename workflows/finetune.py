@@ -71,9 +71,13 @@ def _build(cfg: DictConfig):
     reward = {"reward_mode": str(cfg.reward), "shaping_scale": float(cfg.shaping_scale),
               "reward_model": OmegaConf.to_container(cfg.reward_model, resolve=True),
               "reward_noise": (float(cfg.reward_noise.fn), float(cfg.reward_noise.fp))}
-    train_env = EnvSpec(cfg.task, int(cfg.n_envs), int(cfg.n_workers), overrides, int(cfg.seed), **reward)
+    train_overrides = overrides  # a detector that ends episodes: the simulator's success no longer does (eval keeps it)
+    if cfg.reward == "model" and cfg.reward_model.get("terminal"):
+        train_overrides = {**overrides, "terminate_on_success": False}
+    train_env = EnvSpec(cfg.task, int(cfg.n_envs), int(cfg.n_workers), train_overrides, int(cfg.seed), **reward)
     build_reward(train_env)  # a bad reward config fails here, before workers start
-    eval_env = EnvSpec(cfg.task, int(cfg.n_eval_envs), 0, overrides, int(cfg.eval_seed), **reward)
+    eval_reward = {**reward, "reward_model": {**reward["reward_model"], "terminal": False}}  # eval: the simulator's end
+    eval_env = EnvSpec(cfg.task, int(cfg.n_eval_envs), 0, overrides, int(cfg.eval_seed), **eval_reward)
     window = {"n_obs_steps": policy.n_obs_steps, "obs_keys": tuple(policy.obs_spec),
               "n_action_steps": policy.n_action_steps}
     if cfg.backend not in BACKENDS:

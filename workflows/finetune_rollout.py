@@ -66,6 +66,7 @@ def build_reward(spec: EnvSpec):
         model = gated(make_reward_model(rm["backend"], **options), rm.get("gate"))
         return RewardModelFn(model, reward_cameras(spec), instruction=str(rm.get("instruction") or ""),
                              on_invalid=str(rm.get("on_invalid", "hold")), output=str(rm.get("output", "success")),
+                             terminal=bool(rm.get("terminal", False)),
                              noise_fn=noise_fn, noise_fp=noise_fp, seed=spec.seed)
     fn = reward_function(spec.reward_mode, spec.shaping_scale)
     if noise_fn or noise_fp:

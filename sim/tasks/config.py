@@ -27,6 +27,8 @@ class CubeTaskConfig:
     grasp_weight: float = 0.5  # reward: grasp = w * [both finger pads touch the cube]
     lift_weight: float = 1.0  # reward: lift = w * grasped * clip(height / lift_height_m, 0, 1)
     success_bonus: float = 5.0  # reward: success = bonus on the success step
+    terminate_on_success: bool = True  # False: success is reported (info) but does not end the episode (a
+    # reward model's detection ends it instead: `armflow finetune reward=model reward_model.terminal=true`)
     max_dpos_m: float = 0.05  # action scale: position delta at |a| = 1 [m / step]
     max_drot_rad: float = 0.5  # action scale: rotation delta at |a| = 1 [rad / step]
     cube_orientation_obs: bool = True  # False: observation.environment_state leaves out the cube quaternions (6 per cube):

@@ -243,9 +243,10 @@ class CubeEnv(gym.Env):
         self._steps += 1
         obs = self._obs()
         terms, success, mode = self._reward_terms(self._state_buf.tolist())
-        truncated = (not success) and self.max_episode_steps is not None and self._steps >= self.max_episode_steps
+        terminated = success and self.cfg.terminate_on_success
+        truncated = (not terminated) and self.max_episode_steps is not None and self._steps >= self.max_episode_steps
         info = {"success": success, "reward_terms": terms, "mode": mode}
-        return obs, float(sum(terms.values())), success, truncated, info
+        return obs, float(sum(terms.values())), terminated, truncated, info
 
     def _reward_terms(self, state: list[float]) -> tuple[dict[str, float], bool, int]:
         """Dense shaped reward terms for the best cube (the one closest to being lifted), success, and

@@ -80,6 +80,36 @@ def test_reward_cameras_are_rendered_but_not_stored(lift_ckpt, classifier_dir):
     np.testing.assert_array_equal(batch["reward"], np.ones((2, 2), np.float32))
 
 
+def test_a_terminal_detector_ends_the_episode_and_the_simulator_does_not(lift_ckpt, classifier_dir):
+    # threshold 0: the classifier detects success on every chunk; terminal: each detection ends (and resets) the
+    # episode, so every chunk is a one-chunk episode; without terminal the 8-step episodes run 2 chunks
+    batch, _ = _collect(lift_ckpt, classifier_dir, terminal=True)
+    assert batch["terminated"].all() and not batch["truncated"].any()
+    batch, _ = _collect(lift_ckpt, classifier_dir, terminal=False)
+    assert not batch["terminated"].any() and batch["truncated"][1].all() and not batch["truncated"][0].any()
+
+
+def test_without_terminate_on_success_the_sim_reports_success_but_runs_on():
+    from armflow.sim import make_env
+    from armflow.sim.experts import make_expert
+
+    ends = {}
+    for flag in (True, False):
+        env = make_env("lift", terminate_on_success=flag, max_episode_steps=60)
+        obs, _ = env.reset(seed=0)
+        expert = make_expert(env, seed=0)
+        successes, steps = 0, 0
+        while True:
+            obs, _, term, trunc, info = env.step(expert(obs))
+            successes, steps = successes + info["success"], steps + 1
+            if term or trunc:
+                break
+        ends[flag] = (steps, successes, term)
+        env.close()
+    assert ends[True][1] == 1 and ends[True][2]  # ends on its first success
+    assert ends[False] == (60, ends[False][1], False) and ends[False][1] > 1  # success held, then the time limit
+
+
 def test_a_proprioceptive_gate_vetoes_the_classifier(lift_ckpt, classifier_dir):
     # the classifier (threshold 0) says success everywhere; the gate on the grip height decides
     never = [{"index": 2, "op": ">", "threshold": 10.0}]  # the gripper 10 m up
