@@ -76,7 +76,8 @@ def run_table(cfg: DictConfig, policy, execution_kw: dict) -> dict:
 
 
 def latency_ratio(cfg: DictConfig, policy, execution_kw: dict) -> dict:
-    """Median per-chunk sampling time of RTC (inpainting at d = 2) over the unguided sample."""
+    """Median per-chunk sampling time of RTC (inpainting at d = 2, the hooks built per chunk) over the unguided
+    sample, the two interleaved."""
     from armflow.policies.executors import shifted, soft_mask
     from armflow.policies.realtime import rtc_hooks
     from armflow.sim import make_env
@@ -94,17 +95,16 @@ def latency_ratio(cfg: DictConfig, policy, execution_kw: dict) -> dict:
              "rtc": lambda: policy.predict_chunk(window, hooks=rtc_hooks(policy, y, w))}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        ms = {}
-        for name, fn in calls.items():
-            times = []
-            for i in range(int(cfg.warmup) + int(cfg.iters)):
+    try:  # the variants take turns every iteration, so a load change on a shared machine hits both alike
+        times = {name: [] for name in calls}
+        for i in range(int(cfg.warmup) + int(cfg.iters)):
+            for name, fn in calls.items():
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     fn()
                 if i >= int(cfg.warmup):
-                    times.append((time.perf_counter() - t0) * 1e3)
-            ms[name] = float(np.median(times))
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+        ms = {name: float(np.median(t)) for name, t in times.items()}
     finally:
         torch.set_num_threads(threads)
     return {"unguided_ms": ms["unguided"], "rtc_ms": ms["rtc"], "rtc_latency_ratio": ms["rtc"] / ms["unguided"]}
