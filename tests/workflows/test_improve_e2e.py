@@ -122,7 +122,7 @@ def test_sigkill_holds_the_arm_and_resume_continues(improve_assets, improve_over
     # every committed attempt is in the dataset (the one in flight at the kill may be there too: at most one more)
     assert total <= _dataset(out).num_episodes <= total + 1
     assert summary["scene_resets"] == 0  # the resumed run found the scene as it was: no reset
-    assert resets_after_kill == saved["scene_resets_at_start"]
+    assert resets_after_kill == saved["counters"]["scene_resets_seen"]
     assert saved["learners"]["forward"]["version"] <= max(
         json.loads(line).get("learner/forward_version", 0) for line in (out / "metrics.jsonl").read_text().splitlines())
 

@@ -62,3 +62,17 @@ def test_audit_rates_against_privileged_success():
     assert s["counts"] == {"tp": 1, "fp": 1, "tn": 2, "fn": 1}
     assert s["fp_rate"] == pytest.approx(1 / 3) and s["fn_rate"] == pytest.approx(1 / 2)
     assert s["recent"]["positives"] + s["recent"]["negatives"] == 4  # the window keeps the newest 4
+
+
+def test_scene_resets_are_summed_over_server_restarts():
+    from armflow.workflows.improve.loop import Counters, count_scene_resets
+
+    c = Counters()
+    count_scene_resets(c, {"scene_resets": 1})  # the run's own first reset: the baseline
+    count_scene_resets(c, {"scene_resets": 3})  # two needs-human resets
+    assert (c.scene_resets, c.scene_resets_seen) == (2, 3)
+    count_scene_resets(c, {"scene_resets": 1})  # resumed on a restarted server that has reset once since
+    count_scene_resets(c, {"scene_resets": 2})
+    assert (c.scene_resets, c.scene_resets_seen) == (4, 2)
+    count_scene_resets(c, {})  # a robot that does not count: nothing changes
+    assert c.scene_resets == 4

@@ -57,9 +57,23 @@ class Counters:
     skill: str = ""
     steps_on_skill: int = 0
     wall_s: float = 0.0
+    scene_resets: int = 0  # scene resets after the run's first, summed over robot-side server restarts
+    scene_resets_seen: int = -1  # the robot side's own count when last read (-1: not read yet)
 
     def bump(self, table: str, skill: str, by: int = 1) -> None:
         getattr(self, table)[skill] = getattr(self, table).get(skill, 0) + by
+
+
+def count_scene_resets(counters: Counters, extras: dict) -> None:
+    """Add the scene resets the robot side made since the last read (``extras["scene_resets"]``, its count since
+    its start). A count below the last one read is a restarted server (a resumed run): all of its resets are new.
+    The first read only sets the baseline (the run's own first reset is not counted)."""
+    if "scene_resets" not in extras:
+        return
+    now = int(extras["scene_resets"])
+    if counters.scene_resets_seen >= 0:
+        counters.scene_resets += now - counters.scene_resets_seen if now >= counters.scene_resets_seen else now
+    counters.scene_resets_seen = now
 
 
 class ImproveLoop:

@@ -24,7 +24,7 @@ from armflow.workflows.common import MetricLogger, write_json
 from armflow.workflows.improve.detector import Detector, DetectorAudit
 from armflow.workflows.improve.graph import Skill, StuckDetector, TaskGraph
 from armflow.workflows.improve.learner import OnlineSkillLearner
-from armflow.workflows.improve.loop import Counters, ImproveLoop, SkillRuntime
+from armflow.workflows.improve.loop import Counters, ImproveLoop, SkillRuntime, count_scene_resets
 
 
 def build_runtime(skill: Skill, cfg: DictConfig) -> SkillRuntime:
@@ -173,7 +173,7 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
     if extra is None:  # the only scene reset of the run (sim); a resumed run finds the scene as it was left
         client.reset(int(cfg.seed))
     first = client.latest_state()
-    resets0 = extra["scene_resets_at_start"] if extra else int(first.extras.get("scene_resets", 0))
+    count_scene_resets(counters, first.extras)  # fresh run: the baseline; resumed: a restarted server's resets
     rest = cfg.rest_pose if cfg.rest_pose is not None else (extra["rest_pose"] if extra else
                                                             np.asarray(first.ee_pos_m).tolist())
     fps = int(round(client.welcome["servo_rate_hz"]))
@@ -214,7 +214,8 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
                     f" (policy v{forward.learner.version if forward.learner else 0}); detector {audit.summary()['recent']}")
                 since_eval = 0.0  # the evaluation's time counts in wall_s: the budget is wall time
             if attempts_since_save >= int(cfg.checkpoint_every_attempts):
-                save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat),
+                count_scene_resets(counters, client.latest_state().extras)
+                save_state(out, runtimes, _extra(counters, audit, history, rest, rest_quat),
                            counters.robot_steps)
                 attempts_since_save = 0
     finally:
@@ -225,18 +226,19 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
         recorder.close()
         logger.close()
     client.disarm()
-    save_state(out, runtimes, _extra(counters, audit, history, rest, resets0, rest_quat), counters.robot_steps)
+    count_scene_resets(counters, client.latest_state().extras)
+    save_state(out, runtimes, _extra(counters, audit, history, rest, rest_quat), counters.robot_steps)
     final = evaluate_skill(forward, cfg, int(cfg.eval.final_episodes))
     final["videos"] = final_videos(forward, cfg, out)
     if forward.learner is not None:
         forward.learner.learner.export(str(out / "policy"))
-    return summarise(out, client, counters, audit, history, final, intervention, recorder, resets0)
+    return summarise(out, client, counters, audit, history, final, intervention, recorder)
 
 
-def _extra(counters: Counters, audit: DetectorAudit, history: dict, rest, resets0: int, rest_quat) -> dict:
+def _extra(counters: Counters, audit: DetectorAudit, history: dict, rest, rest_quat) -> dict:
     import dataclasses
 
-    return {"scene_resets_at_start": resets0, "counters": dataclasses.asdict(counters), "audit": {"counts": audit.counts, "recent": audit.recent},
+    return {"counters": dataclasses.asdict(counters), "audit": {"counts": audit.counts, "recent": audit.recent},
             "history": history, "rest_pose": list(map(float, rest)),
             "rest_quat": list(map(float, rest_quat))}
 
@@ -258,16 +260,16 @@ def attempt_metrics(result: dict, counters: Counters, audit: DetectorAudit, runt
 
 
 def summarise(out: Path, client, counters: Counters, audit: DetectorAudit, history: dict, final: dict,
-              intervention, recorder, resets0: int) -> dict:
+              intervention, recorder) -> dict:
     from armflow.workflows.improve.report import write_report
 
-    state = client.latest_state()
     det = audit.summary()
     summary = {
         "success_rate": {"start": history["eval"][0]["success_rate"], "final": final["success_rate"],
                          "final_episodes": final["episodes"], "start_episodes": history["eval"][0]["episodes"]},
-        # scene resets after the run's first, as the robot side counted them (needs-human resets included)
-        "scene_resets": int(state.extras["scene_resets"]) - resets0 if "scene_resets" in state.extras else None,
+        # scene resets after the run's first, as the robot side counted them (needs-human resets included), summed
+        # over server restarts
+        "scene_resets": counters.scene_resets if counters.scene_resets_seen >= 0 else None,
         "needs_human": counters.needs_human, "needs_human_reasons": counters.needs_human_reasons,
         "detector": {"fp_rate": det["fp_rate"], "fn_rate": det["fn_rate"], "counts": det["counts"]},
         "interventions": getattr(intervention, "takeovers", 0), "intervention_steps": counters.intervention_steps,
