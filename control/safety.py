@@ -12,6 +12,12 @@ Every limit holds on what the driver is commanded, in every mode (issue 10):
   own commanded target (the driver's), never the measured q.
 - speeds: ee_delta is converted to a Cartesian velocity with the driver's declared scale
   (``RobotInfo.ee_delta_*``) and limited like ee_pose (speed, acceleration, rotation speed).
+- arm links: with the driver's ``forward_link_points`` (``RobotInfo.link_radii_m``) the spheres around the
+  arm's links keep the box too (its floor is the table plane), so no link strikes the table: joint modes
+  check them on the predicted joint target (``limit_joint_step``); the Cartesian modes carry them rigidly
+  with the commanded EE pose from where they are in the measured EE frame (exact for the wrist and flange,
+  which ride with the hand; first order for the elbow), where the gripper corners are checked; a driver
+  with its own IK checks them exactly on its joint targets (``MotionLimits.link_radii_m``).
 - walls are approached on a braking curve (``stop_speed``), so stopping at a limit never needs more
   than the acceleration limit. Position limits are applied last again so a rate clamp can never push
   through them.
@@ -24,8 +30,9 @@ from typing import Callable
 import numpy as np
 
 from armflow.control.limits import SafetyLimits
-from armflow.hardware.driver import (MotionLimits, RobotInfo, RobotState, box_excess, ee_points,
-                                    limit_joint_step, quat_angle, quat_to_mat, rotvec_quat_mul, stop_speed)
+from armflow.hardware.driver import (ForwardLinks, MotionLimits, RobotInfo, RobotState, box_excess,
+                                    limit_joint_step, quat_angle, quat_to_mat, rotvec_quat_mul, sphere_excess,
+                                    stop_speed)
 
 
 class SafetyViolation(RuntimeError):
@@ -78,13 +85,21 @@ class SafetyLayer:
     integrates; ``ee_target``, the EE position [m] a "target"-anchored ee_delta accumulates onto.
     ``fk(q_rad) -> (ee position [m], quaternion (w, x, y, z))`` in the base frame, the driver's forward
     kinematics when it has one (``forward_pose``), adds the box and the EE speed limits to the joint modes.
+    ``link_fk(q_rad) -> (L, 3)``, the centres of the link spheres (``RobotInfo.link_radii_m``): by default the
+    ``forward_link_points`` of the driver whose ``forward_pose`` is ``fk``, so every layer built on a driver's
+    kinematics checks its links; without one, no link check.
     """
 
     def __init__(self, limits: SafetyLimits, info: RobotInfo,
-                 fk: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None):
+                 fk: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+                 link_fk: ForwardLinks | None = None):
         self.limits = limits
         self.info = info
         self.fk = fk
+        if link_fk is None:
+            link_fk = getattr(getattr(fk, "__self__", None), "forward_link_points", None)
+        self.link_radii = np.asarray(info.link_radii_m, float).reshape(-1)
+        self.link_fk = link_fk if len(self.link_radii) else None
         m = limits.joint_margin_rad
         self.q_lo = np.asarray(info.joint_pos_min_rad, float) + m
         self.q_hi = np.asarray(info.joint_pos_max_rad, float) - m
@@ -112,7 +127,7 @@ class SafetyLayer:
         lim = self.limits
         return MotionLimits(self.q_lo.copy(), self.q_hi.copy(), self.qd_max.copy(), self.box_lo.copy(),
                             self.box_hi.copy(), lim.ee_vel_max_m_s, lim.ee_rot_vel_max_rad_s,
-                            lim.joint_acc_max_rad_s2, self.points.copy())
+                            lim.joint_acc_max_rad_s2, self.points.copy(), self.link_radii.copy())
 
     # -- bookkeeping -------------------------------------------------------------------------
     def reset(self, mode: str, state: RobotState) -> None:
@@ -175,7 +190,7 @@ class SafetyLayer:
     def _joint_step(self, q_from: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float) -> np.ndarray:
         """Safe joint velocity [rad/s] for one tick from the commanded ``q_from`` (``limit_joint_step``: speed,
         acceleration, braking before the joint limits minus margins, the EE speeds and the box through ``fk``)."""
-        return limit_joint_step(self._motion, q_from, v, v_prev, dt, self.fk, self.clamps)
+        return limit_joint_step(self._motion, q_from, v, v_prev, dt, self.fk, self.clamps, self.link_fk)
 
     def _joint_pos(self, q: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         q = self._clip("joint_limit", q, self.q_lo, self.q_hi)
@@ -212,21 +227,34 @@ class SafetyLayer:
         lo, hi = stop_speed(pos - box_lo, a_max, dt), stop_speed(box_hi - pos, a_max, dt)
         return self._clip("workspace", v, -lo, hi)
 
-    def _ee_box(self, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The box the EE position must keep so that the gripper points (``RobotInfo.ee_points_m``) at
-        orientation ``quat`` stay in the workspace box too."""
-        if not len(self.points):
-            return self.box_lo, self.box_hi
-        off = self.points @ quat_to_mat(quat).T
-        return self.box_lo - np.minimum(off.min(axis=0), 0.0), self.box_hi - np.maximum(off.max(axis=0), 0.0)
+    def _carried(self, state: RobotState) -> tuple[np.ndarray, np.ndarray]:
+        """The points the Cartesian modes keep in the box, in the EE frame, with their radii: the gripper
+        corners (radius 0) and the link spheres where the measured state has them relative to its EE (carried
+        rigidly with the commanded pose: exact for links that ride with the hand, first order for the rest)."""
+        if self.link_fk is None:
+            return self.points, np.zeros(len(self.points))
+        rot = quat_to_mat(np.asarray(state.ee_quat_wxyz, float))
+        links = (self.link_fk(np.asarray(state.joint_pos_rad, float)) - state.ee_pos_m) @ rot
+        return np.vstack([self.points, links]), np.concatenate([np.zeros(len(self.points)), self.link_radii])
 
-    def _rot_inside(self, pos: np.ndarray, q_from: np.ndarray, q_to: np.ndarray) -> float:
-        """Fraction of the rotation ``q_from`` -> ``q_to`` at ``pos`` that keeps the gripper points no farther
+    def _ee_box(self, quat: np.ndarray, pts: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The box the EE position must keep so that the points ``pts`` (EE frame, ``_carried``) at orientation
+        ``quat`` stay in the workspace box too, each with its radius inside the walls."""
+        if not len(pts):
+            return self.box_lo, self.box_hi
+        off = pts @ quat_to_mat(quat).T
+        r = radii[:, None]
+        return (np.maximum(self.box_lo, (self.box_lo + r - off).max(axis=0)),
+                np.minimum(self.box_hi, (self.box_hi - r - off).min(axis=0)))
+
+    def _rot_inside(self, pos: np.ndarray, q_from: np.ndarray, q_to: np.ndarray, pts: np.ndarray,
+                    radii: np.ndarray) -> float:
+        """Fraction of the rotation ``q_from`` -> ``q_to`` at ``pos`` that keeps the points ``pts`` no farther
         out of the box than at ``q_from`` (halved until it does)."""
-        if not len(self.points):
+        if not len(pts):
             return 1.0
-        out = lambda q: box_excess(ee_points(pos, q, self.points), self.box_lo, self.box_hi)  # noqa: E731
-        ref, s = out(q_from), 1.0
+        out = lambda q: sphere_excess(pos + pts @ quat_to_mat(q).T, radii, self.box_lo, self.box_hi)  # noqa: E731
+        ref, s = max(out(q_from), box_excess(pos, self.box_lo, self.box_hi)), 1.0
         while s > 1e-3 and out(quat_slerp(q_from, q_to, s)) > ref + 1e-9:
             s *= 0.5
         s = s if s > 1e-3 else 0.0
@@ -244,7 +272,8 @@ class SafetyLayer:
 
     def _ee_pose(self, pose: np.ndarray, state: RobotState, dt: float) -> np.ndarray:
         prev_pos, prev_quat = self.prev[:3], self.prev[3:7]
-        box_lo, box_hi = self._ee_box(prev_quat)
+        pts, radii = self._carried(state)
+        box_lo, box_hi = self._ee_box(prev_quat, pts, radii)
         pos = self._clip("workspace", pose[:3], box_lo, box_hi)
         quat = quat_normalize(pose[3:7])
         target_prev = prev_pos if self.prev_target is None else self.prev_target
@@ -252,7 +281,7 @@ class SafetyLayer:
         v = self._cart_velocity(v, prev_pos, dt, box_lo, box_hi)
         pos_out = np.clip(prev_pos + v * dt, np.minimum(box_lo, prev_pos), np.maximum(box_hi, prev_pos))
         angle = quat_angle(prev_quat, quat)
-        s = self._rot_limit(angle, dt) * self._rot_inside(pos_out, prev_quat, quat)
+        s = self._rot_limit(angle, dt) * self._rot_inside(pos_out, prev_quat, quat, pts, radii)
         if s < 1.0:
             quat = quat_slerp(prev_quat, quat, s)
         self.prev_vel, self.prev_target = (pos_out - prev_pos) / dt, pos
@@ -273,13 +302,15 @@ class SafetyLayer:
         vel_per_unit = info.ee_delta_m_per_unit * track_pos / dt  # [m/s] per unit action
         rot_per_unit = info.ee_delta_rad_per_unit * track_rot / dt  # [rad/s] per unit action
         quat = quat_normalize(np.asarray(state.ee_quat_wxyz, float))  # the orientation the gripper points have
-        box_lo, box_hi = self._ee_box(quat)
+        pts, radii = self._carried(state)
+        box_lo, box_hi = self._ee_box(quat, pts, radii)
         v = self._cart_velocity(delta[:3] * vel_per_unit, anchor, dt, box_lo, box_hi)
         step = v / vel_per_unit * info.ee_delta_m_per_unit  # the full commanded step [m]
         step = np.clip(anchor + step, np.minimum(box_lo, anchor), np.maximum(box_hi, anchor)) - anchor
         rot = delta[3:] * self._rot_limit(float(np.linalg.norm(delta[3:])) * rot_per_unit * dt, dt)
-        if len(self.points):
-            rot = rot * self._rot_inside(anchor + step, quat, rotvec_quat_mul(rot * info.ee_delta_rad_per_unit, quat))
+        if len(pts):
+            rot = rot * self._rot_inside(anchor + step, quat, rotvec_quat_mul(rot * info.ee_delta_rad_per_unit, quat),
+                                         pts, radii)
         if sum(self.clamps.values()) > n_clamps:
             delta = np.concatenate([step / info.ee_delta_m_per_unit, rot])
         self.prev_vel = delta[:3] * vel_per_unit

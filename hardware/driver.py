@@ -46,6 +46,10 @@ class RobotInfo:
     # Points of the gripper in the EE frame [m] (its bounding corners) that must stay in the workspace box
     # too, so the box bounds the whole gripper and a tilted hand cannot strike the table; () = the EE only
     ee_points_m: tuple[tuple[float, float, float], ...] = ()
+    # Radii [m] of spheres that bound the arm's links (elbow to flange) and must stay in the workspace box as
+    # well (its floor is the table plane); their centres come from the driver's forward kinematics,
+    # ``forward_link_points(q) -> (K, 3)`` in the base frame. () = no link check (the EE and ee_points_m only)
+    link_radii_m: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,13 @@ class MotionLimits:
     ee_rot_vel_max_rad_s: float
     qdd_max_rad_s2: float = np.inf  # joint acceleration of the targets [rad/s^2]
     ee_points_m: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # RobotInfo.ee_points_m (K, 3)
+    link_radii_m: np.ndarray = field(default_factory=lambda: np.zeros(0))  # RobotInfo.link_radii_m (L,)
 
 
 #: ``fk(q_rad) -> (EE position [m], quaternion (w, x, y, z))`` in the base frame.
 ForwardPose = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``link_fk(q_rad) -> (L, 3)``: centres [m] of the link spheres (``RobotInfo.link_radii_m``) in the base frame.
+ForwardLinks = Callable[[np.ndarray], np.ndarray]
 
 
 def quat_angle(q1: np.ndarray, q2: np.ndarray) -> float:
@@ -85,6 +92,15 @@ def box_excess(p: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     """Distance [m] of ``p`` (or the farthest of the points ``p`` (K, 3)) outside the box (0 inside)."""
     p = np.atleast_2d(p)
     return float(np.max(np.linalg.norm(p - np.clip(p, lo, hi), axis=1)))
+
+
+def sphere_excess(centres: np.ndarray, radii: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """Distance [m] by which the farthest of the spheres (``centres`` (L, 3), ``radii`` (L,)) pokes out of the
+    box (0 when all lie inside): each centre against the box shrunk by its radius."""
+    if not len(radii):
+        return 0.0
+    r = np.asarray(radii, float)[:, None]
+    return box_excess(centres, lo + r, hi - r)
 
 
 def quat_to_mat(q: np.ndarray) -> np.ndarray:
@@ -114,7 +130,8 @@ def ee_points(pos: np.ndarray, quat: np.ndarray, points_ee: np.ndarray) -> np.nd
 
 
 def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np.ndarray, dt: float,
-                     fk: ForwardPose | None = None, clamps: Counter | None = None) -> np.ndarray:
+                     fk: ForwardPose | None = None, clamps: Counter | None = None,
+                     link_fk: ForwardLinks | None = None) -> np.ndarray:
     """The joint velocity [rad/s] for one tick of ``dt`` from the joint target ``q``, after ``v_prev``: speed,
     acceleration, braking before the joint limits, then (with ``fk``) the EE speeds and the box. One
     implementation for the safety layer's joint modes and for drivers that make joint targets themselves
@@ -125,7 +142,9 @@ def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np
     The EE speed limit moves from ``v_prev`` towards ``v`` only as far as it allows (so it keeps the
     acceleration limit), and the box is checked on the next target and along the path of braking from it;
     a step that would leave the box (from outside: go farther out) brakes along the previous velocity (all
-    joints in proportion, so on the path that was checked), and stops if even that would leave it."""
+    joints in proportion, so on the path that was checked), and stops if even that would leave it. "The box"
+    holds the EE, the gripper points (``lim.ee_points_m``) and, with ``link_fk``, the link spheres
+    (``lim.link_radii_m``), so no arm link is driven into the table either."""
     count = clamps if clamps is not None else Counter()
 
     def clip(name: str, x: np.ndarray, lo, hi) -> np.ndarray:
@@ -162,8 +181,13 @@ def limit_joint_step(lim: MotionLimits, q: np.ndarray, v: np.ndarray, v_prev: np
             s = 0.5 * (s_lo + s_hi)
             s_lo, s_hi = (s, s_hi) if max(ee_ratio(v_keep + s * (v - v_keep))) <= 1.0 else (s_lo, s)
         v = v_keep + s_lo * (v - v_keep)
+    check_links = link_fk is not None and len(lim.link_radii_m) > 0
+
     def excess(x: np.ndarray, pose: tuple[np.ndarray, np.ndarray] | None = None) -> float:
-        return box_excess(ee_points(*(pose or fk(x)), lim.ee_points_m), lim.box_min_m, lim.box_max_m)
+        out = box_excess(ee_points(*(pose or fk(x)), lim.ee_points_m), lim.box_min_m, lim.box_max_m)
+        if check_links:  # after fk(x): a driver may reuse that kinematics pass for its link spheres
+            out = max(out, sphere_excess(link_fk(x), lim.link_radii_m, lim.box_min_m, lim.box_max_m))
+        return out
 
     out_now = excess(q, (p0, quat0))
 

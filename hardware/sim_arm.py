@@ -11,11 +11,12 @@ Modes and setpoints (one ``command`` = one servo tick of ``1 / rate_hz`` seconds
 - ``set_motion_limits`` (the servo passes the safety layer's limits) bounds every joint target this
   driver makes itself: the integrated joint_vel target, and the IK steps of the Cartesian modes, which go
   through the layer's own joint-step limiter (``driver.limit_joint_step``: joint margins, speeds and
-  acceleration, EE speeds, the box on the EE and the gripper's corners, ``RobotInfo.ee_points_m``); an IK
+  acceleration, EE speeds, the box on the EE, the gripper's corners (``RobotInfo.ee_points_m``) and the
+  spheres around the arm's links (``RobotInfo.link_radii_m``, ``hardware.link_spheres``)); an IK
   chasing an unreachable or lagging target must not swing the arm faster, or out of the box, issue 10.
   With them set, the servos also get the targets' feed-forward (``_feed_forward``), so the arm reaches what
   it is sent: measured states stay within the limits, not only the targets. ``forward_pose`` gives the
-  safety layer the EE pose of a q.
+  safety layer the EE pose of a q, ``forward_link_points`` the link spheres' centres.
 - gripper: 0 open .. 1 closed.
 
 ``realtime=False`` (lockstep): each ``command`` advances sim time by exactly one tick, deterministic.
@@ -33,6 +34,7 @@ import numpy as np
 from armflow.hardware.driver import Driver, DriverError, MotionLimits, RobotInfo, RobotState, limit_joint_step
 from armflow.hardware.kinematics import SiteIK, mat_to_quat, quat_mul, quat_normalize, rotvec_to_quat
 from armflow.hardware.link import CommandLink, LinkConfig
+from armflow.hardware.link_spheres import fit_link_spheres
 from armflow.hardware.real_common import clip_velocity
 from armflow.hardware.sim_contact import ee_contact_force_n
 from armflow.hardware.sim_scene import (ARMS, EE_SITE, FINGER_TRAVEL_M, GRIPPER_BODIES, HAND_BODY,
@@ -80,6 +82,11 @@ class SimArmDriver(Driver):
         self._site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)
         self._ee_bodies = subtree_body_ids(self.model, HAND_BODY)
         self._ee_points = self._gripper_corners()
+        # the links from the second joint on (the first only spins about the base's vertical axis); the gripper
+        # (box geoms) is covered by its corners
+        arm_bodies = [int(b) for b in subtree_body_ids(self.model, mujoco.mj_id2name(
+            self.model, mujoco.mjtObj.mjOBJ_BODY, int(self.model.jnt_bodyid[1])))]
+        self._links = fit_link_spheres(self.model, arm_bodies)
         self._link = CommandLink(LinkConfig(cfg.latency_s, cfg.jitter_s, cfg.drop_prob, cfg.seed))
         self._renderer = None
         self._connected = False
@@ -101,6 +108,7 @@ class SimArmDriver(Driver):
             joint_pos_min_rad=tuple(self._qmin), joint_pos_max_rad=tuple(self._qmax),
             joint_vel_max_rad_s=tuple(self._vmax), native_rate_hz=1.0 / self.tick_s,
             modes=SIM_MODES, is_sim=True, has_gripper=True, ee_points_m=self._ee_points,
+            link_radii_m=tuple(round(float(r), 4) for r in self._links.radii_m),
         )
 
     def set_motion_limits(self, limits: MotionLimits) -> None:
@@ -112,6 +120,17 @@ class SimArmDriver(Driver):
     def forward_pose(self, q_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """EE site position [m] and quaternion (w, x, y, z) in the base frame at ``q_rad`` (for the safety layer)."""
         return self._ik.forward(np.asarray(q_rad, float))
+
+    def forward_link_points(self, q_rad: np.ndarray) -> np.ndarray:
+        """Centres (L, 3) [m] of the link spheres (``RobotInfo.link_radii_m``) in the base frame at ``q_rad``;
+        reuses the kinematics of the last ``forward_pose`` when it was at the same ``q_rad`` (the joint-step
+        limiter asks for both at every pose it checks)."""
+        q = np.asarray(q_rad, float)
+        data = self._ik.data
+        if not np.array_equal(data.qpos[: self.dof], q):
+            data.qpos[: self.dof] = q
+            mujoco.mj_kinematics(self.model, data)
+        return self._links.centres(data)
 
     def connect(self) -> None:
         self._connected = True
@@ -238,7 +257,8 @@ class SimArmDriver(Driver):
         # the IK step as a joint velocity, limited like the safety layer's joint modes (acceleration included:
         # the servo's feed-forward needs continuous target velocities, and a real arm rejects jumps)
         v = (q_new - self._q_cmd) / self.tick_s
-        v = limit_joint_step(self._motion, self._q_cmd, v, self._qd_cmd, self.tick_s, self._ik.forward)
+        v = limit_joint_step(self._motion, self._q_cmd, v, self._qd_cmd, self.tick_s, self._ik.forward,
+                             link_fk=self.forward_link_points)
         self._q_cmd = self._inside(self._q_cmd + v * self.tick_s)
 
     def _gripper_corners(self) -> tuple[tuple[float, float, float], ...]:
