@@ -51,7 +51,6 @@ def reward_cameras(spec: EnvSpec) -> list[str]:
 def build_reward(spec: EnvSpec):
     """The RL reward of ``spec``: a ``REWARDS`` name, or (``model``) a reward model from ``armflow.rewards`` scoring
     the chunk's last camera frames, never the simulator's state; with ``reward_noise`` detector errors injected."""
-    from armflow.rewards.compose import gated
     from armflow.rewards.registry import make_reward_model
     from armflow.rewards.rl import NoisyReward, RewardModelFn
     from armflow.workflows.chunk_env import reward_function
@@ -63,7 +62,7 @@ def build_reward(spec: EnvSpec):
             raise ValueError("reward=model needs reward_model.backend (classifier, openai, hf_vlm, embedding) and "
                              f"reward_model.cameras (the cameras it looks at); got {rm}")
         options = {**({"path": rm["path"]} if rm.get("path") else {}), **dict(rm.get("options") or {})}
-        model = gated(make_reward_model(rm["backend"], **options), rm.get("gate"))
+        model = make_reward_model(rm["backend"], **options)
         return RewardModelFn(model, reward_cameras(spec), instruction=str(rm.get("instruction") or ""),
                              on_invalid=str(rm.get("on_invalid", "hold")), output=str(rm.get("output", "success")),
                              terminal=bool(rm.get("terminal", False)),

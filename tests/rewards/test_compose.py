@@ -57,6 +57,19 @@ def test_and_gate_needs_both_the_model_and_the_predicate():
         StatePredicate(0, 1.0, op="==")
 
 
+def test_gated_builds_every_gate_from_config_data():
+    from armflow.rewards.compose import gated
+
+    detector = FunctionReward(lambda q: 1.0, name="det")
+    model = gated(detector, [{"index": 2, "op": ">", "threshold": 0.05}, {"index": 0, "op": "<", "threshold": 0.5}])
+    cases = [(0.1, 0.10, 1.0), (0.9, 0.10, 0.0), (0.1, 0.01, 0.0)]
+    assert [r.value for r in model.score([_q(i, x=x, z=z) for i, (x, z, _) in enumerate(cases)])] == [
+        want for *_, want in cases]
+    assert gated(detector, None) is detector and gated(detector, []) is detector
+    with pytest.raises(ValueError, match=r"gate\[0\].*missing \['threshold'\]"):
+        gated(detector, {"index": 2})
+
+
 def test_debounce_counts_consecutive_positives_per_stream():
     det = FunctionReward(lambda q: q.state[0], invalid_when=lambda q: q.state[0] < 0)
     deb = Debounce(det, k=3)

@@ -110,18 +110,6 @@ def test_without_terminate_on_success_the_sim_reports_success_but_runs_on():
     assert ends[False] == (60, ends[False][1], False) and ends[False][1] > 1  # success held, then the time limit
 
 
-def test_a_proprioceptive_gate_vetoes_the_classifier(lift_ckpt, classifier_dir):
-    # the classifier (threshold 0) says success everywhere; the gate on the grip height decides
-    never = [{"index": 2, "op": ">", "threshold": 10.0}]  # the gripper 10 m up
-    batch, _ = _collect(lift_ckpt, classifier_dir, gate=never)
-    np.testing.assert_array_equal(batch["reward"], np.zeros((2, 2), np.float32))
-    always = [{"index": 2, "op": ">", "threshold": -10.0}, {"index": 7, "op": "<", "threshold": 1.0}]
-    batch, _ = _collect(lift_ckpt, classifier_dir, gate=always)
-    np.testing.assert_array_equal(batch["reward"], np.ones((2, 2), np.float32))
-    with pytest.raises(ValueError, match=r"gate\[0\].*missing \['threshold'\]"):
-        _collect(lift_ckpt, classifier_dir, gate=[{"index": 2}])
-
-
 def test_bad_reward_configs_fail_before_any_work(lift_ckpt, tmp_path):
     cfg = compose_config("finetune", ["algo=dsrl", f"checkpoint={lift_ckpt}", f"out={tmp_path}", "task=lift",
                                       "reward=shaped", "reward_noise.fn=0.5"])
