@@ -32,7 +32,7 @@ class LinkSpheres:
     def centres(self, data: mujoco.MjData) -> np.ndarray:
         """Sphere centres (K, 3) in the world frame for ``data`` after ``mj_kinematics``."""
         rot = data.xmat[self.body_ids].reshape(-1, 3, 3)
-        return data.xpos[self.body_ids] + np.einsum("kij,kj->ki", rot, self.offsets_m)
+        return data.xpos[self.body_ids] + (rot @ self.offsets_m[:, :, None])[:, :, 0]
 
 
 def _body_vertices(model: mujoco.MjModel, body: int) -> np.ndarray:
