@@ -2,8 +2,9 @@
 points over >= 100 unseen seeds at K = 16; IQL vs Cal-QL; K in {4, 16, 64}).
 
 Stages, each cached in ``out/`` so a rerun resumes: 1. base policy (given, or scripted demos + ``armflow train``),
-2. ``rollouts`` base episodes recorded (``evaluate record=``), 3. one critic per method on demos + rollouts
-(``armflow critic``), 4. success of the base and of V-GPS for every (method, K) on the same unseen seeds.
+2. ``rollouts`` base episodes recorded (``evaluate record=``), 3. ``ensemble`` critics per method (seeds seed..) on
+demos + rollouts (``armflow critic``), V-GPS scoring a candidate by their mean Q, 4. success of the base and of V-GPS
+for every (method, K) on the same unseen seeds.
 ``BENCH_JSON``: ``base_success``, ``<method>_k<K>_success``, ``<method>_k<K>_gain`` (points), plus the chunk
 latency p50 of each run from its diagnostics (batched over ``n_envs``; batch-1 latency: ``armflow bench steering``).
 """
@@ -62,9 +63,21 @@ def diagnostics(run: dict) -> dict:
     return run.get("diagnostics") or (run.get("steering") or {}).get("diagnostics", {})
 
 
-def main(cfg: DictConfig) -> dict:
+def train_member(cfg: DictConfig, ckpt: str, demos, rollouts: Path, method: str, i: int, out: Path) -> str:
+    """Critic ``i`` of ``method``'s ensemble (seed ``cfg.seed + i``; member 0 in ``critic_<method>``), trained on
+    demos + rollouts unless cached; -> its critic dir."""
     from armflow.workflows.critic import train_critic
 
+    critic_dir = out / (f"critic_{method}" if i == 0 else f"critic_{method}_seed{int(cfg.seed) + i}")
+    if not (critic_dir / "critic" / "model.safetensors").is_file():
+        data = [p for p in (demos, str(rollouts)) if p]
+        train_critic(compose_config("critic", [f"dataset=[{','.join(data)}]", f"checkpoint={ckpt}", f"method={method}",
+                                               f"steps={cfg.critic_steps}", f"seed={int(cfg.seed) + i}",
+                                               f"out={critic_dir}", *list(cfg.critic_overrides)]), critic_dir)
+    return str(critic_dir / "critic")
+
+
+def main(cfg: DictConfig) -> dict:
     out = Path(cfg.out)
     ckpt, demos = base_policy(cfg, out)
     rollouts = out / "rollouts"
@@ -72,18 +85,16 @@ def main(cfg: DictConfig) -> dict:
     base = evaluate(cfg, ckpt, out / "base")
     result = {"base_success": base["success_rate"], "episodes": int(cfg.episodes), "rollouts": int(cfg.rollouts)}
     print(f"[bench vgps] base {base['success_rate']:.2f}", flush=True)
+    critics = {}
     for method in cfg.methods:  # every critic first, then the (K, method) grid K-major: K=16 comes early
-        critic_dir = out / f"critic_{method}"
-        if not (critic_dir / "critic" / "model.safetensors").is_file():
-            data = [p for p in (demos, str(rollouts)) if p]
-            train_critic(compose_config("critic", [f"dataset=[{','.join(data)}]", f"checkpoint={ckpt}",
-                                                   f"method={method}", f"steps={cfg.critic_steps}",
-                                                   f"out={critic_dir}", *list(cfg.critic_overrides)]), critic_dir)
+        critics[method] = [train_member(cfg, ckpt, demos, rollouts, method, i, out) for i in range(int(cfg.ensemble))]
     for k in cfg.Ks:
         for method in cfg.methods:
-            spec = {"type": "vgps", "critic": str(out / f"critic_{method}" / "critic"), "K": int(k),
+            members = critics[method]
+            spec = {"type": "vgps", "critic": members[0] if len(members) == 1 else members, "K": int(k),
                     "beta": float(cfg.beta)}
-            run = evaluate(cfg, ckpt, out / f"vgps_{method}_k{int(k)}", spec)
+            suffix = f"_ens{len(members)}" if len(members) > 1 else ""  # a cached single-critic run is another run
+            run = evaluate(cfg, ckpt, out / f"vgps_{method}_k{int(k)}{suffix}", spec)
             key = f"{method}_k{int(k)}"
             result.update({f"{key}_success": run["success_rate"],
                            f"{key}_gain": 100 * (run["success_rate"] - base["success_rate"]),

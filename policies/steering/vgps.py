@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from armflow.policies.sampler import SamplerHooks
 
@@ -26,15 +27,21 @@ CRITIC_DIR = "steering_critic"  # where an export keeps its critic
 
 @dataclass
 class VGPSConfig:
-    critic: str = ""        # critic dir (config.json + model.safetensors from `armflow critic`)
+    critic: str | tuple = ""  # critic dir (config.json + model.safetensors from `armflow critic`), or several
+                              # (critics trained with other seeds): a candidate's score is the mean of their Q
     K: int = 16             # candidate chunks per observation, sampled in one batch
     beta: float = 0.0       # 0: argmax Q; > 0: sample softmax(Q / beta)
 
     def __post_init__(self):
-        if not self.critic:
-            raise ValueError("steering.critic: V-GPS needs a critic dir (train one with `armflow critic`)")
+        if not self.critic_dirs or not all(self.critic_dirs):
+            raise ValueError(f"steering.critic={self.critic!r}: V-GPS needs a critic dir or a list of them (train one "
+                             "with `armflow critic`)")
         if int(self.K) < 2 or float(self.beta) < 0:
             raise ValueError(f"steering.K={self.K} must be >= 2 and steering.beta={self.beta} >= 0")
+
+    @property
+    def critic_dirs(self) -> tuple:
+        return (self.critic,) if isinstance(self.critic, (str, Path)) else tuple(self.critic)
 
 
 def pick_candidates(scores: torch.Tensor, beta: float, u: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,12 +68,26 @@ class VGPSPolicy(SteeredPolicy):
         if base.policy_type not in ("flow", "diffusion"):
             raise ValueError(f"steering.type=vgps: the policy is {base.policy_type!r}; V-GPS samples K different "
                              "chunks, which needs a sampled policy (flow or diffusion)")
-        self.critic = critic if critic is not None else load_critic(spec.critic)
-        check_critic(self.critic, base, str(spec.critic))
+        dirs = spec.critic_dirs
+        self.critic = critic if critic is not None else load_critic(dirs[0])
+        self.extra_critics = nn.ModuleList(load_critic(d) for d in dirs[1:])  # an ensemble's other members
+        for member, source in zip(self.critics, dirs):
+            check_critic(member, base, str(source))
         gen = torch.Generator().manual_seed(0)
         n = base.horizon * base.action_dim
         self.register_buffer("perms", torch.stack([torch.arange(n)] + [torch.randperm(n, generator=gen)
                                                                         for _ in range(int(spec.K) - 1)]), False)
+
+    @property
+    def critics(self) -> list[ChunkCritic]:
+        return [self.critic, *self.extra_critics]
+
+    def score(self, obs, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, K) candidate scores: the critic's min-twin Q, or the mean of an ensemble's (critics trained with
+        other seeds pick alike where one critic's pick rides on its own errors; measured in the README)."""
+        if not len(self.extra_critics):
+            return self.critic.score(obs, candidates)
+        return torch.stack([member.score(obs, candidates) for member in self.critics]).mean(0)
 
     def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = int(self.spec.K)
@@ -94,7 +115,7 @@ class VGPSPolicy(SteeredPolicy):
 
         def rerank(obs_, candidates):
             t0 = time.perf_counter()
-            scores = self.critic.score(obs_, candidates)
+            scores = self.score(obs_, candidates)
             chosen = pick_candidates(scores, float(self.spec.beta), u)
             diag.update(scores=scores.tolist(), chosen=chosen.tolist(), hook_ms=(time.perf_counter() - t0) * 1e3)
             return chosen
@@ -103,12 +124,14 @@ class VGPSPolicy(SteeredPolicy):
             hooks, reranker=rerank, n_candidates=int(self.spec.K)))
 
     def _save_extras(self, directory: Path) -> dict:
-        self.critic.save_pretrained(directory / CRITIC_DIR)
-        return {**self.steering, "critic": CRITIC_DIR}
+        names = [CRITIC_DIR] + [f"{CRITIC_DIR}_{i}" for i in range(1, len(self.critics))]
+        for member, name in zip(self.critics, names):
+            member.save_pretrained(directory / name)
+        return {**self.steering, "critic": names[0] if len(names) == 1 else names}
 
 
 def load_vgps_export(directory: Path, base, spec: dict) -> VGPSPolicy:
-    """The V-GPS policy of an export: the critic dir in ``config.json`` is relative to the export."""
+    """The V-GPS policy of an export: the critic dir(s) in ``config.json`` are relative to the export."""
     params = {k: v for k, v in spec.items() if k != "type"}
-    critic_dir = Path(directory) / params["critic"]
-    return VGPSPolicy(base, VGPSConfig(**{**params, "critic": str(critic_dir)}))
+    dirs = tuple(str(Path(directory) / d) for d in VGPSConfig(**params).critic_dirs)
+    return VGPSPolicy(base, VGPSConfig(**{**params, "critic": dirs[0] if len(dirs) == 1 else dirs}))

@@ -163,3 +163,21 @@ def test_vgps_export_loads_steered_with_its_critic(critic_dir, tmp_path):
     assert type(loaded).__name__ == "VGPSPolicy" and loaded.spec.K == 4
     assert torch.equal(loaded.predict_chunk(obs(), noise), steered.predict_chunk(obs(), noise))
     assert type(load_policy(tmp_path / "export", steered=False)).__name__ == "FlowPolicy"
+
+
+def test_vgps_ensemble_scores_the_mean_of_its_critics_and_exports_them_all(critic_dir, tmp_path):
+    policy, path = critic_dir
+    torch.manual_seed(7)
+    other = ChunkCritic.for_policy(policy, hidden=16).save_pretrained(tmp_path / "critic_seed1")
+    steered = steer(policy, {"type": "vgps", "critic": [str(path), str(other)], "K": 4})
+    cands = torch.randn(2, 4, 6, 2)
+    mean = (load_critic(path).score(obs(), cands) + load_critic(other).score(obs(), cands)) / 2
+    torch.testing.assert_close(steered.score(obs(), cands), mean)
+    assert not torch.allclose(mean, load_critic(path).score(obs(), cands))  # the second member counts
+    noise = steered.default_noise(2, torch.Generator().manual_seed(0))
+    chosen = steered.predict_chunk(obs(), noise)
+    assert steered.diagnostics[-1]["chosen"] == torch.tensor(steered.diagnostics[-1]["scores"]).argmax(1).tolist()
+    loaded = load_policy(steered.save_pretrained(tmp_path / "export"))
+    assert len(loaded.critics) == 2 and torch.equal(loaded.predict_chunk(obs(), noise), chosen)
+    with pytest.raises(ValueError, match="steering.critic"):
+        steer(policy, {"type": "vgps", "critic": [str(path), ""]})

@@ -88,6 +88,9 @@ def test_bench_vgps_runs_every_stage_at_toy_scale_and_resumes(tmp_path, capsys):
     for key in ("base_success", "calql_k2_success", "calql_k2_gain", "iql_k2_success"):
         assert key in result
     assert LeRobotDataset(tmp_path / "rollouts").num_episodes == 3
+    for d in ("critic_iql", "critic_iql_seed1", "critic_iql_seed2"):  # the default ensemble: 3 seeds per method
+        assert (tmp_path / d / "critic" / "model.safetensors").is_file()
+    assert (tmp_path / "vgps_iql_k2_ens3" / "eval.json").is_file()
     assert run(args) == 0  # every stage cached
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("BENCH_JSON: ")) == result
 
