@@ -6,7 +6,8 @@ policy's p50 measured in the same rounds (ITPS: ``itps_pr``, ``itps_bi``, ``itps
 ``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``, ``cfg``, ``dynaguide``: ``<method>_p50_ms``,
 ``<method>_p99_ms``, ``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``;
 a fresh policy of the same shapes plus a 2-D condition). ``vgps_sampler``: V-GPS's K=16 candidates sampled in one
-batch and the first kept (no critic): the part of V-GPS's cost that is the policy's own K-row sampling.
+batch and the first kept (no critic): the part of V-GPS's cost that is the policy's own K-row sampling;
+``vgps_ens3``: K=16 scored by a 3-critic ensemble.
 """
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
     for k in cfg.Ks:
         methods[f"vgps_k{int(k)}"] = steer(base, {"type": "vgps", "critic": critic, "K": int(k)})
     methods["vgps_sampler"] = CandidatesOnly(base, 16)
+    # a 3-critic ensemble at K=16 (bench vgps's default); three copies cost what three seeds' critics cost
+    methods["vgps_ens3"] = steer(base, {"type": "vgps", "critic": [critic] * 3, "K": 16})
     members = []
     for i in range(int(cfg.gpc_members) - 1):  # same architecture, other weights
         torch.manual_seed(int(cfg.seed) + 1 + i)

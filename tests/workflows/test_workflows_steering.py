@@ -149,7 +149,7 @@ def test_bench_steering_emits_the_bench_json_keys(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("BENCH_JSON: ")
     result = json.loads(line.removeprefix("BENCH_JSON: "))
-    for method in ("vgps", "vgps_k2", "vgps_k16", "vgps_sampler", "gpc", "cfg"):
+    for method in ("vgps", "vgps_k2", "vgps_k16", "vgps_sampler", "vgps_ens3", "gpc", "cfg"):
         ref = result["cfg_base_p50_ms"] if method == "cfg" else result["base_p50_ms"]
         assert result[f"{method}_p50_ms"] > 0 and result[f"{method}_ratio"] == pytest.approx(
             result[f"{method}_p50_ms"] / ref)
