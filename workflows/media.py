@@ -114,8 +114,10 @@ def plot_curves(
     return Path(path)
 
 
-def plot_bars(path: str | os.PathLike, values: dict[str, float], ylabel: str, title: str = "", ylim=(0, 1)) -> Path:
-    """Bar chart of named values to a PNG (e.g. success rate per stage)."""
+def plot_bars(path: str | os.PathLike, values: dict[str, float], ylabel: str, title: str = "", ylim=(0, 1),
+              errors: dict[str, float] | None = None) -> Path:
+    """Bar chart of named values to a PNG (e.g. success rate per stage); ``errors``: half-widths drawn as error
+    bars on the named bars (e.g. a 95% interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,6 +126,9 @@ def plot_bars(path: str | os.PathLike, values: dict[str, float], ylabel: str, ti
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=110)
     names = list(values)
     bars = ax.bar(names, [values[n] for n in names], color="#4c72b0")
+    if errors:
+        ax.errorbar([n for n in names if n in errors], [values[n] for n in names if n in errors],
+                    yerr=[errors[n] for n in names if n in errors], fmt="none", ecolor="black", capsize=4)
     for bar, name in zip(bars, names):
         ax.annotate(f"{values[name]:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=9)

@@ -1,8 +1,10 @@
 """``armflow quickstart``: the main job, end to end, on a CPU in minutes.
 
 Stages (each in its own sub-dir of ``out``; rerunning with the same ``out`` skips finished stages):
-collect scripted demos -> train a flow policy -> evaluate on unseen seeds -> (fine-tune) -> (deploy)
--> ``report.md`` + ``summary.json``.
+collect a few scripted demos -> train a policy that is good but not good enough -> evaluate on unseen seeds ->
+(steer: V-GPS, a critic trained on the demos + the policy's own episodes picks among K samples) -> (fine-tune
+with RL) -> (deploy the fine-tuned policy through the bridge) -> ``report.md`` + ``summary.json``. Every stage is
+evaluated on the same seeds, so each gain is paired and its 95% interval is in the report.
 
 The ``obs`` group chooses what the policy reads: ``obs=state`` every observation feature of the demos
 (proprioception + the simulator's object state), ``obs=vision`` cameras + proprioception only; with cameras
@@ -18,12 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from armflow.workflows.common import compose_config, write_json
 from armflow.workflows.media import CAMERA_PREFIX
 
-STAGES = ("demos", "pretrained", "finetuned", "deployed")  # the success-rate rows, in pipeline order
+STAGES = ("demos", "pretrained", "steered", "finetuned", "deployed")  # the success-rate rows, in pipeline order
 
 
 def _stage_cfg(name: str, out: Path, overrides: dict, groups: tuple[str, ...] = ()) -> DictConfig:
@@ -80,12 +83,34 @@ def stage_train(cfg: DictConfig, out: Path, dataset: str) -> dict:
     return _cached(out / "train" / "summary.json") or train.main(_stage_cfg("train", out / "train", overrides))
 
 
-def stage_evaluate(cfg: DictConfig, out: Path, checkpoint: str, name: str = "evaluate") -> dict:
+def stage_evaluate(cfg: DictConfig, out: Path, checkpoint: str, name: str = "evaluate", **extra) -> dict:
     from armflow.workflows import evaluate
 
     return _cached(out / name / "eval.json") or evaluate.main(_stage_cfg("evaluate", out / name, _with_env({
         "checkpoint": checkpoint, "task": cfg.task, "episodes": cfg.eval_episodes, "seed": cfg.eval_seed,
-        "n_envs": cfg.eval_n_envs, "video_episodes": cfg.video_episodes}, cfg)))
+        "n_envs": cfg.eval_n_envs, "video_episodes": cfg.video_episodes, **extra}, cfg)))
+
+
+def stage_steer(cfg: DictConfig, out: Path, checkpoint: str, demos: str) -> dict:
+    """V-GPS (``armflow critic`` + ``evaluate steering.type=vgps``): record ``steering.rollouts`` episodes of the
+    policy on seeds 200000+ (never evaluated), train a chunk critic on the demos + them, then evaluate the same
+    policy with the critic picking among ``steering.K`` samples per chunk on the evaluation seeds."""
+    from armflow.workflows.critic import train_critic
+
+    st = cfg.steering
+    rollouts = out / "rollouts"
+    stage_evaluate(cfg, out, checkpoint, "record", episodes=int(st.rollouts), seed=200_000, video_episodes=0,
+                   record=str(rollouts))
+    critic_dir = out / "critic"
+    critic = _cached(critic_dir / "summary.json")
+    if critic is None:
+        critic = train_critic(_stage_cfg("critic", critic_dir, {
+            "dataset": [demos, str(rollouts)], "checkpoint": checkpoint, "method": st.method,
+            "steps": int(st.critic_steps), "seed": cfg.seed}), critic_dir)
+        write_json(critic_dir / "summary.json", critic)
+    spec = {"type": "vgps", "critic": critic["critic"], "K": int(st.K)}
+    result = stage_evaluate(cfg, out, checkpoint, "evaluate_steered", steering=spec)
+    return {**result, "critic": critic, "spec": spec}
 
 
 def stage_finetune(cfg: DictConfig, out: Path, checkpoint: str) -> dict:
@@ -96,9 +121,30 @@ def stage_finetune(cfg: DictConfig, out: Path, checkpoint: str) -> dict:
     ft_dir = out / "finetune"
     summary = _cached(ft_dir / "summary.json") or finetune.run_finetune(_stage_cfg("finetune", ft_dir, _with_env({
         "checkpoint": checkpoint, "task": cfg.task, "budget_s": cfg.finetune_budget_s, "seed": cfg.seed,
-        "eval_seed": 200_000, "progress": True}, cfg), groups=(f"algo={cfg.finetune_algo}",)))
+        "env_steps": cfg.finetune_env_steps, "eval_seed": 300_000, "progress": True}, cfg),
+        groups=(f"algo={cfg.finetune_algo}", *finetune_recipe(cfg))))
     summary["eval"] = stage_evaluate(cfg, out, str(ft_dir / "checkpoints" / "best"), name="evaluate_finetuned")
     return summary
+
+
+def finetune_recipe(cfg: DictConfig) -> list[str]:
+    """The measured recipe of ``finetune_algo`` as ``armflow finetune`` overrides (one source: ``armflow bench
+    finetune``'s envs, reward and per-algo overrides), then the quickstart's own ``finetune_overrides``."""
+    bench = compose_config("bench_finetune")
+    recipe = [f"{k}={bench[k]}" for k in ("reward", "n_envs", "n_workers", "eval_every_iters", "eval_episodes",
+                                          "n_eval_envs")]
+    return [*recipe, *map(str, bench.algo_overrides.get(cfg.finetune_algo) or []), *map(str, cfg.finetune_overrides)]
+
+
+def paired_gain(base: dict, other: dict) -> dict:
+    """``other`` minus ``base`` in points over the episodes both ran (the same seeds), with the 95% interval of a
+    paired difference: the evaluation's noise, so a gain outside it is not luck of the seeds."""
+    a = {r["seed"]: float(r["success"]) for r in base["per_episode"]}
+    pairs = np.array([(a[r["seed"]], float(r["success"])) for r in other["per_episode"] if r["seed"] in a])
+    d = pairs[:, 1] - pairs[:, 0]
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"points": 100 * float(d.mean()), "ci95_points": 100 * float(half), "episodes": int(len(d)),
+            "significant": bool(abs(d.mean()) > half)}
 
 
 def start_server(task: str, endpoint: str, out: Path, timeout_s: float = 90.0, env: dict | None = None,
@@ -180,15 +226,33 @@ def write_report(out: Path, summary: dict, stages: dict) -> Path:
 
     rel = lambda p: str(Path(p).resolve().relative_to(out.resolve()))  # noqa: E731
     cameras = summary["cameras"]
-    plot_bars(out / "success.png", summary["success_rate"], "success rate", f"{summary['task']}: success by stage")
+    n = max(int(summary["episodes_evaluated"]), 1)  # each evaluated stage's own 95% binomial interval
+    errors = {k: 1.96 * float(np.sqrt(v * (1 - v) / n)) for k, v in summary["success_rate"].items() if k != "demos"}
+    plot_bars(out / "success.png", summary["success_rate"], "success rate",
+              f"{summary['task']}: success by stage (95% intervals)", errors=errors)
     seen = f"cameras {', '.join(cameras)} at {summary['image_size']}x{summary['image_size']}" if cameras else "no camera"
     lines = [f"# armflow quickstart: `{summary['task']}`", "",
              f"The policy reads {', '.join(f'`{k}`' for k in summary['policy_inputs'])} ({seen}).", "",
              f"Wall time: {summary['wall_time_s']:.0f} s; {summary['episodes_evaluated']} evaluation episodes "
-             f"on seeds never seen in training.", "", "| stage | success rate |", "|---|---|"]
-    rates, skipped = summary["success_rate"], summary.get("skipped", {})
-    lines += [f"| {k} | {rates[k]:.2f} |" if k in rates else f"| {k} | skipped ({skipped[k]}) |"
+             f"on seeds never seen in training; every stage ran the same seeds, so a gain is paired and shown with "
+             f"its 95% interval (the evaluation's noise).", "",
+             "| stage | success rate | gain vs pretrained [points] |", "|---|---|---|"]
+    rates, skipped, gains = summary["success_rate"], summary.get("skipped", {}), summary.get("gain_vs_pretrained", {})
+
+    def gain(k: str) -> str:
+        g = gains.get(k)
+        return f"{g['points']:+.0f} +- {g['ci95_points']:.0f}" + (" (beyond the noise)" if g["significant"] else
+                                                                  " (within the noise)") if g else ""
+
+    lines += [f"| {k} | {rates[k]:.2f} | {gain(k)} |" if k in rates else f"| {k} | skipped ({skipped[k]}) | |"
               for k in STAGES if k in rates or k in skipped]
+    if "steering" in summary:
+        st = summary["steering"]
+        lines += ["", f"Steered: V-GPS, a {st['method'].upper()} chunk critic trained on the demos + {st['rollouts']} "
+                      f"of the policy's own episodes picks the best of K = {st['K']} sampled chunks; the policy's "
+                      "weights are unchanged."]
+    if "deployed_checkpoint" in summary:
+        lines += ["", f"Deployed through the ZeroMQ bridge to the simulated arm (lockstep): `{summary['deployed_checkpoint']}`."]
     lines += ["", "![success by stage](success.png)", ""]
     train_dir = out / "train"
     if (train_dir / "loss.png").exists():
@@ -196,7 +260,7 @@ def write_report(out: Path, summary: dict, stages: dict) -> Path:
     ev = stages["evaluate"]
     lines += ["## Evaluation", ""] + [f"![plot]({rel(p)})" for p in ev.get("plots", [])] + [""]
     lines += _video_lines(out, ev, cameras)
-    for extra in ("finetune", "deploy"):
+    for extra in ("finetune", "deploy"):  # the scalar outcomes of each optional stage
         if extra in stages:
             lines += ["", f"## {extra.capitalize()}", "", "```json",
                       json.dumps({k: v for k, v in stages[extra].items() if not isinstance(v, (list, dict))}, indent=2),
@@ -220,27 +284,44 @@ def main(cfg: DictConfig) -> dict:
     stages: dict[str, dict] = {}
     stages["collect"] = stage_collect(cfg, out)
     stages["train"] = stage_train(cfg, out, stages["collect"]["dataset"])
-    stages["evaluate"] = stage_evaluate(cfg, out, stages["train"]["checkpoint"])
+    base_ckpt = stages["train"]["checkpoint"]
+    stages["evaluate"] = stage_evaluate(cfg, out, base_ckpt)
     success = {"demos": stages["collect"]["expert_success_rate"], "pretrained": stages["evaluate"]["success_rate"]}
     summary = {"task": cfg.task, "success_rate": success, "episodes_evaluated": stages["evaluate"]["episodes"],
-               "checkpoint": stages["train"]["checkpoint"], "policy_inputs": policy_inputs(stages["train"]["checkpoint"]),
-               "cameras": list(cfg.obs.cameras), "image_size": int(cfg.obs.image_size), "skipped": {}}
-    if cfg.finetune_budget_s > 0:
-        stages["finetune"] = stage_finetune(cfg, out, stages["train"]["checkpoint"])
-        success["finetuned"] = stages["finetune"]["eval"]["success_rate"]
+               "checkpoint": base_ckpt, "policy_inputs": policy_inputs(base_ckpt), "cameras": list(cfg.obs.cameras),
+               "image_size": int(cfg.obs.image_size), "skipped": {}, "gain_vs_pretrained": {}}
+    evals = {"pretrained": stages["evaluate"]}
+    if cfg.steering.rollouts > 0:
+        stages["steer"] = stage_steer(cfg, out, base_ckpt, stages["collect"]["dataset"])
+        evals["steered"], success["steered"] = stages["steer"], stages["steer"]["success_rate"]
+        summary["steering"] = {**stages["steer"]["spec"], "rollouts": int(cfg.steering.rollouts),
+                               "method": cfg.steering.method, "chunk_ms_p50": stages["steer"].get(
+                                   "steering", {}).get("diagnostics", {}).get("latency_ms_p50")}
+    else:
+        summary["skipped"]["steered"] = "steering.rollouts=0"
+    final_ckpt = base_ckpt
+    if cfg.finetune_budget_s > 0 and cfg.finetune_env_steps > 0:
+        stages["finetune"] = stage_finetune(cfg, out, base_ckpt)
+        evals["finetuned"], success["finetuned"] = stages["finetune"]["eval"], stages["finetune"]["eval"]["success_rate"]
+        final_ckpt = str(out / "finetune" / "checkpoints" / "best")
         summary["finetune"] = {"algo": stages["finetune"]["algo"], "env_steps": stages["finetune"]["env_steps"],
                                "wall_time_s": stages["finetune"]["wall_time_s"]}
     else:
-        summary["skipped"]["finetuned"] = "finetune_budget_s=0"
-    if cfg.deploy_episodes > 0:
-        stages["deploy"] = stage_deploy(cfg, out, stages["train"]["checkpoint"])
-        success["deployed"] = stages["deploy"]["success_rate"]
+        summary["skipped"]["finetuned"] = "finetune_budget_s=0 or finetune_env_steps=0"
+    if cfg.deploy_episodes > 0:  # the pipeline's product: the fine-tuned policy (else the pretrained one)
+        stages["deploy"] = stage_deploy(cfg, out, final_ckpt)
+        evals["deployed"], success["deployed"] = stages["deploy"], stages["deploy"]["success_rate"]
+        summary["deployed_checkpoint"] = final_ckpt
         summary["episodes_deployed"] = stages["deploy"]["episodes"]
         summary["bridge_rtt_us"] = {"p50": stages["deploy"]["rtt_p50_us"], "p99": stages["deploy"]["rtt_p99_us"]}
     else:
         summary["skipped"]["deployed"] = "deploy_episodes=0"
+    for name, result in evals.items():
+        if name != "pretrained" and result.get("per_episode"):
+            summary["gain_vs_pretrained"][name] = paired_gain(evals["pretrained"], result)
     summary["wall_time_s"] = time.monotonic() - t0
     write_json(out / "summary.json", summary)
     report = write_report(out, summary, stages)
-    print(f"[quickstart] success: {success}; report: {report}")
+    gains = ", ".join(f"{k} {g['points']:+.0f} +- {g['ci95_points']:.0f}" for k, g in summary["gain_vs_pretrained"].items())
+    print(f"[quickstart] success: {success}; points vs pretrained (95% interval): {gains or 'none'}; report: {report}")
     return summary

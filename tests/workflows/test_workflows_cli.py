@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from armflow.workflows.cli import COMMANDS, main, split_command
 from armflow.workflows.common import ConfigError, compose_config
@@ -163,17 +164,43 @@ def test_collect_sigkill_leaves_finished_episodes_readable(tmp_path):
 def test_quickstart_end_to_end_writes_summary_and_report(tmp_path):
     """The main job at toy scale: every stage runs for real (serve is a separate process)."""
     out = tmp_path / "qs"
-    assert main(["quickstart", "demos=3", "train_steps=20", "eval_episodes=2", "eval_n_envs=2", "video_episodes=1",
-          "finetune_budget_s=3", "deploy_episodes=2", f"out={out}"]) == 0
+    assert main(["quickstart", "demos=3", "train_steps=20", "eval_episodes=3", "eval_n_envs=2", "video_episodes=1",
+                 "steering.rollouts=3", "steering.critic_steps=5", "steering.K=2", "finetune_env_steps=64",
+                 "finetune_overrides=['n_envs=2','n_steps=2','eval_episodes=2','n_eval_envs=2','eval_every_iters=1',"
+                 "'algo.params.minibatch_size=8']", "deploy_episodes=3", f"out={out}"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rates = summary["success_rate"]
-    assert set(rates) == {"demos", "pretrained", "finetuned", "deployed"}
+    assert list(rates) == ["demos", "pretrained", "steered", "finetuned", "deployed"]
     assert all(0.0 <= v <= 1.0 for v in rates.values()) and rates["demos"] == 1.0
-    assert summary["episodes_evaluated"] == 2 and summary["episodes_deployed"] == 2
+    assert summary["episodes_evaluated"] == 3 and summary["episodes_deployed"] == 3
     assert summary["bridge_rtt_us"]["p50"] > 0 and summary["wall_time_s"] > 0
+    # the steered stage is the same policy reranked by a critic trained on demos + its own recorded episodes
+    assert summary["steering"]["type"] == "vgps" and summary["steering"]["K"] == 2
+    critic = json.loads((out / "critic" / "summary.json").read_text())
+    assert critic["transitions"] > 0 and (out / "rollouts" / "meta" / "info.json").exists()
+    # the RL stage used the measured DPPO recipe with the quickstart's overrides on top, and the env-step budget
+    ft_cfg = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
+    assert ft_cfg["algo"]["name"] == "dppo" and ft_cfg["n_envs"] == 2 and ft_cfg["reward"] == "shaped"
+    assert ft_cfg["env_steps"] == 64 and summary["finetune"]["env_steps"] >= 64
+    # the fine-tuned policy is what was deployed; every gain is paired over the same seeds
+    assert summary["deployed_checkpoint"] == str(out / "finetune" / "checkpoints" / "best")
+    for stage in ("steered", "finetuned", "deployed"):
+        gain = summary["gain_vs_pretrained"][stage]
+        assert gain["episodes"] == 3 and gain["points"] == pytest.approx(100 * (rates[stage] - rates["pretrained"]))
     report = (out / "report.md").read_text()
-    assert "success.png" in report and ".mp4" in report
-    assert (out / "success.png").exists() and (out / "finetune" / "checkpoints" / "best" / "dsrl.json").exists()
+    assert "success.png" in report and ".mp4" in report and "| steered |" in report and "V-GPS" in report
+    assert (out / "success.png").exists()
+
+
+def test_paired_gain_interval_is_zero_when_every_seed_moves_alike():
+    from armflow.workflows.quickstart import paired_gain
+
+    base = {"per_episode": [{"seed": s, "success": s % 2 == 0} for s in range(10)]}
+    same = paired_gain(base, base)
+    assert same["points"] == 0 and same["ci95_points"] == 0 and not same["significant"]
+    better = paired_gain(base, {"per_episode": [{"seed": s, "success": True} for s in range(10)]})
+    assert better["points"] == 50 and better["ci95_points"] > 0 and better["episodes"] == 10
+    assert better["significant"]  # 5 of 10 seeds flipped to success, none the other way
 
 
 def test_serve_accepts_a_limits_file_override():

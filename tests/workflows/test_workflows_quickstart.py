@@ -41,7 +41,7 @@ def test_vision_policy_reads_cameras_and_proprioception_never_object_state(visio
         stage_cfg = yaml.safe_load((vision_run / stage / "config.yaml").read_text())
         assert stage_cfg["task_overrides"] == {"cameras": ["agentview", "wrist"], "image_size": SIDE}, stage
     summary = json.loads((vision_run / "summary.json").read_text())
-    assert summary["policy_inputs"] == list(spec) and summary["skipped"] == {}
+    assert summary["policy_inputs"] == list(spec) and list(summary["skipped"]) == ["steered"]  # vector-only critic
     assert list(summary["success_rate"]) == ["demos", "pretrained", "finetuned", "deployed"]
     assert summary["episodes_deployed"] == 1 and summary["finetune"]["env_steps"] > 0
 
@@ -76,9 +76,11 @@ def test_obs_group_refuses_an_unknown_option_listing_the_valid_ones(capsys):
 def test_obs_state_keeps_the_state_quickstart_and_help_lists_the_group(capsys):
     state, default = compose_config("quickstart", ["obs=state"]), compose_config("quickstart")
     assert state == default and default.obs.cameras == [] and default.obs.state_keys is None
-    assert (default.demos, default.train_steps, default.finetune_budget_s, default.deploy_episodes) == (50, 1500, 90, 50)
+    assert (default.demos, default.policy.type, default.finetune_algo, default.steering.rollouts) == (15, "diffusion",
+                                                                                                     "dppo", 200)
     vision = compose_config("quickstart", ["obs=vision", "train_steps=7"])
     assert vision.train_steps == 7 and vision.demos == 100 and vision.demo_noise_std == 0.0  # the command line wins
+    assert (vision.policy.type, vision.finetune_algo, vision.steering.rollouts) == ("flow", "dsrl", 0)
     assert main(["quickstart", "--help"]) == 0
     assert "obs: state, vision (default state)" in capsys.readouterr().out
 
