@@ -9,7 +9,9 @@ bisected on the FK chord (10 halvings), and the sim servo's residual tracking er
 its feed-forward) shows in one-tick finite differences. Before the sim arm's acceleration-limited IK steps
 and servo feed-forward the measured states reached 1.2-1.3 (per-joint servo lag moving the EE faster than
 its targets), and tilted finger pads struck the table (now kept in the box through
-``RobotInfo.ee_points_m``).
+``RobotInfo.ee_points_m``). The long ee_delta search then found a tilted wrist (``link6``) striking the table,
+whose bounce drove joint 5 to 1.22x its speed limit: the arm's links are now kept in the box as spheres
+(``RobotInfo.link_radii_m``; ``test_control_safety_links.py`` replays that sequence).
 """
 import numpy as np
 import pytest
