@@ -1,4 +1,5 @@
-"""Spheres that bound a MuJoCo arm's links, for the safety layer's arm-vs-table check (``RobotInfo.link_radii_m``).
+"""The sim arm's bounding geometry for the safety layer: spheres around its links (``RobotInfo.link_radii_m``)
+and the corners of its gripper (``RobotInfo.ee_points_m``).
 
 Why: the workspace box held only the EE and the gripper's corners, so a tilted wrist could still put an arm
 link on the table (the slow property test found ``link6`` striking it at 150 mm EE height; the bounce
@@ -82,3 +83,24 @@ def fit_link_spheres(model: mujoco.MjModel, bodies: list[int], per_body: int = 3
     if not ids:
         return LinkSpheres(np.zeros(0, int), np.zeros((0, 3)), np.zeros(0))
     return LinkSpheres(np.asarray(ids, int), np.vstack(offsets), np.concatenate(radii))
+
+
+def gripper_corners(model: mujoco.MjModel, site: int, bodies: list[int], q_home_rad: np.ndarray
+                    ) -> tuple[tuple[float, float, float], ...]:
+    """The 8 corners, in the frame of the EE ``site`` [m], of the box around the box geoms of the gripper
+    ``bodies`` (palm and finger pads, fingers open: closed fingers lie inside it), for ``RobotInfo.ee_points_m``:
+    table strikes measured under wild commands were all tilted finger pads, with the EE site itself inside the
+    box."""
+    d = mujoco.MjData(model)
+    d.qpos[: len(q_home_rad)] = q_home_rad
+    mujoco.mj_forward(model, d)
+    site_pos, site_rot = d.site_xpos[site], d.site_xmat[site].reshape(3, 3)
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * 3)).reshape(3, -1).T
+    corners = []
+    for g in range(model.ngeom):
+        if model.geom_bodyid[g] in bodies and model.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX:
+            world = d.geom_xpos[g] + (signs * model.geom_size[g]) @ d.geom_xmat[g].reshape(3, 3).T
+            corners.append((world - site_pos) @ site_rot)
+    pts = np.vstack(corners)
+    box = np.array(np.meshgrid(*zip(pts.min(axis=0), pts.max(axis=0)))).reshape(3, -1).T
+    return tuple(tuple(round(float(x), 4) for x in p) for p in box)

@@ -34,7 +34,7 @@ import numpy as np
 from armflow.hardware.driver import Driver, DriverError, MotionLimits, RobotInfo, RobotState, limit_joint_step
 from armflow.hardware.kinematics import SiteIK, mat_to_quat, quat_mul, quat_normalize, rotvec_to_quat
 from armflow.hardware.link import CommandLink, LinkConfig
-from armflow.hardware.link_spheres import fit_link_spheres
+from armflow.hardware.link_spheres import fit_link_spheres, gripper_corners
 from armflow.hardware.real_common import clip_velocity
 from armflow.hardware.sim_contact import ee_contact_force_n
 from armflow.hardware.sim_scene import (ARMS, EE_SITE, FINGER_TRAVEL_M, GRIPPER_BODIES, HAND_BODY,
@@ -81,7 +81,8 @@ class SimArmDriver(Driver):
         self._ik = SiteIK(self.model, EE_SITE, self.dof, np.asarray(self._spec.home_rad))
         self._site = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)
         self._ee_bodies = subtree_body_ids(self.model, HAND_BODY)
-        self._ee_points = self._gripper_corners()
+        gripper = [mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, b) for b in GRIPPER_BODIES]
+        self._ee_points = gripper_corners(self.model, self._site, gripper, np.asarray(self._spec.home_rad))
         # the links from the second joint on (the first only spins about the base's vertical axis); the gripper
         # (box geoms) is covered by its corners
         arm_bodies = [int(b) for b in subtree_body_ids(self.model, mujoco.mj_id2name(
@@ -260,26 +261,6 @@ class SimArmDriver(Driver):
         v = limit_joint_step(self._motion, self._q_cmd, v, self._qd_cmd, self.tick_s, self._ik.forward,
                              link_fk=self.forward_link_points)
         self._q_cmd = self._inside(self._q_cmd + v * self.tick_s)
-
-    def _gripper_corners(self) -> tuple[tuple[float, float, float], ...]:
-        """The 8 corners, in the EE site frame [m], of the box around the gripper's geoms (palm and finger pads,
-        fingers open: closed fingers lie inside it), for ``RobotInfo.ee_points_m``: table strikes measured
-        under wild commands were all tilted finger pads, with the EE site itself inside the box."""
-        d = mujoco.MjData(self.model)
-        d.qpos[: self.dof] = self._spec.home_rad
-        mujoco.mj_forward(self.model, d)
-        site_pos, site_rot = d.site_xpos[self._site], d.site_xmat[self._site].reshape(3, 3)
-        bodies = {mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, b) for b in GRIPPER_BODIES}
-        corners = []
-        for g in range(self.model.ngeom):
-            if self.model.geom_bodyid[g] in bodies and self.model.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX:
-                signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * 3)).reshape(3, -1).T
-                world = d.geom_xpos[g] + (signs * self.model.geom_size[g]) @ d.geom_xmat[g].reshape(3, 3).T
-                corners.append((world - site_pos) @ site_rot)
-        pts = np.vstack(corners)
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
-        box = np.array(np.meshgrid(*zip(lo, hi))).reshape(3, -1).T
-        return tuple(tuple(round(float(x), 4) for x in p) for p in box)
 
     def _inside(self, q: np.ndarray) -> np.ndarray:
         """``q`` clipped to the motion limits; a target already outside them may only move back inward."""
