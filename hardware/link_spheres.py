@@ -36,7 +36,7 @@ class LinkSpheres:
         return data.xpos[self.body_ids] + (rot @ self.offsets_m[:, :, None])[:, :, 0]
 
 
-def _body_vertices(model: mujoco.MjModel, body: int) -> np.ndarray:
+def body_vertices(model: mujoco.MjModel, body: int) -> np.ndarray:
     """Mesh vertices (N, 3) of every mesh geom on ``body``, in the body frame (empty if it has none)."""
     pts = [np.zeros((0, 3))]
     for g in np.flatnonzero(model.geom_bodyid == body):
@@ -73,7 +73,7 @@ def fit_link_spheres(model: mujoco.MjModel, bodies: list[int], per_body: int = 3
     """``per_body`` spheres on each of ``bodies`` (ids) that has mesh geoms."""
     ids, offsets, radii = [], [], []
     for body in bodies:
-        vertices = _body_vertices(model, body)
+        vertices = body_vertices(model, body)
         if not len(vertices):
             continue
         c, r = _fit(vertices, per_body)

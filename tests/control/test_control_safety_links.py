@@ -11,8 +11,8 @@ import numpy as np
 from armflow.control.limits import load_limits
 from armflow.control.safety import SafetyLayer
 from armflow.control.safety_audit import Trace, limit_ratios
-from armflow.hardware.driver import sphere_excess
-from armflow.hardware.link_spheres import _body_vertices
+from armflow.hardware.driver import MotionLimits, limit_joint_step, sphere_excess
+from armflow.hardware.link_spheres import body_vertices
 from armflow.hardware.sim_arm import SimArmConfig, SimArmDriver
 from armflow.hardware.sim_scene import GRIPPER_BODIES
 
@@ -106,7 +106,27 @@ def test_link_spheres_hold_every_link_vertex():
     data = driver._ik.data  # forward_link_points left the kinematics of q there
     links = driver._links
     for body in np.unique(links.body_ids):
-        world = data.xpos[body] + _body_vertices(driver.model, body) @ data.xmat[body].reshape(3, 3).T
+        world = data.xpos[body] + body_vertices(driver.model, body) @ data.xmat[body].reshape(3, 3).T
         mine = links.body_ids == body
         dist = np.linalg.norm(world[:, None] - centres[mine][None], axis=2) - radii[mine][None]
         assert np.all(dist.min(axis=1) <= 1e-4), f"body {body}: a vertex {dist.min(axis=1).max():.4f} m outside"
+
+
+def test_joint_step_brakes_a_link_sphere_before_the_floor():
+    """``limit_joint_step`` with a toy arm whose one link sphere (r 5 cm) sits at height q[0] while the EE stays
+    put: driven down at 1 rad/s it brakes to rest with the sphere on the floor of the box, never through it;
+    without ``link_fk`` it goes straight through."""
+    lim = MotionLimits(np.array([-5.0]), np.array([5.0]), np.array([2.0]), np.array([-1.0, -1.0, 0.015]),
+                       np.array([1.0, 1.0, 1.2]), ee_vel_max_m_s=1.0, ee_rot_vel_max_rad_s=1.0, qdd_max_rad_s2=10.0,
+                       link_radii_m=np.array([0.05]))
+    fk = lambda q: (np.array([0.3, 0.0, 0.5]), np.array([1.0, 0, 0, 0]))  # noqa: E731
+    link_fk = lambda q: np.array([[0.5, 0.0, q[0]]])  # noqa: E731
+    lowest = []
+    for links in (link_fk, None):
+        q, v = np.array([0.4]), np.zeros(1)
+        for _ in range(500):
+            v = limit_joint_step(lim, q, np.array([-1.0]), v, DT, fk, link_fk=links)
+            q = q + v * DT
+        lowest.append(float(q[0]))
+    assert 0.065 - 1e-9 <= lowest[0] < 0.07  # the sphere's bottom at z_min 0.015, within 5 mm
+    assert lowest[1] < 0.0
