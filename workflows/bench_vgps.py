@@ -78,6 +78,8 @@ def train_member(cfg: DictConfig, ckpt: str, demos, rollouts: Path, method: str,
 
 
 def main(cfg: DictConfig) -> dict:
+    if int(cfg.ensemble) < 1:
+        raise SystemExit(f"armflow bench vgps: ensemble={cfg.ensemble}; expected >= 1 critics per method")
     out = Path(cfg.out)
     ckpt, demos = base_policy(cfg, out)
     rollouts = out / "rollouts"

@@ -111,3 +111,8 @@ def test_bench_cfg_conditions_demos_on_the_lifted_cube_and_reports_alignment_per
         assert (ep[CONDITION] == np.eye(2)[lifted]).all()
     meta = json.loads((tmp_path / "pretrain" / "checkpoint" / "config.json").read_text())
     assert meta["config"]["condition_key"] == CONDITION and meta["config"]["condition_dropout"] == 0.2
+
+
+def test_bench_vgps_refuses_an_empty_ensemble(tmp_path, capsys):
+    assert run(["bench", "vgps", "ensemble=0", f"out={tmp_path}"]) != 0
+    assert "ensemble=0; expected >= 1" in capsys.readouterr().err
