@@ -129,12 +129,13 @@ def plot_bars(path: str | os.PathLike, values: dict[str, float], ylabel: str, ti
     if errors:
         ax.errorbar([n for n in names if n in errors], [values[n] for n in names if n in errors],
                     yerr=[errors[n] for n in names if n in errors], fmt="none", ecolor="black", capsize=4)
-    for bar, name in zip(bars, names):
-        ax.annotate(f"{values[name]:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=9)
+    for bar, name in zip(bars, names):  # the value above its bar and error bar
+        top = bar.get_height() + (errors or {}).get(name, 0.0)
+        ax.annotate(f"{values[name]:.2f}", (bar.get_x() + bar.get_width() / 2, top), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9)
     ax.set_ylabel(ylabel)
-    if ylim is not None:
-        ax.set_ylim(*ylim)
+    if ylim is not None:  # headroom for the labels above the tallest bars
+        ax.set_ylim(ylim[0], ylim[1] + 0.08 * (ylim[1] - ylim[0]))
     if title:
         ax.set_title(title)
     fig.tight_layout()

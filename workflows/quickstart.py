@@ -248,9 +248,12 @@ def write_report(out: Path, summary: dict, stages: dict) -> Path:
               for k in STAGES if k in rates or k in skipped]
     if "steering" in summary:
         st = summary["steering"]
-        lines += ["", f"Steered: V-GPS, a {st['method'].upper()} chunk critic trained on the demos + {st['rollouts']} "
+        lines += ["", f"Steered: V-GPS, a chunk critic ({st['method'].upper()}) trained on the demos + {st['rollouts']} "
                       f"of the policy's own episodes picks the best of K = {st['K']} sampled chunks; the policy's "
                       "weights are unchanged."]
+    if "finetune" in summary:
+        ft = summary["finetune"]
+        lines += ["", f"Fine-tuned: {ft['algo'].upper()}, {ft['env_steps']} env steps in {ft['wall_time_s']:.0f} s."]
     if "deployed_checkpoint" in summary:
         lines += ["", f"Deployed through the ZeroMQ bridge to the simulated arm (lockstep): `{summary['deployed_checkpoint']}`."]
     lines += ["", "![success by stage](success.png)", ""]
@@ -278,12 +281,28 @@ def policy_inputs(checkpoint: str) -> list[str]:
     return list(json.loads((Path(checkpoint) / "config.json").read_text())["obs_spec"])
 
 
+class WallClock:
+    """Wall time of the quickstart in ``out``, summed over the invocations that built it (a rerun resumes from
+    the finished stages, so its own time alone would understate the run), saved after every stage."""
+
+    def __init__(self, out: Path):
+        self.path, self.t0 = out / "wall_time.json", time.monotonic()
+        self.before = float((_cached(self.path) or {}).get("total_s", 0.0))
+
+    def total(self) -> float:
+        total = self.before + time.monotonic() - self.t0
+        write_json(self.path, {"total_s": total})
+        return total
+
+
 def main(cfg: DictConfig) -> dict:
     out = Path(cfg.out)
-    t0 = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    clock = WallClock(out)
     stages: dict[str, dict] = {}
     stages["collect"] = stage_collect(cfg, out)
     stages["train"] = stage_train(cfg, out, stages["collect"]["dataset"])
+    clock.total()
     base_ckpt = stages["train"]["checkpoint"]
     stages["evaluate"] = stage_evaluate(cfg, out, base_ckpt)
     success = {"demos": stages["collect"]["expert_success_rate"], "pretrained": stages["evaluate"]["success_rate"]}
@@ -293,6 +312,7 @@ def main(cfg: DictConfig) -> dict:
     evals = {"pretrained": stages["evaluate"]}
     if cfg.steering.rollouts > 0:
         stages["steer"] = stage_steer(cfg, out, base_ckpt, stages["collect"]["dataset"])
+        clock.total()
         evals["steered"], success["steered"] = stages["steer"], stages["steer"]["success_rate"]
         summary["steering"] = {**stages["steer"]["spec"], "rollouts": int(cfg.steering.rollouts),
                                "method": cfg.steering.method, "chunk_ms_p50": stages["steer"].get(
@@ -302,6 +322,7 @@ def main(cfg: DictConfig) -> dict:
     final_ckpt = base_ckpt
     if cfg.finetune_budget_s > 0 and cfg.finetune_env_steps > 0:
         stages["finetune"] = stage_finetune(cfg, out, base_ckpt)
+        clock.total()
         evals["finetuned"], success["finetuned"] = stages["finetune"]["eval"], stages["finetune"]["eval"]["success_rate"]
         final_ckpt = str(out / "finetune" / "checkpoints" / "best")
         summary["finetune"] = {"algo": stages["finetune"]["algo"], "env_steps": stages["finetune"]["env_steps"],
@@ -319,7 +340,7 @@ def main(cfg: DictConfig) -> dict:
     for name, result in evals.items():
         if name != "pretrained" and result.get("per_episode"):
             summary["gain_vs_pretrained"][name] = paired_gain(evals["pretrained"], result)
-    summary["wall_time_s"] = time.monotonic() - t0
+    summary["wall_time_s"] = clock.total()
     write_json(out / "summary.json", summary)
     report = write_report(out, summary, stages)
     gains = ", ".join(f"{k} {g['points']:+.0f} +- {g['ci95_points']:.0f}" for k, g in summary["gain_vs_pretrained"].items())

@@ -192,6 +192,16 @@ def test_quickstart_end_to_end_writes_summary_and_report(tmp_path):
     assert (out / "success.png").exists()
 
 
+def test_quickstart_wall_time_sums_the_invocations_that_built_the_run(tmp_path):
+    from armflow.workflows.quickstart import WallClock
+
+    first = WallClock(tmp_path)
+    time.sleep(0.05)
+    t1 = first.total()  # a run that crashed after this stage
+    resumed = WallClock(tmp_path)
+    assert resumed.before == pytest.approx(t1) and resumed.total() >= t1 + 0.0 and t1 >= 0.05
+
+
 def test_paired_gain_interval_is_zero_when_every_seed_moves_alike():
     from armflow.workflows.quickstart import paired_gain
 
