@@ -20,7 +20,6 @@ warm-started evaluations), ``rtidp_success_delta`` (warm - full), ``rtc_latency_
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from armflow.workflows.common import bench_line, write_json
+from armflow.workflows.quickstart import stop_server
 
 LOCKSTEP_CELLS = ("sync", "sync_s", "rtidp")  # cells of the lockstep executor (no delay)
 
@@ -203,15 +203,6 @@ def _bridge_cell(cfg, checkpoint, out, server: dict, name: str, delay_ms: float,
                 stop_server(server["proc"])
                 server["proc"] = start_realtime_server(server["task"], server["endpoint"], server["out"])
     return per, retried, lost
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def plot_table(out: Path, cells: dict, delays) -> str:

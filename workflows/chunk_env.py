@@ -166,7 +166,7 @@ class ChunkVecEnv:
                                              for name in out["reward_terms"]}}
         rl_reward = np.asarray(self.reward_fn(obs_before, np.asarray(actions), next_obs, info), dtype=np.float64)
         env_reward = env_reward_fn(None, actions, None, out)
-        ended = self._reward_ends(info, out, n, autoreset)
+        self._reward_ends(info, out, n, autoreset)  # marks them terminated in out
         done = out["terminated"] | out["truncated"]
         self._counters += np.where(n > 0, np.stack([env_reward, rl_reward]), 0.0)
         self._length += n
