@@ -73,6 +73,21 @@ def write_json(path: str | os.PathLike, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def train_steering_model(cfg, command: str, train) -> dict:
+    """The shared body of ``armflow critic`` / ``armflow dynamics``: refuse a missing dataset or checkpoint naming
+    the key, set the torch threads, run ``train(cfg, out)`` and write its summary to ``out/summary.json``."""
+    import torch
+
+    for key in ("dataset", "checkpoint"):
+        if not cfg.get(key):
+            raise SystemExit(f"armflow {command}: set {key}=... (configs/{command}.yaml: dataset = LeRobot dir(s), "
+                             "checkpoint = the policy to steer)")
+    torch.set_num_threads(int(cfg.num_threads))
+    summary = train(cfg, Path(cfg.out))
+    write_json(Path(cfg.out) / "summary.json", summary)
+    return summary
+
+
 def bench_line(results: dict) -> str:
     """The final line every benchmark prints."""
     return "BENCH_JSON: " + json.dumps(results, default=float)

@@ -154,15 +154,8 @@ def train_critic(cfg: DictConfig, out: Path) -> dict:
 
 
 def main(cfg: DictConfig) -> dict:
-    from armflow.workflows.common import write_json
+    from armflow.workflows.common import train_steering_model
 
-    for key in ("dataset", "checkpoint"):
-        if not cfg.get(key):
-            raise SystemExit(f"armflow critic: set {key}=... (configs/critic.yaml: dataset = LeRobot dir(s), "
-                             "checkpoint = the policy to steer)")
-    torch.set_num_threads(int(cfg.num_threads))
-    out = Path(cfg.out)
-    summary = train_critic(cfg, out)
-    write_json(out / "summary.json", summary)
+    summary = train_steering_model(cfg, "critic", train_critic)
     print(f"[critic] {cfg.method} on {summary['transitions']} chunk transitions -> {summary['critic']}")
     return summary

@@ -127,16 +127,9 @@ def train_dynamics(cfg: DictConfig, out: Path) -> dict:
 
 
 def main(cfg: DictConfig) -> dict:
-    from armflow.workflows.common import write_json
+    from armflow.workflows.common import train_steering_model
 
-    for key in ("dataset", "checkpoint"):
-        if not cfg.get(key):
-            raise SystemExit(f"armflow dynamics: set {key}=... (configs/dynamics.yaml: dataset = LeRobot dir(s), "
-                             "checkpoint = the policy to steer)")
-    torch.set_num_threads(int(cfg.num_threads))
-    out = Path(cfg.out)
-    summary = train_dynamics(cfg, out)
-    write_json(out / "summary.json", summary)
+    summary = train_steering_model(cfg, "dynamics", train_dynamics)
     final = summary["final"]
     print(f"[dynamics] {summary['samples']} samples: mse {summary['first_mse']:.4g} -> {final['losses/mse']:.4g}"
           + (f", validation {final['eval/val_mse']:.4g} (static {final['eval/val_mse_static']:.4g})"
