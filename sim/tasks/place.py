@@ -44,6 +44,12 @@ class PlaceConfig(LiftConfig):
     min_move_m: float = 0.04  # success: cube xy moved at least this far from the episode start [m]
     held_start_prob: float = 1.0  # P(start with the cube held, as lift leaves it); else lift's start (cube on the
     # table, arm at home): the reset skill also fetches a cube a failed forward attempt left on the table
+    table_start_xy_m: tuple | None = None  # lift's start only: the cube's xy drawn in its centre +- this [m] (wider
+    # than the placement region: a failed forward attempt pushes the cube out of it, and the reset skill must fetch
+    # it back from there); None: lift's own placement
+    table_start_yaw_rad: float = 0.0  # lift's start only: cube yaw drawn in +- this [rad] (failed grasps turn it)
+    held_extra_lift_m: tuple = (0.0, 0.0)  # held start: after the pick, the cube raised a further U(lo, hi) [m] (the
+    # forward policy lifts it 3-8 cm higher than the pick leaves it; a reset skill that never saw that dropped it)
     move_weight: float = 1.0  # reward: move = w * clip(|cube xy - start xy| / min_move_m, 0, 1)
     lower_weight: float = 1.0  # reward: lower = w * move * (1 - tanh(20 * max(cube z - rest z, 0)))
     release_weight: float = 0.5  # reward: release = w * move * [cube on the table, not grasped, gripper open]
@@ -86,6 +92,12 @@ class PlaceEnv(CubeEnv):
     def __init__(self, cfg: PlaceConfig, render_mode: str | None = None):
         if len(cfg.cube_centers_xy_m) != 1:
             raise ValueError(f"place: needs exactly one cube, got cube_centers_xy_m={cfg.cube_centers_xy_m}")
+        wide = cfg.table_start_xy_m
+        if len(cfg.held_extra_lift_m) != 2 or not 0 <= cfg.held_extra_lift_m[0] <= cfg.held_extra_lift_m[1]:
+            raise ValueError(f"place: held_extra_lift_m must be (lo, hi) with 0 <= lo <= hi [m], got "
+                             f"{cfg.held_extra_lift_m}")
+        if wide is not None and (len(wide) != 2 or min(wide) < 0):
+            raise ValueError(f"place: table_start_xy_m must be null or (x, y) >= 0 [m], got {wide}")
         if cfg.min_move_m < 0 or not 0.0 <= cfg.held_start_prob <= 1.0:
             raise ValueError(f"place: need min_move_m >= 0 and held_start_prob in [0, 1], got {cfg.min_move_m}, "
                              f"{cfg.held_start_prob}")
@@ -97,6 +109,7 @@ class PlaceEnv(CubeEnv):
 
         super().reset(seed=seed, options=options)
         if self.cfg.held_start_prob < 1.0 and self.np_random.random() >= self.cfg.held_start_prob:  # lift's start: the cube where lift put it
+            self._spread_cube()
             self.start_xy_m = self.cube_pos(0)[:2].copy()
             return self._obs(), {"success": False}
         pick = PickExpert(self, noise_std=0.0, seed=0)
@@ -105,10 +118,38 @@ class PlaceEnv(CubeEnv):
             for _ in range(PICK_MAX_STEPS):
                 CubeEnv.step(self, pick())
                 if lifted(self):
+                    self._raise_held()
                     self._steps = 0
                     self.start_xy_m = self.cube_pos(0)[:2].copy()
                     return self._obs(), {"success": False}
             super().reset(options=options)  # the pick failed: redraw the scene from the seeded rng
+
+    def _raise_held(self, max_steps: int = 40) -> None:
+        """Raise the held cube a further ``held_extra_lift_m`` draw (straight up, gripper closed)."""
+        lo, hi = (float(v) for v in self.cfg.held_extra_lift_m)
+        if hi <= 0:
+            return
+        goal_z = self.cube_pos(0)[2] + self.np_random.uniform(lo, hi)
+        up = np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0])
+        for _ in range(max_steps):
+            if self.cube_pos(0)[2] >= goal_z:
+                break
+            CubeEnv.step(self, up)
+
+    def _spread_cube(self) -> None:
+        """Lift's start with the cube moved to ``table_start_xy_m`` / ``table_start_yaw_rad`` (when set)."""
+        import mujoco
+
+        cfg, rng = self.cfg, self.np_random
+        if cfg.table_start_xy_m is None and cfg.table_start_yaw_rad <= 0:
+            return
+        half = np.asarray(cfg.cube_xy_range_m if cfg.table_start_xy_m is None else cfg.table_start_xy_m, float)
+        xy = np.asarray(cfg.cube_centers_xy_m[0], float) + rng.uniform(-half, half)
+        yaw = rng.uniform(-cfg.table_start_yaw_rad, cfg.table_start_yaw_rad) if cfg.table_start_yaw_rad > 0 else 0.0
+        a = self._cube_qpos[0]
+        self._data.qpos[a : a + 3] = (xy[0], xy[1], self.rest_height_m)
+        self._data.qpos[a + 3 : a + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+        mujoco.mj_forward(self.model, self._data)
 
     def _reward_terms(self, state: list[float]) -> tuple[dict[str, float], bool, int]:
         """Shaped terms: move the cube away from its start, lower it, let go; success = placed and moved."""

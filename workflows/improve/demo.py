@@ -17,8 +17,14 @@ from armflow.workflows.config import compose_config
 STATE_KEYS = ["observation.state", "observation.environment_state"]
 SKILL_TASKS = {"forward": "lift", "reset": "place"}  # the scripted task whose demos teach each demo skill
 # the reset skill also fetches a cube a failed forward attempt left on the table (half its demos start there), and
-# its demos go on 10 steps after success (released, rising): the policy learns to stay released, not to re-grasp
-TASK_OVERRIDES = {"place": {"held_start_prob": 0.5}}
+# its demos go on 10 steps after success (released, rising): the policy learns to stay released, not to re-grasp.
+# Its table starts are spread wider than lift's region and turned (+-0.2 m, +-0.8 rad): in the stream a failed
+# forward attempt pushes and turns the cube, and cubes left to drift ended out of the workspace (19 of 62 needs-human
+# events in the first measured hour); fetching from there takes the expert 45-53 steps, hence 80 steps per demo.
+# Its held starts are raised 0-5 cm more (cube at 8-14 cm): the forward skill lifts the cube to 8-14 cm, and a reset skill that only saw
+# the pick's 6 cm let go at once, dropping the cube where it was
+TASK_OVERRIDES = {"place": {"held_start_prob": 0.5, "table_start_xy_m": [0.2, 0.2], "table_start_yaw_rad": 0.8,
+                            "max_episode_steps": 80, "held_extra_lift_m": [0.0, 0.05]}}
 HOLD_STEPS = {"place": 10}
 
 

@@ -47,6 +47,10 @@ class Skill:
     requires: list = field(default_factory=list)  # gate dicts on observation.state that must all have held at some
     # chunk end of the attempt (or its start) before a detection counts: a reset skill that starts where a placed cube
     # already "looks placed" must first have held it
+    release_rise: list = field(default_factory=list)  # gate dicts on observation.state: at a chunk end where they all
+    # hold right after one where ``requires`` held (the skill let go of what it held), a scripted rise (gripper open,
+    # straight up to the rest height) before the detector looks: the put-down is finished by the arm, not undone by
+    # the policy grasping again, and the detector sees it as in its training episodes (released, arm above)
 
     def __post_init__(self):
         if self.time_limit_steps < 1:

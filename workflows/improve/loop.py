@@ -37,6 +37,7 @@ class Attempt:
     skill: str
     steps: int = 0
     ready: bool = False  # the skill's ``requires`` predicates have all held at a chunk end (or the start)
+    holding: bool = False  # they held at the last chunk end (a release_rise follows when they stop holding)
     frames: int = 0
     intervened: bool = False
 
@@ -54,6 +55,7 @@ class Counters:
     interventions: int = 0  # takeovers
     intervention_steps: int = 0
     rest_moves: int = 0
+    release_rises: int = 0  # scripted rises after a skill let go (Skill.release_rise)
     skill: str = ""
     steps_on_skill: int = 0
     wall_s: float = 0.0
@@ -103,7 +105,8 @@ class ImproveLoop:
         if self.rest_pose is not None and (mode == "always" or (mode == "after_failure" and self.last_failed)):
             self.rest_move()
         rt.runner.start(self._obs(rt), seeds=None)
-        self.attempt = Attempt(rt.skill.name, ready=self._requires_met(rt))
+        held = self._requires_met(rt)
+        self.attempt = Attempt(rt.skill.name, ready=held, holding=held)
 
     def step(self) -> dict | None:
         """Run one chunk of the current attempt; returns the attempt's result when it ended."""
@@ -146,8 +149,12 @@ class ImproveLoop:
         self.counters.robot_steps += n
         self.counters.steps_on_skill += n
         att.intervened |= human
+        holding = self._requires_met(rt)
+        if att.holding and not holding and rt.skill.release_rise and self._gates_met(rt.skill.release_rise):
+            self.release_rise(rt)
+        att.holding = holding
+        att.ready = att.ready or holding
         value, valid = rt.detector(self.state.extras)
-        att.ready = att.ready or self._requires_met(rt)
         detected = valid and rt.detector.success(value) and att.ready
         truth = self.state.extras.get(rt.skill.audit_key)
         self.audit.add(detected, None if truth is None else bool(truth))
@@ -199,14 +206,25 @@ class ImproveLoop:
         if self.client.status.get("status") not in ("ARMED", "RUNNING"):
             self.client.arm(ACTION_SPACE)
 
-    def rest_move(self, tol_m: float = 0.01, tol_rad: float = 0.05, max_steps: int = 80) -> None:
-        """Open the gripper, rise to the rest height, return over the rest position with the rest orientation
-        (ee_delta, one step per chunk): arm motion only, the object stays where it is."""
+    def release_rise(self, rt: SkillRuntime) -> None:
+        """The skill let go: gripper open, straight up over where it is to the rest height (arm motion only); the
+        skill's obs window then continues from there."""
+        if self.rest_pose is None:
+            return
+        pos = np.asarray(self.state.ee_pos_m, float)
+        self.rest_move(target=np.array([pos[0], pos[1], float(self.rest_pose[2])]), count=False)
+        self.counters.release_rises += 1
+        rt.runner.observe(self._obs(rt))
+
+    def rest_move(self, tol_m: float = 0.01, tol_rad: float = 0.05, max_steps: int = 80, target=None,
+                  count: bool = True) -> None:
+        """Open the gripper, rise to the rest height, return over the rest position (or ``target``) with the rest
+        orientation (ee_delta, one step per chunk): arm motion only, the object stays where it is."""
         from armflow.hardware.kinematics import quat_error
 
         info = self.client.info()
         unit_m, unit_rad = float(info.ee_delta_m_per_unit or 0.05), float(info.ee_delta_rad_per_unit or 0.5)
-        target = np.asarray(self.rest_pose, float)
+        target = np.asarray(self.rest_pose if target is None else target, float)
         for k in range(max_steps):
             pos = np.asarray(self.state.ee_pos_m, float)
             rot = quat_error(self.rest_quat, np.asarray(self.state.ee_quat_wxyz, float))
@@ -219,7 +237,7 @@ class ImproveLoop:
                                          lambda st: False)
             self.counters.robot_steps += 1
         self.gripper = -1.0
-        self.counters.rest_moves += 1
+        self.counters.rest_moves += int(count)
 
     def needs_human(self, reason: str) -> None:
         """Count the event; ``human_reset=auto`` (sim): a scene reset through the bridge stands in for the person
@@ -258,8 +276,11 @@ class ImproveLoop:
         return out
 
     def _requires_met(self, rt: SkillRuntime) -> bool:
+        return self._gates_met(rt.skill.requires)
+
+    def _gates_met(self, gates: list) -> bool:
         state = np.asarray(self.state.extras.get("observation.state", []), float).reshape(-1)
-        return all(_OPS[g.get("op", ">")](float(state[int(g["index"])]), float(g["threshold"])) for g in rt.skill.requires)
+        return all(_OPS[g.get("op", ">")](float(state[int(g["index"])]), float(g["threshold"])) for g in gates)
 
     def _obs(self, rt: SkillRuntime, state=None) -> dict:
         extras = (state or self.state).extras

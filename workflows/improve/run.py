@@ -47,7 +47,7 @@ def skills_from(cfg: DictConfig) -> list[Skill]:
         out.append(Skill(name=name, checkpoint=s["checkpoint"], instruction=s["instruction"],
                          time_limit_steps=int(s["time_limit_steps"]), learn=bool(s["learn"]),
                          rest_before=str(s["rest_before"]), detector=s["detector"], audit_key=s["audit_key"],
-                         requires=list(s.get("requires") or [])))
+                         requires=list(s.get("requires") or []), release_rise=list(s.get("release_rise") or [])))
     return out
 
 
@@ -275,7 +275,7 @@ def summarise(out: Path, client, counters: Counters, audit: DetectorAudit, histo
         "interventions": getattr(intervention, "takeovers", 0), "intervention_steps": counters.intervention_steps,
         "wall_time_s": counters.wall_s, "robot_steps": counters.robot_steps, "attempts": counters.attempts,
         "detected_successes": counters.detected, "privileged_successes": counters.privileged,
-        "rest_moves": counters.rest_moves, "eval_history": history["eval"], "audit_history": history["audit"],
+        "rest_moves": counters.rest_moves, "release_rises": counters.release_rises, "eval_history": history["eval"], "audit_history": history["audit"],
         "dataset": {"root": str(out / "dataset"), "episodes": recorder.episodes},
         "policy": str(out / "policy"), "videos": final.get("videos", []),
     }
