@@ -76,3 +76,16 @@ def test_scene_resets_are_summed_over_server_restarts():
     assert (c.scene_resets, c.scene_resets_seen) == (4, 2)
     count_scene_resets(c, {})  # a robot that does not count: nothing changes
     assert c.scene_resets == 4
+
+
+def test_edge_guard_reads_the_observed_object_position():
+    from armflow.workflows.improve.graph import EdgeGuard
+
+    guard = EdgeGuard("reset", key="observation.environment_state", index=(0, 1), centre=(0.5, 0.0),
+                      half_range=(0.15, 0.15))
+    assert not guard.out({"observation.environment_state": [0.6, -0.1, 0.02]})  # inside the box
+    assert guard.out({"observation.environment_state": [0.7, 0.0, 0.02]})  # pushed far out in x
+    assert guard.out({"observation.environment_state": [0.5, -0.2, 0.02]})  # or in y
+    assert not guard.out({"observation.state": [0.9] * 8})  # not observed: never guards
+    with pytest.raises(ValueError, match="edge_guard.*half_range"):
+        EdgeGuard("reset", index=(0, 1), centre=(0.5,), half_range=(0.1, 0.1))

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 PRESETS = ("serl", "robofume", "medal")
 OUTCOMES = ("success", "timeout")
 HUMAN_RESETS = ("auto", "wait", "none")  # what a needs-human event does (loop.ImproveLoop.needs_human)
@@ -92,6 +94,33 @@ class TaskGraph:
         if self.preset == "robofume":
             return self.other(name)
         return self.other(name) if steps_on_skill >= self.switch_every_steps else name
+
+
+@dataclass(frozen=True)
+class EdgeGuard:
+    """An observed object near the workspace's edge sends the next attempt to ``skill`` (the one that fetches it
+    back), whatever the graph says: a forward attempt that fails there pushes the object further out, until a
+    needs-human event. Reads the robot's observation (``key``, e.g. a tracked object position), never sim state.
+    ``index``: the x, y entries of ``key``; the object is near the edge outside ``centre`` +- ``half_range`` [m]."""
+
+    skill: str
+    key: str = "observation.environment_state"
+    index: tuple = (0, 1)
+    centre: tuple = (0.5, 0.0)
+    half_range: tuple = (0.15, 0.15)
+
+    def __post_init__(self):
+        if not (len(self.index) == len(self.centre) == len(self.half_range)) or min(self.half_range) <= 0:
+            raise ValueError(f"improve: edge_guard needs index, centre and half_range of one length and half_range > 0; "
+                             f"got {self.index}, {self.centre}, {self.half_range}")
+
+    def out(self, extras: dict) -> bool:
+        """The object lies outside the guarded box (False when ``key`` is not observed)."""
+        if self.key not in extras:
+            return False
+        obs = np.asarray(extras[self.key], float).reshape(-1)
+        return any(abs(float(obs[int(i)]) - float(c)) > float(h)
+                   for i, c, h in zip(self.index, self.centre, self.half_range))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from armflow.workflows.deploy import send_and_follow
-from armflow.workflows.improve.graph import Skill, StuckDetector, TaskGraph
+from armflow.workflows.improve.graph import EdgeGuard, Skill, StuckDetector, TaskGraph
 
 ACTION_SPACE = "ee_delta"
 _OPS = {">": float.__gt__, "<": float.__lt__, ">=": float.__ge__, "<=": float.__le__}
@@ -56,6 +56,7 @@ class Counters:
     intervention_steps: int = 0
     rest_moves: int = 0
     release_rises: int = 0  # scripted rises after a skill let go (Skill.release_rise)
+    edge_guarded: int = 0  # attempts the edge guard sent to its skill instead of the graph's choice
     skill: str = ""
     steps_on_skill: int = 0
     wall_s: float = 0.0
@@ -81,12 +82,14 @@ def count_scene_resets(counters: Counters, extras: dict) -> None:
 class ImproveLoop:
     def __init__(self, client, runtimes: dict[str, SkillRuntime], graph: TaskGraph, stuck: StuckDetector,
                  recorder, audit, intervention=None, counters: Counters | None = None, rest_pose=None,
-                 human_reset: str = "auto", workspace_key: str = "in_workspace", log=print, rest_quat=None):
+                 human_reset: str = "auto", workspace_key: str = "in_workspace", log=print, rest_quat=None,
+                 edge_guard: EdgeGuard | None = None):
         self.client, self.rt, self.graph, self.stuck = client, runtimes, graph, stuck
         self.recorder, self.audit, self.intervention = recorder, audit, intervention
         self.counters = counters or Counters(skill=graph.start)
         self.rest_pose = rest_pose  # (ee position (3,) [m]) the arm returns to before rest_before skills
         self.human_reset, self.workspace_key, self.log = human_reset, workspace_key, log
+        self.edge_guard = edge_guard
         self.dt_ns = int(round(1e9 / client.welcome["servo_rate_hz"]))
         self.state = client.latest_state()
         self.attempt: Attempt | None = None
@@ -194,6 +197,9 @@ class ImproveLoop:
             self.needs_human(reason)
             result["needs_human"] = reason
         nxt = self.graph.next(name, "success" if detected else "timeout", c.steps_on_skill)
+        if self.edge_guard is not None and nxt != self.edge_guard.skill and self.edge_guard.out(self.state.extras):
+            nxt = self.edge_guard.skill
+            c.edge_guarded += 1
         self.last_failed = not detected
         if nxt != name:
             c.skill, c.steps_on_skill = nxt, 0

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from armflow.control.client import BridgeClient
 from armflow.workflows.common import MetricLogger, write_json
 from armflow.workflows.improve.detector import Detector, DetectorAudit
-from armflow.workflows.improve.graph import Skill, StuckDetector, TaskGraph
+from armflow.workflows.improve.graph import EdgeGuard, Skill, StuckDetector, TaskGraph
 from armflow.workflows.improve.learner import OnlineSkillLearner
 from armflow.workflows.improve.loop import Counters, ImproveLoop, SkillRuntime, count_scene_resets
 
@@ -49,6 +49,16 @@ def skills_from(cfg: DictConfig) -> list[Skill]:
                          rest_before=str(s["rest_before"]), detector=s["detector"], audit_key=s["audit_key"],
                          requires=list(s.get("requires") or []), release_rise=list(s.get("release_rise") or [])))
     return out
+
+
+def edge_guard_from(cfg: DictConfig) -> EdgeGuard | None:
+    spec = cfg.get("edge_guard")
+    if spec is None:
+        return None
+    spec = OmegaConf.to_container(spec, resolve=True)
+    if spec.get("skill") not in cfg.skills:
+        raise SystemExit(f"armflow improve: edge_guard.skill={spec.get('skill')!r} is not a skill ({list(cfg.skills)})")
+    return EdgeGuard(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
 
 
 class ImproveClient(BridgeClient):
@@ -180,7 +190,7 @@ def run_improve(cfg: DictConfig, client, intervention=None, log=print) -> dict:
     recorder = StreamRecorder(out / "dataset", fps, first.extras, 7, [s.name for s in skills])
     rest_quat = extra["rest_quat"] if extra and "rest_quat" in extra else np.asarray(first.ee_quat_wxyz).tolist()
     loop = ImproveLoop(client, runtimes, graph, StuckDetector(int(cfg.max_failures)), recorder, audit, intervention,
-                       counters, rest, str(cfg.human_reset), log=log, rest_quat=rest_quat)
+                       counters, rest, str(cfg.human_reset), log=log, rest_quat=rest_quat, edge_guard=edge_guard_from(cfg))
     if not history["eval"]:
         start = evaluate_skill(forward, cfg, int(cfg.eval.episodes))
         history["eval"].append({"wall_s": 0.0, "robot_steps": 0, **start})
@@ -275,7 +285,8 @@ def summarise(out: Path, client, counters: Counters, audit: DetectorAudit, histo
         "interventions": getattr(intervention, "takeovers", 0), "intervention_steps": counters.intervention_steps,
         "wall_time_s": counters.wall_s, "robot_steps": counters.robot_steps, "attempts": counters.attempts,
         "detected_successes": counters.detected, "privileged_successes": counters.privileged,
-        "rest_moves": counters.rest_moves, "release_rises": counters.release_rises, "eval_history": history["eval"], "audit_history": history["audit"],
+        "rest_moves": counters.rest_moves, "release_rises": counters.release_rises,
+        "edge_guarded": counters.edge_guarded, "eval_history": history["eval"], "audit_history": history["audit"],
         "dataset": {"root": str(out / "dataset"), "episodes": recorder.episodes},
         "policy": str(out / "policy"), "videos": final.get("videos", []),
     }
