@@ -152,11 +152,7 @@ class ImproveLoop:
         self.counters.robot_steps += n
         self.counters.steps_on_skill += n
         att.intervened |= human
-        holding = self._requires_met(rt)
-        if att.holding and not holding and rt.skill.release_rise and self._gates_met(rt.skill.release_rise):
-            self.release_rise(rt)
-        att.holding = holding
-        att.ready = att.ready or holding
+        self.check_release(rt, att)
         value, valid = rt.detector(self.state.extras)
         detected = valid and rt.detector.success(value) and att.ready
         truth = self.state.extras.get(rt.skill.audit_key)
@@ -211,6 +207,17 @@ class ImproveLoop:
         self.client.latest_state()
         if self.client.status.get("status") not in ("ARMED", "RUNNING"):
             self.client.arm(ACTION_SPACE)
+
+    def check_release(self, rt: SkillRuntime, att: Attempt) -> bool:
+        """At a chunk end: update the attempt's ``requires`` state; a skill that held (``requires`` at the last chunk
+        end) and now meets its ``release_rise`` gates let go: rise (True)."""
+        holding = self._requires_met(rt)
+        rise = att.holding and not holding and bool(rt.skill.release_rise) and self._gates_met(rt.skill.release_rise)
+        if rise:
+            self.release_rise(rt)
+        att.holding = holding
+        att.ready = att.ready or holding
+        return rise
 
     def release_rise(self, rt: SkillRuntime) -> None:
         """The skill let go: gripper open, straight up over where it is to the rest height (arm motion only); the
