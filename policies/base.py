@@ -148,8 +148,10 @@ class BasePolicy(nn.Module):
         noise = torch.randn(batch, self.horizon, self.action_dim, generator=generator, device=device)
         return noise.to(self.device) * float(getattr(self.cfg, "noise_scale", 1.0))
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None) -> torch.Tensor:
-        """Deterministic map (cond (B, C), noise (B, T_p, D_a)) -> normalised actions (B, T_p, D_a)."""
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None,
+               select=None) -> torch.Tensor:
+        """Deterministic map (cond (B, C), noise (B, T_p, D_a)) -> normalised actions (B, T_p, D_a); ``select``:
+        :func:`~.sampler.integrate`'s row selection (early reranking)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -171,12 +173,24 @@ class BasePolicy(nn.Module):
         if noise.shape[:-2].numel() != len(cond) or tuple(noise.shape[-2:]) != (self.horizon, self.action_dim):
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (B={b}, {f'K={k}, ' * (k > 1)}"
                              f"T_p={self.horizon}, D_a={self.action_dim})")
-        actions_n = self.sample(cond, noise.reshape(len(cond), self.horizon, self.action_dim), hooks=hooks)
+        early = k > 1 and hooks.rerank_level is not None
+        select = (hooks.rerank_level, lambda x_hat: self._rerank_rows(obs, x_hat, hooks)) if early else None
+        actions_n = self.sample(cond, noise.reshape(len(cond), self.horizon, self.action_dim), hooks=hooks,
+                                select=select)
         actions = self.normalizer.unnormalize(ACTION_KEY, actions_n.clamp(-1.0, 1.0))
-        if k > 1:
+        if k > 1 and not early:
             actions = actions.reshape(b, k, self.horizon, self.action_dim)
             actions = actions[torch.arange(b, device=actions.device), hooks.reranker(obs, actions)]
         return actions
+
+    def _rerank_rows(self, obs: Mapping, x_hat: torch.Tensor, hooks: SamplerHooks) -> torch.Tensor:
+        """Early reranking: the K clean-chunk estimates per observation (B * K rows, normalised) -> the rows kept,
+        the reranker's pick of each observation's K."""
+        k = hooks.n_candidates
+        b = len(x_hat) // k
+        candidates = self.normalizer.unnormalize(ACTION_KEY, x_hat.clamp(-1.0, 1.0))
+        chosen = hooks.reranker(obs, candidates.reshape(b, k, self.horizon, self.action_dim))
+        return torch.arange(b, device=x_hat.device) * k + chosen.to(x_hat.device)
 
     # ----------------------------------------------------------------- checkpoint
     def config_dict(self) -> dict:

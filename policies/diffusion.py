@@ -82,14 +82,14 @@ class DiffusionPolicy(BasePolicy):
 
     # ----------------------------------------------------------------- deterministic sampler (DDIM eta=0)
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None,
-               hooks: SamplerHooks | None = None) -> torch.Tensor:
+               hooks: SamplerHooks | None = None, select=None) -> torch.Tensor:
         """cond (B, C), initial noise (B, T_p, D_a) -> normalised actions (B, T_p, D_a), DDIM eta=0.
 
         The final step lands on a' = 1, so the result is the clamped x0 prediction: inside [-1, 1]. Hooks
         (:mod:`.sampler`): guidance moves the x0 estimate by sqrt(1 - a_t) g (eps - sqrt(a_t) g); the corrector
-        re-noises the x0 estimate to level t: ``sqrt(a_t) x0 + sqrt(1 - a_t) z``."""
+        re-noises the x0 estimate to level t: ``sqrt(a_t) x0 + sqrt(1 - a_t) z``. ``select``: :func:`integrate`'s."""
         hooks = hooks or NO_HOOKS
-        model = model_fn(self.net if net is None else net, self.ddim_t, cond, hooks.composer)
+        model = model_fn(self.net if net is None else net, self.ddim_t, cond, hooks.composer, hooks.n_candidates)
 
         def predict(x, k):
             s1ma, sa = self._fast[k][:2]
@@ -105,7 +105,7 @@ class DiffusionPolicy(BasePolicy):
 
         return integrate(noise, self.num_inference_steps, predict, update,
                          lambda x0, k, z: self._fast[k][1] * x0 + self._fast[k][0] * z, hooks.mcmc_steps,
-                         hooks.start_level)
+                         hooks.start_level, select)
 
     # ----------------------------------------------------------------- DPPO entry points
     def _step_mean(self, net, x, k, cond, eta: float):

@@ -43,22 +43,23 @@ class FlowPolicy(BasePolicy):
         return (u_hat - (actions_n - eps)) ** 2, {}
 
     def sample(self, cond: torch.Tensor, noise: torch.Tensor, net=None,
-               hooks: SamplerHooks | None = None) -> torch.Tensor:
+               hooks: SamplerHooks | None = None, select=None) -> torch.Tensor:
         """Euler ODE from ``noise`` (tau=0) to tau=1: (B, C), (B, T_p, D_a) -> normalised actions, clipped to [-1, 1].
 
         Hooks (:mod:`.sampler`): guidance adds g to the velocity; the corrector re-noises the clean-chunk estimate
-        x_hat = x + (1 - tau) u to level tau: ``tau x_hat + (1 - tau) z``."""
+        x_hat = x + (1 - tau) u to level tau: ``tau x_hat + (1 - tau) z``. ``select``: :func:`integrate`'s."""
         hooks, dt = hooks or NO_HOOKS, 1.0 / self.num_inference_steps
-        model = model_fn(self.net if net is None else net, self.euler_t, cond, hooks.composer)
+        model = model_fn(self.net if net is None else net, self.euler_t, cond, hooks.composer, hooks.n_candidates)
 
         def predict(x, k):
             u = model(x, k)
             if hooks.guidance:
                 u = u + guidance_sum(hooks.guidance, x, torch.add(x, u, alpha=1 - k * dt), k)
-            return u, torch.add(x, u, alpha=1 - k * dt) if hooks.mcmc_steps else None
+            return u, torch.add(x, u, alpha=1 - k * dt) if hooks.mcmc_steps or select else None
 
         x = integrate(noise, self.num_inference_steps, predict, lambda x, u, _, k: torch.add(x, u, alpha=dt),
-                      lambda x_hat, k, z: k * dt * x_hat + (1 - k * dt) * z, hooks.mcmc_steps, hooks.start_level)
+                      lambda x_hat, k, z: k * dt * x_hat + (1 - k * dt) * z, hooks.mcmc_steps, hooks.start_level,
+                      select)
         return x.clamp(-1.0, 1.0)
 
     def pair_velocity(self, cond: torch.Tensor, actions: torch.Tensor, tau: torch.Tensor, eps: torch.Tensor,

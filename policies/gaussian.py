@@ -51,11 +51,12 @@ class GaussianPolicy(BasePolicy):
     def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.zeros(batch, self.horizon, self.action_dim, device=self.device)
 
-    def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor, hooks: SamplerHooks | None = None,
+               select=None) -> torch.Tensor:
         """mean + std * noise (normalised); noise = 0 gives the deterministic mean used for evaluation."""
-        if hooks is not None and hooks.in_loop:
-            raise ValueError("gaussian policy: guidance, mcmc_steps, composer and start_level need a sampling loop "
-                             "(flow, diffusion)")
+        if (hooks is not None and hooks.in_loop) or select is not None:
+            raise ValueError("gaussian policy: guidance, mcmc_steps, composer, start_level and rerank_level need a "
+                             "sampling loop (flow, diffusion)")
         return self.mean(cond) + self.std() * noise
 
     def _elementwise_loss(self, cond, actions_n):

@@ -59,6 +59,10 @@ class SamplerHooks:
     # (obs, candidates (B, K, T_p, D_a) robot units) -> index (B,): pick one of K chunks sampled in one batch
     reranker: Callable[[Mapping, torch.Tensor], torch.Tensor] | None = None
     n_candidates: int = 1  # K; > 1 needs a reranker
+    # the K candidates are reranked on their clean-chunk estimates x_hat after this level's prediction and only the
+    # chosen row is integrated on (the sampler is deterministic, so it finishes as the same chunk it would have
+    # been); None: the finished chunks are reranked. The K-row work shrinks to rerank_level + 1 levels.
+    rerank_level: int | None = None
     start_level: int = 0  # the initial x is at this level: levels 0..start_level-1 are skipped (RTI-DP warm start)
 
     def __post_init__(self) -> None:
@@ -68,27 +72,44 @@ class SamplerHooks:
         if self.n_candidates < 1 or (self.n_candidates > 1) != (self.reranker is not None):
             raise ValueError(f"SamplerHooks: n_candidates={self.n_candidates}, reranker={self.reranker!r}; a reranker "
                              "goes with n_candidates > 1")
+        if self.rerank_level is not None and (self.n_candidates < 2 or self.rerank_level < self.start_level):
+            raise ValueError(f"SamplerHooks: rerank_level={self.rerank_level} needs n_candidates > 1 and a level >= "
+                             f"start_level={self.start_level}")
         self.guidance = tuple(self.guidance)
 
     @property
     def in_loop(self) -> bool:
         """Whether any hook acts inside the integration loop (the Gaussian policy has none)."""
-        return bool(self.guidance) or self.mcmc_steps > 0 or self.composer is not None or self.start_level > 0
+        return (bool(self.guidance) or self.mcmc_steps > 0 or self.composer is not None or self.start_level > 0
+                or self.rerank_level is not None)
 
 
 NO_HOOKS = SamplerHooks()
 
 
 def model_fn(net: nn.Module, t_steps: torch.Tensor, cond: torch.Tensor,
-             composer: Composer | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+             composer: Composer | None = None, group: int = 1) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """(x, k) -> the net's output at level k (net time ``t_steps[k]``): the composer if given, else FiLM hoisted
-    out of the loop for :class:`Denoiser` nets (:func:`step_contexts`), else a plain ``net(x, t, cond)``."""
+    out of the loop for :class:`Denoiser` nets (:func:`step_contexts`), else a plain ``net(x, t, cond)``.
+
+    ``group``: cond holds each observation's row that many times in a row (V-GPS's K candidates): the FiLM
+    contexts are computed once per observation and broadcast (one observation) or repeated to x's rows. x may
+    also have ONE row per observation (candidates reranked early), which takes the observation's context."""
     if composer is not None:
         return lambda x, k: composer(x, t_steps[k])
+    unique = cond[::group]
     if isinstance(net, Denoiser):
-        ctxs = step_contexts(net, t_steps, cond)
-        return lambda x, k: net.denoise(x, ctxs[k])
-    return lambda x, k: net(x, t_steps[k].expand(x.shape[0]), cond)
+        ctxs = step_contexts(net, t_steps, unique)
+        return lambda x, k: net.denoise(x, _ctx_rows(ctxs[k], x.shape[0]))
+    return lambda x, k: net(x, t_steps[k].expand(x.shape[0]), unique.repeat_interleave(x.shape[0] // len(unique), 0))
+
+
+def _ctx_rows(ctx: list, rows: int) -> list:
+    """Per-observation FiLM contexts for ``rows`` rows: as they are when they match or broadcast (one row)."""
+    have = ctx[0][0].shape[0]
+    if have in (1, rows):
+        return ctx
+    return [(scale.repeat_interleave(rows // have, 0), shift.repeat_interleave(rows // have, 0)) for scale, shift in ctx]
 
 
 def guidance_sum(terms: Sequence[GuidanceTerm], x: torch.Tensor, x_hat: torch.Tensor, k: int) -> torch.Tensor:
@@ -101,15 +122,21 @@ def guidance_sum(terms: Sequence[GuidanceTerm], x: torch.Tensor, x_hat: torch.Te
 
 
 def integrate(x: torch.Tensor, n_levels: int, predict, update, renoise=None, mcmc_steps: int = 0,
-              start: int = 0) -> torch.Tensor:
+              start: int = 0, select: tuple[int, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> torch.Tensor:
     """The one loop: for each level k (from ``start``, where x is), 1. predict, 2. MCMC corrector (not on the
-    first level, where x is the initial noise the corrector would discard), 3. step to level k + 1."""
+    first level, where x is the initial noise the corrector would discard), 3. at ``select = (level, rows_fn)``'s
+    level keep only the rows ``rows_fn(x_hat)`` returns, 4. step to level k + 1."""
     if not 0 <= start < n_levels:
         raise ValueError(f"start level {start} must be in [0, {n_levels}) (the sampler's levels)")
+    if select is not None and not start <= select[0] < n_levels:
+        raise ValueError(f"rerank level {select[0]} must be in [{start}, {n_levels}) (the sampler's levels)")
     for k in range(start, n_levels):
         out, x_hat = predict(x, k)
         for _ in range(mcmc_steps if k > 0 else 0):
             x = renoise(x_hat, k, torch.randn_like(x))
             out, x_hat = predict(x, k)
+        if select is not None and k == select[0]:
+            rows = select[1](x_hat)
+            x, out, x_hat = x[rows], out[rows], x_hat[rows]
         x = update(x, out, x_hat, k)
     return x

@@ -31,6 +31,10 @@ class VGPSConfig:
                               # (critics trained with other seeds): a candidate's score is the mean of their Q
     K: int = 16             # candidate chunks per observation, sampled in one batch
     beta: float = 0.0       # 0: argmax Q; > 0: sample softmax(Q / beta)
+    # score the K candidates' clean-chunk estimates after this many sampler steps and finish only the chosen one
+    # (deterministic samplers: it finishes as the chunk it would have been); null: score the finished chunks.
+    # The K-row work is score_step of the policy's steps, the rest runs on one row (README Measured: gain, latency)
+    score_step: int | None = None
 
     def __post_init__(self):
         if not self.critic_dirs or not all(self.critic_dirs):
@@ -38,6 +42,9 @@ class VGPSConfig:
                              "with `armflow critic`)")
         if int(self.K) < 2 or float(self.beta) < 0:
             raise ValueError(f"steering.K={self.K} must be >= 2 and steering.beta={self.beta} >= 0")
+        if self.score_step is not None and int(self.score_step) < 1:
+            raise ValueError(f"steering.score_step={self.score_step} must be >= 1 (sampler steps before scoring) or "
+                             "null (score the finished chunks)")
 
     @property
     def critic_dirs(self) -> tuple:
@@ -68,6 +75,10 @@ class VGPSPolicy(SteeredPolicy):
         if base.policy_type not in ("flow", "diffusion"):
             raise ValueError(f"steering.type=vgps: the policy is {base.policy_type!r}; V-GPS samples K different "
                              "chunks, which needs a sampled policy (flow or diffusion)")
+        steps = int(base.num_inference_steps)
+        if spec.score_step is not None and int(spec.score_step) > steps:
+            raise ValueError(f"steering.score_step={spec.score_step}: the policy samples in num_inference_steps="
+                             f"{steps}; expected 1..{steps} or null")
         dirs = spec.critic_dirs
         self.critic = critic if critic is not None else load_critic(dirs[0])
         self.extra_critics = nn.ModuleList(load_critic(d) for d in dirs[1:])  # an ensemble's other members
@@ -120,8 +131,10 @@ class VGPSPolicy(SteeredPolicy):
             diag.update(scores=scores.tolist(), chosen=chosen.tolist(), hook_ms=(time.perf_counter() - t0) * 1e3)
             return chosen
 
+        step = self.spec.score_step
+        early = None if step is None or int(step) == self.base.num_inference_steps else int(step) - 1
         return self.base.predict_chunk(obs, noise=noise, hooks=dataclasses.replace(
-            hooks, reranker=rerank, n_candidates=int(self.spec.K)))
+            hooks, reranker=rerank, n_candidates=int(self.spec.K), rerank_level=early))
 
     def _save_extras(self, directory: Path) -> dict:
         names = [CRITIC_DIR] + [f"{CRITIC_DIR}_{i}" for i in range(1, len(self.critics))]

@@ -138,6 +138,9 @@ def test_gaussian_policy_refuses_loop_hooks_but_takes_noise_and_reranker():
     _, obs, noise = golden.make_case("flow_mlp")
     with pytest.raises(ValueError, match="sampling loop"):
         policy.predict_chunk(obs, hooks=SamplerHooks(mcmc_steps=1))
+    with pytest.raises(ValueError, match="rerank_level need a sampling loop"):  # early reranking: a loop's level
+        policy.predict_chunk(obs, hooks=SamplerHooks(reranker=lambda o, c: torch.zeros(3, dtype=torch.long),
+                                                     n_candidates=2, rerank_level=0))
     assert torch.equal(policy.predict_chunk(obs, hooks=SamplerHooks(noise=lambda c: noise)),
                        policy.predict_chunk(obs, noise))
     first = policy.predict_chunk(obs, hooks=SamplerHooks(reranker=lambda o, c: torch.zeros(3, dtype=torch.long),

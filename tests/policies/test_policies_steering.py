@@ -16,11 +16,11 @@ from armflow.policies.steering import (ChunkCritic, GPCConfig, GPCPolicy, calql_
 KEY = "observation.state"
 
 
-def tiny(ptype="flow", seed=0, action_dim=2, horizon=6, lo=-1.0):
+def tiny(ptype="flow", seed=0, action_dim=2, horizon=6, lo=-1.0, steps=3):
     torch.manual_seed(seed)
     unit = lambda d, a: {"min": a * np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}  # noqa
     stats = {KEY: unit(3, -1.0), "action": unit(action_dim, lo)}
-    extra = {} if ptype == "gaussian" else dict(mlp_width=32, mlp_blocks=1, time_dim=8, num_inference_steps=3)
+    extra = {} if ptype == "gaussian" else dict(mlp_width=32, mlp_blocks=1, time_dim=8, num_inference_steps=steps)
     return make_policy(ptype, {KEY: (3,)}, action_dim, stats, horizon=horizon, n_action_steps=3, n_obs_steps=2,
                        state_hidden_dim=16, state_feature_dim=8, **extra).eval()
 
@@ -64,6 +64,31 @@ def test_vgps_executes_the_argmax_of_a_hand_made_q(critic_dir):
     assert steered.diagnostics[-1]["chosen"] == best.tolist()
 
 
+@pytest.mark.parametrize("ptype", ["flow", "diffusion"])
+def test_vgps_score_step_scores_early_estimates_and_finishes_the_picked_noise_as_the_base_would(ptype, tmp_path):
+    policy = tiny(ptype, steps=4)
+    torch.manual_seed(3)
+    path = ChunkCritic.for_policy(policy, hidden=16).save_pretrained(tmp_path / "critic")
+    steered = steer(policy, {"type": "vgps", "critic": str(path), "K": 8, "score_step": 1})
+    seen = []
+    steered.critic.score = lambda o, cands: seen.append(cands.clone()) or -(cands[:, :, 0, 0] - 0.3).abs()
+    noise = steered.default_noise(2, torch.Generator().manual_seed(4))
+    chunk = steered.predict_chunk(obs(), noise)
+    chosen = steered.diagnostics[-1]["chosen"]
+    # the executed chunk is the base policy's own chunk from the picked candidate's noise (4 steps, not 1)
+    torch.testing.assert_close(chunk, policy.predict_chunk(obs(), noise[torch.arange(2), chosen]), atol=1e-5, rtol=0)
+    finished = policy.predict_chunk({KEY: obs()[KEY].repeat_interleave(8, 0)}, noise.reshape(16, 6, 2)).reshape(2, 8, 6, 2)
+    assert not torch.allclose(seen[0], finished, atol=1e-3)  # the critic saw the step-1 estimates, not the chunks
+    assert chosen == (seen[0][:, :, 0, 0] - 0.3).abs().argmin(1).tolist()
+    full = steer(policy, {"type": "vgps", "critic": str(path), "K": 8, "score_step": 4})  # all steps: scores chunks
+    full.critic.score = lambda o, cands: -(cands[:, :, 0, 0] - 0.3).abs()
+    torch.testing.assert_close(full.predict_chunk(obs(), noise), finished[torch.arange(2), (finished[:, :, 0, 0] - 0.3)
+                               .abs().argmin(1)], atol=1e-5, rtol=0)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=f"steering.score_step={bad}"):
+            steer(policy, {"type": "vgps", "critic": str(path), "score_step": bad})
+
+
 def test_softmax_picks_follow_softmax_of_q_over_beta():
     scores = torch.tensor([[0.0, 1.0, 2.0]]).repeat(20000, 1)
     picks = pick_candidates(scores, 0.5, torch.rand(20000, generator=torch.Generator().manual_seed(0)))
@@ -92,7 +117,7 @@ def test_bad_specs_fail_naming_the_key(critic_dir):
     policy, path = critic_dir
     with pytest.raises(ConfigError, match="valid: vgps, gpc"):
         steer(policy, {"type": "nope"})
-    with pytest.raises(ConfigError, match="unknown config keys \\['k'\\].*Valid keys: critic, K, beta"):
+    with pytest.raises(ConfigError, match="unknown config keys \\['k'\\].*Valid keys: critic, K, beta, score_step"):
         steer(policy, {"type": "vgps", "critic": str(path), "k": 4})
     with pytest.raises(ValueError, match="sampled policy"):
         steer(tiny("gaussian"), {"type": "vgps", "critic": str(path)})
