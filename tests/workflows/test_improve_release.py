@@ -36,3 +36,13 @@ def test_no_rise_when_the_gripper_closes_on_nothing_or_the_skill_has_no_gates():
     att = Attempt("reset", holding=True)
     assert not _loop(0.08, rises).check_release(_rt(release=[]), att)  # release_rise off
     assert rises == []
+
+
+def test_a_release_mid_chunk_stops_the_chunk_at_that_step():
+    rises, att = [], Attempt("reset")
+    loop, rt = _loop(0.08, rises), _rt()
+    states = [SimpleNamespace(extras={"observation.state": [0.5, 0.0, 0.1, 1, 0, 0, 0, g]}) for g in (0.08, 0.04, 0.07)]
+    assert [loop.released(rt, att, st) for st in states] == [False, False, True]  # open, holds, lets go: stop
+    assert att.ready
+    frozen = SimpleNamespace(skill=Skill("forward", "ckpt"))  # no release_rise: never stops a chunk
+    assert not loop.released(frozen, Attempt("forward", holding=True), states[2])

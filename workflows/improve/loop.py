@@ -137,7 +137,7 @@ class ImproveLoop:
             executed.append(chunk[len(executed)])
             self.state = st
             rt.runner.observe(self._obs(rt, st))
-            return False
+            return self.released(rt, att, st)
 
         if human:  # the human's actions were already executed one by one (human_chunk)
             executed = list(chunk)
@@ -146,6 +146,11 @@ class ImproveLoop:
                                          self.dt_ns, on_state)
         n = len(executed)
         self.gripper = float(executed[-1][-1])
+        if not human and n < len(chunk):  # let go mid-chunk (released): drop the rest of the chunk, rise
+            self.client.disarm()
+            self.ensure_armed()
+            self.release_rise(rt)
+            att.holding = False
         if not human and self.pace_s:
             time.sleep(max(0.0, n * self.pace_s - (time.monotonic() - t_chunk)))
         att.steps += n
@@ -219,6 +224,16 @@ class ImproveLoop:
         att.ready = att.ready or holding
         return rise
 
+    def released(self, rt: SkillRuntime, att: Attempt, st) -> bool:
+        """Per executed step of a skill with ``release_rise``: it holds (``requires``: counts as ready) or, having
+        held, now meets the release gates (True: stop the chunk here, before the policy closes on the cube again)."""
+        if not rt.skill.release_rise:
+            return False
+        if self._gates_met(rt.skill.requires, st):
+            att.holding = att.ready = True
+            return False
+        return att.holding and self._gates_met(rt.skill.release_rise, st)
+
     def release_rise(self, rt: SkillRuntime) -> None:
         """The skill let go: gripper open, straight up over where it is to the rest height (arm motion only); the
         skill's obs window then continues from there."""
@@ -291,8 +306,8 @@ class ImproveLoop:
     def _requires_met(self, rt: SkillRuntime) -> bool:
         return self._gates_met(rt.skill.requires)
 
-    def _gates_met(self, gates: list) -> bool:
-        state = np.asarray(self.state.extras.get("observation.state", []), float).reshape(-1)
+    def _gates_met(self, gates: list, st=None) -> bool:
+        state = np.asarray((st or self.state).extras.get("observation.state", []), float).reshape(-1)
         return all(_OPS[g.get("op", ">")](float(state[int(g["index"])]), float(g["threshold"])) for g in gates)
 
     def _obs(self, rt: SkillRuntime, state=None) -> dict:
