@@ -3,7 +3,8 @@
 Per method, ms per ``predict_chunk`` at batch 1 on one thread (p50/p99) and ``<method>_ratio`` = p50 / the base
 policy's p50 measured in the same rounds (ITPS: ``itps_pr``, ``itps_bi``, ``itps_gd``, ``itps_ss``, a point goal
 ``itps_goal``). ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
-``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``), ``gpc``, ``cfg``, ``dynaguide``: ``<method>_p50_ms``,
+``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``; all at ``score_step``), ``vgps_full`` (K=16 scoring the
+finished chunks), ``gpc``, ``cfg``, ``dynaguide``: ``<method>_p50_ms``,
 ``<method>_p99_ms``, ``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``;
 a fresh policy of the same shapes plus a 2-D condition). ``vgps_sampler``: V-GPS's K=16 candidates sampled in one
 batch and the first kept (no critic): the part of V-GPS's cost that is the policy's own K-row sampling;
@@ -58,8 +59,10 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
     base = load_policy(cfg.checkpoint, steered=False) if cfg.checkpoint else fresh_policy(int(cfg.seed))
     critic = cfg.critic or str(ChunkCritic.for_policy(base).save_pretrained(out / "bench_critic"))
     methods = {"base": base}
+    step = None if cfg.score_step is None else int(cfg.score_step)
     for k in cfg.Ks:
-        methods[f"vgps_k{int(k)}"] = steer(base, {"type": "vgps", "critic": critic, "K": int(k)})
+        methods[f"vgps_k{int(k)}"] = steer(base, {"type": "vgps", "critic": critic, "K": int(k), "score_step": step})
+    methods["vgps_full"] = steer(base, {"type": "vgps", "critic": critic, "K": 16})
     methods["vgps_sampler"] = CandidatesOnly(base, 16)
     # a 3-critic ensemble at K=16 (bench vgps's default); three copies cost what three seeds' critics cost
     methods["vgps_ens3"] = steer(base, {"type": "vgps", "critic": [critic] * 3, "K": 16})
@@ -115,7 +118,7 @@ def main(cfg: DictConfig) -> dict:
                            f"{name}_ratio": float(np.percentile(t, 50)) / ref})
     if "vgps_k16" in times:
         result.update({f"vgps_{s}": result[f"vgps_k16_{s}"] for s in ("p50_ms", "p99_ms", "ratio")})
-    result.update({"iters": int(cfg.iters), "num_threads": int(cfg.num_threads),
+    result.update({"iters": int(cfg.iters), "num_threads": int(cfg.num_threads), "vgps_score_step": cfg.score_step,
                    "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else "fresh lift-shaped flow"})
     for name in times:
         print(f"[bench steering] {name:10s} p50 {np.percentile(times[name], 50):7.2f} ms  "

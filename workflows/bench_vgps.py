@@ -94,8 +94,9 @@ def main(cfg: DictConfig) -> dict:
         for method in cfg.methods:
             members = critics[method]
             spec = {"type": "vgps", "critic": members[0] if len(members) == 1 else members, "K": int(k),
-                    "beta": float(cfg.beta)}
+                    "beta": float(cfg.beta), "score_step": cfg.score_step}
             suffix = f"_ens{len(members)}" if len(members) > 1 else ""  # a cached single-critic run is another run
+            suffix += f"_step{cfg.score_step}" if cfg.score_step is not None else ""
             run = evaluate(cfg, ckpt, out / f"vgps_{method}_k{int(k)}{suffix}", spec)
             key = f"{method}_k{int(k)}"
             result.update({f"{key}_success": run["success_rate"],

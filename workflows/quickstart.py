@@ -108,7 +108,7 @@ def stage_steer(cfg: DictConfig, out: Path, checkpoint: str, demos: str) -> dict
             "dataset": [demos, str(rollouts)], "checkpoint": checkpoint, "method": st.method,
             "steps": int(st.critic_steps), "seed": cfg.seed}), critic_dir)
         write_json(critic_dir / "summary.json", critic)
-    spec = {"type": "vgps", "critic": critic["critic"], "K": int(st.K)}
+    spec = {"type": "vgps", "critic": critic["critic"], "K": int(st.K), "score_step": st.score_step}
     result = stage_evaluate(cfg, out, checkpoint, "evaluate_steered", steering=spec)
     return {**result, "critic": critic, "spec": spec}
 

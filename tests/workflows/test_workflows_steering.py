@@ -35,7 +35,7 @@ def test_evaluate_with_vgps_and_record_writes_diagnostics_and_a_valid_dataset(tm
                 f"out={out}"]) == 0
     result = json.loads((out / "eval.json").read_text())
     steering = result["steering"]
-    assert steering["spec"] == {"type": "vgps", "critic": str(critic), "K": 4, "beta": 0.0}
+    assert steering["spec"] == {"type": "vgps", "critic": str(critic), "K": 4, "beta": 0.0, "score_step": None}
     diag = steering["diagnostics"]
     assert diag["chunks"] == sum(-(-r["length"] // 3) for r in result["per_episode"])  # one chunk per 3 steps
     assert len(diag["chosen_counts"]) == 4 and diag["latency_ms_p50"] > 0
@@ -149,8 +149,9 @@ def test_bench_steering_emits_the_bench_json_keys(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("BENCH_JSON: ")
     result = json.loads(line.removeprefix("BENCH_JSON: "))
-    for method in ("vgps", "vgps_k2", "vgps_k16", "vgps_sampler", "vgps_ens3", "gpc", "cfg"):
+    for method in ("vgps", "vgps_k2", "vgps_k16", "vgps_full", "vgps_sampler", "vgps_ens3", "gpc", "cfg"):
         ref = result["cfg_base_p50_ms"] if method == "cfg" else result["base_p50_ms"]
         assert result[f"{method}_p50_ms"] > 0 and result[f"{method}_ratio"] == pytest.approx(
             result[f"{method}_p50_ms"] / ref)
     assert result["base_p50_ms"] > 0 and result["vgps_ratio"] == result["vgps_k16_ratio"]
+    assert result["vgps_score_step"] == 4  # the headline V-GPS scores early; vgps_full the finished chunks
