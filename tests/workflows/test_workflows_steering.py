@@ -123,7 +123,7 @@ def test_deploy_with_steering_gives_evaluates_episodes_through_the_bridge(tmp_pa
                          state_feature_dim=8, time_dim=8, num_inference_steps=2)
     ckpt = policy.save_pretrained(tmp_path / "policy")
     critic = ChunkCritic.for_policy(policy, hidden=16).save_pretrained(tmp_path / "critic")
-    spec = ["steering.type=vgps", f"steering.critic={critic}", "steering.K=4"]
+    spec = ["steering.type=vgps", f"steering.critic={critic}", "steering.K=4", "steering.score_step=1"]  # early scoring
     assert run(["evaluate", f"checkpoint={ckpt}", "task=lift", "episodes=2", "n_envs=1", "video_episodes=0", *spec,
                 f"out={tmp_path / 'eval'}"]) == 0
     endpoint = f"ipc://{tmp_path}/bridge"
