@@ -148,7 +148,8 @@ class ImproveLoop:
         self.gripper = float(executed[-1][-1])
         if not human and n < len(chunk):  # let go mid-chunk (released): drop the rest of the chunk, rise
             self.client.disarm()
-            self.ensure_armed()
+            self.client.arm(ACTION_SPACE)  # the cached status may still read RUNNING right after the DISARM
+            self.state = self.client.latest_state()
             self.release_rise(rt)
             att.holding = False
         if not human and self.pace_s:
