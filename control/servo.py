@@ -7,12 +7,15 @@ Each tick (real-time mode, every ``1/servo_rate_hz`` on the monotonic clock):
  4. read the driver state; contact force over the limit -> HOLD;
  5. if ARMED/RUNNING: scheduler -> safety layer -> ``driver.command``;
  6. hand state/events to the I/O process at the state rate.
+With ``rt_priority`` the tick thread runs SCHED_DEADLINE (ahead of every SCHED_FIFO task on the host), the
+process SCHED_FIFO. ``ARMFLOW_SERVO_TRACE=<path>`` saves a per-tick timing trace (``timing.TickTrace``).
 Lockstep mode (simulation): the tick runs only when a waypoint is buffered and advances the
 simulation by exactly one control step, so a policy's rollout through the bridge is the
 same as a direct in-sim evaluation with the same seed.
 """
 from __future__ import annotations
 
+import os
 import queue
 import select
 import signal
@@ -29,8 +32,8 @@ from armflow.control.scheduler import ChunkScheduler
 from armflow.control.servo_commands import ServoCommands
 from armflow.control.watchdog import LATCHED, Watchdog
 from armflow.control.drivers import action_dims, make_driver, scalar_extras, state_arrays
-from armflow.control.timing import (ERR_BINS, SlackGC, period_err_percentiles_us, record_period_error,
-                                   set_realtime_priority, sleep_until)
+from armflow.control.timing import (ERR_BINS, SlackGC, TickTrace, period_err_percentiles_us, record_period_error,
+                                   set_deadline_scheduling, set_realtime_priority, sleep_until)
 from armflow.hardware.driver import RobotState
 
 #: States queued for the I/O process beyond this are dropped (newest-only stream; events never are).
@@ -50,7 +53,9 @@ class ServoConfig:
     exec_latency_ms: float = 0.0
     actuator_latency_ms: float = 0.0
     spin_us: int = 300  # busy-wait this long before each real-time tick (sleep granularity)
-    rt_priority: int = 0  # > 0: run the servo process SCHED_FIFO at this priority (needs CAP_SYS_NICE)
+    # > 0: the servo process SCHED_FIFO at this priority and its tick thread SCHED_DEADLINE (one period, see
+    # timing.set_deadline_scheduling) where the kernel admits it (needs CAP_SYS_NICE)
+    rt_priority: int = 0
 
 
 def safety_for(driver, limits: SafetyLimits) -> SafetyLayer:
@@ -90,6 +95,7 @@ class ServoLoop(ServoCommands):
         self.spin_ns = cfg.spin_us * 1000
         self.outbox: queue.Queue = queue.Queue()  # states are dropped past OUTBOX_STATES; events/replies never
         self.n_dropped = 0
+        self.tick_flags = 0  # what the current tick did (TickTrace.F_*), for the per-tick trace
         # the pipe tested with a plain poll(2) every tick (``Connection.poll`` builds a selector per call)
         self.pipe = select.poll()
         self.pipe.register(conn.fileno(), select.POLLIN)
@@ -145,6 +151,7 @@ class ServoLoop(ServoCommands):
             except (EOFError, OSError):
                 self.running = False  # the I/O process is gone: stop the arm and exit
                 return
+            self.tick_flags |= TickTrace.F_CMD
             self.handle(cmd)
 
     # -- one tick -----------------------------------------------------------------------------
@@ -234,8 +241,12 @@ class ServoLoop(ServoCommands):
         next_ns, prev_ns, k = time.monotonic_ns(), None, 0
         slack_gc = SlackGC()
         slack_gc.start()
+        trace = TickTrace(os.environ["ARMFLOW_SERVO_TRACE"]) if os.environ.get("ARMFLOW_SERVO_TRACE") else None
         try:
             while self.running:
+                if trace is not None:
+                    trace.begin()
+                deadline = next_ns
                 sleep_until(next_ns, self.spin_ns)
                 t = time.monotonic_ns()
                 if prev_ns is not None:
@@ -245,10 +256,17 @@ class ServoLoop(ServoCommands):
                 if t - next_ns > 10 * self.period_ns:
                     next_ns = t + self.period_ns  # overrun (machine stalled): re-phase instead of bursting
                 k += 1
+                self.tick_flags = 0
                 self.safely(self._tick_realtime, k % state_every == 0)
+                t_work = time.monotonic_ns()
+                gc_before = slack_gc.n
                 slack_gc.after_tick()  # after the tick's command went out, before the sleep
+                if trace is not None:
+                    trace.record(deadline, t, t_work, self.tick_flags | TickTrace.F_GC * (slack_gc.n != gc_before))
         finally:
             slack_gc.stop()
+            if trace is not None:
+                trace.save()
 
     def safely(self, tick, *args) -> None:
         """Run one tick; an exception from the driver (or a bug) latches FAULT instead of ending the process."""
@@ -263,8 +281,10 @@ class ServoLoop(ServoCommands):
         self.state = self.driver.read_state()
         if self.move():
             self.step += 1  # commands sent to the driver (= env steps for a sim task)
+            self.tick_flags |= TickTrace.F_MOVED
         if publish:
             self.publish_state()
+            self.tick_flags |= TickTrace.F_PUB
 
     def _run_lockstep(self) -> None:
         idle_every_ns = int(1e9 / self.cfg.state_rate_hz)
@@ -305,6 +325,9 @@ def servo_main(cfg: ServoConfig, conn, shared: channel.SharedWords) -> None:
         loop.sched = sched
         if sched.startswith("SCHED_FIFO"):
             loop.spin_ns = min(loop.spin_ns, 80_000)  # FIFO wakes on time: spin less, leave the CPU to the I/O
+            # the tick thread (its writer thread, made in ServoLoop.__init__, stays FIFO) ahead of every FIFO task
+            deadline = set_deadline_scheduling(loop.period_ns)
+            loop.sched = f"{deadline} (writer thread {sched})" if deadline else sched
     except Exception as exc:  # report any start failure to the I/O process, then exit
         conn.send_bytes(channel.pack({"kind": "fatal", "error": f"{type(exc).__name__}: {exc}"}))
         raise
