@@ -4,7 +4,9 @@ Same scene, placement region and observation layout as ``lift`` (one recorder an
 ``reset(seed)`` starts (with probability ``held_start_prob``, default 1; otherwise from lift's own start) from the
 state a successful ``lift`` leaves: it resets the ``lift`` scene with
 ``seed`` and steps the scripted ``PickExpert`` (privileged, sim-only) until ``lifted`` first holds, so the
-cube is grasped and held just above its random start spot; the episode step count then restarts at 0.
+cube is grasped and held just above its random start spot (raised a further ``held_extra_lift_m`` draw, as high
+as a learned lift leaves it); the episode step count then restarts at 0. Lift's start can be spread wider and
+turned (``table_start_xy_m``, ``table_start_yaw_rad``): where failed forward attempts push the cube.
 Deterministic given ``seed`` (MuJoCo is deterministic; the pick has no noise). ~20 ms per reset.
 
 Success (``terminated``) = ``placed(env)`` AND the cube's xy moved >= ``min_move_m`` from where the

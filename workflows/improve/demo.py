@@ -2,7 +2,9 @@
 a detector without a path), each stage cached in ``demo.assets`` (default ``<out>/assets``) / ``<stage>`` so a rerun skips what is done:
 
 1. forward skill: ``demo.forward_demos`` scripted ``lift`` demos -> a flow policy (``demo.train_steps``);
-2. reset skill: ``demo.reset_demos`` scripted ``place`` demos (cube carried to a new spot, released) -> a flow policy;
+2. reset skill: ``demo.reset_demos`` scripted ``place`` demos (cube carried to a new spot, released; starts as in
+   ``TASK_OVERRIDES``: held as forward leaves it, or on the table spread and turned as failed attempts leave it)
+   -> a flow policy;
 3. detectors: per skill ``demo.detector_episodes`` scripted episodes with both outcomes (half scripted failures,
    success frames held), the served cameras only -> ``armflow reward fit`` success classifiers.
 """
