@@ -13,6 +13,7 @@
 * ``<t>_hb_rtt_p50_us``: HEARTBEAT round trip (no servo hand-off), timed right after the pair (warm);
 * ``<t>_estop_latency_*``: ESTOP sent -> servo latched (e-stop jumps the command queue);
 * ``servo_period_err_*``: |actual - nominal| servo tick period at ``servo_rate_hz`` while serving;
+  ``servo_sched_<t>``: the tick thread's scheduling class (deadline, fifo or other);
 * ``safety_max_ratio``: ``{arm: {mode: {limit: ratio}}}``, the largest ratio to each limit of the limits
   file over ``safety_sequences`` random wild setpoint sequences per mode through ``SafetyLayer.filter``
   and the real driver (the fake arm and the lockstep sim Panda; ``target_*``: the joint targets sent to
@@ -22,6 +23,7 @@ and on the measured sim states alike (the tests allow 1e-3 of numerics).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +52,16 @@ def _echo_main(endpoint: str, conn) -> None:
         sock.send_multipart(frames)
     sock.close()
     ctx.term()
+
+
+def _servo_policy(io_pid: int) -> str:
+    """The scheduling class of the servo process's tick thread (the I/O process's child), for the record."""
+    try:
+        servo = int(open(f"/proc/{io_pid}/task/{io_pid}/children").read().split()[0])
+        policy = os.sched_getscheduler(servo) & ~os.SCHED_RESET_ON_FORK
+    except (OSError, IndexError, ValueError):
+        return "unknown"
+    return {os.SCHED_OTHER: "other", os.SCHED_FIFO: "fifo", 6: "deadline"}.get(policy, str(policy))
 
 
 def _percentiles_us(samples_ns: list[int]) -> dict[str, float]:
@@ -134,6 +146,7 @@ def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
         client = BridgeClient(sp.endpoint, t_cmd_ms=500)
         client.connect()
         client.arm("joint_pos")
+        policy = _servo_policy(sp.proc.pid)
         q = client.read_state().joint_pos_rad
         sample = P.encode("CHUNK", {"chunk_id": 1, "obs_seq": 0, "t0_ns": 1, "dt_ns": 1, "action_space": "joint_pos"},
                           {"actions": np.repeat(q[None], int(cfg.chunk_horizon), axis=0)}, seq=1, session="0" * 16)
@@ -178,7 +191,8 @@ def bench_transport(kind: str, cfg: DictConfig, tmp: Path) -> tuple[dict, dict]:
            f"{kind}_estop_latency_max_us": float(np.max(estop_us)),
            f"floor_echo_p50_us_{kind}": fl["p50"], f"roundtrip_p50_us_{kind}": br["p50"],
            f"roundtrip_ratio_{kind}": br["p50"] / fl["p50"],
-           f"servo_period_err_p99_us_{kind}": float(status["period_err_p99_us"]), f"{kind}_stale_chunks": n_stale}
+           f"servo_period_err_p99_us_{kind}": float(status["period_err_p99_us"]), f"{kind}_stale_chunks": n_stale,
+           f"servo_sched_{kind}": policy}
     return res, status
 
 
@@ -238,7 +252,7 @@ def main(cfg: DictConfig) -> dict:
             servo[kind] = status
             print(f"[bench bridge] {kind}: round trip p50 {res[f'{kind}_rtt_p50_us']:.0f} us, floor (pyzmq echo) "
                   f"{res[f'{kind}_floor_p50_us']:.0f} us: {res[f'roundtrip_ratio_{kind}']:.2f}x; servo p99 period "
-                  f"error {status['period_err_p99_us']:.0f} us",
+                  f"error {status['period_err_p99_us']:.0f} us (servo tick thread {res[f'servo_sched_{kind}']})",
                   flush=True)
     first = servo[cfg.transports[0]]
     results.update(servo_rate_hz=float(cfg.servo_rate_hz), servo_ticks=int(first["ticks"]),

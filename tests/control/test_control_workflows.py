@@ -63,6 +63,7 @@ def test_bench_bridge_prints_bench_json(tmp_path):
     assert res["ipc_rtt_p99_us"] >= res["ipc_rtt_p50_us"]
     assert res["roundtrip_p50_us_ipc"] == res["ipc_rtt_p50_us"] and res["floor_echo_p50_us_ipc"] == res["ipc_floor_p50_us"]
     assert abs(res["roundtrip_ratio_ipc"] - res["roundtrip_p50_us_ipc"] / res["floor_echo_p50_us_ipc"]) < 1e-9
+    assert res["servo_sched_ipc"] in ("deadline", "fifo", "other")  # the servo tick thread's class, for the record
 
 
 def test_bench_floor_is_a_plain_process_echo_of_the_chunk(tmp_path):
