@@ -5,10 +5,11 @@ policy's p50 measured in the same rounds (ITPS: ``itps_pr``, ``itps_bi``, ``itps
 ``itps_goal``). ``BENCH_JSON`` keys: ``base_p50_ms``, ``base_p99_ms``, and per method
 ``vgps`` (K=16), ``vgps_k<K>`` (every K of ``Ks``; all at ``score_step``), ``vgps_full`` (K=16 scoring the
 finished chunks), ``gpc``, ``cfg``, ``dynaguide``: ``<method>_p50_ms``,
-``<method>_p99_ms``, ``<method>_ratio``. CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``;
+``<method>_p99_ms``, ``<method>_ratio``, and the same ratio of thread CPU time, ``<method>_cpu_ratio`` (the time
+waiting for a core left out: the comparable figure on a loaded box). CFG's ratio is to its own conditioned policy sampled plainly (``cfg_base``;
 a fresh policy of the same shapes plus a 2-D condition). ``vgps_sampler``: V-GPS's K=16 candidates sampled in one
 batch and the first kept (no critic): the part of V-GPS's cost that is the policy's own K-row sampling;
-``vgps_ens3``: K=16 scored by a 3-critic ensemble.
+``vgps_ens3``: K=16 scored by a 3-critic ensemble (at ``score_step``).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
     methods["vgps_full"] = steer(base, {"type": "vgps", "critic": critic, "K": 16})
     methods["vgps_sampler"] = CandidatesOnly(base, 16)
     # a 3-critic ensemble at K=16 (bench vgps's default); three copies cost what three seeds' critics cost
-    methods["vgps_ens3"] = steer(base, {"type": "vgps", "critic": [critic] * 3, "K": 16})
+    methods["vgps_ens3"] = steer(base, {"type": "vgps", "critic": [critic] * 3, "K": 16, "score_step": step})
     members = []
     for i in range(int(cfg.gpc_members) - 1):  # same architecture, other weights
         torch.manual_seed(int(cfg.seed) + 1 + i)
@@ -85,17 +86,20 @@ def build_methods(cfg: DictConfig, out: Path) -> dict:
     return methods
 
 
-def time_round_robin(methods: dict, obs: dict, warmup: int, iters: int) -> dict[str, np.ndarray]:
-    """Wall ms per call of each method, one call of each per round (the same load on all)."""
-    times = {name: np.empty(iters) for name in methods}
+def time_round_robin(methods: dict, obs: dict, warmup: int, iters: int) -> tuple[dict, dict]:
+    """Wall and thread-CPU ms per call of each method, one call of each per round (the same load on all). The CPU
+    time leaves out the time the thread waited for a core, which on a loaded box inflates long calls the most."""
+    wall = {name: np.empty(iters) for name in methods}
+    cpu = {name: np.empty(iters) for name in methods}
     with torch.inference_mode():
         for r in range(warmup + iters):
             for name, policy in methods.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 policy.predict_chunk(obs)
                 if r >= warmup:
-                    times[name][r - warmup] = (time.perf_counter() - t0) * 1e3
-    return times
+                    wall[name][r - warmup] = (time.perf_counter() - t0) * 1e3
+                    cpu[name][r - warmup] = (time.thread_time() - c0) * 1e3
+    return wall, cpu
 
 
 def main(cfg: DictConfig) -> dict:
@@ -108,21 +112,24 @@ def main(cfg: DictConfig) -> dict:
     gen = torch.Generator().manual_seed(int(cfg.seed))
     obs = {k: torch.rand(1, base.n_obs_steps, *s, generator=gen) * 2 - 1 for k, s in base.obs_spec.items()}
     obs[CONDITION] = torch.tensor([[[1.0, 0.0]] * base.n_obs_steps])  # read by cfg_base only
-    times = time_round_robin(methods, obs, int(cfg.warmup), int(cfg.iters))
-    base_p50 = float(np.percentile(times["base"], 50))
-    result = {"base_p50_ms": base_p50, "base_p99_ms": float(np.percentile(times["base"], 99))}
+    times, cpu = time_round_robin(methods, obs, int(cfg.warmup), int(cfg.iters))
+    p50 = lambda t: float(np.percentile(t, 50))  # noqa: E731
+    result = {"base_p50_ms": p50(times["base"]), "base_p99_ms": float(np.percentile(times["base"], 99)),
+              "base_cpu_p50_ms": p50(cpu["base"])}
     for name, t in times.items():
         if name != "base":
-            ref = float(np.percentile(times["cfg_base"], 50)) if name == "cfg" else base_p50
-            result.update({f"{name}_p50_ms": float(np.percentile(t, 50)), f"{name}_p99_ms": float(np.percentile(t, 99)),
-                           f"{name}_ratio": float(np.percentile(t, 50)) / ref})
+            ref = "cfg_base" if name == "cfg" else "base"
+            result.update({f"{name}_p50_ms": p50(t), f"{name}_p99_ms": float(np.percentile(t, 99)),
+                           f"{name}_ratio": p50(t) / p50(times[ref]), f"{name}_cpu_p50_ms": p50(cpu[name]),
+                           f"{name}_cpu_ratio": p50(cpu[name]) / p50(cpu[ref])})
     if "vgps_k16" in times:
-        result.update({f"vgps_{s}": result[f"vgps_k16_{s}"] for s in ("p50_ms", "p99_ms", "ratio")})
+        result.update({f"vgps_{s}": result[f"vgps_k16_{s}"] for s in ("p50_ms", "p99_ms", "ratio", "cpu_p50_ms", "cpu_ratio")})
     result.update({"iters": int(cfg.iters), "num_threads": int(cfg.num_threads), "vgps_score_step": cfg.score_step,
                    "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else "fresh lift-shaped flow"})
     for name in times:
-        print(f"[bench steering] {name:10s} p50 {np.percentile(times[name], 50):7.2f} ms  "
-              f"p99 {np.percentile(times[name], 99):7.2f} ms  x{result.get(f'{name}_ratio', 1.0):.2f}")
+        print(f"[bench steering] {name:12s} p50 {np.percentile(times[name], 50):7.2f} ms  "
+              f"p99 {np.percentile(times[name], 99):7.2f} ms  x{result.get(f'{name}_ratio', 1.0):.2f}  "
+              f"(CPU p50 {p50(cpu[name]):6.2f} ms x{result.get(f'{name}_cpu_ratio', 1.0):.2f})")
     write_json(out / "bench_steering.json", result)
     print(bench_line(result))
     return result

@@ -153,5 +153,6 @@ def test_bench_steering_emits_the_bench_json_keys(tmp_path, capsys):
         ref = result["cfg_base_p50_ms"] if method == "cfg" else result["base_p50_ms"]
         assert result[f"{method}_p50_ms"] > 0 and result[f"{method}_ratio"] == pytest.approx(
             result[f"{method}_p50_ms"] / ref)
+        assert result[f"{method}_cpu_ratio"] > 0 and result[f"{method}_cpu_p50_ms"] <= 1.5 * result[f"{method}_p50_ms"]
     assert result["base_p50_ms"] > 0 and result["vgps_ratio"] == result["vgps_k16_ratio"]
     assert result["vgps_score_step"] == 4  # the headline V-GPS scores early; vgps_full the finished chunks
