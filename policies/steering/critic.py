@@ -98,6 +98,43 @@ class ChunkCritic(nn.Module):
         return save_model(self, directory, (FORMAT_NAME, FORMAT_VERSION), self.cfg, (*self.cfg.obs_keys, ACTION), extra)
 
 
+class EnsembleHeads(nn.Module):
+    """The twin heads of several critics of one architecture (an ensemble trained with other seeds) as batched
+    matmuls instead of 2 * M small MLPs: what dominates scoring K = 16 candidates at batch 1 is the per-layer call
+    overhead, not the arithmetic. ``forward(h (N, F + A)) -> (M, 2, N)``. The weights are copied at construction
+    (non-persistent buffers, so ``.to(device)`` moves them): the critics are frozen, as V-GPS uses them."""
+
+    def __init__(self, critics: list[ChunkCritic]):
+        super().__init__()
+        first = critics[0].cfg
+        for c in critics[1:]:
+            if (c.cfg.hidden, c.cfg.n_layers, c.cfg.obs_keys) != (first.hidden, first.n_layers, first.obs_keys):
+                raise ValueError(f"critic ensemble: {getattr(c, 'source', 'a member')} has hidden={c.cfg.hidden}, "
+                                 f"n_layers={c.cfg.n_layers}, obs_keys={c.cfg.obs_keys}; the first member has "
+                                 f"{first.hidden}, {first.n_layers}, {first.obs_keys}")
+        self.members, self.kinds = len(critics), []
+        heads = [head for c in critics for head in (c.q.q1, c.q.q2)]
+        for i, mods in enumerate(zip(*heads)):  # one layer of every head's Sequential at a time
+            if isinstance(mods[0], (nn.Linear, nn.LayerNorm)):
+                linear = isinstance(mods[0], nn.Linear)
+                weight = torch.stack([m.weight.detach().t() if linear else m.weight.detach().unsqueeze(0) for m in mods])
+                self.register_buffer(f"w{i}", weight, persistent=False)  # (H, in, out) | (H, 1, D)
+                self.register_buffer(f"b{i}", torch.stack([m.bias.detach() for m in mods]).unsqueeze(1), persistent=False)
+            self.kinds.append("linear" if isinstance(mods[0], nn.Linear) else "ln" if isinstance(mods[0], nn.LayerNorm)
+                              else "relu")
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.unsqueeze(0).expand(2 * self.members, -1, -1)
+        for i, kind in enumerate(self.kinds):
+            if kind == "linear":
+                h = torch.baddbmm(getattr(self, f"b{i}"), h, getattr(self, f"w{i}"))
+            elif kind == "ln":
+                h = torch.addcmul(getattr(self, f"b{i}"), nn.functional.layer_norm(h, h.shape[-1:]), getattr(self, f"w{i}"))
+            else:
+                h = torch.relu(h)
+        return h.reshape(self.members, 2, -1)
+
+
 def load_critic(directory: str | os.PathLike) -> ChunkCritic:
     """Rebuild a critic saved by ``ChunkCritic.save_pretrained``; errors name the file and what was expected."""
     critic = load_model(directory, (FORMAT_NAME, FORMAT_VERSION), ChunkCritic, CriticConfig,

@@ -20,7 +20,7 @@ from torch import nn
 from armflow.policies.sampler import SamplerHooks
 
 from .base import SteeredPolicy
-from .critic import ChunkCritic, check_critic, load_critic
+from .critic import ChunkCritic, EnsembleHeads, check_critic, load_critic
 
 CRITIC_DIR = "steering_critic"  # where an export keeps its critic
 
@@ -84,6 +84,7 @@ class VGPSPolicy(SteeredPolicy):
         self.extra_critics = nn.ModuleList(load_critic(d) for d in dirs[1:])  # an ensemble's other members
         for member, source in zip(self.critics, dirs):
             check_critic(member, base, str(source))
+        self.heads = EnsembleHeads(self.critics)  # every member's twin heads in one stack of batched matmuls
         gen = torch.Generator().manual_seed(0)
         n = base.horizon * base.action_dim
         self.register_buffer("perms", torch.stack([torch.arange(n)] + [torch.randperm(n, generator=gen)
@@ -96,9 +97,10 @@ class VGPSPolicy(SteeredPolicy):
     def score(self, obs, candidates: torch.Tensor) -> torch.Tensor:
         """(B, K) candidate scores: the critic's min-twin Q, or the mean of an ensemble's (critics trained with
         other seeds pick alike where one critic's pick rides on its own errors; measured in the README)."""
-        if not len(self.extra_critics):
-            return self.critic.score(obs, candidates)
-        return torch.stack([member.score(obs, candidates) for member in self.critics]).mean(0)
+        b, k = candidates.shape[:2]
+        c = self.critic  # every member reads the policy's obs keys and normaliser (check_critic)
+        h = torch.cat([c.features(obs).repeat_interleave(k, dim=0), c.actions(candidates).reshape(b * k, -1)], -1)
+        return self.heads(h).min(1).values.mean(0).reshape(b, k)
 
     def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = int(self.spec.K)

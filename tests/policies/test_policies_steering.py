@@ -55,7 +55,7 @@ def test_vgps_keeps_the_policy_contract_and_is_deterministic_given_noise(critic_
 def test_vgps_executes_the_argmax_of_a_hand_made_q(critic_dir):
     policy, path = critic_dir
     steered = steer(policy, {"type": "vgps", "critic": str(path), "K": 8})
-    steered.critic.score = lambda o, cands: -(cands[:, :, 0, 0] - 0.3).abs()  # Q: first action's x near 0.3
+    steered.score = lambda o, cands: -(cands[:, :, 0, 0] - 0.3).abs()  # Q: first action's x near 0.3
     noise = steered.default_noise(2, torch.Generator().manual_seed(4))
     chosen = steered.predict_chunk(obs(), noise)
     cands = policy.predict_chunk({KEY: obs()[KEY].repeat_interleave(8, 0)}, noise.reshape(16, 6, 2)).reshape(2, 8, 6, 2)
@@ -71,7 +71,7 @@ def test_vgps_score_step_scores_early_estimates_and_finishes_the_picked_noise_as
     path = ChunkCritic.for_policy(policy, hidden=16).save_pretrained(tmp_path / "critic")
     steered = steer(policy, {"type": "vgps", "critic": str(path), "K": 8, "score_step": 1})
     seen = []
-    steered.critic.score = lambda o, cands: seen.append(cands.clone()) or -(cands[:, :, 0, 0] - 0.3).abs()
+    steered.score = lambda o, cands: seen.append(cands.clone()) or -(cands[:, :, 0, 0] - 0.3).abs()
     noise = steered.default_noise(2, torch.Generator().manual_seed(4))
     chunk = steered.predict_chunk(obs(), noise)
     chosen = steered.diagnostics[-1]["chosen"]
@@ -81,7 +81,7 @@ def test_vgps_score_step_scores_early_estimates_and_finishes_the_picked_noise_as
     assert not torch.allclose(seen[0], finished, atol=1e-3)  # the critic saw the step-1 estimates, not the chunks
     assert chosen == (seen[0][:, :, 0, 0] - 0.3).abs().argmin(1).tolist()
     full = steer(policy, {"type": "vgps", "critic": str(path), "K": 8, "score_step": 4})  # all steps: scores chunks
-    full.critic.score = lambda o, cands: -(cands[:, :, 0, 0] - 0.3).abs()
+    full.score = lambda o, cands: -(cands[:, :, 0, 0] - 0.3).abs()
     torch.testing.assert_close(full.predict_chunk(obs(), noise), finished[torch.arange(2), (finished[:, :, 0, 0] - 0.3)
                                .abs().argmin(1)], atol=1e-5, rtol=0)
     for bad in (0, 5):
@@ -199,6 +199,8 @@ def test_vgps_ensemble_scores_the_mean_of_its_critics_and_exports_them_all(criti
     mean = (load_critic(path).score(obs(), cands) + load_critic(other).score(obs(), cands)) / 2
     torch.testing.assert_close(steered.score(obs(), cands), mean)
     assert not torch.allclose(mean, load_critic(path).score(obs(), cands))  # the second member counts
+    single = steer(policy, {"type": "vgps", "critic": str(path), "K": 4})  # stacked heads == the critic's own score
+    torch.testing.assert_close(single.score(obs(), cands), load_critic(path).score(obs(), cands))
     noise = steered.default_noise(2, torch.Generator().manual_seed(0))
     chosen = steered.predict_chunk(obs(), noise)
     assert steered.diagnostics[-1]["chosen"] == torch.tensor(steered.diagnostics[-1]["scores"]).argmax(1).tolist()
@@ -206,3 +208,6 @@ def test_vgps_ensemble_scores_the_mean_of_its_critics_and_exports_them_all(criti
     assert len(loaded.critics) == 2 and torch.equal(loaded.predict_chunk(obs(), noise), chosen)
     with pytest.raises(ValueError, match="steering.critic"):
         steer(policy, {"type": "vgps", "critic": [str(path), ""]})
+    narrow = ChunkCritic.for_policy(policy, hidden=8).save_pretrained(tmp_path / "critic_narrow")
+    with pytest.raises(ValueError, match="critic ensemble: .*critic_narrow has hidden=8"):  # heads run stacked
+        steer(policy, {"type": "vgps", "critic": [str(path), str(narrow)]})
