@@ -1,6 +1,7 @@
 """Servo timing helpers: garbage collection moved out of the tick into the slack after it; deadline scheduling."""
 import gc
 import os
+import signal
 import threading
 import time
 
@@ -72,15 +73,22 @@ def test_deadline_scheduling_applies_to_the_calling_thread_only_and_its_new_thre
     assert out["policy"] == 6 and out["child"] == os.SCHED_OTHER
 
 
-def test_servo_trace_records_each_tick_its_deadline_wake_work_and_what_it_did(tmp_path, monkeypatch):
-    """``ARMFLOW_SERVO_TRACE``: the diagnostic that attributed the late ticks (wake-up vs the tick's own work)."""
+def test_servo_trace_records_each_tick_and_a_late_tick_re_phases_instead_of_catching_up(tmp_path, monkeypatch):
+    """``ARMFLOW_SERVO_TRACE``: the diagnostic that attributed the late ticks (wake-up vs the tick's own work).
+    The servo stopped for 30 ms wakes late; the tick after it comes a full period later (no catch-up ticks:
+    no period in the whole run is shorter than 3/4 of the nominal one)."""
     monkeypatch.setenv("ARMFLOW_SERVO_TRACE", str(tmp_path / "trace"))
     cfg = ServerConfig(robot="fake_arm", robot_options={"rate_hz": 200.0}, endpoint=f"ipc://{tmp_path}/tr")
     with ServerProcess(cfg) as sp, BridgeClient(sp.endpoint) as c:
         c.arm("joint_pos")
         q = c.read_state().joint_pos_rad
         c.send_chunk(np.repeat(q[None], 10, 0), c.server_now_ns() + 20_000_000, 20_000_000, "joint_pos")
-        time.sleep(0.3)
+        time.sleep(0.15)
+        servo_pid = int(open(f"/proc/{sp.proc.pid}/task/{sp.proc.pid}/children").read().split()[0])
+        os.kill(servo_pid, signal.SIGSTOP)
+        time.sleep(0.03)
+        os.kill(servo_pid, signal.SIGCONT)
+        time.sleep(0.15)
         c.disarm()
     files = list(tmp_path.glob("trace.*.npy"))
     assert len(files) == 1
@@ -92,3 +100,8 @@ def test_servo_trace_records_each_tick_its_deadline_wake_work_and_what_it_did(tm
     assert (runq_wait >= 0).all() and (cpu >= 0).all() and cpu.sum() > 0  # accounted at context switches
     assert (flags & TickTrace.F_MOVED).sum() > 10 and (flags & TickTrace.F_PUB).sum() > 5
     assert (flags & TickTrace.F_CMD).any()  # the chunk (and the ARM) arrived in some tick
+    period = 5_000_000
+    late = np.flatnonzero(wake - deadline > period // 4)
+    assert len(late) and (wake - deadline).max() > 20_000_000  # the stop
+    assert (deadline[late[late < len(rows) - 1] + 1] == wake[late[late < len(rows) - 1]] + period).all()
+    assert np.diff(wake).min() >= period * 3 // 4
