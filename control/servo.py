@@ -32,19 +32,14 @@ from armflow.control.scheduler import ChunkScheduler
 from armflow.control.servo_commands import ServoCommands
 from armflow.control.watchdog import LATCHED, Watchdog
 from armflow.control.drivers import action_dims, make_driver, scalar_extras, state_arrays
-from armflow.control.timing import (ERR_BINS, SlackGC, TickTrace, period_err_percentiles_us, record_period_error,
-                                   set_deadline_scheduling, set_realtime_priority, sleep_until)
+from armflow.control.timing import (ERR_BINS, REPHASE_FRACTION, SlackGC, TickTrace, period_err_percentiles_us,
+                                   record_period_error, set_deadline_scheduling, set_realtime_priority, sleep_until)
 from armflow.hardware.driver import RobotState
 
 #: States queued for the I/O process beyond this are dropped (newest-only stream; events never are).
 OUTBOX_STATES = 256
 #: Chunk ids per ``chunk_dropped`` event; STATE's ``executed`` list is capped the same way.
 MAX_IDS_PER_EVENT = 256
-#: A tick that wakes more than period / REPHASE_FRACTION late starts a new phase: the next tick comes a full
-#: period after it, not early on the old grid. A catch-up tick would make a second bad period out of every
-#: late wake (measured: ~60 % of the servo's > 1 ms period errors were such short periods after a long one),
-#: and it would command, within a fraction of a period, a step the safety layer limited for a whole period.
-REPHASE_FRACTION = 4
 
 @dataclass
 class ServoConfig:
