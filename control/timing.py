@@ -70,7 +70,7 @@ class _SchedAttr(ctypes.Structure):
 
 def set_deadline_scheduling(period_ns: int, runtime_ns: int | None = None) -> str:
     """Best effort SCHED_DEADLINE for the calling thread: ``runtime_ns`` of CPU every ``period_ns`` (default
-    ``DEADLINE_RUNTIME_FRACTION`` of it), deadline = period. Returns what was applied, or why not ("").
+    ``DEADLINE_RUNTIME_FRACTION`` of it), deadline = period. Returns what was applied, or "" if refused.
 
     Why not only SCHED_FIFO: a FIFO thread waits for every runnable task of its own or a higher priority,
     and on a shared host other processes may run SCHED_FIFO 99 (measured here: another job's CPU-bound
@@ -118,7 +118,7 @@ class SlackGC:
 
 
 class TickTrace:
-    """Per-tick diagnostic (``ARMFLOW_SERVO_TRACE=<path.npy>``): for each real-time tick the wake-up lateness
+    """Per-tick diagnostic (``ARMFLOW_SERVO_TRACE=<path>``): for each real-time tick the wake-up lateness
     vs its deadline, the tick's own work time, the slack GC's time, this thread's run-queue wait and CPU time
     over the tick (``/proc/thread-self/schedstat``: waiting on the run queue = another task held the core; the
     kernel accounts both at context switches, so they are exact over a tick that slept, 0 over one that did
