@@ -32,7 +32,7 @@ from armflow.control.scheduler import ChunkScheduler
 from armflow.control.servo_commands import ServoCommands
 from armflow.control.watchdog import LATCHED, Watchdog
 from armflow.control.drivers import action_dims, make_driver, scalar_extras, state_arrays
-from armflow.control.timing import (ERR_BINS, SlackGC, TickTrace, period_err_percentiles_us,
+from armflow.control.timing import (ERR_BINS, REPHASE_FRACTION, SlackGC, TickTrace, period_err_percentiles_us,
                                    record_period_error, set_deadline_scheduling, set_realtime_priority, sleep_until)
 from armflow.hardware.driver import RobotState
 
@@ -253,8 +253,8 @@ class ServoLoop(ServoCommands):
                     record_period_error(self.err_hist, t - prev_ns - self.period_ns)
                 prev_ns = t
                 next_ns += self.period_ns
-                if t - next_ns > 10 * self.period_ns:
-                    next_ns = t + self.period_ns  # overrun (machine stalled): re-phase instead of bursting
+                if t - deadline > self.period_ns // REPHASE_FRACTION:
+                    next_ns = t + self.period_ns  # woke late: re-phase (see REPHASE_FRACTION)
                 k += 1
                 self.tick_flags = 0
                 self.safely(self._tick_realtime, k % state_every == 0)

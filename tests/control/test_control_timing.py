@@ -73,9 +73,10 @@ def test_deadline_scheduling_applies_to_the_calling_thread_only_and_its_new_thre
     assert out["policy"] == 6 and out["child"] == os.SCHED_OTHER
 
 
-def test_servo_trace_records_each_tick_and_a_stopped_servo_shows_as_late_wake_ups(tmp_path, monkeypatch):
+def test_servo_trace_records_each_tick_and_a_late_tick_re_phases_instead_of_catching_up(tmp_path, monkeypatch):
     """``ARMFLOW_SERVO_TRACE``: the diagnostic that attributed the late ticks (wake-up vs the tick's own work).
-    The servo stopped for 30 ms wakes late, and the trace shows it."""
+    The servo stopped for 30 ms wakes late; the tick after it comes a full period later (no catch-up ticks:
+    no period in the whole run is shorter than 3/4 of the nominal one)."""
     monkeypatch.setenv("ARMFLOW_SERVO_TRACE", str(tmp_path / "trace"))
     cfg = ServerConfig(robot="fake_arm", robot_options={"rate_hz": 200.0}, endpoint=f"ipc://{tmp_path}/tr")
     with ServerProcess(cfg) as sp, BridgeClient(sp.endpoint) as c:
@@ -102,3 +103,5 @@ def test_servo_trace_records_each_tick_and_a_stopped_servo_shows_as_late_wake_up
     period = 5_000_000
     late = np.flatnonzero(wake - deadline > period // 4)
     assert len(late) and (wake - deadline).max() > 20_000_000  # the stop
+    assert (deadline[late[late < len(rows) - 1] + 1] == wake[late[late < len(rows) - 1]] + period).all()
+    assert np.diff(wake).min() >= period * 3 // 4
