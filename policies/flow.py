@@ -55,7 +55,8 @@ class FlowPolicy(BasePolicy):
             u = model(x, k)
             if hooks.guidance:
                 u = u + guidance_sum(hooks.guidance, x, torch.add(x, u, alpha=1 - k * dt), k)
-            return u, torch.add(x, u, alpha=1 - k * dt) if hooks.mcmc_steps or select else None
+            wanted = hooks.mcmc_steps or (select is not None and k == select[0])  # x_hat: corrector, early rerank
+            return u, torch.add(x, u, alpha=1 - k * dt) if wanted else None
 
         x = integrate(noise, self.num_inference_steps, predict, lambda x, u, _, k: torch.add(x, u, alpha=dt),
                       lambda x_hat, k, z: k * dt * x_hat + (1 - k * dt) * z, hooks.mcmc_steps, hooks.start_level,

@@ -85,13 +85,16 @@ class ChunkCritic(nn.Module):
         """(feat (N, F), act (N, A)) normalised -> twin Q (2, N)."""
         return torch.stack(self.q(feat, act))
 
+    def inputs(self, obs: Mapping, candidates: torch.Tensor) -> torch.Tensor:
+        """The heads' input for K candidate chunks per observation: (B, K, T_p, D_a) robot units -> (B * K, F + A)."""
+        b, k = candidates.shape[:2]
+        return torch.cat([self.features(obs).repeat_interleave(k, dim=0), self.actions(candidates).reshape(b * k, -1)], -1)
+
     @torch.no_grad()
     def score(self, obs: Mapping, candidates: torch.Tensor) -> torch.Tensor:
         """min-twin Q of K candidate chunks per observation: candidates (B, K, T_p, D_a) robot units -> (B, K)."""
-        b, k = candidates.shape[:2]
-        feat = self.features(obs).repeat_interleave(k, dim=0)
-        q = self.q_values(feat, self.actions(candidates).reshape(b * k, -1))
-        return q.min(0).values.reshape(b, k)
+        h = self.inputs(obs, candidates)
+        return torch.minimum(self.q.q1(h), self.q.q2(h)).reshape(candidates.shape[:2])
 
     # ----------------------------------------------------------------- checkpoint
     def save_pretrained(self, directory: str | os.PathLike, extra: Mapping | None = None) -> Path:

@@ -97,10 +97,8 @@ class VGPSPolicy(SteeredPolicy):
     def score(self, obs, candidates: torch.Tensor) -> torch.Tensor:
         """(B, K) candidate scores: the critic's min-twin Q, or the mean of an ensemble's (critics trained with
         other seeds pick alike where one critic's pick rides on its own errors; measured in the README)."""
-        b, k = candidates.shape[:2]
-        c = self.critic  # every member reads the policy's obs keys and normaliser (check_critic)
-        h = torch.cat([c.features(obs).repeat_interleave(k, dim=0), c.actions(candidates).reshape(b * k, -1)], -1)
-        return self.heads(h).min(1).values.mean(0).reshape(b, k)
+        h = self.critic.inputs(obs, candidates)  # every member reads the policy's obs keys and normaliser (check_critic)
+        return self.heads(h).min(1).values.mean(0).reshape(candidates.shape[:2])
 
     def default_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = int(self.spec.K)
